@@ -1,0 +1,224 @@
+"""The measurement protocol shared by every backend, and the statistics of a measurement.
+
+Why rounds: the hosts and phones nnmeter measures flip between fast and slow
+states every few seconds. Repeatability depends on the number of rounds, not on
+runs per round (60 rounds of 3 runs repeated within +-10 % for every one of 60
+models here; 7 rounds of 10 runs for 65 %). So a measurement is many short
+rounds, interleaved round-robin across the models of a batch so that a slow
+period of the device hits all models alike; the headline is the median over
+the rounds' medians.
+
+Why the re-measure criterion is the confidence interval of the median and not
+the spread: on a bimodal host the inter-quartile range of the rounds stays
+large however long one measures (it reflects the two states), while the
+uncertainty of the median shrinks with more rounds. ``spread`` (relative IQR) is
+reported; ``median_ci`` (relative half-width of a distribution-free 95 %
+confidence interval of the median) decides whether to measure again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from nnmeter.schema import setting
+
+
+@dataclass(frozen=True)
+class MeasurementProtocol:
+    """How one model is measured; the ``protocol`` section of campaign.yaml."""
+
+    warmup_runs: int = setting(5, "invocations before timing starts, per model", minimum=0)
+    rounds: int = setting(40, "rounds per model; the headline is the median over rounds", minimum=1)
+    runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1)
+    min_round_ms: float = setting(2.0, "keep invoking within a round until this much time has passed, "
+                                       "so that sub-millisecond kernels are not timer noise", minimum=0)
+    max_median_ci: float = setting(0.02, "re-measure when the relative half-width of the 95 % confidence "
+                                         "interval of the median is above this", minimum=0)
+    max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them",
+                                  minimum=0)
+    batch_size: int = setting(16, "models measured together, their rounds interleaved", minimum=1)
+    cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
+
+    def key(self) -> str:
+        """A short stable id of the settings that change the numbers (the store keys on it)."""
+        significant = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s")}
+        return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of one measurement, in milliseconds (cf. ``torch.utils.benchmark.Measurement``)."""
+
+    median_ms: float  # the headline: median over the rounds' medians
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p90_ms: float
+    runs: int
+    rounds: int
+    spread: float  # relative inter-quartile range of the round medians
+    median_ci: float  # relative half-width of the 95 % CI of the median
+    round_medians_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_rounds(cls, rounds: Sequence[Sequence[float]]) -> "LatencyStats":
+        """Statistics from the per-run times (ms) of each round."""
+        rounds = [r for r in rounds if r]
+        if not rounds:
+            raise ValueError("no timed runs")
+        medians = sorted(statistics.median(r) for r in rounds)
+        all_runs = [t for r in rounds for t in r]
+        median = statistics.median(medians)
+        q1, q3 = _quantile(medians, 0.25), _quantile(medians, 0.75)
+        lo, hi = _median_ci_bounds(medians)
+        return cls(
+            median_ms=median,
+            mean_ms=statistics.fmean(medians),
+            std_ms=statistics.pstdev(medians) if len(medians) > 1 else 0.0,
+            min_ms=min(all_runs),
+            p90_ms=_quantile(medians, 0.9),
+            runs=len(all_runs),
+            rounds=len(medians),
+            spread=(q3 - q1) / median if median > 0 else math.inf,
+            median_ci=max(median - lo, hi - median) / median if median > 0 else math.inf,
+            round_medians_ms=tuple(medians),
+        )
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    i = int(math.floor(pos))
+    j = min(i + 1, len(sorted_values) - 1)
+    return sorted_values[i] + (sorted_values[j] - sorted_values[i]) * (pos - i)
+
+
+def _median_ci_bounds(sorted_values: Sequence[float]) -> tuple[float, float]:
+    """Distribution-free 95 % CI of the median from order statistics (normal approx. of the binomial)."""
+    n = len(sorted_values)
+    if n < 6:  # too few rounds for the interval: the whole range is the honest answer
+        return sorted_values[0], sorted_values[-1]
+    half = 1.96 * math.sqrt(n) / 2
+    lo = max(0, int(math.floor(n / 2 - half)))
+    hi = min(n - 1, int(math.ceil(n / 2 + half)) - 1)
+    return sorted_values[lo], sorted_values[hi]
+
+
+# --- the protocol runner ----------------------------------------------------
+
+
+class DeviceSession(Protocol):
+    """What a backend gives the protocol runner for one batch: load models, time invocations.
+
+    ``run`` returns the per-invocation times (ms) of one round. A runtime that
+    only reports an aggregate per call (``benchmark_model``) returns that one value.
+    Failures raise :class:`MeasureError`; the runner records them per model and
+    goes on with the rest of the batch.
+    """
+
+    def load(self, model_path: str) -> object: ...
+
+    def warmup(self, handle: object, runs: int) -> None: ...
+
+    def run(self, handle: object, runs: int, min_time_ms: float) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+class MeasureError(Exception):
+    """A measurement of one model failed; ``status`` says how (see :class:`MeasureStatus`)."""
+
+    def __init__(self, message: str, status: str = "error", fatal_for_session: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        #: the session is gone (device disconnected, worker died): reopen before the next model
+        self.fatal_for_session = fatal_for_session
+
+
+@dataclass
+class RoundRobinOutcome:
+    """Per model of a batch: its rounds of run times, or the error that stopped it."""
+
+    rounds: list[list[float]] = field(default_factory=list)
+    error: MeasureError | None = None
+    started: float = field(default_factory=time.time)
+    device_seconds: float = 0.0
+
+
+ProgressCallback = Callable[[int, int], None]  # (models finished, models in batch)
+
+
+def run_round_robin(
+    open_session: Callable[[], DeviceSession],
+    model_paths: Sequence[str],
+    protocol: MeasurementProtocol,
+    on_progress: ProgressCallback | None = None,
+) -> list[RoundRobinOutcome]:
+    """Measure ``model_paths`` with ``protocol``: load, warm up, interleaved rounds, re-measure the unstable.
+
+    A model whose load or run fails is recorded with its error; when the error
+    ends the session (a crashed worker, a lost device), a new session is opened
+    and the models still being measured are loaded again.
+    """
+    outcomes = [RoundRobinOutcome() for _ in model_paths]
+    session: DeviceSession | None = None
+    handles: dict[int, object] = {}
+
+    def fail(i: int, err: MeasureError) -> None:
+        nonlocal session
+        outcomes[i].error = err
+        handles.pop(i, None)
+        if err.fatal_for_session:
+            session = None
+            handles.clear()
+
+    def ensure_loaded(active: list[int]) -> None:
+        nonlocal session
+        for i in active:
+            if outcomes[i].error is not None or i in handles:
+                continue
+            if session is None:
+                session = open_session()
+            try:
+                t0 = time.perf_counter()
+                handles[i] = session.load(model_paths[i])
+                session.warmup(handles[i], protocol.warmup_runs)
+                outcomes[i].device_seconds += time.perf_counter() - t0
+            except MeasureError as err:
+                fail(i, err)
+
+    def passes(active: list[int], n_rounds: int) -> None:
+        for _ in range(n_rounds):
+            ensure_loaded(active)
+            for i in active:
+                if outcomes[i].error is not None or i not in handles or session is None:
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    times = session.run(handles[i], protocol.runs_per_round, protocol.min_round_ms)
+                    outcomes[i].device_seconds += time.perf_counter() - t0
+                    outcomes[i].rounds.append(times)
+                except MeasureError as err:
+                    fail(i, err)
+
+    active = list(range(len(model_paths)))
+    passes(active, protocol.rounds)
+    for _ in range(protocol.max_remeasures):
+        active = [i for i in active if outcomes[i].error is None
+                  and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci]
+        if not active:
+            break
+        passes(active, protocol.rounds)
+    if session is not None:
+        session.close()
+    if on_progress:
+        on_progress(len(model_paths), len(model_paths))
+    return outcomes
