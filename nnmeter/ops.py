@@ -144,6 +144,15 @@ _KERNEL_LIST = [
     _k("relu", (RELU,), _ELEMENTWISE_KEYS, "ReLU alone"),
     _k("addrelu", (ADD, RELU), _ELEMENTWISE_KEYS, "element-wise add of two tensors, ReLU", inputs=2),
     _k("add", (ADD,), _ELEMENTWISE_KEYS, "element-wise add of two tensors", inputs=2),
+    # Beyond nn-Meter's list: lone ops that real models (MobileNetV3, EfficientNet, ResNet) run as
+    # kernels of their own when the device does not fuse them.
+    _k("relu6", (RELU6,), _ELEMENTWISE_KEYS, "ReLU6 alone"),
+    _k("hsigmoid", (HSIGMOID,), _ELEMENTWISE_KEYS, "hard sigmoid alone"),
+    _k("sigmoid", (SIGMOID,), _ELEMENTWISE_KEYS, "sigmoid alone"),
+    _k("swish", (SWISH,), _ELEMENTWISE_KEYS, "swish (x * sigmoid(x)) alone"),
+    _k("mul", (MUL,), _ELEMENTWISE_KEYS, "element-wise multiply of two tensors", inputs=2),
+    _k("pad", (PAD,), _ELEMENTWISE_KEYS, "zero padding by one pixel on each side"),
+    _k("softmax", (SOFTMAX,), (CIN,), "softmax over a 1-D input"),
 ]
 
 #: Every kernel type by name, in a stable order.
@@ -273,8 +282,13 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
         hw, cins = cfg[HW], cfg[CINS]
         n = hw * hw * sum(cins)
         return Cost(0, 0, _F32 * n, _F32 * n)
+    if first == SOFTMAX:
+        cin = cfg[CIN]
+        return Cost(_ACT_FLOPS[SOFTMAX] * cin, 0, _F32 * cin, _F32 * cin)
     hw, cin = cfg[HW], cfg[CIN]
     n = hw * hw * cin
+    if first == PAD:
+        return Cost(0, 0, _F32 * n, _F32 * (hw + 2) * (hw + 2) * cin)
     if first == SE:
         mid = max(1, cin // 4)
         params = cin * mid + mid + mid * cin + cin
@@ -284,7 +298,7 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
         return Cost(n, 0, _F32 * n, _F32 * cin)
     if first == BN:
         return Cost(2 * n + sum(_ACT_FLOPS.get(a, 0) for a in acts) * n, 2 * cin, _F32 * (n + 2 * cin), _F32 * n)
-    if first == ADD:
+    if first in (ADD, MUL):
         return Cost(n * (1 + len(acts)), 0, _F32 * 2 * n, _F32 * n)
     if first in (SPLIT, CHANNELSHUFFLE):
         return Cost(0, 0, _F32 * n, _F32 * n)
@@ -293,7 +307,7 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
 
 
 #: FLOPs per element of each activation (hswish: x * relu6(x + 3) / 6).
-_ACT_FLOPS = {RELU: 1, RELU6: 2, HSWISH: 4, HSIGMOID: 3, SIGMOID: 4, SWISH: 5, BN: 2}
+_ACT_FLOPS = {RELU: 1, RELU6: 2, HSWISH: 4, HSIGMOID: 3, SIGMOID: 4, SWISH: 5, BN: 2, SOFTMAX: 5}
 
 
 def describe_range(key: str) -> str:
