@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from nnmeter.backends.protocol import LatencyStats, MeasurementProtocol
+from nnmeter.backends.protocol import (DeviceSession, LatencyStats, MeasurementProtocol, RoundRobinOutcome,
+                                       run_round_robin)
 
 
 class MeasureStatus(str, enum.Enum):
@@ -108,6 +109,19 @@ class MeasureResult:
         """The headline (median over rounds) when the status carries one."""
         return self.stats.median_ms if self.stats is not None and self.status.has_latency else None
 
+    @classmethod
+    def from_outcome(cls, model_id: str, outcome: RoundRobinOutcome,
+                     protocol: MeasurementProtocol) -> "MeasureResult":
+        """The result of one model of a :func:`run_round_robin` batch: its error, or its statistics."""
+        common = dict(started_at=outcome.started, device_seconds=outcome.device_seconds)
+        if outcome.error is not None:
+            return cls(model_id, MeasureStatus(outcome.error.status), error=str(outcome.error), **common)
+        if not any(outcome.rounds):
+            return cls(model_id, MeasureStatus.ERROR, error="no timed runs", **common)
+        stats = LatencyStats.from_rounds(outcome.rounds)
+        status = MeasureStatus.OK if stats.median_ci <= protocol.max_median_ci else MeasureStatus.UNSTABLE
+        return cls(model_id, status, stats, **common)
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -122,6 +136,21 @@ class DeviceInfo:
 
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+
+def measure_in_batches(open_session: Callable[[], DeviceSession], models: Sequence[ModelFile],
+                       protocol: MeasurementProtocol, progress: ProgressCallback | None = None) -> list[MeasureResult]:
+    """Measure ``models`` in batches of ``protocol.batch_size`` with :func:`run_round_robin`, one result each."""
+    results: list[MeasureResult] = []
+    for start in range(0, len(models), protocol.batch_size):
+        if start and protocol.cooldown_s:
+            time.sleep(protocol.cooldown_s)
+        batch = models[start:start + protocol.batch_size]
+        outcomes = run_round_robin(open_session, [str(m.path) for m in batch], protocol)
+        results += [MeasureResult.from_outcome(m.id, o, protocol) for m, o in zip(batch, outcomes)]
+        if progress:
+            progress(len(results), len(models))
+    return results
 
 
 class Backend(ABC):
@@ -139,11 +168,18 @@ class Backend(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        #: what :meth:`connect` returned (set by :func:`nnmeter.backends.connect_backend`)
+        self.device_info: DeviceInfo | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this backend cannot be used on this host (a missing package...), or None."""
         return None
+
+    @classmethod
+    def config_problems(cls, config: Any) -> list[tuple[str, str]]:
+        """(key, message) for values of a loaded ``Config`` that are typed right but invalid together or here."""
+        return []
 
     @abstractmethod
     def connect(self) -> DeviceInfo:

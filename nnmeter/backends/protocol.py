@@ -185,9 +185,9 @@ def run_round_robin(
         for i in active:
             if outcomes[i].error is not None or i in handles:
                 continue
-            if session is None:
-                session = open_session()
             try:
+                if session is None:  # inside the try: a runner that cannot start fails this model, not the batch
+                    session = open_session()
                 t0 = time.perf_counter()
                 handles[i] = session.load(model_paths[i])
                 session.warmup(handles[i], protocol.warmup_runs)
@@ -197,8 +197,8 @@ def run_round_robin(
 
     def passes(active: list[int], n_rounds: int) -> None:
         for _ in range(n_rounds):
-            ensure_loaded(active)
             for i in active:
+                ensure_loaded([i])  # per model: after a crash the rest of the round goes on in a new session
                 if outcomes[i].error is not None or i not in handles or session is None:
                     continue
                 try:

@@ -1,0 +1,285 @@
+"""A model runner that times LiteRT (TFLite) invocations, driven by JSON lines on stdin/stdout.
+
+Self-contained on purpose: it imports only the standard library, numpy and
+``ai_edge_litert``, so the same file is copied to remote Linux boards and run
+there over SSH (``python3 litert_runner.py``). nnmeter's local backends run it
+as a subprocess pinned to the measuring core(s), so that the process timing
+models is never the one running TensorFlow. ``openvino_runner.py`` reuses its
+command loop (:func:`serve`) with another :class:`Engine`.
+
+Protocol (version 1). One JSON object per line each way, one reply per request::
+
+    -> {"id": 1, "cmd": "info", "probe": true}
+    <- {"id": 1, "ok": true, "runtime": "ai-edge-litert", "versions": {...}, "cpu": "...",
+        "affinity": [1], "cores": 2, "os": "...", "machine": "x86_64", "pid": 123,
+        "xnnpack": true}                    # "xnnpack" only with "probe": true
+    -> {"id": 2, "cmd": "load", "path": "/abs/m.tflite", "threads": 1}
+    <- {"id": 2, "ok": true, "handle": 1, "inputs": [[1, 28, 28, 64]],
+        "xnnpack": true, "fallback_ops": ["CONCATENATION"]}
+    -> {"id": 3, "cmd": "warmup", "handle": 1, "runs": 5}
+    <- {"id": 3, "ok": true}
+    -> {"id": 4, "cmd": "run", "handle": 1, "runs": 3, "min_time_ms": 2.0}
+    <- {"id": 4, "ok": true, "times_ms": [0.81, 0.79, 0.80]}
+    -> {"id": 5, "cmd": "unload", "handle": 1}
+    <- {"id": 5, "ok": true}
+    -> {"id": 6, "cmd": "quit"}
+    <- {"id": 6, "ok": true}                # then the process exits 0
+
+``run`` invokes at least ``runs`` times and keeps invoking until ``min_time_ms``
+has passed; each time is ``time.perf_counter`` around one ``invoke()``. Inputs
+are set once, at load, with random data. ``load`` options other than ``path``
+and ``threads`` are engine-specific (OpenVINO: ``device``).
+
+Any failure of a command is a reply ``{"id": n, "ok": false, "error": "one line"}``
+and the process goes on; only a crash of the runtime itself ends it (the client
+sees end-of-file). Replies go to a private copy of stdout; file descriptor 1 is
+pointed at stderr, so that native code printing to stdout cannot corrupt the
+reply stream. A line that is not JSON gets an error reply with id null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_RUNS_PER_ROUND = 100_000  # bound on a round of a very fast model under a long min_time_ms
+
+
+class CommandError(Exception):
+    """A command that cannot be done; its message becomes the error reply."""
+
+
+class Engine:
+    """A runtime behind the command loop: load a model, invoke it, say what it is."""
+
+    runtime = ""
+
+    def versions(self) -> dict:
+        raise NotImplementedError
+
+    def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
+        """The loaded model (inputs already set) and facts about it for the load reply."""
+        raise NotImplementedError
+
+    def invoke(self, model: object) -> None:
+        raise NotImplementedError
+
+    def probe(self) -> dict:
+        """Facts that need a model to find out (info with "probe": true)."""
+        return {}
+
+
+class LiteRTEngine(Engine):
+    runtime = "ai-edge-litert"
+
+    def __init__(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+        self._interpreter_class = Interpreter
+
+    def versions(self) -> dict:
+        return {"ai-edge-litert": _dist_version("ai-edge-litert"), "numpy": np.__version__}
+
+    def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
+        if options:
+            raise CommandError(f"unknown load options for LiteRT: {', '.join(sorted(options))}")
+        if not os.path.isfile(path):
+            raise CommandError(f"{path}: no such model file")
+        interpreter = self._interpreter_class(model_path=path, num_threads=threads)
+        return interpreter, self._prepare(interpreter)
+
+    def invoke(self, model: object) -> None:
+        model.invoke()
+
+    def probe(self) -> dict:
+        """Whether the XNNPACK delegate is applied, found with a one-ADD model built in memory."""
+        try:
+            interpreter = self._interpreter_class(model_content=_one_add_model(), num_threads=1)
+        except ImportError as err:  # an old runtime without the schema module
+            return {"xnnpack": None, "probe_error": str(err)}
+        return {"xnnpack": self._prepare(interpreter)["xnnpack"]}
+
+    @staticmethod
+    def _prepare(interpreter) -> dict:
+        interpreter.allocate_tensors()
+        rng = np.random.default_rng(0)
+        shapes = []
+        for detail in interpreter.get_input_details():
+            shape = [int(d) for d in detail["shape"]]
+            interpreter.set_tensor(detail["index"], _random(rng, shape, detail["dtype"]))
+            shapes.append(shape)
+        xnnpack, fallback = _delegation(interpreter)
+        return {"inputs": shapes, "xnnpack": xnnpack, "fallback_ops": fallback}
+
+
+def _delegation(interpreter) -> tuple[bool | None, list[str]]:
+    """Whether a delegate (XNNPACK, the only default one) took ops, and the ops it left to built-in kernels.
+
+    After delegation the op list holds the original nodes plus one DELEGATE node
+    per partition; a partition's ops are found walking back from its outputs to its inputs.
+    """
+    try:
+        ops = interpreter._get_ops_details()  # no public API tells which nodes were delegated
+    except AttributeError:
+        return None, []
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    originals = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): op["index"] for op in originals for t in op["outputs"]}
+    by_index = {op["index"]: op for op in originals}
+    delegated: set[int] = set()
+    for node in delegates:
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor not in producer or producer[tensor] in delegated:
+                continue
+            delegated.add(producer[tensor])
+            stack.extend(int(t) for t in by_index[producer[tensor]]["inputs"])
+    fallback = [op["op_name"] for op in originals if op["index"] not in delegated]
+    return bool(delegates), fallback
+
+
+def _one_add_model() -> bytes:
+    """A float32 model with one ADD of two [1, 8] inputs, as .tflite bytes."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.ADD
+    code.version = 1
+    tensors = []
+    for name in (b"a", b"b", b"sum"):
+        tensor = schema.TensorT()
+        tensor.shape, tensor.type, tensor.name, tensor.buffer = [1, 8], schema.TensorType.FLOAT32, name, 0
+        tensors.append(tensor)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
+    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.AddOptions, schema.AddOptionsT()
+    graph = schema.SubGraphT()
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [0, 1], [2], [op]
+    model = schema.ModelT()
+    model.version, model.operatorCodes, model.buffers, model.subgraphs = 3, [code], [schema.BufferT()], [graph]
+    builder = flatbuffers.Builder(256)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _random(rng, shape: list[int], dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(max(info.min, -128), min(info.max, 127), size=shape, endpoint=True).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 1, size=shape, endpoint=True).astype(dtype)
+    raise CommandError(f"cannot make random input of type {dtype}")
+
+
+def _dist_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:  # metadata missing on some board images: report, do not fail
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed_runs(invoke, model: object, runs: int, min_time_ms: float) -> list[float]:
+    """Per-invocation times (ms): at least ``runs`` of them, and at least ``min_time_ms`` in total."""
+    times: list[float] = []
+    clock = time.perf_counter
+    deadline = clock() + min_time_ms / 1000.0
+    while len(times) < runs or (clock() < deadline and len(times) < MAX_RUNS_PER_ROUND):
+        t0 = clock()
+        invoke(model)
+        times.append((clock() - t0) * 1000.0)
+    return [float(f"{t:.4g}") for t in times]  # 4 digits: far below the noise, and short replies
+
+
+def serve(engine: Engine, stdin=None) -> int:
+    """Answer commands from ``stdin`` until ``quit`` or end of input; returns the exit code."""
+    reply_stream = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # native code that prints to stdout now prints to stderr
+    sys.stdout = sys.stderr
+    stdin = stdin or sys.stdin
+    models: dict[int, object] = {}
+    next_handle = 1
+
+    def reply(payload: dict) -> None:
+        reply_stream.write(json.dumps(payload) + "\n")
+
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+        except ValueError as err:
+            reply({"id": None, "ok": False, "error": f"bad request line: {err}"})
+            continue
+        rid, cmd = request.get("id"), request.get("cmd")
+        try:
+            if cmd == "quit":
+                reply({"id": rid, "ok": True})
+                return 0
+            if cmd == "info":
+                result = {"runtime": engine.runtime, "protocol": PROTOCOL_VERSION,
+                          "versions": {**engine.versions(), "python": platform.python_version()},
+                          "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
+                          "cores": os.cpu_count(), "pid": os.getpid(),
+                          "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []}
+                if request.get("probe"):
+                    result.update(engine.probe())
+            elif cmd == "load":
+                options = {k: v for k, v in request.items() if k not in ("id", "cmd", "path", "threads")}
+                model, facts = engine.load(str(request["path"]), int(request.get("threads", 1)), options)
+                models[next_handle] = model
+                result = {"handle": next_handle, **facts}
+                next_handle += 1
+            elif cmd in ("warmup", "run", "unload"):
+                handle = request.get("handle")
+                if handle not in models:
+                    raise CommandError(f"no loaded model with handle {handle!r}")
+                if cmd == "unload":
+                    del models[handle]
+                    result = {}
+                elif cmd == "warmup":
+                    timed_runs(engine.invoke, models[handle], int(request.get("runs", 1)), 0.0)
+                    result = {}
+                else:
+                    result = {"times_ms": timed_runs(engine.invoke, models[handle], int(request.get("runs", 1)),
+                                                     float(request.get("min_time_ms", 0.0)))}
+            else:
+                raise CommandError(f"unknown command {cmd!r}; known: info, load, warmup, run, unload, quit")
+        except KeyError as err:
+            reply({"id": rid, "ok": False, "error": f"{cmd}: missing field {err}"})
+        except Exception as err:  # every failure of a command is a reply; the runner stays up
+            message = " ".join(str(err).split()) or type(err).__name__
+            reply({"id": rid, "ok": False, "error": f"{type(err).__name__}: {message}"[:2000]})
+        else:
+            reply({"id": rid, "ok": True, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(serve(LiteRTEngine()))

@@ -1,0 +1,31 @@
+"""``tflite-local``: float32 .tflite models timed with the LiteRT interpreter on this machine's CPU.
+
+Keras models are converted in a pool of worker processes on the cores that do
+not measure; measurement runs ``litert_runner.py`` in a subprocess pinned to the
+measuring core(s), so the timing process never runs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from nnmeter.backends.local import LocalBackend
+
+
+class TFLiteLocalBackend(LocalBackend):
+    name = "tflite-local"
+    model_format = "tflite"
+    measured_formats = ("tflite",)
+    description = "this machine's CPU, LiteRT interpreter (XNNPACK) in a pinned worker process"
+    runner_script = Path(__file__).with_name("litert_runner.py")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("ai_edge_litert") is None:
+            return "the ai-edge-litert package is not installed (pip install ai-edge-litert)"
+        return None
+
+    def runtime_summary(self, info: dict) -> str:
+        delegate = {True: " (XNNPACK)", False: " (built-in kernels, no XNNPACK)"}.get(info.get("xnnpack"), "")
+        return f"ai-edge-litert {info['versions'].get('ai-edge-litert', '?')}{delegate}"

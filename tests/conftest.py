@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny Keras model builders (module-level, so conversion workers can import them)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def tiny_conv_model(hw: int = 8, cin: int = 4, cout: int = 8):
+    """conv 3x3 + relu on a hw x hw x cin input: a model that converts and runs in milliseconds."""
+    import keras
+    inputs = keras.Input((hw, hw, cin), batch_size=1)
+    outputs = keras.layers.Conv2D(cout, 3, padding="same", activation="relu")(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def tiny_two_input_model(hw: int = 8, cin: int = 4):
+    """Two inputs concatenated on channels: checks multi-input conversion."""
+    import keras
+    a = keras.Input((hw, hw, cin), batch_size=1)
+    b = keras.Input((hw, hw, cin), batch_size=1)
+    return keras.Model([a, b], keras.layers.Concatenate()([a, b]))
+
+
+def failing_model():
+    """A build function that fails, as a kernel builder can on a bad config."""
+    raise ValueError("no such kernel configuration")
+
+
+@pytest.fixture
+def workspace_dir(tmp_path):
+    """An empty directory for a test's models and stores."""
+    path = tmp_path / "ws"
+    path.mkdir()
+    return path

@@ -1,0 +1,194 @@
+"""The local backends for real: convert tiny Keras models, measure them with LiteRT and OpenVINO."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import failing_model, tiny_conv_model, tiny_two_input_model
+from nnmeter.backends import backend_class, backend_names, connect_backend, create_backend, list_backends, \
+    load_backend_config
+from nnmeter.backends.base import ConversionJob, MeasureStatus, ModelFile
+from nnmeter.backends.converters import converter_version
+from nnmeter.backends.local import RunnerSession
+from nnmeter.backends.protocol import MeasurementProtocol
+from nnmeter.backends.tflite_local import TFLiteLocalBackend
+from nnmeter.errors import BackendError, ConfigError
+
+QUICK = MeasurementProtocol(warmup_runs=1, rounds=4, runs_per_round=2, min_round_ms=0.0, max_remeasures=0)
+
+
+@pytest.fixture(scope="module")
+def tflite(tmp_path_factory):
+    """A tflite-local backend and its conversions of a small batch (one TensorFlow worker for the module)."""
+    out = tmp_path_factory.mktemp("models")
+    backend = connect_backend("tflite-local", {"convert_workers": 1})
+    jobs = [ConversionJob("conv8", out, tiny_conv_model, (8, 4, 8)),
+            ConversionJob("conv6", out, tiny_conv_model, (6, 3, 5)),
+            ConversionJob("two", out, tiny_two_input_model),
+            ConversionJob("broken", out, failing_model)]
+    progress = []
+    results = backend.convert(jobs, progress=lambda done, total: progress.append((done, total)))
+    yield backend, jobs, results, progress
+    backend.close()
+
+
+def test_convert_writes_models_and_reports_failures(tflite):
+    backend, jobs, results, progress = tflite
+    assert [r.job_id for r in results] == ["conv8", "conv6", "two", "broken"]
+    conv8, conv6, two, broken = results
+    assert conv8.ok and conv8.model.path == jobs[0].out_dir / "conv8.tflite" and conv8.model.path.stat().st_size > 0
+    assert conv8.model.input_shapes == ((1, 8, 8, 4),)
+    assert conv6.model.input_shapes == ((1, 6, 6, 3),)
+    assert two.model.input_shapes == ((1, 8, 8, 4), (1, 8, 8, 4))
+    assert not broken.ok and "no such kernel configuration" in broken.error
+    assert progress[-1] == (4, 4)
+
+
+def test_convert_does_not_rebuild_existing_outputs(tflite):
+    backend, jobs, results, _ = tflite
+    before = results[0].model.path.stat().st_mtime_ns
+    again = backend.convert(jobs[:1])
+    assert again[0].model == results[0].model and results[0].model.path.stat().st_mtime_ns == before
+
+
+def test_measure_gives_consistent_statistics(tflite):
+    backend, _, results, _ = tflite
+    models = [r.model for r in results if r.ok]
+    measured = backend.measure(models, QUICK)
+    assert [m.model_id for m in measured] == ["conv8", "conv6", "two"]
+    for result in measured:
+        assert result.status in (MeasureStatus.OK, MeasureStatus.UNSTABLE), result.error
+        s = result.stats
+        assert 0 < s.min_ms <= s.median_ms <= s.p90_ms
+        assert s.rounds == QUICK.rounds and s.runs >= QUICK.rounds * QUICK.runs_per_round
+        assert result.latency_ms == s.median_ms and result.device_seconds > 0
+
+
+def test_device_info_names_host_runtime_and_converter(tflite):
+    info = tflite[0].device_info
+    assert info.backend == "tflite-local" and info.device.startswith("local:")
+    assert info.runtime_versions["converter"] == converter_version("tflite")
+    assert info.facts["xnnpack"] == "yes" and "ai-edge-litert" in info.runtime
+
+
+def test_bad_models_in_a_batch_are_errors_and_the_rest_is_measured(tflite, tmp_path):
+    backend, _, results, _ = tflite
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"not a flatbuffer")
+    models = [ModelFile("garbage", garbage, "tflite"), results[0].model,
+              ModelFile("missing", tmp_path / "missing.tflite", "tflite"),
+              ModelFile("keras", tmp_path / "m.keras", "keras")]
+    garbage_r, good, missing, keras_r = backend.measure(models, QUICK)
+    assert garbage_r.status == MeasureStatus.ERROR and "flatbuffer" in garbage_r.error.lower()
+    assert good.status.has_latency and good.stats.rounds == QUICK.rounds
+    assert missing.status == MeasureStatus.ERROR and "no such model file" in missing.error
+    assert keras_r.status == MeasureStatus.ERROR and "convert it first" in keras_r.error
+
+
+class _KillsRunnerBackend(TFLiteLocalBackend):
+    """Kills its runner process (SIGKILL, as the OOM killer would) in the 2nd round of ``victim``."""
+
+    victim = "conv6.tflite"
+
+    def open_session(self) -> RunnerSession:
+        session = super().open_session()
+        paths, runs = {}, []
+        load, run = session.load, session.run
+
+        def tracking_load(model_path):
+            handle = load(model_path)
+            paths[handle] = Path(model_path).name
+            return handle
+
+        def killing_run(handle, n, min_ms):
+            if paths[handle] == self.victim:
+                runs.append(handle)
+                if len(runs) == 2:
+                    os.kill(session.process.pid, signal.SIGKILL)
+            return run(handle, n, min_ms)
+
+        session.load, session.run = tracking_load, killing_run
+        return session
+
+
+def test_a_runner_killed_mid_batch_is_a_crash_and_the_batch_goes_on(tflite):
+    _, _, results, _ = tflite
+    backend = _KillsRunnerBackend(load_backend_config("tflite-local", {}))
+    first, victim, last = backend.measure([r.model for r in results[:3]], QUICK)
+    assert victim.status == MeasureStatus.CRASH and "SIGKILL" in victim.error
+    for other in (first, last):
+        assert other.status.has_latency and other.stats.rounds == QUICK.rounds
+
+
+def test_a_command_over_the_timeout_is_a_timeout(tflite):
+    _, _, results, _ = tflite
+    backend = create_backend("tflite-local", {"command_timeout_s": 0.2})
+    # two million warm-up invocations of a microsecond model: seconds, far over the timeout
+    slow = MeasurementProtocol(warmup_runs=2_000_000, rounds=1, max_remeasures=0)
+    [result] = backend.measure([results[0].model], slow)
+    assert result.status == MeasureStatus.TIMEOUT and "within 0.2 s" in result.error
+
+
+def test_openvino_local_converts_and_measures_ir_and_tflite(tflite, tmp_path):
+    _, _, tflite_results, _ = tflite
+    backend = connect_backend("openvino-local", {"convert_workers": 1})
+    try:
+        assert backend.device_info.runtime.startswith("openvino")
+        from_keras, from_file = backend.convert([
+            ConversionJob("conv8", tmp_path, tiny_conv_model, (8, 4, 8)),
+            ConversionJob("user", tmp_path, source=tflite_results[1].model.path)])
+        assert from_keras.ok and from_keras.model.path.suffix == ".xml", from_keras.error
+        assert from_keras.model.path.with_suffix(".bin").exists()
+        assert from_file.ok and from_file.model.input_shapes == ((1, 6, 6, 3),)
+        measured = backend.measure([from_keras.model, from_file.model, tflite_results[2].model], QUICK)
+        for result in measured:
+            assert result.status.has_latency, result.error
+            assert result.stats.min_ms <= result.stats.median_ms <= result.stats.p90_ms
+            assert result.stats.rounds == QUICK.rounds
+    finally:
+        backend.close()
+
+
+def test_convert_reports_unreadable_user_files(tmp_path):
+    backend = create_backend("tflite-local", {"convert_workers": 1})
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    results = backend.convert([ConversionJob("missing", tmp_path, source=tmp_path / "nope.keras"),
+                               ConversionJob("text", tmp_path, source=text)])
+    backend.close()
+    assert "no such file" in results[0].error
+    assert "not a model file" in results[1].error
+
+
+def test_unknown_backend_names_the_known_ones():
+    with pytest.raises(BackendError, match="'tflite-locl' is not a backend; known: .*tflite-local"):
+        backend_class("tflite-locl")
+    with pytest.raises(ConfigError, match=r"^campaign.yaml: backend.name: 'tflite-locl' is not a backend"):
+        load_backend_config("tflite-locl", {})
+
+
+@pytest.mark.parametrize("options, key, message", [
+    ({"thread": 2}, "backend.thread", "did you mean 'threads'"),
+    ({"threads": 0}, "backend.threads", "below the minimum"),
+    ({"measure_cores": "fast"}, "backend.measure_cores", "'auto' or a list"),
+    ({"measure_cores": [4096]}, "backend.measure_cores", "not all cores"),
+    ({"convert_workers": "many"}, "backend.convert_workers", "'auto' or a number"),
+])
+def test_config_errors_point_at_the_key(options, key, message):
+    with pytest.raises(ConfigError) as caught:
+        load_backend_config("tflite-local", {"name": "tflite-local", **options}, source="ws/campaign.yaml")
+    assert caught.value.key_path == key and message in str(caught.value)
+    assert str(caught.value).startswith(f"ws/campaign.yaml: {key}: ")
+
+
+def test_registry_lists_every_entry_point_and_why_one_is_unusable():
+    entries = {e.name: e for e in list_backends()}
+    assert set(entries) == set(backend_names())
+    assert {"tflite-local", "openvino-local"} <= set(entries)
+    assert entries["tflite-local"].usable and entries["tflite-local"].reason == ""
+    for entry in entries.values():
+        assert entry.usable or entry.reason  # an unusable backend always says why
