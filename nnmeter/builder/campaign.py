@@ -1,0 +1,174 @@
+"""campaign.yaml: render it for a backend (``nnmeter-build init``) and load it, checking every key.
+
+The file has one section per part of the toolchain, each a dataclass of
+:mod:`nnmeter.schema` settings: ``backend`` (``name`` plus the backend's own
+``Config``), ``protocol`` (:class:`~nnmeter.backends.protocol.MeasurementProtocol`),
+``rules``, ``kernels`` and ``evaluation``. The template's comments are taken from
+the settings' docs, so the file and the code never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nnmeter.backends.protocol import MeasurementProtocol
+from nnmeter.builder.settings import EvaluationSettings, KernelTrainingSettings
+from nnmeter.errors import ConfigError
+from nnmeter.rule_tester.settings import RuleTestSettings
+from nnmeter.schema import load_section
+
+#: The sections of campaign.yaml other than ``backend``, and the settings class of each.
+SECTIONS: dict[str, type] = {
+    "protocol": MeasurementProtocol,
+    "rules": RuleTestSettings,
+    "kernels": KernelTrainingSettings,
+    "evaluation": EvaluationSettings,
+}
+TOP_LEVEL_KEYS = ("backend", *SECTIONS)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A loaded and validated campaign.yaml."""
+
+    source: Path
+    backend_name: str
+    backend_options: Any  # the backend's validated Config
+    protocol: MeasurementProtocol
+    rules: RuleTestSettings
+    kernels: KernelTrainingSettings
+    evaluation: EvaluationSettings
+
+
+def load_campaign(path: Path | str) -> Campaign:
+    """Read and validate ``path``; :class:`ConfigError` names the file, key path, bad value and what is valid."""
+    from nnmeter.backends import backend_names, load_backend_config
+
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        what = "is a folder, not a campaign file" if path.is_dir() else "no such file"
+        raise ConfigError(source, "", what, "create a workspace with: nnmeter-build init DIR --backend NAME")
+    data = parse_yaml(path.read_text(encoding="utf-8"), source)
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"expected a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), "
+                                      f"got {type(data).__name__}")
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(source, str(unknown[0]), f"unknown section; known: {', '.join(TOP_LEVEL_KEYS)}")
+
+    backend = data.get("backend")
+    if not isinstance(backend, dict):
+        raise ConfigError(source, "backend", "expected a mapping with at least `name: <backend>`",
+                          f"known backends: {', '.join(backend_names())}")
+    name = backend.get("name")
+    if name not in backend_names():
+        problem = "is required" if name is None else f"{name!r} is not a backend"
+        raise ConfigError(source, "backend.name", f"{problem}; known: {', '.join(backend_names())}",
+                          "list them with: nnmeter-build backends")
+    options = load_backend_config(name, {k: v for k, v in backend.items() if k != "name"},
+                                  source=source, key_path="backend")
+    sections = {key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()}
+    return Campaign(source=path, backend_name=name, backend_options=options, **sections)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML ``text`` as Python values; malformed YAML is a ConfigError with line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, "", f"malformed YAML at {where}{err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(source, "", f"malformed YAML: {err}") from None
+
+
+def render_campaign(backend_name: str) -> str:
+    """The text of a campaign.yaml for ``backend_name`` with every key at its default, each commented."""
+    import jinja2
+
+    from nnmeter.backends import backend_class, backend_names
+
+    names = backend_names()
+    if backend_name not in names:
+        raise ConfigError("--backend", "", f"{backend_name!r} is not a backend; known: {', '.join(names)}",
+                          "list them with: nnmeter-build backends")
+    cls = backend_class(backend_name)
+    name_entry = _Entry(key="name", comment=_wrap(f"the device + runtime that converts and measures; one of "
+                                                  f"{', '.join(names)}"),
+                        text=_yaml_item("name", backend_name))
+    backend_entries = [name_entry, *_entries(cls.Config)]
+    template = resources.files("nnmeter.configs").joinpath("campaign.yaml.j2").read_text(encoding="utf-8")
+    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(template).render(
+        backend_name=backend_name,
+        backend_description=getattr(cls, "description", ""),
+        backend=backend_entries,
+        sections={key: _entries(section) for key, section in SECTIONS.items()},
+    )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One key of the rendered template: its comment lines, and its YAML text or its children."""
+
+    key: str
+    comment: list[str]
+    text: str = ""  # "key: value" (may span lines)
+    children: list["_Entry"] | None = None
+    required: bool = False
+
+
+def _entries(cls: type, defaults: Any = None) -> list[_Entry]:
+    entries = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        meta = f.metadata
+        comment = _wrap(_describe(meta))
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and defaults is None:
+            entries.append(_Entry(key=f.name, comment=comment, required=True))
+            continue
+        value = getattr(defaults, f.name) if defaults is not None else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        if dataclasses.is_dataclass(value):
+            entries.append(_Entry(key=f.name, comment=comment, children=_entries(type(value), value)))
+        else:
+            entries.append(_Entry(key=f.name, comment=comment, text=_yaml_item(f.name, value)))
+    return entries
+
+
+def _describe(meta: Any) -> str:
+    """A setting's doc plus what values it takes."""
+    doc = meta.get("doc", "")
+    valid = []
+    if meta.get("choices") is not None:
+        valid.append("valid: " + ", ".join(str(c) for c in meta["choices"]))
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and hi is not None:
+        valid.append(f"range: {lo} .. {hi}")
+    elif lo is not None:
+        valid.append(f">= {lo}")
+    elif hi is not None:
+        valid.append(f"<= {hi}")
+    return doc + (f" ({'; '.join(valid)})" if valid else "")
+
+
+def _wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, width=96, break_on_hyphens=False) or [""]
+
+
+def _yaml_item(key: str, value: Any) -> str:
+    """``key: value`` as YAML; lists in flow style, wrapped (the template indents continuation lines)."""
+    if isinstance(value, (list, tuple, dict)):
+        value = list(value) if isinstance(value, tuple) else value
+        return yaml.safe_dump({key: value}, default_flow_style=None, sort_keys=False, width=96).rstrip("\n")
+    return f"{key}: " + yaml.safe_dump(value).removesuffix("\n...\n").strip()

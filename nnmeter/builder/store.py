@@ -1,0 +1,412 @@
+"""The measurement store: every model and every measurement of a workspace, in one SQLite file.
+
+SQLite in WAL mode, stdlib only. Each write is one transaction, committed before
+the call returns, so a campaign killed at any moment (even ``kill -9``) leaves
+the file consistent and everything written so far in it; run the campaign again
+and it skips what is already measured.
+
+Models are keyed by content hash; a measurement row records the device, the
+backend, the runtime versions, the protocol (its settings and their key), the
+status and the statistics. A model may have many measurements; what counts is
+the newest one per (device, backend, protocol key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from nnmeter.backends.base import MeasureResult, MeasureStatus, OpTime
+from nnmeter.backends.protocol import LatencyStats
+from nnmeter.errors import NnmeterError
+
+#: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model.
+MODEL_KINDS = ("kernel", "rule-case", "user", "evaluation")
+
+#: Schema migrations in order: step i brings a store from version i to i + 1. Never edit a
+#: released step; append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: models and their measurements
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        files TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX models_by_kind_name ON models (kind, name);
+    CREATE TABLE measurements (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_id TEXT NOT NULL REFERENCES models (id),
+        device TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        runtime_versions TEXT NOT NULL DEFAULT '{}',
+        protocol_key TEXT NOT NULL,
+        protocol TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        stats TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        op_profile TEXT NOT NULL DEFAULT '[]',
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        device_seconds REAL NOT NULL DEFAULT 0
+    );
+    """,
+    # 2: campaign step state, and the index the "newest measurement per model" queries use
+    """
+    CREATE TABLE state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX measurements_by_setup ON measurements (device, backend, protocol_key, model_id, id);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model of the workspace. ``files`` maps a format ("tflite", "keras", ...) to a path
+    relative to the workspace root."""
+
+    id: str
+    kind: str
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind {self.kind!r} is not valid; valid: {', '.join(MODEL_KINDS)}")
+
+    def path(self, fmt: str, root: Path) -> Path | None:
+        """The absolute path of the model's file in format ``fmt``, if it has one."""
+        rel = self.files.get(fmt)
+        return None if rel is None else Path(root) / rel
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One measurement of one model on one device/backend under one protocol."""
+
+    model_id: str
+    device: str
+    backend: str
+    protocol_key: str
+    status: MeasureStatus
+    stats: LatencyStats | None = None
+    error: str = ""
+    runtime_versions: Mapping[str, str] = field(default_factory=dict)
+    protocol: Mapping[str, Any] = field(default_factory=dict)
+    op_profile: tuple[OpTime, ...] = ()
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = field(default_factory=time.time)
+    device_seconds: float = 0.0
+    id: int | None = None  # set by the store
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", MeasureStatus(self.status))  # accept "ok" as well as the enum
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The headline (median over rounds) when the status carries one."""
+        return self.stats.median_ms if self.stats is not None and self.status.has_latency else None
+
+    @classmethod
+    def from_result(cls, result: MeasureResult, *, device: str, backend: str,
+                    runtime_versions: Mapping[str, str], protocol: Any) -> "MeasurementRecord":
+        """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
+        return cls(
+            model_id=result.model_id, device=device, backend=backend, protocol_key=protocol.key(),
+            status=MeasureStatus(result.status), stats=result.stats, error=result.error,
+            runtime_versions=dict(runtime_versions), protocol=dataclasses.asdict(protocol),
+            op_profile=tuple(result.op_profile), started_at=result.started_at, finished_at=time.time(),
+            device_seconds=result.device_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class SetupSummary:
+    """What the store holds for one device/backend/protocol key."""
+
+    device: str
+    backend: str
+    protocol_key: str
+    models: int
+    measurements: int
+    statuses: Mapping[str, int]  # status of each model's newest measurement -> models
+    device_seconds: float
+    last_at: float
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """Counts for ``nnmeter-build status``."""
+
+    models: Mapping[str, int]  # kind -> models
+    statuses: Mapping[str, Mapping[str, int]]  # kind -> status of each model's newest measurement -> models
+    setups: tuple[SetupSummary, ...]
+
+
+class StoreError(NnmeterError):
+    """The store file cannot be opened or is not an nnmeter store."""
+
+
+def hash_file(path: Path) -> str:
+    """Content hash of a model file, or of every file of a model folder (SavedModel)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            digest.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:20]
+
+
+def hash_config(kind: str, name: str, config: Mapping[str, Any]) -> str:
+    """Id of a generated model: its kind, name and config decide what it is (weights are random)."""
+    text = json.dumps([kind, name, config], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class Store:
+    """A workspace's ``store.sqlite``. One writer at a time; readers never block it (WAL)."""
+
+    def __init__(self, path: Path | str, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: not a usable nnmeter store ({err})",
+                             "restore the file from a backup, or move it away and run the campaign again") from err
+
+    @classmethod
+    def open(cls, path: Path | str) -> "Store":
+        return cls(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema --------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+        if not exists:
+            return 0
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        with self._write():
+            version = self.schema_version
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: store schema version {version} is newer than this nnmeter "
+                                 f"understands ({SCHEMA_VERSION})", "upgrade nnmeter")
+            if version == 0:
+                self._db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                self._db.execute("INSERT INTO schema_version VALUES (0)")
+            for step in MIGRATIONS[version:]:
+                for statement in _statements(step):
+                    self._db.execute(statement)
+            self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken at once (IMMEDIATE), committed on exit, rolled back on error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- models --------------------------------------------------------------
+
+    def add_model(self, record: ModelRecord) -> ModelRecord:
+        """Insert ``record``, or add its files to the model already stored under its id; the stored record."""
+        return self.add_models([record])[0]
+
+    def add_models(self, records: Sequence[ModelRecord]) -> list[ModelRecord]:
+        """:meth:`add_model` for many records in one transaction."""
+        stored = []
+        with self._write() as db:
+            for rec in records:
+                row = db.execute("SELECT * FROM models WHERE id = ?", (rec.id,)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO models (id, kind, name, config, files, created_at) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                               (rec.id, rec.kind, rec.name, _dump(rec.config), _dump(rec.files), rec.created_at))
+                    stored.append(rec)
+                    continue
+                old = _model(row)
+                merged = dataclasses.replace(old, files={**old.files, **rec.files})
+                if merged.files != old.files:
+                    db.execute("UPDATE models SET files = ? WHERE id = ?", (_dump(merged.files), rec.id))
+                stored.append(merged)
+        return stored
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        row = self._db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+        return None if row is None else _model(row)
+
+    def models(self, kind: str | None = None, name: str | None = None) -> list[ModelRecord]:
+        """Stored models, oldest first, optionally of one kind and/or name."""
+        where, args = _filters(("kind", kind), ("name", name))
+        rows = self._db.execute(f"SELECT * FROM models {where} ORDER BY created_at, id", args)
+        return [_model(r) for r in rows]
+
+    # --- measurements --------------------------------------------------------
+
+    def add_measurement(self, record: MeasurementRecord) -> MeasurementRecord:
+        """Store ``record`` (committed before returning); the record with its row id."""
+        return self.add_measurements([record])[0]
+
+    def add_measurements(self, records: Sequence[MeasurementRecord]) -> list[MeasurementRecord]:
+        """:meth:`add_measurement` for many records in one transaction."""
+        stored = []
+        with self._write() as db:
+            for rec in records:
+                cur = db.execute(
+                    "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, "
+                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
+                     _dump(rec.protocol), MeasureStatus(rec.status).value,
+                     None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
+                     _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
+                     rec.finished_at, rec.device_seconds))
+                stored.append(dataclasses.replace(rec, id=cur.lastrowid))
+        return stored
+
+    def latest_measurements(self, device: str, backend: str, protocol_key: str, kind: str | None = None,
+                            name: str | None = None, statuses: Iterable[str] | None = None,
+                            ) -> list[tuple[ModelRecord, MeasurementRecord]]:
+        """The newest measurement of each model under one device/backend/protocol, in measuring order.
+
+        ``statuses`` filters on the newest measurement: a model whose newest measurement
+        failed is not returned for ``statuses=["ok"]`` even if an older one succeeded.
+        """
+        where, args = _filters(("mo.kind", kind), ("mo.name", name))
+        if statuses is not None:
+            wanted = [MeasureStatus(s).value for s in statuses]
+            where += (" AND " if where else "WHERE ") + f"me.status IN ({', '.join('?' * len(wanted))})"
+            args += wanted
+        sql = f"""
+            SELECT mo.id AS mo_id, mo.kind, mo.name, mo.config, mo.files, mo.created_at, me.*
+            FROM measurements me JOIN models mo ON mo.id = me.model_id
+            JOIN (SELECT MAX(id) AS newest FROM measurements
+                  WHERE device = ? AND backend = ? AND protocol_key = ? GROUP BY model_id) n
+              ON me.id = n.newest
+            {where} ORDER BY me.id"""
+        rows = self._db.execute(sql, [device, backend, protocol_key, *args])
+        return [(_model(r, id_column="mo_id"), _measurement(r)) for r in rows]
+
+    def measured_ids(self, device: str, backend: str, protocol_key: str) -> set[str]:
+        """Models whose newest measurement under this device/backend/protocol has a latency."""
+        return {m.model_id for _, m in self.latest_measurements(
+            device, backend, protocol_key, statuses=[s for s in MeasureStatus if s.has_latency])}
+
+    def summary(self) -> StoreSummary:
+        models = {r["kind"]: r["n"] for r in self._db.execute(
+            "SELECT kind, COUNT(*) AS n FROM models GROUP BY kind ORDER BY kind")}
+        statuses: dict[str, dict[str, int]] = {kind: {} for kind in models}
+        for r in self._db.execute("""
+                SELECT mo.kind, me.status, COUNT(*) AS n FROM measurements me JOIN models mo ON mo.id = me.model_id
+                WHERE me.id IN (SELECT MAX(id) FROM measurements GROUP BY model_id)
+                GROUP BY mo.kind, me.status ORDER BY mo.kind, me.status"""):
+            statuses[r["kind"]][r["status"]] = r["n"]
+        for r in self._db.execute("""
+                SELECT kind, COUNT(*) AS n FROM models WHERE id NOT IN (SELECT model_id FROM measurements)
+                GROUP BY kind"""):
+            statuses[r["kind"]]["unmeasured"] = r["n"]
+        newest = "SELECT MAX(id) FROM measurements GROUP BY device, backend, protocol_key, model_id"
+        setups = []
+        for r in self._db.execute("""
+                SELECT device, backend, protocol_key, COUNT(DISTINCT model_id) AS models, COUNT(*) AS n,
+                       SUM(device_seconds) AS seconds, MAX(finished_at) AS last_at
+                FROM measurements GROUP BY device, backend, protocol_key ORDER BY last_at"""):
+            counts = {s["status"]: s["n"] for s in self._db.execute(f"""
+                SELECT status, COUNT(*) AS n FROM measurements
+                WHERE id IN ({newest}) AND device = ? AND backend = ? AND protocol_key = ?
+                GROUP BY status ORDER BY status""", (r["device"], r["backend"], r["protocol_key"]))}
+            setups.append(SetupSummary(r["device"], r["backend"], r["protocol_key"], r["models"], r["n"],
+                                       counts, r["seconds"] or 0.0, r["last_at"]))
+        return StoreSummary(models, statuses, tuple(setups))
+
+    # --- campaign state ------------------------------------------------------
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` by :meth:`set_state`, or ``default``."""
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable ``value`` under ``key`` (replacing any earlier one)."""
+        with self._write() as db:
+            db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                       (key, _dump(value), time.time()))
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _filters(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
+    clauses = [(f"{column} = ?", value) for column, value in pairs if value is not None]
+    if not clauses:
+        return "", []
+    return "WHERE " + " AND ".join(c for c, _ in clauses), [v for _, v in clauses]
+
+
+def _model(row: sqlite3.Row, id_column: str = "id") -> ModelRecord:
+    return ModelRecord(id=row[id_column], kind=row["kind"], name=row["name"], config=json.loads(row["config"]),
+                       files=json.loads(row["files"]), created_at=row["created_at"])
+
+
+def _measurement(row: sqlite3.Row) -> MeasurementRecord:
+    stats = None
+    if row["stats"] is not None:
+        values = json.loads(row["stats"])
+        values["round_medians_ms"] = tuple(values.get("round_medians_ms", ()))
+        stats = LatencyStats(**values)
+    return MeasurementRecord(
+        id=row["id"], model_id=row["model_id"], device=row["device"], backend=row["backend"],
+        protocol_key=row["protocol_key"], status=MeasureStatus(row["status"]), stats=stats, error=row["error"],
+        runtime_versions=json.loads(row["runtime_versions"]), protocol=json.loads(row["protocol"]),
+        op_profile=tuple(OpTime(**op) for op in json.loads(row["op_profile"])),
+        started_at=row["started_at"], finished_at=row["finished_at"], device_seconds=row["device_seconds"],
+    )

@@ -1,0 +1,209 @@
+"""A workspace: the folder ``nnmeter-build init`` makes, holding one device's campaign.
+
+::
+
+    ws/
+      campaign.yaml   what to build and how (validated on every open)
+      store.sqlite    every model and measurement (see :mod:`nnmeter.builder.store`)
+      models/         generated, converted and user models, named by content hash
+      rules/          fusion rules
+      predictor/      the built predictor artifact
+      reports/        evaluation and build reports
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from nnmeter.builder.campaign import Campaign, load_campaign, render_campaign
+from nnmeter.builder.store import ModelRecord, Store, hash_file
+from nnmeter.errors import ModelFileError, NnmeterError
+from nnmeter.schema import section_to_dict
+
+if TYPE_CHECKING:
+    from nnmeter.backends.base import Backend
+
+CAMPAIGN_FILE = "campaign.yaml"
+STORE_FILE = "store.sqlite"
+FOLDERS = ("models", "rules", "predictor", "reports")
+
+#: Model files a user can hand to ``profile``: suffix -> format (ModelFile.format).
+USER_MODEL_SUFFIXES = {".tflite": "tflite", ".keras": "keras", ".h5": "keras", ".onnx": "onnx"}
+_READABLE = ".tflite, .keras, .h5, .onnx, or a SavedModel folder"
+
+
+class Workspace:
+    """An nnmeter workspace; make one with :meth:`create`, use one with :meth:`open`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._campaign: Campaign | None = None
+        self._store: Store | None = None
+
+    # --- making and opening ---------------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path | str, backend_name: str, overwrite: bool = False) -> "Workspace":
+        """Write campaign.yaml for ``backend_name``, an empty store and the folders.
+
+        With ``overwrite``, an existing workspace gets a fresh campaign.yaml; its store
+        and models are kept (measurements are keyed by device, backend and protocol, so
+        nothing measured under other settings is mistaken for a new result).
+        """
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise NnmeterError(f"{root}: exists and is not a folder", "pick another path for the workspace")
+        campaign_path = root / CAMPAIGN_FILE
+        if campaign_path.exists() and not overwrite:
+            raise NnmeterError(f"{root}: is already a workspace ({CAMPAIGN_FILE} exists)",
+                               "pass --force to rewrite campaign.yaml (the store and models are kept)")
+        text = render_campaign(backend_name)  # an unknown backend fails here, before anything is written
+        root.mkdir(parents=True, exist_ok=True)
+        for folder in FOLDERS:
+            (root / folder).mkdir(exist_ok=True)
+        tmp = campaign_path.with_suffix(".yaml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(campaign_path)
+        Store(root / STORE_FILE).close()
+        return cls(root)
+
+    @classmethod
+    def open(cls, root: Path | str) -> "Workspace":
+        """The workspace at ``root`` (the folder or its campaign.yaml), its campaign validated."""
+        root = Path(root)
+        if root.is_file() and root.name == CAMPAIGN_FILE:
+            root = root.parent
+        if not (root / CAMPAIGN_FILE).is_file():
+            what = "does not exist" if not root.exists() else f"is not a workspace (no {CAMPAIGN_FILE})"
+            raise NnmeterError(f"{root}: {what}", f"create one with: nnmeter-build init {root} --backend NAME")
+        ws = cls(root)
+        ws.campaign  # validate the YAML before the store is opened
+        return ws
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- contents -------------------------------------------------------------
+
+    @property
+    def campaign_path(self) -> Path:
+        return self.root / CAMPAIGN_FILE
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / STORE_FILE
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.root / "rules"
+
+    @property
+    def predictor_dir(self) -> Path:
+        return self.root / "predictor"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def campaign(self) -> Campaign:
+        if self._campaign is None:
+            self._campaign = load_campaign(self.campaign_path)
+        return self._campaign
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_path)
+        return self._store
+
+    def connect(self) -> "Backend":
+        """The campaign's backend, connected (its ``device_info`` filled in)."""
+        from nnmeter.backends import connect_backend
+
+        return connect_backend(self.campaign.backend_name, section_to_dict(self.campaign.backend_options),
+                               source=str(self.campaign_path), key_path="backend")
+
+    def add_user_models(self, paths: Sequence[Path | str]) -> list[ModelRecord]:
+        """Copy user model files into models/user/ and record them (kind 'user'), one record per path.
+
+        Every path is checked first: a missing file or one that is not a model raises
+        :class:`ModelFileError` before anything is copied or stored.
+        """
+        formats = [(Path(p), model_file_format(Path(p))) for p in paths]
+        user_dir = self.models_dir / "user"
+        user_dir.mkdir(parents=True, exist_ok=True)
+        records = []
+        for path, fmt in formats:
+            model_id = hash_file(path)
+            target = user_dir / (model_id + ("" if path.is_dir() else path.suffix.lower()))
+            if not target.exists():
+                if path.is_dir():
+                    shutil.copytree(path, target)
+                else:
+                    shutil.copyfile(path, target)
+            records.append(ModelRecord(id=model_id, kind="user", name=path.name,
+                                       files={fmt: target.relative_to(self.root).as_posix()}))
+        return self.store.add_models(records)
+
+
+def tiny_model_path() -> Path:
+    """The bundled 8 KB .tflite model ``connect`` measures (see nnmeter/configs/models/README.md)."""
+    return Path(str(resources.files("nnmeter.configs").joinpath("models", "tiny_cnn.tflite")))
+
+
+def model_file_format(path: Path) -> str:
+    """The format of a user's model file (ModelFile.format); ModelFileError if it is not one nnmeter reads."""
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file", f"nnmeter reads {_READABLE}")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "savedmodel"
+        raise ModelFileError(f"{path}: is a folder but not a SavedModel (no saved_model.pb in it)",
+                             f"nnmeter reads {_READABLE}")
+    fmt = USER_MODEL_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ModelFileError(f"{path}: not a model file nnmeter reads (suffix {path.suffix or 'none'!r})",
+                             f"nnmeter reads {_READABLE}")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        valid = head[4:8] == b"TFL3"
+    elif suffix == ".keras":
+        valid = zipfile.is_zipfile(path)
+    elif suffix == ".h5":
+        valid = head == b"\x89HDF\r\n\x1a\n"
+    else:
+        valid = _is_onnx(path)
+    if not valid:
+        raise ModelFileError(f"{path}: is not a valid {suffix} model (its content does not match the format)",
+                             "check the file is complete and was saved in that format")
+    return fmt
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX protobuf with a graph (protobuf parses much garbage without error, so look for nodes)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError, ValueError, ... on bytes that are not a model
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0

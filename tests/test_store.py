@@ -1,0 +1,206 @@
+"""The measurement store: round trip, newest-per-model queries, migrations, crash safety; measure_models."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nnmeter.backends.base import MeasureStatus, OpTime
+from nnmeter.backends.protocol import LatencyStats, MeasurementProtocol
+from nnmeter.builder.store import (MIGRATIONS, SCHEMA_VERSION, MeasurementRecord, ModelRecord, Store, StoreError,
+                                   hash_config)
+
+STATS = LatencyStats.from_rounds([[1.0, 1.2, 1.1], [1.3, 1.25, 1.4], [0.9, 1.0, 1.05]])
+
+
+def measurement(model_id: str, status: str = "ok", protocol_key: str = "p1", **kw) -> MeasurementRecord:
+    has_stats = MeasureStatus(status).has_latency
+    return MeasurementRecord(model_id=model_id, device="local:test", backend="tflite-local",
+                             protocol_key=protocol_key, status=status, stats=STATS if has_stats else None,
+                             error="" if has_stats else "boom", **kw)
+
+
+def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        kid = hash_config("kernel", "conv-bn-relu", {"HW": 28, "CIN": 16})
+        store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu", config={"HW": 28, "CIN": 16},
+                                    files={"keras": "models/a.keras"}))
+        merged = store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu",
+                                             files={"tflite": "models/tflite/a.tflite"}))
+        assert merged.files == {"keras": "models/a.keras", "tflite": "models/tflite/a.tflite"}
+        assert merged.config == {"HW": 28, "CIN": 16}  # the first record's config is kept
+        store.add_model(ModelRecord(id="u1", kind="user", name="net.tflite", files={"tflite": "models/u1.tflite"}))
+        rec = store.add_measurement(measurement(kid, runtime_versions={"ai-edge-litert": "2.3.0"},
+                                                protocol={"rounds": 3},
+                                                op_profile=(OpTime("conv", "CONV_2D", 0.5, 80.0),)))
+        assert rec.id is not None
+
+    with Store.open(tmp_path / "s.sqlite") as store:  # reopened: everything came from the file
+        assert store.get_model(kid).files["tflite"] == "models/tflite/a.tflite"
+        assert store.get_model("missing") is None
+        assert [m.id for m in store.models(kind="kernel")] == [kid]
+        assert [m.id for m in store.models(kind="user", name="net.tflite")] == ["u1"]
+        [(model, got)] = store.latest_measurements("local:test", "tflite-local", "p1")
+        assert model.id == kid and got.id == rec.id
+        assert got.stats == STATS and got.status is MeasureStatus.OK
+        assert got.runtime_versions == {"ai-edge-litert": "2.3.0"} and got.protocol == {"rounds": 3}
+        assert got.op_profile == (OpTime("conv", "CONV_2D", 0.5, 80.0),)
+        assert got.latency_ms == STATS.median_ms
+
+
+def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        for mid in ("a", "b", "c"):
+            store.add_model(ModelRecord(id=mid, kind="kernel", name="fc", files={"tflite": f"{mid}.tflite"}))
+        store.add_measurement(measurement("a", "error"))
+        store.add_measurement(measurement("a", "ok"))  # a: failed, then measured
+        store.add_measurement(measurement("b", "ok"))
+        store.add_measurement(measurement("b", "crash"))  # b: measured, then a failed re-measurement
+        store.add_measurement(measurement("c", "unstable"))
+        store.add_measurement(measurement("c", "ok", protocol_key="p2"))  # another protocol: not mixed in
+
+        assert store.measured_ids("local:test", "tflite-local", "p1") == {"a", "c"}
+        assert store.measured_ids("local:test", "tflite-local", "p2") == {"c"}
+        assert store.measured_ids("other", "tflite-local", "p1") == set()
+        latest = store.latest_measurements("local:test", "tflite-local", "p1")
+        assert [(m.id, r.status.value) for m, r in latest] == [("a", "ok"), ("b", "crash"), ("c", "unstable")]
+        ok = store.latest_measurements("local:test", "tflite-local", "p1", statuses=["ok"])
+        assert [m.id for m, _ in ok] == ["a"]
+        assert store.latest_measurements("local:test", "tflite-local", "p1", kind="user") == []
+
+        store.add_model(ModelRecord(id="u", kind="user", name="x.tflite"))
+        summary = store.summary()
+        assert summary.models == {"kernel": 3, "user": 1}
+        assert summary.statuses["kernel"] == {"ok": 2, "crash": 1}  # c's newest is the p2 measurement
+        assert summary.statuses["user"] == {"unmeasured": 1}
+        setups = {s.protocol_key: s for s in summary.setups}
+        assert setups["p1"].models == 3 and setups["p1"].measurements == 5
+        assert setups["p1"].statuses == {"ok": 1, "crash": 1, "unstable": 1}
+
+
+def test_state_and_bad_records(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        assert store.get_state("rules", default={}) == {}
+        store.set_state("rules", {"done": ["conv"], "n": 1})
+        store.set_state("rules", {"done": ["conv", "dwconv"], "n": 2})
+        assert store.get_state("rules") == {"done": ["conv", "dwconv"], "n": 2}
+        with pytest.raises(ValueError, match="model kind 'kernal' is not valid"):
+            ModelRecord(id="x", kind="kernal", name="fc")
+        with pytest.raises(sqlite3.IntegrityError):  # foreign keys are on: no measurement of an unknown model
+            store.add_measurement(measurement("no-such-model"))
+        assert store.latest_measurements("local:test", "tflite-local", "p1") == []
+
+
+def test_migrates_a_version_1_store(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # a store as the first schema version wrote it
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO models VALUES ('m1', 'user', 'net.tflite', '{}', '{\"tflite\": \"m1.tflite\"}', 1.0)")
+    db.execute("INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
+               "finished_at) VALUES ('m1', 'd', 'b', 'p', 'error', NULL, 1.0, 2.0)")
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get_model("m1").files == {"tflite": "m1.tflite"}
+        [(_, old)] = store.latest_measurements("d", "b", "p")
+        assert old.status is MeasureStatus.ERROR and old.stats is None
+        store.set_state("k", 1)  # the table version 2 added
+        assert store.get_state("k") == 1
+    with Store(path) as store:  # opening an up-to-date store changes nothing
+        assert store.schema_version == SCHEMA_VERSION
+
+
+def test_refuses_newer_schemas_and_non_stores(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer than this nnmeter"):
+        Store(path)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database, just some text " * 100)
+    with pytest.raises(StoreError, match="not a usable nnmeter store"):
+        Store(junk)
+
+
+def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    writer = textwrap.dedent(f"""
+        import sys
+        from nnmeter.builder.store import Store, ModelRecord, MeasurementRecord
+        store = Store({str(path)!r})
+        store.add_model(ModelRecord(id="m", kind="kernel", name="fc"))
+        i = 0
+        while True:
+            store.add_measurement(MeasurementRecord(model_id="m", device="d", backend="b", protocol_key="p",
+                                                    status="error", error="x" * 2000))
+            i += 1
+            print(i, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    committed = 0
+    for line in proc.stdout:
+        committed = int(line)
+        if committed >= 200:
+            break
+    proc.kill()  # SIGKILL, mid-write
+    proc.wait()
+    with Store(path) as store:
+        assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = store._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+        assert rows >= committed
+
+
+# --- measure_models on the real tflite-local backend ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_backend():
+    from nnmeter.backends import connect_backend
+
+    with connect_backend("tflite-local", {}) as backend:
+        yield backend
+
+
+def test_measure_models_skips_measured_and_retries_failures(tmp_path: Path, local_backend) -> None:
+    from nnmeter.builder.measuring import measure_models
+    from nnmeter.builder.workspace import Workspace, tiny_model_path
+
+    ws = Workspace.create(tmp_path / "ws", "tflite-local")
+    broken = tmp_path / "broken.tflite"  # a header that passes the file check, a body the runtime refuses
+    broken.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
+    records = ws.add_user_models([tiny_model_path(), broken])
+    protocol = MeasurementProtocol(warmup_runs=1, rounds=6, runs_per_round=2, min_round_ms=0.0,
+                                   max_remeasures=0, batch_size=1)
+    calls = []
+    first = measure_models(ws.store, local_backend, records, protocol, workspace_root=ws.root,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert [m.model_id for m in first] == [r.id for r in records]
+    ok, failed = first
+    assert ok.status is MeasureStatus.OK or ok.status is MeasureStatus.UNSTABLE
+    assert ok.stats.min_ms <= ok.stats.median_ms <= ok.stats.p90_ms
+    assert ok.stats.rounds == 6 and ok.stats.runs == 12
+    assert ok.protocol_key == protocol.key() and ok.runtime_versions["ai-edge-litert"]
+    assert failed.status is MeasureStatus.ERROR and failed.error and failed.stats is None
+    assert calls[-1] == (2, 2)
+
+    second = measure_models(ws.store, local_backend, records, protocol, workspace_root=ws.root,
+                            progress=lambda done, total: None)
+    assert second[0].id == ok.id  # the stored measurement, not a new one
+    assert second[1].id != failed.id and second[1].status is MeasureStatus.ERROR  # failures are retried
+    again = measure_models(ws.store, local_backend, records[:1], protocol, workspace_root=ws.root,
+                           remeasure=True, progress=lambda done, total: None)
+    assert again[0].id not in (ok.id, None)
+    rows = ws.store._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    assert rows == 4  # 2 + the retried failure + the re-measurement
+    ws.close()
