@@ -4,3 +4,12 @@
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # lazy: the predictor engine (and numpy) load on first use, never TensorFlow
+    if name in ("load_predictor", "Predictor", "PredictionResult"):
+        from nnmeter.predictor import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'nnmeter' has no attribute {name!r}")

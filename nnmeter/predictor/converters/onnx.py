@@ -1,0 +1,153 @@
+"""ONNX files and ``onnx.ModelProto`` -> IR graph, with ONNX shape inference (no TensorFlow).
+
+ONNX's NCHW 4-D shapes are stored NHWC in the IR (the IR's one layout); channel axes of
+Concat follow. Initializers and Constant nodes are constants, not edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nnmeter import ops
+from nnmeter.errors import ModelFileError
+from nnmeter.predictor.ir import Graph, GraphBuilder
+
+_OPS = {
+    "Conv": ops.CONV, "ConvTranspose": ops.CONVTRANS, "BatchNormalization": ops.BN, "Relu": ops.RELU,
+    "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSwish": ops.HSWISH,
+    "Add": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL, "AveragePool": ops.AVGPOOL,
+    "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL, "Gemm": ops.FC,
+    "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Softmax": ops.SOFTMAX,
+    "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE, "Flatten": ops.FLATTEN,
+}
+_NOOPS = {"Identity", "Dropout"}
+
+
+def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError and others for a file that is not ONNX
+        raise ModelFileError(f"{path}: not an ONNX model ({type(err).__name__}: {err})") from None
+    if not model.graph.node:
+        raise ModelFileError(f"{path}: not an ONNX model (no graph nodes)")
+    return convert(model, input_shape, name=path.stem, source=str(path))
+
+
+def _nhwc(shape: list[int]) -> list[int]:
+    """NCHW -> NHWC for 4-D shapes; a dynamic batch dimension is 1."""
+    shape = [1 if i == 0 and d <= 0 else d for i, d in enumerate(shape)]
+    return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 else shape
+
+
+def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | None = None,
+            source: str = "<onnx model>") -> Graph:
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    graph = model.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in consts]
+    if input_shape is not None and inputs:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        dims = model.graph.input[[i.name for i in model.graph.input].index(inputs[0].name)].type.tensor_type.shape.dim
+        if len(dims) != len(input_shape):
+            raise ModelFileError(f"{source}: input_shape {list(input_shape)} has {len(input_shape)} dims, "
+                                 f"the model's input {inputs[0].name!r} has {len(dims)}")
+        for dim, value in zip(dims, input_shape):
+            dim.Clear()
+            dim.dim_value = int(value)
+        graph = model.graph
+    try:
+        graph = shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception as err:  # inference errors name the node and its problem
+        raise ModelFileError(f"{source}: ONNX shape inference failed: {err}") from None
+    shapes: dict[str, list[int]] = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    builder = GraphBuilder(name or graph.name or "onnx-model", source)
+    for inp in inputs:
+        dims = [None if d <= 0 else d for d in shapes.get(inp.name, [])]
+        if any(d is None for d in dims[1:]):
+            builder.input(inp.name, dims)  # raises: a dynamic shape needs input_shape
+        builder.input(inp.name, _nhwc([d or 1 for d in dims]))
+    producer: dict[str, str] = {i.name: i.name for i in inputs}
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        data_in = [i for i in node.input if i in producer]
+        const_in = [consts[i] for i in node.input if i in consts]
+        name = node.name or f"{node.op_type}_{index}"
+        if not data_in:  # computed from constants only (shape arithmetic): a constant too
+            continue
+        if node.op_type in _NOOPS:
+            builder.bypass(name, producer[data_in[0]])
+            producer.update({o: builder.resolve(name) for o in node.output if o})
+            continue
+        in_shapes = [_nhwc(shapes.get(i, [])) for i in data_in]
+        out_shapes = [_nhwc(shapes.get(o, [])) for o in node.output if o]
+        op, extra = _op(node.op_type, attrs, const_in, in_shapes, consts, node)
+        builder.node(name, op, [producer[i] for i in data_in], in_shapes, out_shapes, **extra)
+        producer.update({o: name for o in node.output if o})
+    return builder.finish(producer[o.name] for o in graph.output if o.name in producer)
+
+
+def _op(op_type: str, attrs: dict[str, Any], const_in: list[np.ndarray], in_shapes: list[list[int]],
+        consts: dict[str, np.ndarray], node: Any) -> tuple[str, dict[str, Any]]:
+    if op_type in ("Conv", "ConvTranspose"):
+        weight = const_in[0].shape if const_in else None
+        size = list(attrs.get("kernel_shape") or (weight[2:] if weight is not None else [1, 1]))
+        extra: dict[str, Any] = {"kernel_size": size, "strides": list(attrs.get("strides", [1, 1]))}
+        group = int(attrs.get("group", 1))
+        if op_type == "ConvTranspose":
+            return ops.CONVTRANS, extra
+        cin = in_shapes[0][-1] if in_shapes and in_shapes[0] else 0
+        if group > 1 and group == cin:
+            extra["depth_multiplier"] = (weight[0] // cin) if weight is not None else 1
+            return ops.DWCONV, extra
+        if group > 1:
+            extra["groups"] = group
+        return ops.CONV, extra
+    if op_type in ("MaxPool", "AveragePool"):
+        size = list(attrs.get("kernel_shape", [1, 1]))
+        op = ops.MAXPOOL if op_type == "MaxPool" else ops.AVGPOOL
+        if op == ops.AVGPOOL and in_shapes and in_shapes[0][1:3] == size:
+            return ops.GLOBAL_AVGPOOL, {}
+        return op, {"kernel_size": size, "strides": list(attrs.get("strides", size))}
+    if op_type == "ReduceMean":
+        axes = attrs.get("axes", const_in[0].tolist() if const_in else None)
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            return op_type, {}
+        return ops.GLOBAL_AVGPOOL, {}
+    if op_type == "Clip":
+        bounds = attrs.get("min"), attrs.get("max")
+        if len(node.input) >= 3:
+            bounds = tuple(float(consts[i]) if i in consts else None for i in node.input[1:3])
+        if bounds[0] == 0 and bounds[1] == 6:
+            return ops.RELU6, {}
+        if bounds[0] == 0 and bounds[1] is None:
+            return ops.RELU, {}
+        return op_type, {}
+    if op_type == "Concat":
+        axis = int(attrs.get("axis", 1))
+        rank = len(in_shapes[0]) if in_shapes else 4
+        channel = axis % rank == (1 if rank == 4 else rank - 1)
+        return ops.CONCAT, {"axis": -1 if channel else axis}
+    if op_type in ("Add", "Mul", "Div") and len(in_shapes) == 1:
+        value: Any = "tensor"
+        if const_in and const_in[0].size == 1:
+            scalar = float(const_in[0].reshape(-1)[0])
+            value = 1.0 / scalar if op_type == "Div" and scalar else scalar
+        return _OPS[op_type], {"constant": value}
+    if op_type == "Div":
+        return op_type, {}
+    return _OPS.get(op_type, op_type), {}

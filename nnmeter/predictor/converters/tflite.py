@@ -1,0 +1,193 @@
+""".tflite flatbuffer -> IR graph, read with LiteRT's generated schema (no TensorFlow, no interpreter).
+
+Nodes are named after their first output tensor (TFLite ops have no names). A fused
+activation (``fused_activation_function``) becomes a relu/relu6 node of its own after
+the op, so kernel detection sees conv + act as in every other framework; a batch norm
+the converter folded into a conv is simply absent. Tensors that no op produces and that
+are not model inputs are constants (weights): attributes, not edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nnmeter import ops
+from nnmeter.errors import ModelFileError
+from nnmeter.predictor.ir import Graph, GraphBuilder
+
+_OPS = {
+    "CONV_2D": ops.CONV, "DEPTHWISE_CONV_2D": ops.DWCONV, "TRANSPOSE_CONV": ops.CONVTRANS,
+    "FULLY_CONNECTED": ops.FC, "ADD": ops.ADD, "MUL": ops.MUL, "DIV": ops.MUL,
+    "RELU": ops.RELU, "RELU6": ops.RELU6, "LOGISTIC": ops.SIGMOID, "HARD_SWISH": ops.HSWISH,
+    "MAX_POOL_2D": ops.MAXPOOL, "AVERAGE_POOL_2D": ops.AVGPOOL, "MEAN": ops.GLOBAL_AVGPOOL,
+    "CONCATENATION": ops.CONCAT, "SPLIT": ops.SPLIT, "SPLIT_V": ops.SPLIT, "PAD": ops.PAD, "PADV2": ops.PAD,
+    "SOFTMAX": ops.SOFTMAX, "RESHAPE": ops.RESHAPE, "SQUEEZE": ops.RESHAPE, "EXPAND_DIMS": ops.RESHAPE,
+}
+#: Options table of the ops whose options we read.
+_OPTIONS = {
+    "CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions", "MAX_POOL_2D": "Pool2DOptions",
+    "AVERAGE_POOL_2D": "Pool2DOptions", "FULLY_CONNECTED": "FullyConnectedOptions", "ADD": "AddOptions",
+    "MUL": "MulOptions", "DIV": "DivOptions", "SUB": "SubOptions", "CONCATENATION": "ConcatenationOptions",
+    "TRANSPOSE_CONV": "TransposeConvOptions",
+}
+#: Ops whose output is the (float) value of a constant input: weights stored as float16 or int8.
+_CONST_PASSTHROUGH = {"DEQUANTIZE"}
+_NOOPS = {"QUANTIZE"}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated
+
+
+def _op_names(schema) -> dict[int, str]:
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _act_names(schema) -> dict[int, str]:
+    return {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+
+
+def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
+    data = path.read_bytes()
+    schema = _schema()
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise ModelFileError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        return _convert(schema, schema.Model.GetRootAs(data, 0), path, input_shape)
+    except ModelFileError:
+        raise
+    except (IndexError, ValueError, AttributeError, TypeError) as err:
+        raise ModelFileError(f"{path}: damaged TFLite file ({err})") from None
+
+
+def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Graph:
+    if model.SubgraphsLength() < 1:
+        raise ModelFileError(f"{path}: the TFLite file has no subgraph")
+    sub = model.Subgraphs(0)
+    op_names, act_names = _op_names(schema), _act_names(schema)
+    tensors = [sub.Tensors(i) for i in range(sub.TensorsLength())]
+    shapes = _shapes(path, tensors, sub, input_shape)
+    names = [t.Name().decode(errors="replace") for t in tensors]
+    builder = GraphBuilder(path.stem, str(path))
+    producer: dict[int, str] = {}  # tensor index -> node (or input) name
+    for ti in sub.InputsAsNumpy():
+        builder.input(names[ti], shapes[ti])
+        producer[int(ti)] = names[ti]
+    for oi in range(sub.OperatorsLength()):
+        op = sub.Operators(oi)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        tf_name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        if tf_name == "CUSTOM" and code.CustomCode():
+            tf_name = code.CustomCode().decode(errors="replace")
+        ins = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(i) for i in op.OutputsAsNumpy()]
+        data_in = [i for i in ins if i >= 0 and i in producer]
+        if tf_name in _CONST_PASSTHROUGH and not data_in:
+            continue  # a dequantized weight: still a constant
+        name = names[outs[0]]
+        if tf_name in _NOOPS and data_in:
+            builder.bypass(name, producer[data_in[0]])
+            producer.update({o: builder.resolve(name) for o in outs})
+            continue
+        options = _options(schema, op, tf_name)
+        vocab = _OPS.get(tf_name, tf_name)
+        attrs: dict[str, Any] = {}
+        in_shapes = [shapes[i] for i in data_in]
+        out_shapes = [shapes[o] for o in outs]
+        if vocab in (ops.CONV, ops.DWCONV):
+            weight = shapes[ins[1]]  # conv: [cout, kh, kw, cin]; depthwise: [1, kh, kw, cin * multiplier]
+            attrs["kernel_size"] = [weight[1], weight[2]]
+            attrs["strides"] = [options.StrideH(), options.StrideW()]
+            if vocab == ops.DWCONV:
+                attrs["depth_multiplier"] = options.DepthMultiplier() or (weight[3] // max(1, in_shapes[0][3]))
+            elif in_shapes and weight[3] != in_shapes[0][3]:
+                attrs["groups"] = in_shapes[0][3] // max(1, weight[3])
+        elif vocab == ops.CONVTRANS:
+            weight = shapes[ins[1]]
+            data_in = [i for i in ins if i in producer and len(shapes[i]) == 4][-1:]
+            in_shapes = [shapes[i] for i in data_in]
+            attrs["kernel_size"] = [weight[1], weight[2]]
+            attrs["strides"] = [options.StrideH(), options.StrideW()]
+        elif vocab in (ops.MAXPOOL, ops.AVGPOOL):
+            attrs["kernel_size"] = [options.FilterHeight(), options.FilterWidth()]
+            attrs["strides"] = [options.StrideH(), options.StrideW()]
+            if vocab == ops.AVGPOOL and in_shapes and attrs["kernel_size"] == in_shapes[0][1:3]:
+                vocab, attrs = ops.GLOBAL_AVGPOOL, {}
+        elif vocab == ops.GLOBAL_AVGPOOL:
+            axes = _const(schema, model, tensors[ins[1]]) if len(ins) > 1 else None
+            if axes is None or sorted(int(a) for a in np.ravel(axes)) != [1, 2]:
+                vocab = tf_name  # a mean over other axes has no kernel
+        elif vocab == ops.CONCAT:
+            attrs["axis"] = -1 if options.Axis() in (-1, len(out_shapes[0]) - 1) else options.Axis()
+        elif vocab in (ops.ADD, ops.MUL) and len(data_in) == 1:
+            consts = [i for i in ins if i not in producer]
+            value = _const(schema, model, tensors[consts[0]]) if consts else None
+            if value is not None and np.size(value) == 1:
+                scalar = float(np.ravel(value)[0])
+                attrs["constant"] = 1.0 / scalar if tf_name == "DIV" and scalar else scalar
+            else:
+                attrs["constant"] = "tensor"
+        elif vocab == ops.MUL and tf_name == "DIV":
+            vocab = tf_name  # a division of two tensors
+        builder.node(name, vocab, [producer[i] for i in data_in], in_shapes, out_shapes, **attrs)
+        last = name
+        act = act_names.get(options.FusedActivationFunction(), "NONE") if hasattr(
+            options, "FusedActivationFunction") else "NONE"
+        if act != "NONE":
+            last = f"{name}/{act.lower()}"
+            builder.node(last, {"RELU": ops.RELU, "RELU6": ops.RELU6}.get(act, act), [name],
+                         out_shapes[:1], out_shapes[:1])
+        for o in outs:
+            producer[o] = last
+    return builder.finish(producer[int(o)] for o in sub.OutputsAsNumpy())
+
+
+def _options(schema, op, tf_name: str):
+    cls_name = _OPTIONS.get(tf_name)
+    table = op.BuiltinOptions()
+    if cls_name is None or table is None:
+        return None
+    options = getattr(schema, cls_name)()
+    options.Init(table.Bytes, table.Pos)
+    return options
+
+
+def _const(schema, model, tensor) -> np.ndarray | None:
+    """The value of a float32 or int32 constant tensor (None for other types or no data)."""
+    buffer = model.Buffers(tensor.Buffer())
+    if buffer is None or buffer.DataLength() == 0:
+        return None
+    dtype = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT32: np.int32}.get(tensor.Type())
+    return None if dtype is None else np.frombuffer(buffer.DataAsNumpy().tobytes(), dtype=dtype)
+
+
+def _shapes(path: Path, tensors: list, sub, input_shape: Sequence[int] | None) -> list[list[int]]:
+    """Every tensor's shape; a dynamic input needs ``input_shape`` and LiteRT's shape propagation."""
+    shapes = [[int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else [] for t in tensors]
+    dynamic = False
+    for ti in sub.InputsAsNumpy():
+        sig = tensors[ti].ShapeSignatureAsNumpy() if tensors[ti].ShapeSignatureLength() else []
+        dynamic |= any(int(d) < 0 for d in list(sig)[1:])
+    if not dynamic and input_shape is None:
+        return shapes
+    if input_shape is None:
+        name = tensors[sub.InputsAsNumpy()[0]].Name().decode(errors="replace")
+        sig = [int(d) for d in tensors[sub.InputsAsNumpy()[0]].ShapeSignatureAsNumpy()]
+        raise ModelFileError(f"{path}: input {name!r} has a dynamic shape {sig}",
+                             hint="give the input shape, e.g. input_shape=(1, 224, 224, 3) or "
+                             "--input-shape 1,224,224,3")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    first = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(first, list(input_shape), strict=False)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_tensor_details():
+        if detail["index"] < len(shapes) and len(detail["shape"]):
+            shapes[detail["index"]] = [int(d) for d in detail["shape"]]
+    return shapes

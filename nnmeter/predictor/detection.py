@@ -1,0 +1,215 @@
+"""Kernel detection: partition an IR graph into the kernels a device runs, with its fusion rules.
+
+Walk the nodes in topological order and merge a node ``v`` into the kernel that ends at
+its single input ``u`` when
+
+* the device fuses the pair (``rules.fused(op(u), op(v))``), where ``op(u)`` is the last
+  op the device still sees: a ``bn`` folded into the conv before it is invisible;
+* the merged ops are still the start of some kernel of :data:`nnmeter.ops.KERNELS`
+  (so every partition names a kernel, and two-input ops such as add start a kernel);
+* the connection allows it: ``u`` feeds only ``v``, or the multiple-outbound rule (MON)
+  says the device fuses such an op with its first consumer (1) or with every consumer,
+  computing it again in each branch (2).
+
+A ``bn`` right after a conv or depthwise conv is folded into it when the rules fuse the
+pair (TFLite's converter and OpenVINO do it; the file then has no bn at all). A kernel's
+type is found from its *device signature* (its ops without folded bn), so a conv+bn+relu
+from Keras and a conv with fused ReLU from a .tflite file are the same kernel: the type
+with bn (conv-bn-relu, nn-Meter's names) is preferred when the predictor has it, then
+the one without (conv-relu).
+
+Free ops: ``reshape`` and ``flatten`` change only a tensor's shape metadata (runtimes
+run them in place or not at all), so they are not kernels. Converters already drop
+Identity, Const, Dropout and input placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Collection, Iterable
+
+from nnmeter import ops
+from nnmeter.predictor.ir import Graph, Node, channels, spatial
+from nnmeter.predictor.rules import MON_ALL, MON_FIRST, FusionRules
+
+#: Ops that are not kernels (see the module doc).
+FREE_OPS = frozenset({ops.RESHAPE, ops.FLATTEN})
+_WEIGHTED = (ops.CONV, ops.DWCONV)
+
+
+def _signature(kernel_ops: Iterable[str]) -> tuple[str, ...]:
+    """The ops a device sees: a bn right after a conv or dwconv is folded into it."""
+    out: list[str] = []
+    for op in kernel_ops:
+        if op == ops.BN and out and out[-1] in _WEIGHTED and len(out) == 1:
+            continue
+        out.append(op)
+    return tuple(out)
+
+
+def _candidates() -> dict[tuple[str, ...], list[str]]:
+    by_sig: dict[tuple[str, ...], list[str]] = {}
+    for name, ktype in ops.KERNELS.items():
+        by_sig.setdefault(_signature(ktype.ops), []).append(name)
+    for names in by_sig.values():  # the type with bn first (nn-Meter's names), then the vocabulary order
+        names.sort(key=lambda n: ops.BN not in ops.KERNELS[n].ops)
+    return by_sig
+
+
+_BY_SIGNATURE = _candidates()
+_PREFIXES = frozenset(sig[:i] for sig in _BY_SIGNATURE for i in range(1, len(sig) + 1))
+
+
+@dataclass
+class Kernel:
+    """One kernel of a model: its nodes, type and config (``kernel`` is empty when unsupported)."""
+
+    name: str
+    nodes: list[str]
+    ops: tuple[str, ...]  # the ops of its nodes, in order
+    kernel: str = ""
+    config: dict[str, object] = field(default_factory=dict)
+    problem: str = ""  # why no kernel type or config could be given
+
+
+@dataclass
+class Detection:
+    """The kernels of a graph, the nodes left out as free, and the kernels that cannot be predicted."""
+
+    graph: str
+    kernels: list[Kernel]
+    free_nodes: list[str]
+
+    @property
+    def supported(self) -> list[Kernel]:
+        return [k for k in self.kernels if not k.problem]
+
+    @property
+    def unsupported(self) -> list[Kernel]:
+        return [k for k in self.kernels if k.problem]
+
+
+def detect(graph: Graph, rules: FusionRules, available: Collection[str] | None = None) -> Detection:
+    """Partition ``graph`` into kernels with ``rules``; ``available`` restricts the kernel types to choose
+    from (the predictor's regressors); a kernel with no available type is reported with its problem."""
+    readers = graph.consumers()
+    policy = rules.mon_policy
+    parts: list[list[Node]] = []
+    sigs: list[tuple[str, ...]] = []  # the device signature of each partition
+    tail_of: dict[str, int] = {}  # node name -> index of the partition that ends with it
+    copies: dict[int, int] = {}  # partition index -> how many consumers took a copy (MON 2)
+    free: list[str] = []
+    for node in graph.nodes.values():
+        if node.op in FREE_OPS:
+            free.append(node.name)
+            continue
+        pid = tail_of.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        sig = _merged(sigs[pid], parts[pid], node, rules) if pid is not None else None
+        if sig is not None:
+            src = node.inputs[0]
+            n_readers = len(readers.get(src, ()))
+            if n_readers == 1 or (policy == MON_FIRST and readers[src][0] == node.name):
+                parts[pid].append(node)
+                sigs[pid] = sig
+                del tail_of[src]
+                tail_of[node.name] = pid
+                continue
+            if policy == MON_ALL:
+                copies[pid] = copies.get(pid, 0) + 1
+                parts.append(parts[pid] + [node])
+                sigs.append(sig)
+                tail_of[node.name] = len(parts) - 1
+                continue
+        parts.append([node])
+        sigs.append((node.op,))
+        tail_of[node.name] = len(parts) - 1
+    kernels: list[Kernel] = []
+    for pid, part in enumerate(parts):
+        src = part[-1].name
+        if copies.get(pid) == len(readers.get(src, ())) and src not in graph.outputs:
+            continue  # every consumer computes it again in its own kernel
+        kernels.append(_kernel(part, sigs[pid], available))
+    return Detection(graph=graph.name, kernels=kernels, free_nodes=free)
+
+
+def _merged(sig: tuple[str, ...], part: list[Node], node: Node, rules: FusionRules) -> tuple[str, ...] | None:
+    """The signature of ``part`` + ``node`` if the device fuses them, else None."""
+    if node.op == ops.BN and len(part) == 1 and sig[-1] in _WEIGHTED:
+        return sig if rules.fused(sig[-1], ops.BN) else None  # folded: the device does not see it
+    merged = sig + (node.op,)
+    return merged if merged in _PREFIXES and rules.fused(sig[-1], node.op) else None
+
+
+@lru_cache(maxsize=65536)
+def _validated(kernel: str, values: tuple) -> dict[str, object]:
+    """``ops.validate_config`` of a config given as its values in key order (NAS loops repeat configs)."""
+    keys = ops.kernel_type(kernel).keys
+    return ops.validate_config(kernel, {k: list(v) if isinstance(v, tuple) else v for k, v in zip(keys, values)})
+
+
+def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] | None) -> Kernel:
+    node_ops = tuple(n.op for n in part)
+    kernel = Kernel(name=part[-1].name, nodes=[n.name for n in part], ops=node_ops)
+    first = part[0]
+    if not first.in_vocabulary:
+        kernel.problem = f"op {first.op!r} is not in the vocabulary"
+        return kernel
+    names = _BY_SIGNATURE.get(sig)
+    if not names:
+        kernel.problem = f"no kernel runs {'-'.join(node_ops)}"
+        return kernel
+    chosen = [n for n in names if available is None or n in available]
+    kernel.kernel = (chosen or names)[0]
+    try:
+        raw = _config(kernel.kernel, first)
+        kernel.config = dict(_validated(kernel.kernel, tuple(
+            tuple(v) if isinstance(v, list) else v for v in raw.values())))
+    except ValueError as err:
+        kernel.problem = str(err)
+        return kernel
+    if not chosen:
+        kernel.problem = f"the predictor has no regressor for {' or '.join(names)}"
+    return kernel
+
+
+def _config(kernel: str, node: Node) -> dict[str, object]:
+    """The config of ``kernel`` from its first node (raises ValueError when the node does not fit it)."""
+    if not node.input_shapes:
+        raise ValueError(f"node {node.name} ({node.op}) has no input shape")
+    shape = node.input_shapes[0]
+    out = node.output_shapes[0] if node.output_shapes else shape
+    keys = ops.kernel_type(kernel).keys
+    config: dict[str, object] = {}
+    if ops.HW in keys:
+        config[ops.HW] = spatial(shape)
+    if ops.CIN in keys:
+        config[ops.CIN] = channels(shape)
+    if ops.COUT in keys:
+        config[ops.COUT] = channels(out)
+    if ops.KERNEL_SIZE in keys:
+        config[ops.KERNEL_SIZE] = _square(node, "kernel_size")
+    if ops.STRIDES in keys:
+        config[ops.STRIDES] = _square(node, "strides")
+    if ops.POOL_STRIDES in keys:
+        config[ops.POOL_STRIDES] = _square(node, "strides")
+    if ops.CINS in keys:
+        config[ops.CINS] = [channels(s) for s in node.input_shapes]
+        if node.attrs.get("axis", -1) not in (-1, 3):
+            raise ValueError(f"node {node.name}: concat along axis {node.attrs['axis']}, not channels")
+    if node.op == ops.DWCONV and node.attrs.get("depth_multiplier", 1) != 1:
+        raise ValueError(f"node {node.name}: depthwise conv with depth multiplier "
+                         f"{node.attrs['depth_multiplier']}; only 1 is a kernel")
+    if node.op == ops.CONV and node.attrs.get("groups", 1) != 1:
+        raise ValueError(f"node {node.name}: grouped conv ({node.attrs['groups']} groups) is not a kernel")
+    if kernel == ops.FC and any(d != 1 for d in shape[:-1]):
+        raise ValueError(f"node {node.name}: fc on an input of shape {shape}; the fc kernel takes 1-D inputs")
+    return config
+
+
+def _square(node: Node, attr: str) -> int:
+    value = node.attrs.get(attr, 1)
+    pair = [value, value] if isinstance(value, int) else list(value)
+    if pair[0] != pair[1]:
+        raise ValueError(f"node {node.name}: {attr} {pair} is not square")
+    return int(pair[0])

@@ -1,0 +1,184 @@
+"""The predictor: a model in, its latency out, as the sum of its kernels' predicted latencies.
+
+    p = nnmeter.load_predictor("my-device-predictor")   # installed name, name@version, or a folder
+    r = p.predict("mobilenet_v2.tflite")
+    r.latency_ms, r.kernels, r.coverage, r.unsupported
+    p.predict_many(models)                                # one regressor call per kernel type
+
+Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
+in ``result.unsupported``; ``strict=True`` (the default) raises
+:class:`UnsupportedModelError` naming those ops and nodes instead of returning a sum
+that is silently too low.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from nnmeter import ops
+from nnmeter.errors import NnmeterError
+from nnmeter.predictor.converters import ModelInput, to_graph
+from nnmeter.predictor.detection import Detection, detect
+from nnmeter.predictor.features import kernel_features
+from nnmeter.predictor.rules import FusionRules
+
+
+class KernelModel(Protocol):
+    """What the engine needs of a predictor artifact (:class:`nnmeter.predictor.artifact.Artifact`)."""
+
+    rules: FusionRules
+
+    @property
+    def kernels(self) -> frozenset[str]: ...
+
+    def predict(self, kernel: str, X: np.ndarray) -> np.ndarray: ...
+
+
+class UnsupportedModelError(NnmeterError):
+    """A model holds ops or kernels the predictor cannot predict (raised in strict mode)."""
+
+
+@dataclass
+class KernelRow:
+    """One predicted kernel of a model."""
+
+    name: str  # the name of its last node
+    kernel: str
+    config: dict[str, Any]
+    features: list[float]
+    ms: float
+    nodes: list[str]
+
+
+@dataclass
+class UnsupportedItem:
+    """A part of a model the predictor cannot predict, and why."""
+
+    ops: str  # the ops of the nodes, joined by '-'
+    nodes: list[str]
+    reason: str
+
+
+@dataclass
+class PredictionResult:
+    """A model's predicted latency, its per-kernel breakdown and what was left out."""
+
+    model: str
+    latency_ms: float
+    kernels: list[KernelRow]
+    unsupported: list[UnsupportedItem] = field(default_factory=list)
+    free_nodes: list[str] = field(default_factory=list)  # reshape/flatten: not kernels
+
+    @property
+    def coverage(self) -> float:
+        """Share of the model's kernel nodes that are predicted (1.0 when nothing is left out)."""
+        covered = sum(len(k.nodes) for k in self.kernels)
+        missing = sum(len(u.nodes) for u in self.unsupported)
+        return covered / (covered + missing) if covered + missing else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "latency_ms": self.latency_ms, "coverage": self.coverage,
+                "kernels": [asdict(k) for k in self.kernels],
+                "unsupported": [asdict(u) for u in self.unsupported], "free_nodes": self.free_nodes}
+
+
+def _features(kernel: str, config: dict[str, Any]) -> tuple[float, ...]:
+    return _cached_features(kernel, tuple(tuple(v) if isinstance(v, list) else v for v in config.values()))
+
+
+@lru_cache(maxsize=65536)
+def _cached_features(kernel: str, values: tuple) -> tuple[float, ...]:
+    """Features of a kernel config given as its values in key order; NAS loops repeat configs."""
+    keys = ops.kernel_type(kernel).keys
+    return tuple(kernel_features(kernel, {k: list(v) if isinstance(v, tuple) else v for k, v in zip(keys, values)}))
+
+
+class Predictor:
+    """Predicts model latency on one device from a predictor artifact."""
+
+    def __init__(self, artifact: KernelModel, name: str = "") -> None:
+        self.artifact = artifact
+        manifest = getattr(artifact, "manifest", None)
+        self.name = name or getattr(manifest, "name", "") or "predictor"
+
+    @property
+    def rules(self) -> FusionRules:
+        return self.artifact.rules
+
+    @property
+    def kernel_types(self) -> frozenset[str]:
+        return frozenset(self.artifact.kernels)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.name!r}, kernels={sorted(self.kernel_types)})"
+
+    def detect(self, model: ModelInput, input_shape: Sequence[int] | None = None) -> Detection:
+        """The kernels of ``model`` as this predictor's device runs them (no latency)."""
+        return detect(to_graph(model, input_shape), self.rules, self.kernel_types)
+
+    def predict(self, model: ModelInput, input_shape: Sequence[int] | None = None,
+                strict: bool = True) -> PredictionResult:
+        """Latency of one model: a path (.tflite, .onnx, .keras, .h5, .pb, SavedModel folder, IR .json),
+        a keras.Model, an onnx.ModelProto, a torch.nn.Module (with ``input_shape``), an nn-Meter IR dict
+        or an IR :class:`~nnmeter.predictor.ir.Graph`."""
+        return self.predict_many([model], input_shape, strict)[0]
+
+    def predict_many(self, models: Iterable[ModelInput], input_shape: Sequence[int] | None = None,
+                     strict: bool = True) -> list[PredictionResult]:
+        """Latency of many models, with one regressor call per kernel type across all of them."""
+        detections = [self.detect(m, input_shape) for m in models]
+        if strict:
+            self._check_supported(detections)
+        rows: dict[str, list[tuple[int, int]]] = {}  # kernel type -> (model index, kernel index)
+        features: dict[str, list[tuple[float, ...]]] = {}
+        row_features: dict[tuple[int, int], tuple[float, ...]] = {}
+        for mi, det in enumerate(detections):
+            for ki, k in enumerate(det.kernels):
+                if not k.problem:
+                    rows.setdefault(k.kernel, []).append((mi, ki))
+                    row_features[(mi, ki)] = _features(k.kernel, k.config)
+                    features.setdefault(k.kernel, []).append(row_features[(mi, ki)])
+        latency: dict[tuple[int, int], float] = {}
+        for kernel, where in rows.items():
+            ms = np.asarray(self.artifact.predict(kernel, np.array(features[kernel], dtype=np.float64)))
+            latency.update(zip(where, ms.tolist()))
+        results = []
+        for mi, det in enumerate(detections):
+            kernel_rows = [
+                KernelRow(k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes)
+                for ki, k in enumerate(det.kernels) if not k.problem
+            ]
+            unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
+            results.append(PredictionResult(det.graph, float(sum(r.ms for r in kernel_rows)), kernel_rows,
+                                            unsupported, list(det.free_nodes)))
+        return results
+
+    def _check_supported(self, detections: list[Detection]) -> None:
+        problems = [(d.graph, k) for d in detections for k in d.unsupported]
+        if not problems:
+            return
+        shown = "; ".join(f"{g}: {'-'.join(k.ops)} at {', '.join(k.nodes[:3])} ({k.problem})"
+                          for g, k in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        ops_list = sorted({op for _, k in problems for op in k.ops})
+        raise UnsupportedModelError(
+            f"predictor {self.name} cannot predict {len(problems)} part(s) of the model "
+            f"(ops {', '.join(ops_list)}): {shown}{more}",
+            "pass strict=False (--no-strict) to get the sum of the rest with the list of what is left out, "
+            f"or train the missing kernels; this predictor has: {', '.join(sorted(self.kernel_types))}")
+
+
+def load_predictor(name_or_path: str | os.PathLike | KernelModel) -> Predictor:
+    """A :class:`Predictor` from an installed predictor name (``name`` or ``name@version``), a predictor
+    folder, or an already loaded artifact."""
+    if hasattr(name_or_path, "predict") and hasattr(name_or_path, "rules"):
+        return Predictor(name_or_path)  # type: ignore[arg-type]
+    from nnmeter.predictor.artifact import load_artifact
+    from nnmeter.predictor.registry import find_predictor
+
+    return Predictor(load_artifact(find_predictor(name_or_path)))  # type: ignore[arg-type]

@@ -1,0 +1,200 @@
+"""Multi-node patterns that are one op of the vocabulary, recognised once, on the IR graph.
+
+Frameworks spell some ops as several nodes; every converter's output goes through
+:func:`recognise`, so the Keras, TFLite, ONNX and nn-Meter IR paths agree:
+
+* ``bn``: x * scale + shift, with per-channel constant tensors
+* ``hsigmoid``: relu6(x + 3) * (1/6)
+* ``hswish``: x * hsigmoid(x), or x * relu6(x + 3) * (1/6)
+* ``swish``: x * sigmoid(x)
+* ``se``: x * gate(x) where gate is global-avgpool -> 1x1 conv or fc -> act -> 1x1 conv or fc
+  -> hsigmoid or sigmoid (reshapes allowed in between)
+* ``channelshuffle``: reshape to 5-D -> transpose -> reshape back to the input's shape
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from nnmeter import ops
+from nnmeter.predictor.ir import Graph, Node
+
+_TOL = 1e-3
+# Ops that may sit inside an SE gate between the pooling and the final activation.
+_SE_GATE_OPS = {ops.CONV, ops.FC, ops.RELU, ops.RELU6, ops.HSWISH, ops.SWISH, ops.RESHAPE, ops.FLATTEN}
+
+Match = tuple[list[str], Node, str]  # (nodes to remove, the replacement, node whose place it takes)
+
+
+def _scalar(node: Node | None, op: str, value: float) -> bool:
+    """``node`` is ``op`` with one activation input and the scalar constant ``value``."""
+    if node is None or node.op != op or len(node.inputs) != 1:
+        return False
+    const = node.attrs.get("constant")
+    return isinstance(const, (int, float)) and abs(float(const) - value) < _TOL
+
+
+class _View:
+    """Read helpers over a graph whose consumer lists are computed once per pass."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.readers = graph.consumers()
+        self.used: set[str] = set()
+
+    def node(self, name: str) -> Node | None:
+        return self.graph.nodes.get(name)
+
+    def only_reader(self, name: str) -> Node | None:
+        readers = self.readers.get(name, [])
+        if len(readers) != 1 or name in self.graph.outputs:
+            return None
+        return self.graph.nodes[readers[0]]
+
+    def private(self, name: str) -> bool:
+        """Node ``name`` feeds exactly one node and is not a model output."""
+        return self.only_reader(name) is not None
+
+    def free(self, names: list[str]) -> bool:
+        return not self.used.intersection(names)
+
+    def replace(self, names: list[str], op: str, last: Node, source: str, attrs: dict | None = None) -> Match:
+        """A new node ``op`` reading ``source``, with ``last``'s name and output, in place of ``names``."""
+        self.used.update(names)
+        first = self.graph.nodes[names[0]]
+        shapes = [s for s, i in zip(first.input_shapes, first.inputs) if i == source][:1] or first.input_shapes[:1]
+        node = Node(name=last.name, op=op, inputs=[source], input_shapes=shapes,
+                    output_shapes=last.output_shapes, attrs={"pattern": names, **(attrs or {})})
+        return names, node, last.name
+
+
+def _hsigmoid(v: _View, add: Node) -> Match | None:
+    # relu6(x + 3) * (1/6); converters fold the + 3 into the bias of a conv before it (TFLite does):
+    # then relu6(x) * (1/6) is what is left of it, and nothing else is spelled that way
+    if add.op == ops.RELU6:
+        mul = v.only_reader(add.name)
+        if _scalar(mul, ops.MUL, 1 / 6) and len(add.inputs) == 1 and v.free([add.name, mul.name]):
+            return v.replace([add.name, mul.name], ops.HSIGMOID, mul, add.inputs[0])
+        return None
+    if not _scalar(add, ops.ADD, 3.0):
+        return None
+    relu6 = v.only_reader(add.name)
+    if relu6 is None or relu6.op != ops.RELU6:
+        return None
+    mul = v.only_reader(relu6.name)
+    if not _scalar(mul, ops.MUL, 1 / 6):
+        return None
+    names = [add.name, relu6.name, mul.name]
+    return v.replace(names, ops.HSIGMOID, mul, add.inputs[0]) if v.free(names) else None
+
+
+def _bn(v: _View, mul: Node) -> Match | None:
+    # x * scale + shift with per-channel constants: a batch norm that a framework spelled out
+    if mul.op != ops.MUL or len(mul.inputs) != 1 or mul.attrs.get("constant") != "tensor":
+        return None
+    add = v.only_reader(mul.name)
+    if add is None or add.op != ops.ADD or len(add.inputs) != 1 or add.attrs.get("constant") != "tensor":
+        return None
+    names = [mul.name, add.name]
+    return v.replace(names, ops.BN, add, mul.inputs[0]) if v.free(names) else None
+
+
+def _hswish(v: _View, mul: Node) -> Match | None:
+    if mul.op != ops.MUL or len(mul.inputs) != 2:
+        return None
+    for x, other in (mul.inputs, mul.inputs[::-1]):
+        gate = v.node(other)
+        if gate is None or gate.inputs != [x] or not v.private(gate.name):
+            continue
+        if gate.op == ops.HSIGMOID:  # x * hsigmoid(x)
+            names = [gate.name, mul.name]
+            if v.free(names):
+                return v.replace(names, ops.HSWISH, mul, x)
+    # x * relu6(x + 3) * (1/6)
+    for x, other in (mul.inputs, mul.inputs[::-1]):
+        relu6 = v.node(other)
+        if relu6 is None or relu6.op != ops.RELU6 or not v.private(relu6.name):
+            continue
+        add = v.node(relu6.inputs[0])
+        if not _scalar(add, ops.ADD, 3.0) or add.inputs != [x] or not v.private(add.name):
+            continue
+        scale = v.only_reader(mul.name)
+        if not _scalar(scale, ops.MUL, 1 / 6):
+            continue
+        names = [add.name, relu6.name, mul.name, scale.name]
+        if v.free(names):
+            return v.replace(names, ops.HSWISH, scale, x)
+    return None
+
+
+def _swish(v: _View, mul: Node) -> Match | None:
+    if mul.op != ops.MUL or len(mul.inputs) != 2:
+        return None
+    for x, other in (mul.inputs, mul.inputs[::-1]):
+        gate = v.node(other)
+        if gate is not None and gate.op == ops.SIGMOID and gate.inputs == [x] and v.private(gate.name):
+            names = [gate.name, mul.name]
+            if v.free(names):
+                return v.replace(names, ops.SWISH, mul, x)
+    return None
+
+
+def _se(v: _View, mul: Node) -> Match | None:
+    if mul.op != ops.MUL or len(mul.inputs) != 2:
+        return None
+    for x, other in (mul.inputs, mul.inputs[::-1]):
+        gate = v.node(other)
+        if gate is None or gate.op not in (ops.HSIGMOID, ops.SIGMOID) or not v.private(gate.name):
+            continue
+        chain = [gate.name]
+        node = v.node(gate.inputs[0]) if len(gate.inputs) == 1 else None
+        while node is not None and node.op in _SE_GATE_OPS and len(node.inputs) == 1 and v.private(node.name):
+            chain.append(node.name)
+            node = v.node(node.inputs[0])
+        if node is None or node.op != ops.GLOBAL_AVGPOOL or node.inputs != [x] or not v.private(node.name):
+            continue
+        if not any(v.graph.nodes[n].op in (ops.CONV, ops.FC) for n in chain):
+            continue
+        names = [node.name, *reversed(chain), mul.name]
+        if v.free(names):
+            return v.replace(names, ops.SE, mul, x, {"gate": gate.op})
+    return None
+
+
+def _channelshuffle(v: _View, first: Node) -> Match | None:
+    if first.op != ops.RESHAPE or len(first.inputs) != 1 or not first.input_shapes or not first.output_shapes:
+        return None
+    if len(first.input_shapes[0]) != 4 or len(first.output_shapes[0]) != 5:
+        return None
+    transpose = v.only_reader(first.name)
+    if transpose is None or transpose.op.lower() != "transpose":
+        return None
+    last = v.only_reader(transpose.name)
+    if last is None or last.op != ops.RESHAPE or not last.output_shapes:
+        return None
+    if list(last.output_shapes[0]) != list(first.input_shapes[0]):
+        return None
+    names = [first.name, transpose.name, last.name]
+    return v.replace(names, ops.CHANNELSHUFFLE, last, first.inputs[0]) if v.free(names) else None
+
+
+#: In order: hsigmoid before hswish and se (both are built on it).
+_PATTERNS: tuple[Callable[[_View, Node], Match | None], ...] = (_bn, _hsigmoid, _hswish, _swish, _se, _channelshuffle)
+
+
+def recognise(graph: Graph) -> Graph:
+    """Collapse every pattern of this module into its single op, in place; return the graph."""
+    for pattern in _PATTERNS:
+        view = _View(graph)
+        matches = [m for m in (pattern(view, node) for node in list(graph.nodes.values())) if m is not None]
+        if not matches:
+            continue
+        drop: set[str] = set()
+        placed: dict[str, Node] = {}
+        for names, node, at in matches:
+            drop.update(names)
+            placed[at] = node
+        graph.nodes = {
+            name: placed.get(name, node) for name, node in graph.nodes.items() if name not in drop or name in placed
+        }
+    return graph

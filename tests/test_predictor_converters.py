@@ -1,0 +1,218 @@
+"""Converters: the same architecture gives the same kernels from Keras, .tflite, ONNX and SavedModel;
+the nn-Meter IR sample converts; bad inputs get one clear error."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnmeter.errors import ModelFileError
+from nnmeter.predictor.converters import to_graph
+from nnmeter.predictor.detection import detect
+from nnmeter.predictor.ir import Graph
+from nnmeter.predictor.rules import default_rules
+
+NNMETER_IR = Path("/work/shared/testdata/nnmeter-ir/mobilenetv3small_0.json")
+HW, C, EXPAND = 16, 8, 24
+
+
+def kernels_of(model, input_shape=None):
+    det = detect(to_graph(model, input_shape), default_rules())
+    assert not det.unsupported, [(k.ops, k.problem) for k in det.unsupported]
+    return [(k.kernel, k.config) for k in det.kernels]
+
+
+# --- the same two blocks in Keras and in hand-written ONNX (NCHW, as PyTorch exports) ---------------
+
+
+def keras_model(kind: str):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((HW, HW, C), batch_size=1)
+    if kind == "mobilenetv2":
+        y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(EXPAND, 1, use_bias=False)(inp)))
+        y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(y)))
+        y = layers.BatchNormalization()(layers.Conv2D(C, 1, use_bias=False)(y))
+        y = layers.Add()([inp, y])
+        y = layers.DepthwiseConv2D(3, strides=2, padding="same")(y)
+    else:  # resnet basic block, then the head
+        y = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(C, 3, padding="same")(inp)))
+        y = layers.BatchNormalization()(layers.Conv2D(C, 3, padding="same")(y))
+        y = layers.ReLU()(layers.Add()([inp, y]))
+        y = layers.MaxPooling2D(3, strides=2, padding="same")(y)
+    y = layers.GlobalAveragePooling2D()(y)
+    y = layers.Dense(10)(y)
+    return keras.Model(inp, y)
+
+
+def onnx_model(kind: str, batch: int | str = 1):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    rng = np.random.default_rng(0)
+
+    def const(name, shape):
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+        return name
+
+    def node(op, ins, name, **attrs):
+        nodes.append(helper.make_node(op, ins, [name], name=name, **attrs))
+        return name
+
+    def conv(x, cin, cout, k, s, name, group=1):
+        return node("Conv", [x, const(f"{name}.w", (cout, cin // group, k, k)), const(f"{name}.b", (cout,))],
+                    name, kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=group)
+
+    def bn(x, c, name):
+        return node("BatchNormalization", [x, *(const(f"{name}.{p}", (c,)) for p in "sbmv")], name)
+
+    def relu6(x, name):
+        inits.extend([numpy_helper.from_array(np.array(0, np.float32), f"{name}.lo"),
+                      numpy_helper.from_array(np.array(6, np.float32), f"{name}.hi")])
+        return node("Clip", [x, f"{name}.lo", f"{name}.hi"], name)
+
+    x = "input"
+    if kind == "mobilenetv2":
+        y = relu6(bn(conv(x, C, EXPAND, 1, 1, "pw1"), EXPAND, "bn1"), "act1")
+        y = relu6(bn(conv(y, EXPAND, EXPAND, 3, 1, "dw", group=EXPAND), EXPAND, "bn2"), "act2")
+        y = bn(conv(y, EXPAND, C, 1, 1, "pw2"), C, "bn3")
+        y = node("Add", [x, y], "add")
+        y = conv(y, C, C, 3, 2, "dw2", group=C)
+    else:
+        y = node("Relu", [bn(conv(x, C, C, 3, 1, "c1"), C, "bn1")], "act1")
+        y = bn(conv(y, C, C, 3, 1, "c2"), C, "bn2")
+        y = node("Relu", [node("Add", [x, y], "add")], "act2")
+        y = node("MaxPool", [y], "pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = node("Flatten", [node("GlobalAveragePool", [y], "gap")], "flat")
+    y = node("Gemm", [y, const("fc.w", (10, C)), const("fc.b", (10,))], "fc", transB=1)
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                         [batch, C, HW, HW])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import tensorflow as tf
+
+    out = tmp_path_factory.mktemp("models")
+    made = {}
+    for kind in ("mobilenetv2", "resnet"):
+        model = keras_model(kind)
+        model.save(out / f"{kind}.keras")
+        (out / f"{kind}.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        (out / f"{kind}.onnx").write_bytes(onnx_model(kind).SerializeToString())
+        made[kind] = model
+    return out, made
+
+
+@pytest.mark.parametrize("kind", ["mobilenetv2", "resnet"])
+def test_keras_tflite_onnx_give_the_same_kernels(files, kind):
+    folder, models = files
+    from_keras = kernels_of(models[kind])
+    assert kernels_of(folder / f"{kind}.keras") == from_keras
+    assert kernels_of(folder / f"{kind}.tflite") == from_keras
+    assert kernels_of(folder / f"{kind}.onnx") == from_keras
+    assert kernels_of(onnx_model(kind)) == from_keras  # the ModelProto itself
+    expected = {
+        "mobilenetv2": ["conv-bn-relu6", "dwconv-bn-relu6", "conv-bn", "add", "dwconv-bn", "global-avgpool", "fc"],
+        "resnet": ["conv-bn-relu", "conv-bn", "addrelu", "maxpool", "global-avgpool", "fc"],
+    }[kind]
+    assert [k for k, _ in from_keras] == expected
+    first = from_keras[0][1]
+    assert first["HW"] == HW and first["CIN"] == C and first["COUT"] == (EXPAND if kind == "mobilenetv2" else C)
+
+
+def test_savedmodel_gives_the_same_kernels(files, tmp_path):
+    folder, models = files
+    models["mobilenetv2"].export(tmp_path / "saved")
+    assert kernels_of(tmp_path / "saved") == kernels_of(models["mobilenetv2"])
+
+
+def test_tflite_fused_activation_is_a_node_and_bn_is_absent(files):
+    graph = to_graph(files[0] / "resnet.tflite")
+    counts = graph.op_counts()
+    assert counts.get("bn", 0) == 0 and counts["conv"] == 2 and counts["relu"] == 2
+
+
+def test_nnmeter_ir_sample_converts_and_its_kernels_match_its_ops():
+    raw = json.loads(NNMETER_IR.read_text())
+    types = [v["attr"]["type"] for v in raw.values()]
+    graph = to_graph(raw)
+    counts = graph.op_counts()
+    n_se = types.count("AvgPool")  # each SE block pools its input globally
+    assert counts["se"] == n_se == 9
+    assert counts["conv"] == types.count("Conv2D") - 2 * n_se  # two 1x1 convs per SE gate
+    assert counts["dwconv"] == types.count("DepthwiseConv2dNative")
+    assert counts["bn"] == types.count("FusedBatchNorm")
+    assert counts["fc"] == types.count("MatMul") == 1
+    assert not any(op[0].isupper() for op in counts), counts  # every TF op found its vocabulary op
+    det = detect(graph, default_rules())
+    assert not det.unsupported
+    kinds = [k.kernel for k in det.kernels]
+    weighted = sum(1 for k in kinds if k.startswith(("conv", "dwconv")))
+    assert weighted == counts["conv"] + counts["dwconv"]  # each conv heads exactly one kernel
+    assert kinds[0] == "conv-bn-hswish" and det.kernels[0].config == {
+        "HW": 224, "CIN": 3, "COUT": 16, "KERNEL_SIZE": 3, "STRIDES": 2}
+    assert kinds.count("se") == 9 and kinds[-1] == "fc"
+    assert det.free_nodes == ["Reshape"]
+    # the IR JSON round-trips
+    again = Graph.from_dict(json.loads(json.dumps(graph.to_dict())))
+    assert again.to_dict() == graph.to_dict()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch (optional extra) is not installed")
+def test_torch_module_through_onnx():
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(C, C, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(C)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    kernels = kernels_of(Block(), (1, C, HW, HW))
+    assert [k for k, _ in kernels] == ["conv-bn", "addrelu"]
+    with pytest.raises(ModelFileError, match="input_shape"):
+        to_graph(Block())
+
+
+def test_bad_inputs(tmp_path):
+    not_model = tmp_path / "notes.txt"
+    not_model.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a model file"):
+        to_graph(not_model)
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(b"0123456789abcdef")
+    with pytest.raises(ModelFileError, match="not a TFLite flatbuffer"):
+        to_graph(fake)
+    with pytest.raises(ModelFileError, match="not an ONNX model"):
+        (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
+        to_graph(tmp_path / "bad.onnx")
+    with pytest.raises(ModelFileError, match="no such file"):
+        to_graph(tmp_path / "missing.onnx")
+    with pytest.raises(ModelFileError, match="cannot predict a builtins.int"):
+        to_graph(42)
+
+
+def test_dynamic_input_shape_needs_input_shape():
+    dynamic = onnx_model("resnet", batch="N")
+    assert kernels_of(dynamic) == kernels_of(onnx_model("resnet"))  # a dynamic batch alone is fine (1)
+    import onnx
+
+    spatial = onnx.ModelProto.FromString(dynamic.SerializeToString())
+    spatial.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(ModelFileError, match="dynamic shape"):
+        to_graph(spatial)
+    assert kernels_of(spatial, (1, C, HW, HW)) == kernels_of(onnx_model("resnet"))
