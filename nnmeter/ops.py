@@ -67,6 +67,7 @@ CINS = "CINS"  # concat: the channel counts of its 2-4 inputs
 
 HW_VALUES = (1, 3, 7, 14, 28, 56, 112, 224)
 KERNEL_SIZE_VALUES = (1, 3, 5, 7)
+POOL_KERNEL_SIZE_VALUES = (1, 2, 3, 5, 7)  # 2x2 pools are common (DenseNet transitions, VGG)
 STRIDES_VALUES = (1, 2, 4)
 POOL_STRIDES_VALUES = (1, 2, 3)
 CHANNELS_RANGE = (1, 4096)  # inclusive bounds for CIN / COUT / each of CINS
@@ -205,17 +206,27 @@ def validate_config(kernel: str, config: Mapping[str, object]) -> dict[str, obje
             out[key] = [_check_int(kernel, f"{key}[{i}]", v, CHANNELS_RANGE) for i, v in enumerate(value)]
         elif key in (CIN, COUT):
             out[key] = _check_int(kernel, key, value, CHANNELS_RANGE)
+            if key == CIN and ktype.ops[0] in (SPLIT, CHANNELSHUFFLE) and out[key] % 2:
+                raise ValueError(f"kernel {kernel}: {key}={value!r} must be even (it is cut into two halves)")
         elif key == HW:
             out[key] = _check_int(kernel, key, value, HW_RANGE)
-        elif key == KERNEL_SIZE:
-            out[key] = _check_choice(kernel, key, value, KERNEL_SIZE_VALUES)
-        elif key == STRIDES:
-            out[key] = _check_choice(kernel, key, value, STRIDES_VALUES)
-        elif key == POOL_STRIDES:
-            out[key] = _check_choice(kernel, key, value, POOL_STRIDES_VALUES)
+        elif key in (KERNEL_SIZE, STRIDES, POOL_STRIDES):
+            out[key] = _check_choice(kernel, key, value, valid_values(kernel, key))
         else:  # a key added to a kernel without a rule here is a programming error
             raise AssertionError(f"no validation rule for config key {key}")
     return out
+
+
+def valid_values(kernel: str, key: str) -> tuple[int, ...]:
+    """The valid set of a discrete config key of ``kernel`` (KERNEL_SIZE, STRIDES, POOL_STRIDES)."""
+    if key == KERNEL_SIZE:
+        pool = kernel_type(kernel).ops[0] in (MAXPOOL, AVGPOOL)
+        return POOL_KERNEL_SIZE_VALUES if pool else KERNEL_SIZE_VALUES
+    if key == STRIDES:
+        return STRIDES_VALUES
+    if key == POOL_STRIDES:
+        return POOL_STRIDES_VALUES
+    raise ValueError(f"{key} has no discrete valid set; ranges: {describe_range(key)}")
 
 
 def _check_int(kernel: str, key: str, value: object, bounds: tuple[int, int]) -> int:
@@ -316,7 +327,7 @@ def describe_range(key: str) -> str:
         HW: f"{HW_RANGE[0]}-{HW_RANGE[1]} (sampled from {', '.join(map(str, HW_VALUES))})",
         CIN: f"{CHANNELS_RANGE[0]}-{CHANNELS_RANGE[1]}",
         COUT: f"{CHANNELS_RANGE[0]}-{CHANNELS_RANGE[1]}",
-        KERNEL_SIZE: ", ".join(map(str, KERNEL_SIZE_VALUES)),
+        KERNEL_SIZE: ", ".join(map(str, KERNEL_SIZE_VALUES)) + " (pools also 2)",
         STRIDES: ", ".join(map(str, STRIDES_VALUES)),
         POOL_STRIDES: ", ".join(map(str, POOL_STRIDES_VALUES)),
         CINS: f"{CONCAT_INPUTS_RANGE[0]}-{CONCAT_INPUTS_RANGE[1]} channel counts, each "

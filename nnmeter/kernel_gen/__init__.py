@@ -1,1 +1,28 @@
+"""The kernel generator: Keras builders for ops, op pairs, the MON block and kernels; config samplers.
 
+``from nnmeter.kernel_gen import build_kernel, sample_configs``. Names are loaded
+on first use, so that sampling configs does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_kernel": "builders", "build_kernel_model": "builders", "KernelModel": "builders",
+    "build_op_layer": "builders", "OpParams": "builders", "OP_BUILDERS": "builders",
+    "TestShapes": "pairs", "build_single": "pairs", "build_pair": "pairs", "build_chain": "pairs",
+    "build_mon": "pairs", "connectable": "pairs", "pair_input_shapes": "pairs", "UnconnectablePair": "pairs",
+    "MON_CASES": "pairs",
+    "sample_configs": "samplers", "SAMPLERS": "samplers",
+    "model_id": "cache",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,0 +1,62 @@
+"""Kernel models generated + converted per minute, through the path campaigns use.
+
+For each kernel and worker count: a fresh workspace, the ``tflite-local`` backend,
+``prepare_models`` on ``-n`` prior-sampled configs (build in Keras, convert to
+.tflite, record in the store). The worker pool is started first with one warm-up
+model per worker (a process pool starts its workers on demand), so the rate is the
+steady state; the start-up is printed apart.
+
+    .venv/bin/python bench/generation.py -n 40            # the full figure
+    .venv/bin/python bench/generation.py -n 6 --workers 1  # a quick look
+
+The ``tflite-local`` backend pins conversion workers to the cores it does not
+measure on: on a 2-core machine both workers share one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from nnmeter.backends import create_backend
+from nnmeter.builder.models import kernel_spec, prepare_models
+from nnmeter.builder.workspace import Workspace
+from nnmeter.kernel_gen.samplers import sample_configs
+
+KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "add")
+
+
+def measure(kernel: str, n: int, workers: int, seed: int) -> tuple[float, float, int]:
+    """(pool start-up seconds, models per minute, failures) for ``n`` fresh models of ``kernel``."""
+    configs = sample_configs(kernel, n + workers, "prior", seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace.create(Path(tmp) / "ws", "tflite-local")
+        with create_backend("tflite-local", {"convert_workers": workers}) as backend:
+            t0 = time.perf_counter()
+            prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs[:workers]], workers)
+            startup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            prepared = prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs[workers:]], workers)
+            seconds = time.perf_counter() - t0
+        ws.close()
+    return startup, len(prepared) / seconds * 60, sum(not p.ok for p in prepared)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=40, help="models per kernel and worker count (default 40)")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"{'kernel':16} {'workers':>7} {'models':>6} {'start s':>8} {'models/min':>10} {'failed':>6}")
+    for kernel in args.kernels.split(","):
+        for workers in (int(w) for w in args.workers.split(",")):
+            startup, rate, failed = measure(kernel, args.n, workers, args.seed)
+            print(f"{kernel:16} {workers:>7} {args.n:>6} {startup:>8.1f} {rate:>10.1f} {failed:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

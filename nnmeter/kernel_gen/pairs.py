@@ -1,0 +1,184 @@
+"""Test models for the fusion-rule tester: single ops, op pairs, op chains and the MON block.
+
+Shapes come from :class:`TestShapes` (nn-Meter's test-case defaults). An op that
+needs a feature map gets ``(HW, HW, CIN)``; an op that needs a vector (fc,
+softmax) gets ``(FC_SIZE,)``; an element-wise op takes what its neighbour needs.
+In a chain each op gets the previous op's output; add, mul and concat take it
+plus a second model input of the same shape. Two ops that cannot be chained
+(fc then conv: a vector cannot feed a map op) raise :class:`UnconnectablePair`.
+
+Every function here is module-level and takes picklable arguments, so that it
+can be a :class:`~nnmeter.backends.base.ConversionJob` ``build`` run by a worker
+process, e.g. ``ConversionJob(id, out_dir, build=build_pair, build_args=("conv", "relu", TestShapes()))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import keras
+
+from nnmeter import ops
+from nnmeter.kernel_gen.builders import OpParams, build_op_layer
+from nnmeter.kernel_gen.op_traits import MAP_OPS, ONE_D_OPS, TO_VECTOR_OPS, TWO_INPUT_OPS
+
+
+class UnconnectablePair(ValueError):
+    """Two ops whose tensors cannot be chained (e.g. fc, a vector, then conv, which needs a map)."""
+
+
+@dataclass(frozen=True)
+class TestShapes:
+    """Sizes of the fusion test models (nn-Meter's defaults)."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    HW: int = 28
+    CIN: int = 64
+    COUT: int = 128
+    KERNEL_SIZE: int = 3
+    STRIDES: int = 1
+    POOL_STRIDES: int = 2
+    FC_SIZE: int = 428
+
+    def params(self) -> OpParams:
+        return OpParams(cout=self.COUT, kernel_size=self.KERNEL_SIZE, strides=self.STRIDES,
+                        pool_strides=self.POOL_STRIDES)
+
+
+def _out_rank(op: str, rank: int) -> int:
+    if op in TO_VECTOR_OPS:
+        return 1
+    if op == ops.RESHAPE:
+        return 3  # (H, W, C) -> (C, H, W); (C,) -> (1, 1, C)
+    return rank
+
+
+def _accepts(op: str, rank: int) -> bool:
+    return not ((op in ONE_D_OPS and rank != 1) or (op in MAP_OPS and rank != 3))
+
+
+def _chain_rank(chain: Sequence[str]) -> int:
+    """The input rank (1 or 3) a chain starts from; UnconnectablePair when no rank works."""
+    for op in chain:
+        ops.check_op(op)
+    for rank in (3, 1):  # prefer feature maps: the common case in CNNs
+        if _rank_ok(chain, rank):
+            return rank
+    raise UnconnectablePair(_unconnectable_reason(chain))
+
+
+def _rank_ok(chain: Sequence[str], rank: int) -> bool:
+    for op in chain:
+        if not _accepts(op, rank):
+            return False
+        rank = _out_rank(op, rank)
+    return True
+
+
+def _unconnectable_reason(chain: Sequence[str]) -> str:
+    for a, b in zip(chain, chain[1:]):
+        if not any(_rank_ok((a, b), r) for r in (1, 3)):
+            made = "a vector" if all(_out_rank(a, r) == 1 for r in (1, 3) if _accepts(a, r)) else "a feature map"
+            needs = "a vector" if b in ONE_D_OPS else "an (H, W, C) feature map"
+            return f"ops {a} -> {b} cannot be connected: {a} outputs {made} and {b} needs {needs}"
+    return f"ops {' -> '.join(chain)} cannot be connected: no input rank suits every op"
+
+
+def connectable(op1: str, op2: str) -> bool:
+    """Whether op1's output can feed op2 (both ops of the vocabulary)."""
+    try:
+        _chain_rank((op1, op2))
+    except UnconnectablePair:
+        return False
+    return True
+
+
+def _input_shape(rank: int, shapes: TestShapes) -> tuple[int, ...]:
+    return (shapes.HW, shapes.HW, shapes.CIN) if rank == 3 else (shapes.FC_SIZE,)
+
+
+def build_chain(chain: Sequence[str], shapes: TestShapes = TestShapes(),
+                input_shape: Sequence[int] | None = None) -> keras.Model:
+    """The model of ``chain`` applied one op after the other (op names of the vocabulary).
+
+    ``input_shape`` (no batch dimension) overrides the shape chosen from
+    ``shapes``: the fusion tester builds op2 alone with the shape op2 has inside
+    the pair (see :func:`pair_input_shapes`).
+    """
+    chain = tuple(chain)
+    if not chain:
+        raise ValueError("an op chain needs at least one op")
+    if input_shape is None:
+        input_shape = _input_shape(_chain_rank(chain), shapes)
+    elif not _rank_ok(chain, len(input_shape)):
+        raise UnconnectablePair(f"ops {' -> '.join(chain)} cannot take an input of shape {tuple(input_shape)}")
+    params = shapes.params()
+    first = keras.Input(shape=tuple(input_shape), batch_size=1)
+    inputs = [first]
+    extra_outputs = []  # split's second half: an output of the model, the chain goes on with the first
+    x = first
+    for op in chain:
+        if op in TWO_INPUT_OPS:
+            other = keras.Input(shape=tuple(int(d) for d in x.shape[1:]), batch_size=1)
+            inputs.append(other)
+            x = build_op_layer(op, [x, other], params)
+        else:
+            x = build_op_layer(op, x, params)
+        if isinstance(x, (list, tuple)):
+            extra_outputs += list(x[1:])
+            x = x[0]
+    outputs = [x] + extra_outputs
+    return keras.Model(inputs, outputs if len(outputs) > 1 else x, name="_".join(chain).replace("-", "_"))
+
+
+def build_single(op: str, shapes: TestShapes = TestShapes(), input_shape: Sequence[int] | None = None) -> keras.Model:
+    """The model of op ``op`` alone (two inputs for add, mul, concat)."""
+    return build_chain((op,), shapes, input_shape)
+
+
+def build_pair(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> keras.Model:
+    """The model of op1 then op2; :class:`UnconnectablePair` when op1's output cannot feed op2."""
+    return build_chain((op1, op2), shapes)
+
+
+def pair_input_shapes(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The input shape of op1 and of op2 inside the pair op1 -> op2 (no batch dimension).
+
+    The fusion test compares the pair's latency with op1 and op2 alone at these shapes.
+    """
+    op1_in = _input_shape(_chain_rank((op1, op2)), shapes)
+    op1_out = build_chain((op1,), shapes, op1_in).outputs[0]
+    return op1_in, tuple(int(d) for d in op1_out.shape[1:])
+
+
+# --- MON: one op whose output feeds two ops -------------------------------------
+
+#: What nn-Meter compares the MON block's latency with: sums of chain latencies, one per hypothesis.
+#: ``case1``: the dwconv runs alone and each branch runs on its own (a tensor with two consumers
+#: stops fusion); ``case2``: the dwconv fuses with the relu-relu branch and the other branch runs
+#: alone; ``case3``: the dwconv fuses with one relu, the rest runs alone. The case whose sum is
+#: nearest to the block's latency is the device's behaviour (nn-Meter: true case ``case1``,
+#: tested only when ``BF_dwconv_relu`` is obeyed).
+MON_CASES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "case1": ((ops.RELU, ops.RELU), (ops.RELU, ops.DWCONV), (ops.DWCONV,)),
+    "case2": ((ops.DWCONV, ops.RELU, ops.RELU), (ops.RELU, ops.DWCONV)),
+    "case3": ((ops.DWCONV, ops.RELU), (ops.DWCONV,), (ops.RELU, ops.RELU)),
+}
+
+
+def build_mon(shapes: TestShapes = TestShapes()) -> keras.Model:
+    """nn-Meter's multiple-outbound-nodes block.
+
+    input (HW, HW, CIN) -> dwconv (k = KERNEL_SIZE, stride 1) -> x; branch 1:
+    x -> relu -> relu; branch 2: x -> leaky relu (slope 0.2) -> dwconv. Two outputs.
+    The second branch starts with a leaky relu (nn-Meter uses one too) so that the
+    converter cannot merge the two branches' first ops into one shared relu.
+    """
+    params = OpParams(kernel_size=shapes.KERNEL_SIZE, strides=1)
+    inp = keras.Input(shape=(shapes.HW, shapes.HW, shapes.CIN), batch_size=1)
+    x = build_op_layer(ops.DWCONV, inp, params)
+    branch1 = build_op_layer(ops.RELU, build_op_layer(ops.RELU, x, params), params)
+    branch2 = build_op_layer(ops.DWCONV, keras.layers.LeakyReLU(negative_slope=0.2)(x), params)
+    return keras.Model(inp, [branch1, branch2], name="mon")

@@ -1,0 +1,105 @@
+"""Kernel config samplers: reproducible, inside the valid sets, deduplicated; the prior table."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from nnmeter import ops
+from nnmeter.kernel_gen.priors import family_of, load_priors, prior_rows
+from nnmeter.kernel_gen.samplers import FINEGRAINED_RANGE, MAX_FLOPS, SAMPLERS, sample_configs
+
+CONV = {"HW": 28, "CIN": 64, "COUT": 128, "KERNEL_SIZE": 3, "STRIDES": 1}
+
+
+def _key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+@pytest.mark.parametrize("sampler", ["prior", "uniform"])
+@pytest.mark.parametrize("kernel", list(ops.KERNELS))
+def test_samples_are_reproducible_valid_and_distinct(kernel, sampler):
+    configs = sample_configs(kernel, 30, sampler, seed=7)
+    assert len(configs) == 30
+    assert configs == sample_configs(kernel, 30, sampler, seed=7)
+    assert configs != sample_configs(kernel, 30, sampler, seed=8)
+    assert len({_key(c) for c in configs}) == 30
+    for c in configs:
+        assert ops.validate_config(kernel, c) == c
+        if ops.HW in c:
+            assert c[ops.HW] in ops.HW_VALUES
+        assert ops.kernel_cost(kernel, c).flops <= MAX_FLOPS
+        if kernel in ("split", "channelshuffle"):
+            assert c[ops.CIN] % 2 == 0
+
+
+def test_prior_samples_come_from_real_layers_with_jittered_channels():
+    rows = prior_rows("conv-bn-relu")
+    shapes = {(r["HW"], r["KERNEL_SIZE"], r["STRIDES"]) for r in rows}
+    configs = sample_configs("conv-bn-relu", 200, "prior", seed=1)
+    assert all((c["HW"], c["KERNEL_SIZE"], c["STRIDES"]) in shapes for c in configs)
+    exact = {_key(r) for r in rows}
+    assert sum(_key(c) in exact for c in configs) < 20  # jitter: mostly between the real layers
+
+
+def test_finegrained_keeps_all_but_channels_in_nnmeter_range():
+    configs = sample_configs("conv-bn-relu", 50, "finegrained", seed=2, around=CONV)
+    assert len(configs) == 50
+    for c in configs:
+        assert (c["HW"], c["KERNEL_SIZE"], c["STRIDES"]) == (28, 3, 1)
+        assert FINEGRAINED_RANGE[0] * 64 <= c["CIN"] <= FINEGRAINED_RANGE[1] * 64
+        assert FINEGRAINED_RANGE[0] * 128 <= c["COUT"] <= FINEGRAINED_RANGE[1] * 128
+    varied = sample_configs("conv-bn-relu", 50, "finegrained", seed=2, around=CONV, vary_hw=True)
+    assert {c["HW"] for c in varied} == {14, 28, 56}
+    concat = sample_configs("concat", 10, "finegrained", around={"HW": 7, "CINS": [10, 20, 30]})
+    assert all(len(c["CINS"]) == 3 and 4 <= c["CINS"][2] <= 36 for c in concat)
+
+
+def test_a_small_space_gives_fewer_configs_not_an_endless_loop():
+    assert sample_configs("relu", 10, "finegrained", around={"HW": 7, "CIN": 1}) == [{"HW": 7, "CIN": 1}]
+
+
+@pytest.mark.parametrize("args,words", [
+    (("convx", 3), ["convx", "not a kernel"]),
+    (("relu", 3, "random"), ["random", "prior, finegrained, uniform"]),
+    (("relu", 3, "finegrained"), ["around"]),
+    (("relu", 3, "prior", 0, {"HW": 7, "CIN": 3}), ["around", "prior"]),
+    (("relu", 3, "finegrained", 0, {"HW": 7, "CIN": 0}), ["relu", "CIN=0"]),
+])
+def test_bad_sampler_arguments_are_clear(args, words):
+    with pytest.raises(ValueError) as err:
+        sample_configs(*args)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_prior_table_covers_every_kernel_and_stays_in_valid_sets():
+    table = load_priors()
+    assert "MobileNetV2@224" in table["sources"] and "NASNetMobile@160" in table["sources"]
+    for kernel in ops.KERNELS:
+        family = family_of(kernel)
+        assert table["families"][family], family
+    for family, rows in table["families"].items():
+        assert len({_key(r) for r in rows}) == len(rows), f"{family} has duplicate rows"
+        for r in rows:
+            assert r.get("HW", 1) in ops.HW_VALUES
+            valid_k = ops.POOL_KERNEL_SIZE_VALUES if family == "pool" else ops.KERNEL_SIZE_VALUES
+            assert r.get("KERNEL_SIZE", 1) in valid_k
+            assert r.get("STRIDES", 1) in ops.STRIDES_VALUES
+            assert r.get("POOL_STRIDES", 1) in ops.POOL_STRIDES_VALUES
+    assert {"HW": 112, "CIN": 32, "KERNEL_SIZE": 3, "STRIDES": 1} in table["families"]["dwconv"]  # MobileNetV2
+
+
+def test_sampling_does_not_load_tensorflow():
+    import subprocess
+
+    code = ("import sys; from nnmeter.kernel_gen import sample_configs; sample_configs('conv-bn-relu', 5); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_sampler_name_works():
+    for sampler in SAMPLERS:
+        around = CONV if sampler == "finegrained" else None
+        assert sample_configs("conv-bn-relu", 2, sampler, around=around)
