@@ -1,0 +1,129 @@
+"""Kernel regressor accuracy against the number of measured samples, on tflite-local (real measurements).
+
+For each kernel and training budget, the adaptive loop of nnmeter.builder.training runs twice on the
+same measured data where the two share it (the prior samples, by seed): once with nn-Meter's random
+forest (``nn-meter-rf``), once with the default regressor; each regressor drives its own error-driven
+fine-grained rounds. Both are then scored on one fixed held-out set of prior-sampled configs per kernel
+(a seed the training never uses). Printed: +-10 % accuracy, RMSPE and samples used per budget, and the
+device minutes spent measuring each kernel. Everything measured is kept in the workspace's store, so a
+second run (or a bigger budget) measures only what is new.
+
+    python bench/kernel_accuracy.py                 # budgets 100..1600, five kernels (hours)
+    python bench/kernel_accuracy.py --quick         # budgets 50, 100 and a 40-config test set (minutes)
+    python bench/kernel_accuracy.py --kernels fc --budgets 100 200 --workspace /tmp/bench-ws
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from nnmeter.builder.regressors import BASELINE_REGRESSOR, DEFAULT_REGRESSOR, latency_metrics  # noqa: E402
+from nnmeter.builder.training import TrainingError, adaptive_training, config_key, workspace_measure  # noqa: E402
+from nnmeter.builder.workspace import Workspace  # noqa: E402
+from nnmeter.kernel_gen.samplers import sample_configs  # noqa: E402
+from nnmeter.predictor.features import feature_matrix  # noqa: E402
+
+KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
+BUDGETS = (100, 200, 400, 800, 1600)
+TEST_CONFIGS = 300
+TEST_SEED = 90_001  # never a training seed
+#: Share of a budget spent on the prior sample; the rest goes to two fine-grained rounds.
+PRIOR_SHARE = 0.6
+FINEGRAINED_PER_POINT = 10
+
+
+def budget_settings(base, regressor: str, budget: int):
+    """Loop settings that spend at most ``budget`` measured samples: a prior sample, then two rounds."""
+    rounds = 2
+    per_round = int(budget * (1 - PRIOR_SHARE) / rounds)
+    return dataclasses.replace(
+        base, regressor=regressor, init_samples=int(budget * PRIOR_SHARE), iterations=rounds,
+        finegrained_samples=FINEGRAINED_PER_POINT,
+        max_refined_points=max(1, math.floor(per_round / FINEGRAINED_PER_POINT)),
+        min_train_samples=min(base.min_train_samples, int(budget * PRIOR_SHARE * 0.5)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path(__file__).parent / ".ws-kernel-accuracy",
+                        help="tflite-local workspace to measure in (made if missing; reused across runs)")
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS))
+    parser.add_argument("--budgets", nargs="+", type=int)
+    parser.add_argument("--test", type=int, help=f"held-out configs per kernel (default {TEST_CONFIGS})")
+    parser.add_argument("--regressors", nargs="+", default=[BASELINE_REGRESSOR, DEFAULT_REGRESSOR])
+    parser.add_argument("--quick", action="store_true", help="budgets 50 and 100, 40 test configs")
+    args = parser.parse_args(argv)
+    budgets = args.budgets or ((50, 100) if args.quick else BUDGETS)
+    n_test = args.test or (40 if args.quick else TEST_CONFIGS)
+    console = Console()
+    if not (args.workspace / "campaign.yaml").is_file():
+        Workspace.create(args.workspace, "tflite-local")
+    summary = []
+    with Workspace.open(args.workspace) as ws, ws.connect() as backend:
+        console.print(f"{backend.device_info.description}, {backend.device_info.runtime}; "
+                      f"protocol {ws.campaign.protocol.key()}; workspace {ws.root}", markup=False)
+        for kernel in args.kernels:
+            measure = workspace_measure(ws, backend, kernel)
+            test = sample_configs(kernel, n_test, "prior", seed=TEST_SEED)
+            test_samples = [s for s in measure(test, "held-out test set") if s.latency_ms is not None]
+            test_keys = {config_key(s.config) for s in test_samples}
+            X_test = feature_matrix(kernel, [s.config for s in test_samples])
+            y_test = [s.latency_ms for s in test_samples]
+            table = Table(title=f"{kernel}: ±10 % accuracy on {len(y_test)} held-out prior configs "
+                                f"(median {sorted(y_test)[len(y_test) // 2]:.3f} ms)")
+            table.add_column("budget", justify="right")
+            for name in args.regressors:
+                table.add_column(f"{name}\n±10 % / RMSPE / samples", justify="right")
+            for budget in budgets:
+                row = [str(budget)]
+                for name in args.regressors:
+                    settings = budget_settings(ws.campaign.kernels, name, budget)
+                    started = time.monotonic()
+                    try:
+                        outcome = adaptive_training(kernel, settings, _excluding(measure, test_keys))
+                    except TrainingError as err:
+                        row.append(f"failed: {err.message[:40]}")
+                        continue
+                    m = latency_metrics(y_test, outcome.regressor.predict(X_test))
+                    row.append(f"{100 * m.acc10:.1f} % / {m.rmspe:.1f} % / {outcome.samples}")
+                    summary.append((kernel, budget, name, m.acc10, m.rmspe, outcome.samples,
+                                    time.monotonic() - started))
+                table.add_row(*row)
+            console.print(table)
+            console.print(f"{kernel}: {_device_minutes(ws, backend, kernel):.1f} device minutes measuring "
+                          f"(all samples of this kernel in the store, test set included)", markup=False)
+    console.print("\nkernel,budget,regressor,acc10,rmspe,samples,train_seconds", markup=False)
+    for row in summary:
+        console.print(",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row), markup=False)
+    return 0
+
+
+def _excluding(measure, test_keys):
+    """The measure function, with test configs dropped from training (a prior draw may repeat one)."""
+    def wrapped(configs, what):
+        kept = [c for c in configs if config_key(c) not in test_keys]
+        return measure(kept, what)
+    return wrapped
+
+
+def _device_minutes(ws: Workspace, backend, kernel: str) -> float:
+    info = backend.device_info
+    pairs = ws.store.latest_measurements(info.device, backend.name, ws.campaign.protocol.key(), kind="kernel",
+                                         name=kernel)
+    return sum(m.device_seconds for _, m in pairs) / 60
+
+
+if __name__ == "__main__":
+    sys.exit(main())

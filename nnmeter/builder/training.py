@@ -1,0 +1,471 @@
+"""Kernel regressors: sample, measure, train and adaptively refine one regressor per kernel.
+
+Per kernel (:func:`adaptive_training`):
+
+1. draw ``init_samples`` configs from the prior (seeded: the same list on every run);
+2. build, convert and measure them (the store skips what is already measured);
+3. hold out a fixed share of the *prior* samples (by a hash of the config, so the
+   split never changes between runs or rounds); they are never trained on and
+   never used to choose new samples, so their score is an honest estimate;
+4. train on the rest and score on the held-out configs;
+5. find training points with a large error -- relative error above
+   ``error_threshold`` and absolute error above ``noise_floor_ms`` -- from
+   out-of-fold (5-fold) predictions: nn-Meter judges the points on its test split
+   and then trains near them, which makes its test score optimistic;
+6. draw ``finegrained_samples`` configs around each of the worst
+   ``max_refined_points`` of them (nn-Meter's rule: channels in [0.4 c, 1.2 c]);
+   measure them, and go back to 4 for ``iterations`` rounds;
+7. fit the final regressor on every sample (the held-out score is that of the
+   model trained without them; more data can only help the packaged one).
+
+Kernels faster than ~0.05 ms: the measurement protocol keeps invoking a model
+within each round until ``min_round_ms`` has passed, so a 0.01 ms kernel is
+timed over hundreds of invocations per round, not one; the loop does not chase
+errors smaller than ``noise_floor_ms``; and the metrics report the +-10 %
+accuracy of kernels under 0.05 ms apart (:class:`~nnmeter.builder.regressors.LatencyMetrics`).
+
+Resuming: the prior list is recomputed from the seed, the fine-grained lists are
+saved in the store's state as soon as they are planned, and every measurement is
+in the store; a killed run started again measures only what is missing and
+trains the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from nnmeter import ops
+from nnmeter.builder.regressors import KernelRegressor, LatencyMetrics, latency_metrics, make_regressor
+from nnmeter.builder.settings import KernelTrainingSettings
+from nnmeter.errors import NnmeterError
+from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_matrix
+from nnmeter.predictor.regressor_format import save_ensemble
+
+if TYPE_CHECKING:
+    from nnmeter.backends.base import Backend
+    from nnmeter.builder.workspace import Workspace
+
+#: Folder of a workspace's predictor/ that holds the trained regressors until they are packaged.
+TRAINED_DIR = "trained"
+#: Folds of the out-of-fold predictions that find large-error points.
+ERROR_FOLDS = 5
+
+
+class TrainingError(NnmeterError):
+    """A kernel cannot be trained: too few samples, every measurement failed, nothing held out."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A kernel config and its measured median latency (None when measuring or converting it failed)."""
+
+    config: Mapping[str, Any]
+    latency_ms: float | None
+    device_seconds: float = 0.0
+    error: str = ""
+
+
+#: Measure configs of one kernel: (configs, what they are, for progress) -> one Sample per config, in order.
+MeasureConfigs = Callable[[Sequence[Mapping[str, Any]], str], list[Sample]]
+
+
+@dataclass(frozen=True)
+class RoundScore:
+    round: int
+    samples: int  # measured samples (with a latency) after this round's measurements
+    validation: LatencyMetrics
+
+
+@dataclass
+class TrainingOutcome:
+    """What :func:`adaptive_training` produced for one kernel."""
+
+    kernel: str
+    regressor: KernelRegressor  # fitted on every sample
+    validation: LatencyMetrics  # of the model trained without the held-out configs
+    train_samples: int
+    validation_samples: int
+    failed: int
+    device_seconds: float
+    rounds: list[RoundScore] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return self.train_samples + self.validation_samples
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    return json.dumps(dict(config), sort_keys=True)
+
+
+def held_out(config: Mapping[str, Any], fraction: float, seed: int) -> bool:
+    """Whether a prior config belongs to the held-out set: a hash of config and seed, stable forever."""
+    digest = hashlib.sha256(f"{seed}/{config_key(config)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+
+def prior_configs(kernel: str, settings: KernelTrainingSettings) -> list[dict]:
+    from nnmeter.kernel_gen.samplers import sample_configs
+
+    return sample_configs(kernel, settings.init_samples, "prior", seed=settings.seed)
+
+
+def large_error_configs(kernel: str, regressor_name: str, configs: Sequence[Mapping[str, Any]], y: np.ndarray,
+                        settings: KernelTrainingSettings) -> list[Mapping[str, Any]]:
+    """Training configs whose out-of-fold prediction misses by more than the thresholds, worst first."""
+    from sklearn.model_selection import KFold
+
+    X = feature_matrix(kernel, configs)
+    folds = min(ERROR_FOLDS, len(y))
+    predicted = np.empty_like(y)
+    for train, test in KFold(folds, shuffle=True, random_state=settings.seed).split(X):
+        model = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(X[train], y[train])
+        predicted[test] = model.predict(X[test])
+    rel = np.abs(predicted - y) / y
+    large = (rel > settings.error_threshold) & (np.abs(predicted - y) > settings.noise_floor_ms)
+    worst = [i for i in np.argsort(-rel) if large[i]][: settings.max_refined_points]
+    return [configs[i] for i in worst]
+
+
+def finegrained_configs(kernel: str, around: Sequence[Mapping[str, Any]], settings: KernelTrainingSettings,
+                        round_: int, known: set[str]) -> list[dict]:
+    """``finegrained_samples`` new configs around each of ``around``, none already in ``known``."""
+    from nnmeter.kernel_gen.samplers import sample_configs
+
+    out: list[dict] = []
+    for i, config in enumerate(around):
+        seed = settings.seed * 1_000_003 + round_ * 10_007 + i
+        for new in sample_configs(kernel, settings.finegrained_samples, "finegrained", seed=seed, around=config):
+            key = config_key(new)
+            if key not in known:
+                known.add(key)
+                out.append(new)
+    return out
+
+
+def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: MeasureConfigs, *,
+                      refinements: list[list[dict]] | None = None,
+                      save_refinements: Callable[[list[list[dict]]], None] | None = None,
+                      on_round: Callable[[RoundScore], None] | None = None) -> TrainingOutcome:
+    """Run the loop of the module doc for ``kernel``; ``refinements`` are fine-grained lists planned earlier.
+
+    ``save_refinements`` is called with every list as soon as it is planned (before
+    it is measured), so that a resumed run measures the same configs.
+    """
+    refinements = list(refinements or [])
+    regressor_name = settings.regressor
+    make_regressor(regressor_name, kernel)  # a bad name fails before anything is measured
+    prior = prior_configs(kernel, settings)
+    if not prior:
+        raise TrainingError(f"kernel {kernel}: the prior sampler gave no configs")
+    samples = measure(prior, "prior samples")
+    prior_keys = {config_key(c) for c in prior}
+    known = set(prior_keys)
+    rounds: list[RoundScore] = []
+    for round_ in range(settings.iterations + 1):
+        train, validation = _split(kernel, samples, prior_keys, settings)
+        X_train, y_train = feature_matrix(kernel, [s.config for s in train]), _latencies(train)
+        model = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(X_train, y_train)
+        scores = latency_metrics(_latencies(validation),
+                                 model.predict(feature_matrix(kernel, [s.config for s in validation])))
+        score = RoundScore(round_, len(train) + len(validation), scores)
+        rounds.append(score)
+        if on_round is not None:
+            on_round(score)
+        if round_ == settings.iterations or settings.finegrained_samples == 0:
+            break
+        if round_ < len(refinements):
+            planned = refinements[round_]
+        else:
+            worst = large_error_configs(kernel, regressor_name, [s.config for s in train], y_train, settings)
+            planned = finegrained_configs(kernel, worst, settings, round_ + 1, set(known))
+            refinements.append(planned)
+            if save_refinements is not None:
+                save_refinements(refinements)
+        known.update(config_key(c) for c in planned)
+        if not planned:  # every training point is within the thresholds
+            break
+        samples = samples + measure(planned, f"fine-grained round {round_ + 1}")
+    train, validation = _split(kernel, samples, prior_keys, settings)
+    everything = train + validation
+    final = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(
+        feature_matrix(kernel, [s.config for s in everything]), _latencies(everything))
+    return TrainingOutcome(
+        kernel=kernel, regressor=final, validation=rounds[-1].validation, train_samples=len(train),
+        validation_samples=len(validation), failed=sum(s.latency_ms is None for s in samples),
+        device_seconds=sum(s.device_seconds for s in samples), rounds=rounds,
+    )
+
+
+def _split(kernel: str, samples: Sequence[Sample], prior_keys: set[str],
+           settings: KernelTrainingSettings) -> tuple[list[Sample], list[Sample]]:
+    """Measured samples split into training and held-out; a clear error when either is unusable."""
+    measured = [s for s in samples if s.latency_ms is not None and s.latency_ms > 0]
+    if not measured:
+        first = next((s.error for s in samples if s.error), "no error text")
+        raise TrainingError(f"kernel {kernel}: all {len(samples)} measurements failed; first error: {first}",
+                            "look at the failures with `nnmeter-build status WS`; check the backend with "
+                            "`nnmeter-build connect WS`")
+    validation = [s for s in measured
+                  if config_key(s.config) in prior_keys and held_out(s.config, settings.validation_fraction,
+                                                                     settings.seed)]
+    held = {id(s) for s in validation}
+    train = [s for s in measured if id(s) not in held]
+    failed = len(samples) - len(measured)
+    if len(train) < settings.min_train_samples:
+        raise TrainingError(f"kernel {kernel}: only {len(train)} measured training samples "
+                            f"({failed} of {len(samples)} measurements failed); "
+                            f"training needs at least {settings.min_train_samples}",
+                            "raise kernels.init_samples in campaign.yaml (or pass --init N)")
+    if not validation:
+        raise TrainingError(f"kernel {kernel}: no measured held-out sample to score the regressor on",
+                            "raise kernels.init_samples or kernels.validation_fraction")
+    return train, validation
+
+
+def _latencies(samples: Sequence[Sample]) -> np.ndarray:
+    return np.array([s.latency_ms for s in samples], dtype=np.float64)
+
+
+# --- on a workspace ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """A kernel's trained regressor as recorded in the store's state (what ``package`` reads)."""
+
+    kernel: str
+    regressor: str
+    samples: int
+    train_samples: int
+    validation_samples: int
+    failed: int
+    device_seconds: float
+    metrics: Mapping[str, Any]  # LatencyMetrics.to_dict() on the held-out configs
+    rounds: tuple[Mapping[str, Any], ...]
+    file: str  # the regressor file, relative to the workspace
+    sha256: str
+    feature_schema_version: int
+    trained_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "KernelResult":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def setup_key(device: str, backend: str, protocol_key: str) -> str:
+    return f"{backend}|{device}|{protocol_key}"
+
+
+def state_key(kind: str, setup: str, kernel: str) -> str:
+    return f"kernels/{kind}/{setup}/{kernel}"
+
+
+#: State key of the device/backend/protocol the latest training ran on (``package`` reads it).
+LATEST_SETUP_KEY = "kernels/latest-setup"
+
+
+def workspace_measure(ws: "Workspace", backend: "Backend", kernel: str, workers: int | None = None,
+                      progress: "_Progress | None" = None) -> MeasureConfigs:
+    """Measure configs of ``kernel`` through the workspace: build, convert, measure, all kept in its store.
+
+    Without ``progress`` (a :class:`_Progress` with a task for ``kernel``), one rich bar per step.
+    """
+    from nnmeter.builder.measuring import measure_models
+    from nnmeter.builder.models import kernel_spec, prepare_models
+
+    protocol = ws.campaign.protocol
+    progress = progress or _Progress(None, [kernel], bars=False)
+
+    def measure(configs: Sequence[Mapping[str, Any]], what: str) -> list[Sample]:
+        progress.phase(kernel, f"converting {what}", len(configs))
+        prepared = prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs], workers,
+                                  progress=progress.callback(kernel))
+        ready = [p.record for p in prepared if p.ok]
+        progress.phase(kernel, f"measuring {what}", len(ready))
+        measured = measure_models(ws.store, backend, ready, protocol, workspace_root=ws.root,
+                                  progress=progress.callback(kernel)) if ready else []
+        by_id = {m.model_id: m for m in measured}
+        samples = []
+        for config, p in zip(configs, prepared):
+            m = by_id.get(p.id)
+            if m is None:
+                samples.append(Sample(config, None, 0.0, p.error or "not converted"))
+            else:
+                samples.append(Sample(config, m.latency_ms, m.device_seconds, m.error))
+        return samples
+
+    return measure
+
+
+def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = None, *, init: int | None = None,
+                            iterations: int | None = None, workers: int | None = None, console: Any = None,
+                            ) -> tuple[list[KernelResult], dict[str, str]]:
+    """Train the campaign's kernels (or ``kernels``) on its backend; results and errors per kernel.
+
+    A kernel that cannot be trained (:class:`TrainingError`) is reported in the
+    errors and the others go on.
+    """
+    settings = ws.campaign.kernels
+    overrides = {k: v for k, v in (("init_samples", init), ("iterations", iterations)) if v is not None}
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    names = list(kernels) if kernels else list(settings.kernels)
+    for k in names:
+        if k not in ops.KERNELS:
+            raise NnmeterError(f"{k!r} is not a kernel; known: {', '.join(ops.KERNELS)}",
+                               "list them with `nnmeter-build kernels`")
+    backend = ws.connect()
+    try:
+        info = backend.device_info
+        protocol = ws.campaign.protocol
+        setup = setup_key(info.device, backend.name, protocol.key())
+        ws.store.set_state(LATEST_SETUP_KEY, {
+            "setup": setup, "backend": backend.name, "protocol_key": protocol.key(),
+            "protocol": dataclasses.asdict(protocol), "device": _device_dict(info)})
+        results, errors = [], {}
+        with _Progress(console, names) as progress:
+            for kernel in names:
+                try:
+                    results.append(_train_one(ws, backend, kernel, settings, setup, progress, workers))
+                except TrainingError as err:
+                    errors[kernel] = str(err)
+                    progress.failed(kernel, err.message)
+    finally:
+        backend.close()
+    return results, errors
+
+
+def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: KernelTrainingSettings, setup: str,
+               progress: "_Progress", workers: int | None) -> KernelResult:
+    store = ws.store
+    plan_key = state_key("plan", setup, kernel)
+    plan = store.get_state(plan_key, {})
+    same_plan = plan.get("settings") == _plan_settings(settings)
+    outcome = adaptive_training(
+        kernel, settings, workspace_measure(ws, backend, kernel, workers, progress),
+        refinements=plan.get("refinements", []) if same_plan else [],
+        save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(settings), "refinements": r}),
+        on_round=lambda score: progress.scored(kernel, score),
+    )
+    out_dir = ws.predictor_dir / TRAINED_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_ensemble(outcome.regressor.to_ensemble(), out_dir / f"{kernel}.npz")
+    from nnmeter.predictor.artifact import sha256_file
+
+    result = KernelResult(
+        kernel=kernel, regressor=settings.regressor, samples=outcome.samples,
+        train_samples=outcome.train_samples, validation_samples=outcome.validation_samples, failed=outcome.failed,
+        device_seconds=outcome.device_seconds, metrics=outcome.validation.to_dict(),
+        rounds=tuple({"round": r.round, "samples": r.samples, **r.validation.to_dict()} for r in outcome.rounds),
+        file=path.relative_to(ws.root).as_posix(), sha256=sha256_file(path),
+        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(),
+    )
+    store.set_state(state_key("result", setup, kernel), result.to_dict())
+    progress.done(kernel, result)
+    return result
+
+
+def _plan_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
+    """The settings a saved fine-grained plan depends on; another value makes the loop plan anew."""
+    keys = ("init_samples", "finegrained_samples", "error_threshold", "noise_floor_ms", "max_refined_points",
+            "regressor", "validation_fraction", "seed")
+    return {k: getattr(settings, k) for k in keys}
+
+
+def _device_dict(info: Any) -> dict[str, Any]:
+    return {"id": info.device, "description": info.description, "runtime": info.runtime,
+            "runtime_versions": dict(info.runtime_versions), "facts": dict(info.facts)}
+
+
+def trained_kernels(ws: "Workspace") -> tuple[Mapping[str, Any] | None, list[KernelResult]]:
+    """The latest training setup (device, backend, protocol) and the kernels trained under it."""
+    latest = ws.store.get_state(LATEST_SETUP_KEY)
+    if latest is None:
+        return None, []
+    results = []
+    for kernel in ops.KERNELS:
+        data = ws.store.get_state(state_key("result", latest["setup"], kernel))
+        if data is not None:
+            results.append(KernelResult.from_dict(data))
+    return latest, results
+
+
+def results_table(results: Sequence[KernelResult], errors: Mapping[str, str] | None = None) -> Any:
+    """The final rich table: kernel, samples, RMSE, RMSPE, +-5 %, +-10 % (held-out), regressor."""
+    from rich.table import Table
+
+    table = Table(title="kernel regressors (scores on held-out prior configs)")
+    for col in ("kernel", "samples", "RMSE ms", "RMSPE %", "±5 %", "±10 %", "±10 % <0.05 ms", "device min",
+                "regressor"):
+        table.add_column(col, justify="left" if col in ("kernel", "regressor") else "right")
+    for r in results:
+        m = r.metrics
+        fast = "-" if m["acc10_fast"] is None else f"{100 * m['acc10_fast']:.0f} % of {m['fast']}"
+        table.add_row(r.kernel, f"{r.samples}" + (f" ({r.failed} failed)" if r.failed else ""),
+                      f"{m['rmse_ms']:.4f}", f"{m['rmspe']:.1f}", f"{100 * m['acc5']:.1f}",
+                      f"{100 * m['acc10']:.1f}", fast, f"{r.device_seconds / 60:.1f}", r.regressor)
+    for kernel, message in (errors or {}).items():
+        table.add_row(kernel, "-", "-", "-", "-", "-", "-", "-", f"[red]{message.splitlines()[0]}[/red]")
+    return table
+
+
+class _Progress:
+    """A rich progress bar per kernel: its phase, samples measured, current held-out accuracy.
+
+    With ``bars=False`` it shows nothing and lets each step draw its own bar (measuring does).
+    """
+
+    def __init__(self, console: Any, kernels: Sequence[str], bars: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.fields[kernel]:<16}"), TextColumn("{task.description:<32}"),
+                             BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[score]}"),
+                             TimeElapsedColumn(), console=console, disable=not bars)
+        self._enabled = bars
+        self._tasks = {k: self._bar.add_task("waiting", total=None, kernel=k, score="", start=False)
+                       for k in kernels}
+
+    def __enter__(self) -> "_Progress":
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def phase(self, kernel: str, description: str, total: int) -> None:
+        task = self._tasks[kernel]
+        self._bar.start_task(task)
+        self._bar.update(task, description=description, total=total, completed=0)
+
+    def callback(self, kernel: str) -> Callable[[int, int], None] | None:
+        """A ``(done, total)`` callback advancing ``kernel``'s bar; None when the steps draw their own."""
+        if not self._enabled:
+            return None
+        return lambda done, total: self._bar.update(self._tasks[kernel], completed=done, total=total)
+
+    def scored(self, kernel: str, score: RoundScore) -> None:
+        self._bar.update(self._tasks[kernel], score=f"round {score.round}: {score.samples} samples, "
+                                                     f"±10 % {100 * score.validation.acc10:.1f} %")
+
+    def done(self, kernel: str, result: KernelResult) -> None:
+        self._bar.update(self._tasks[kernel], description="done", total=1, completed=1)
+
+    def failed(self, kernel: str, message: str) -> None:
+        self._bar.update(self._tasks[kernel], description="[red]failed[/red]", total=1, completed=0,
+                         score=message.splitlines()[0][:60])
+
+
+__all__ = ["KernelResult", "MeasureConfigs", "RoundScore", "Sample", "TrainingError", "TrainingOutcome",
+           "adaptive_training", "held_out", "large_error_configs", "finegrained_configs", "prior_configs",
+           "results_table", "train_workspace_kernels", "trained_kernels", "workspace_measure"]

@@ -1,0 +1,311 @@
+"""The predictor artifact: a folder with a manifest, the fusion rules and one regressor file per kernel.
+
+Layout::
+
+    <predictor>/
+      manifest.yaml          what it is, where it was measured, how well it does, a sha256 per file
+      fusion_rules.json      the device's fusion rules (nnmeter.predictor.rules)
+      kernels/<kernel>.npz   one tree-ensemble regressor per kernel (nnmeter.predictor.regressor_format)
+
+``manifest.yaml`` keys: ``format`` (``nnmeter-predictor``), ``format_version``,
+``name``, ``version``, ``created`` (UTC, ISO 8601), ``description``, ``device``
+(id, description, runtime, runtime versions, facts), ``backend``, ``protocol``
+(its key and settings), ``libraries`` (versions of nnmeter, numpy,
+scikit-learn and Python that built it), ``feature_schema_version``, ``rules``
+(the rules file), ``kernels`` (per kernel: ``file``, ``regressor``,
+``features`` (names, in order), ``samples``, ``metrics``) and ``files``
+(relative path -> sha256 of every file other than the manifest).
+
+Loading (:func:`load_artifact`) never executes code from the folder: the
+manifest is read with ``yaml.safe_load``, regressors with
+``np.load(allow_pickle=False)``, and a pickle in place of a regressor is
+refused. It checks the format, every checksum, the feature schema version and
+each kernel's feature names, and says which file is wrong and why. It imports
+neither TensorFlow nor scikit-learn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from nnmeter import __version__, ops
+from nnmeter.errors import NnmeterError
+from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_names
+from nnmeter.predictor.regressor_format import (
+    RegressorFormatError, TreeEnsemble, check_not_pickle, load_ensemble, save_ensemble,
+)
+from nnmeter.predictor.rules import FusionRules, load_rules, save_rules
+
+ARTIFACT_FORMAT = "nnmeter-predictor"
+ARTIFACT_FORMAT_VERSION = 1
+MANIFEST = "manifest.yaml"
+RULES_FILE = "fusion_rules.json"
+KERNELS_DIR = "kernels"
+
+
+class ArtifactError(NnmeterError):
+    """A predictor folder that cannot be used: missing, damaged, foreign, or built for other features."""
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    """A kernel's regressor as the manifest describes it."""
+
+    name: str
+    file: str  # relative to the artifact folder
+    regressor: str
+    features: tuple[str, ...]
+    samples: int
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "regressor": self.regressor, "features": list(self.features),
+                "samples": self.samples, "metrics": dict(self.metrics)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.yaml`` (see the module doc)."""
+
+    name: str
+    version: str
+    device: Mapping[str, Any]
+    backend: str
+    protocol: Mapping[str, Any]
+    kernels: Mapping[str, KernelEntry]
+    files: Mapping[str, str]
+    feature_schema_version: int = FEATURE_SCHEMA_VERSION
+    libraries: Mapping[str, str] = field(default_factory=dict)
+    created: str = ""
+    description: str = ""
+    rules: str = RULES_FILE
+    format: str = ARTIFACT_FORMAT
+    format_version: int = ARTIFACT_FORMAT_VERSION
+
+    @property
+    def device_id(self) -> str:
+        return str(self.device.get("id", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "format_version": self.format_version, "name": self.name,
+            "version": self.version, "created": self.created, "description": self.description,
+            "device": dict(self.device), "backend": self.backend, "protocol": dict(self.protocol),
+            "libraries": dict(self.libraries), "feature_schema_version": self.feature_schema_version,
+            "rules": self.rules, "kernels": {k: e.to_dict() for k, e in self.kernels.items()},
+            "files": dict(self.files),
+        }
+
+
+@dataclass(frozen=True)
+class KernelPayload:
+    """What :func:`write_artifact` needs per kernel: the fitted regressor and its record."""
+
+    ensemble: TreeEnsemble
+    samples: int
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded, verified predictor: its manifest, fusion rules and kernel regressors."""
+
+    path: Path
+    manifest: Manifest
+    rules: FusionRules
+    regressors: Mapping[str, TreeEnsemble]
+
+    @property
+    def kernels(self) -> frozenset[str]:
+        """Names of the kernels this predictor has a regressor for."""
+        return frozenset(self.regressors)
+
+    def predict(self, kernel: str, X: Any) -> np.ndarray:
+        """Latency (ms) of each row of ``X``, the :func:`~nnmeter.predictor.features.feature_matrix` of ``kernel``."""
+        try:
+            ensemble = self.regressors[kernel]
+        except KeyError:
+            raise ArtifactError(f"predictor {self.manifest.name} has no regressor for kernel {kernel!r}; "
+                                f"it has: {', '.join(sorted(self.regressors))}") from None
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != ensemble.n_features:
+            raise ValueError(f"kernel {kernel}: expected a feature matrix of {ensemble.n_features} columns "
+                             f"({', '.join(self.manifest.kernels[kernel].features)}), got shape {X.shape}")
+        return ensemble.predict(X)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what built (and can check) an artifact; scikit-learn only if it is already imported."""
+    import sys
+
+    versions = {"nnmeter": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    sklearn = sys.modules.get("sklearn")
+    if sklearn is not None:
+        versions["scikit-learn"] = sklearn.__version__
+    return versions
+
+
+def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, device: Mapping[str, Any],
+                   backend: str, protocol: Mapping[str, Any], rules: FusionRules,
+                   kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False) -> Path:
+    """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
+    out = Path(out_dir)
+    if not kernels:
+        raise ArtifactError("no trained kernel regressors to package", "train first: nnmeter-build train WS")
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"{out} already exists", "choose another -o folder, or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_rules(rules, staging / RULES_FILE)
+        (staging / KERNELS_DIR).mkdir()
+        entries: dict[str, KernelEntry] = {}
+        for kernel in sorted(kernels):
+            payload = kernels[kernel]
+            names = feature_names(kernel)
+            if payload.ensemble.n_features != len(names):
+                raise ArtifactError(f"kernel {kernel}: regressor takes {payload.ensemble.n_features} features, "
+                                    f"feature schema {FEATURE_SCHEMA_VERSION} has {len(names)}",
+                                    "train the kernel again with this nnmeter")
+            rel = f"{KERNELS_DIR}/{kernel}.npz"
+            save_ensemble(payload.ensemble, staging / rel)
+            entries[kernel] = KernelEntry(kernel, rel, payload.ensemble.regressor, names, int(payload.samples),
+                                          dict(payload.metrics))
+        files = {p.relative_to(staging).as_posix(): sha256_file(p)
+                 for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = Manifest(
+            name=name, version=str(version), device=dict(device), backend=backend, protocol=dict(protocol),
+            kernels=entries, files=files, libraries=library_versions(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), description=description,
+        )
+        (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The manifest of the predictor folder ``path`` (checked for form, files not verified)."""
+    folder = Path(path)
+    file = folder / MANIFEST
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such predictor folder")
+    if not file.is_file():
+        raise ArtifactError(f"{folder}: not a predictor folder (no {MANIFEST})",
+                            "make one with `nnmeter-build package WS -o DIR`")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ArtifactError(f"{file}: damaged manifest ({_first_line(err)})") from None
+    if not isinstance(data, Mapping) or data.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{file}: not an nnmeter predictor manifest (format is "
+                            f"{data.get('format') if isinstance(data, Mapping) else None!r}, "
+                            f"expected {ARTIFACT_FORMAT!r})")
+    if data.get("format_version") != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(f"{file}: predictor format version {data.get('format_version')!r} is not supported "
+                            f"(this nnmeter reads version {ARTIFACT_FORMAT_VERSION})", "upgrade nnmeter")
+    try:
+        kernels = {
+            str(k): KernelEntry(str(k), str(e["file"]), str(e.get("regressor", "")),
+                                tuple(str(f) for f in e["features"]), int(e.get("samples", 0)),
+                                dict(e.get("metrics") or {}))
+            for k, e in data["kernels"].items()
+        }
+        return Manifest(
+            name=str(data["name"]), version=str(data["version"]), device=dict(data.get("device") or {}),
+            backend=str(data.get("backend", "")), protocol=dict(data.get("protocol") or {}), kernels=kernels,
+            files={str(k): str(v) for k, v in data["files"].items()},
+            feature_schema_version=int(data["feature_schema_version"]),
+            libraries={str(k): str(v) for k, v in (data.get("libraries") or {}).items()},
+            created=str(data.get("created", "")), description=str(data.get("description", "")),
+            rules=str(data.get("rules", RULES_FILE)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Load and verify the predictor folder at ``path``; :class:`ArtifactError` says what is wrong."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    where = folder / MANIFEST
+    if manifest.feature_schema_version != FEATURE_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{folder}: predictor built with feature schema version {manifest.feature_schema_version}, "
+            f"this nnmeter computes version {FEATURE_SCHEMA_VERSION}",
+            "use the nnmeter version that built it, or package it again from its workspace "
+            "(`nnmeter-build train` then `package`)")
+    referenced = {manifest.rules, *(e.file for e in manifest.kernels.values())}
+    unlisted = sorted(referenced - set(manifest.files))
+    if unlisted:
+        raise ArtifactError(f"{where}: files has no checksum for {', '.join(unlisted)}")
+    for kernel, entry in manifest.kernels.items():
+        if kernel not in ops.KERNELS:
+            raise ArtifactError(f"{where}: kernel {kernel!r} is unknown to this nnmeter; "
+                                f"known: {', '.join(ops.KERNELS)}", "upgrade nnmeter")
+        if entry.features != feature_names(kernel):
+            raise ArtifactError(f"{where}: kernel {kernel} lists features {', '.join(entry.features)}; "
+                                f"this nnmeter computes {', '.join(feature_names(kernel))}",
+                                "package the predictor again from its workspace")
+        try:  # a pickle is refused by what it is, before the checksum says only "changed"
+            check_not_pickle(_inside(folder, entry.file))
+        except RegressorFormatError as err:
+            raise ArtifactError(str(err)) from None
+    for rel, expected in manifest.files.items():
+        file = _inside(folder, rel)
+        if not file.is_file():
+            raise ArtifactError(f"{folder}: {rel} is missing (the manifest lists it)")
+        if sha256_file(file) != expected:
+            raise ArtifactError(f"{file}: damaged or changed since packaging (sha256 differs from the manifest)",
+                                "package the predictor again, or copy it anew")
+    try:
+        rules = load_rules(_inside(folder, manifest.rules))
+        regressors = {k: load_ensemble(_inside(folder, e.file)) for k, e in manifest.kernels.items()}
+    except RegressorFormatError as err:
+        raise ArtifactError(str(err)) from None
+    for kernel, ensemble in regressors.items():
+        if ensemble.n_features != len(manifest.kernels[kernel].features):
+            raise ArtifactError(f"{folder / manifest.kernels[kernel].file}: regressor takes {ensemble.n_features} "
+                                f"features, the manifest lists {len(manifest.kernels[kernel].features)}")
+    return Artifact(path=folder, manifest=manifest, rules=rules, regressors=regressors)
+
+
+def _inside(folder: Path, rel: str) -> Path:
+    """``folder / rel``, refusing paths that leave the folder (a manifest cannot point elsewhere)."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise ArtifactError(f"{folder / MANIFEST}: file path {rel!r} points outside the predictor folder")
+    return folder.joinpath(*pure.parts)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

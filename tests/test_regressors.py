@@ -1,0 +1,117 @@
+"""Kernel regressors on synthetic data with known structure, and their portable tree format."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from nnmeter.builder.regressors import (
+    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, latency_metrics, make_regressor,
+)
+from nnmeter.builder.settings import KernelTrainingSettings
+from nnmeter.predictor.features import feature_matrix
+from nnmeter.predictor.regressor_format import RegressorFormatError, load_ensemble, save_ensemble
+
+KERNEL = "conv-bn-relu"
+
+
+def _configs(rng: np.random.Generator, n: int) -> list[dict]:
+    return [dict(HW=int(rng.choice([7, 14, 28, 56])), CIN=int(rng.integers(8, 257)), COUT=int(rng.integers(8, 257)),
+                 KERNEL_SIZE=int(rng.choice([1, 3, 5])), STRIDES=int(rng.choice([1, 2]))) for _ in range(n)]
+
+
+def _latency(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A roofline-like law: overhead + compute (1x1 convs run at 2/3 the speed) + memory, 1 % noise."""
+    flops, bytes_moved, ksize = X[:, -4], X[:, -2] + X[:, -1], X[:, 3]
+    return (0.01 + flops / 2e10 * np.where(ksize == 1, 1.5, 1.0) + bytes_moved / 4e9) * rng.lognormal(0, 0.01, len(X))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1)
+    X_train = feature_matrix(KERNEL, _configs(rng, 300))
+    X_test = feature_matrix(KERNEL, _configs(rng, 200))
+    return X_train, _latency(X_train, rng), X_test, _latency(X_test, rng)
+
+
+def test_default_recovers_known_structure(data):
+    X_train, y_train, X_test, y_test = data
+    predicted = make_regressor(DEFAULT_REGRESSOR, KERNEL).fit(X_train, y_train).predict(X_test)
+    metrics = latency_metrics(y_test, predicted)
+    assert metrics.acc10 >= 0.95, metrics
+    assert metrics.rmspe < 6.0, metrics
+
+
+def test_default_extrapolates_beyond_training_latencies(data):
+    """A forest on raw latency cannot predict past its largest training value; the cost-ratio model can."""
+    X_train, y_train, X_test, y_test = data
+    small = y_train < np.quantile(y_train, 0.7)
+    large = y_test > y_train[small].max() * 1.5
+    assert large.sum() >= 10
+    default = make_regressor(DEFAULT_REGRESSOR, KERNEL).fit(X_train[small], y_train[small])
+    baseline = make_regressor(BASELINE_REGRESSOR, KERNEL).fit(X_train[small], y_train[small])
+    assert baseline.predict(X_test[large]).max() <= y_train[small].max() + 1e-12
+    assert latency_metrics(y_test[large], default.predict(X_test[large])).mape < 25
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSORS))
+def test_tree_format_reproduces_scikit_learn_exactly(name, data, tmp_path):
+    X_train, y_train, X_test, _ = data
+    regressor = make_regressor(name, KERNEL).fit(X_train, y_train)
+    path = save_ensemble(regressor.to_ensemble(), tmp_path / f"{name}.npz")
+    loaded = load_ensemble(path)
+    assert loaded.regressor == name
+    np.testing.assert_array_equal(loaded.predict(X_test), regressor.predict(X_test))
+    np.testing.assert_array_equal(loaded.predict(X_train[:1]), regressor.predict(X_train[:1]))
+
+
+def test_format_refuses_pickle_and_damage(data, tmp_path):
+    X_train, y_train, _, _ = data
+    regressor = make_regressor("nn-meter-rf", KERNEL).fit(X_train[:40], y_train[:40])
+    pickled = tmp_path / "model.npz"
+    pickled.write_bytes(pickle.dumps(regressor))
+    with pytest.raises(RegressorFormatError, match="pickle"):
+        load_ensemble(pickled)
+    good = save_ensemble(regressor.to_ensemble(), tmp_path / "good.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(RegressorFormatError, match="damaged"):
+        load_ensemble(truncated)
+    object_array = tmp_path / "objects.npz"
+    with np.load(good) as arrays:  # every array as it should be, but the header is an object array (pickle)
+        members = {name: arrays[name] for name in arrays.files if name != "header"}
+    np.savez(object_array, header=np.array([{"format": "nnmeter-trees"}], dtype=object), **members)
+    with pytest.raises(RegressorFormatError, match="refused"):
+        load_ensemble(object_array)
+
+
+def test_bad_training_data_is_refused():
+    regressor = make_regressor(DEFAULT_REGRESSOR, "fc")
+    X = feature_matrix("fc", [{"CIN": 16, "COUT": 32}])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        regressor.fit(X, [0.1])
+    X2 = feature_matrix("fc", [{"CIN": 16, "COUT": 32}, {"CIN": 32, "COUT": 32}])
+    with pytest.raises(ValueError, match="positive"):
+        regressor.fit(X2, [0.1, 0.0])
+    with pytest.raises(ValueError, match="columns"):
+        regressor.fit(X2[:, :3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="not a regressor; known"):
+        make_regressor("svm", "fc")
+
+
+def test_metrics_split_fast_kernels():
+    m = latency_metrics([0.01, 0.02, 1.0, 2.0], [0.013, 0.02, 1.04, 2.5])
+    assert m.n == 4 and m.fast == 2
+    assert m.acc10 == 0.5 and m.acc10_fast == 0.5 and m.acc10_slow == 0.5
+    assert m.acc5 == 0.5
+    assert latency_metrics([1.0], [1.0]).acc10_fast is None
+
+
+def test_campaign_regressor_choices_are_the_registered_regressors():
+    import dataclasses
+
+    field = {f.name: f for f in dataclasses.fields(KernelTrainingSettings)}["regressor"]
+    assert set(field.metadata["choices"]) == set(REGRESSORS)
+    assert KernelTrainingSettings().regressor == DEFAULT_REGRESSOR
