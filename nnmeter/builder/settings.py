@@ -1,0 +1,56 @@
+"""The ``kernels`` and ``evaluation`` sections of campaign.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nnmeter import ops
+from nnmeter.builder import zoo
+from nnmeter.schema import setting
+
+
+@dataclass(frozen=True)
+class KernelTrainingSettings:
+    """The ``kernels`` section: which kernel regressors to build, with how many samples."""
+
+    kernels: list[str] = setting(list(ops.KERNELS), "kernel types to sample, measure and train a regressor for",
+                                 choices=tuple(ops.KERNELS))
+    init_samples: int = setting(500, "configurations drawn from the prior per kernel before adaptive rounds",
+                                minimum=1)
+    finegrained_samples: int = setting(20, "configurations added around each point whose error is above "
+                                           "error_threshold, per adaptive round", minimum=0)
+    iterations: int = setting(3, "adaptive sampling rounds", minimum=0)
+    error_threshold: float = setting(0.1, "relative error above which a training point gets more samples "
+                                          "around it (judged on out-of-fold predictions)", minimum=0.0)
+    noise_floor_ms: float = setting(0.001, "an error smaller than this many ms never counts as large: it is "
+                                           "near the timer's resolution and nothing in a whole model's latency",
+                                    minimum=0.0)
+    max_refined_points: int = setting(50, "at most this many large-error points get fine-grained samples per "
+                                          "round (the worst first), so one round costs at most "
+                                          "max_refined_points * finegrained_samples measurements", minimum=1)
+    regressor: str = setting("gbt-cost-ratio", "regressor per kernel: gbt-cost-ratio (gradient-boosted trees on "
+                                               "log latency over a linear cost model, the default), "
+                                               "et-cost-ratio (extra-trees, same target), nn-meter-rf "
+                                               "(nn-Meter's random forest, the baseline)",
+                             choices=("gbt-cost-ratio", "et-cost-ratio", "nn-meter-rf"))
+    validation_fraction: float = setting(0.2, "share of the prior samples held out to score the regressor "
+                                              "(never trained on, never used to choose samples)",
+                                         minimum=0.05, maximum=0.9)
+    min_train_samples: int = setting(20, "fewest measured training samples a kernel needs to be trained",
+                                     minimum=2)
+    seed: int = setting(0, "random seed of sampling and training", minimum=0)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The ``evaluation`` section: real models whose measured latency the predictor is scored on."""
+
+    families: list[str] = setting(list(zoo.FAMILIES), "model families of the evaluation set: keras.applications "
+                                  "architectures and seeded NAS-style spaces (nas-*)", choices=tuple(zoo.FAMILIES))
+    resolutions: list[int] = setting([160, 192, 224], "input resolutions (height = width)",
+                                     minimum=32, maximum=ops.HW_RANGE[1])
+    models_per_family: int = setting(4, "models drawn per family (an application has at most one per "
+                                        "resolution and width multiplier)", minimum=1)
+    repeats: int = setting(2, "independent measurements of each model; with 2, the agreement of the two is "
+                              "reported as the repeatability of the ground truth", choices=(1, 2))
+    seed: int = setting(0, "random seed of the model variants drawn per family", minimum=0)

@@ -1,0 +1,146 @@
+"""A tiny real campaign through `nnmeter-build run` on tflite-local: killed with SIGKILL during kernel
+measurement, resumed, completed; then a corrupt campaign.yaml is refused without touching the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# A campaign small enough for a test: two rule ops, the kernels a tiny ResNet-style net needs, a few
+# samples each, short measurements, three tiny evaluation models.
+TINY_CAMPAIGN = """\
+backend:
+  name: tflite-local
+protocol:
+  rounds: 8
+  max_remeasures: 0
+  batch_size: 4
+rules:
+  ops: [conv, relu, add]
+  mon: false
+  max_remeasures: 0
+kernels:
+  kernels: [conv-bn-relu, conv-bn, add, addrelu, relu, maxpool, global-avgpool, fc, conv-block]
+  init_samples: 14
+  iterations: 0
+  min_train_samples: 5
+  validation_fraction: 0.2
+evaluation:
+  families: [nas-resnet]
+  resolutions: [32]
+  models_per_family: 3
+  repeats: 2
+"""
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nnmeter.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def _measurements(store: Path) -> list[tuple]:
+    """(row id, model kind, model id, protocol key, status) of every measurement row."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status FROM measurements me "
+                          "JOIN models mo ON mo.id = me.model_id ORDER BY me.id").fetchall()
+    except sqlite3.OperationalError:  # the store's tables are not made yet
+        return []
+    finally:
+        db.close()
+
+
+def _file_state(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("campaign") / "ws"
+    init = subprocess.run([sys.executable, "-m", "nnmeter.cli", "init", str(ws), "--backend", "tflite-local"],
+                          capture_output=True, text=True)
+    assert init.returncode == 0, init.stdout + init.stderr
+    (ws / "campaign.yaml").write_text(TINY_CAMPAIGN)
+    return ws
+
+
+def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
+    store = workspace / "store.sqlite"
+    run = _cli("run", str(workspace))
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and run.poll() is None:
+            kernel_rows = [r for r in _measurements(store) if r[1] == "kernel"]
+            if len(kernel_rows) >= 8:  # two batches of kernel samples are stored: kill mid-step
+                break
+            time.sleep(0.2)
+        assert run.poll() is None, "the run ended before kernel measurement:\n" + run.stdout.read()
+        os.killpg(run.pid, signal.SIGKILL)  # kill -9 the command and its workers
+    finally:
+        run.wait(timeout=60)
+    before = _measurements(store)
+    assert any(r[1] == "kernel" for r in before)
+    assert not (workspace / "predictor" / "artifact" / "manifest.yaml").exists()
+
+    resumed = _cli("run", str(workspace))
+    out, _ = resumed.communicate(timeout=1200)
+    assert resumed.returncode == 0, out
+    after = _measurements(store)
+    # nothing stored is lost or changed, and nothing measured is measured again
+    assert after[:len(before)] == before
+    once = [(r[2], r[3]) for r in after if r[1] in ("kernel", "rule-case") and r[4] == "ok"]
+    assert len(once) == len(set(once)), "a kernel or rule-case model was measured twice"
+    # the evaluation measures each model twice on purpose (repeatability): never more
+    evaluation = [(r[2], r[3]) for r in after if r[1] == "evaluation"]
+    assert max(evaluation.count(m) for m in set(evaluation)) == 2
+
+    assert (workspace / "predictor" / "artifact" / "manifest.yaml").is_file()
+    assert (workspace / "rules" / "fusion_rules.json").is_file()
+    result = json.loads((workspace / "reports" / "evaluation.json").read_text())
+    assert len(result["models"]) == 3
+    for model in result["models"]:
+        assert model["measured_ms"] > 0 and model["repeat_ms"] > 0, model
+        assert model["predictions"]["nnmeter"] is not None and model["predictions"]["nnmeter"] > 0, model
+        assert model["predictions"]["flops-linear"] is not None, model
+    html = (workspace / "reports" / "index.html").read_text()
+    assert "nas-resnet_000_32" in html and "<svg" in html
+
+    # a third run finds every step up to date and measures nothing
+    again = _cli("run", str(workspace))
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert out.count("up to date") >= 4, out
+    assert _measurements(store) == after
+
+
+def test_corrupt_campaign_is_refused_and_store_untouched(workspace: Path):
+    store = workspace / "store.sqlite"
+    campaign = workspace / "campaign.yaml"
+    good = campaign.read_text()
+    before = _file_state(store)
+    try:
+        for bad, expected in (
+            (good.replace("rounds: 8", "rounds: -3"), "protocol.rounds"),
+            (good.replace("init_samples: 14", "init_sampels: 14"), "kernels.init_sampels"),
+            (good + "\n  : : [\n", "malformed YAML"),
+        ):
+            campaign.write_text(bad)
+            run = _cli("run", str(workspace))
+            out, _ = run.communicate(timeout=300)
+            assert run.returncode == 2, out
+            assert "campaign.yaml" in out and expected in out, out
+            assert "Traceback" not in out
+            assert _file_state(store) == before
+    finally:
+        campaign.write_text(good)
