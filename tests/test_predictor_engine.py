@@ -16,29 +16,12 @@ import pytest
 import nnmeter
 from nnmeter import ops
 from nnmeter.errors import NnmeterError
+from nnmeter.kernel_gen import sample_configs
 from nnmeter.predictor.engine import UnsupportedModelError, load_predictor
 from nnmeter.predictor.features import feature_matrix
 
 NNMETER_IR = Path("/work/shared/testdata/nnmeter-ir/mobilenetv3small_0.json")
 LEFT_OUT = "hswish"  # the artifact has no regressor for a lone hswish
-
-
-def random_config(kernel: str, rng: np.random.Generator) -> dict:
-    config: dict = {}
-    for key in ops.kernel_type(kernel).keys:
-        if key == ops.HW:
-            config[key] = int(rng.choice(ops.HW_VALUES))
-        elif key in (ops.CIN, ops.COUT):
-            config[key] = int(rng.integers(1, 600))
-        elif key == ops.KERNEL_SIZE:
-            config[key] = int(rng.choice(ops.KERNEL_SIZE_VALUES))
-        elif key == ops.STRIDES:
-            config[key] = int(rng.choice((1, 2)))
-        elif key == ops.POOL_STRIDES:
-            config[key] = int(rng.choice((1, 2)))
-        elif key == ops.CINS:
-            config[key] = [int(c) for c in rng.integers(1, 300, size=int(rng.integers(2, 5)))]
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +32,11 @@ def artifact_dir(tmp_path_factory):
     from nnmeter.predictor.regressor_format import from_sklearn
     from nnmeter.predictor.rules import default_rules
 
-    rng = np.random.default_rng(0)
     payloads = {}
     for kernel in ops.KERNELS:
         if kernel == LEFT_OUT:
             continue
-        X = feature_matrix(kernel, [random_config(kernel, rng) for _ in range(150)])
+        X = feature_matrix(kernel, sample_configs(kernel, 150, sampler="uniform", seed=0))
         flops, moved = X[:, -4], X[:, -2] + X[:, -1]
         y = 0.005 + flops * 2e-9 + moved * 1e-9  # a latency the features determine
         forest = RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y)
