@@ -345,8 +345,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     for line in summary_lines(rules):
         console.print(line, markup=False, highlight=False)
     if not args.show:
-        console.print(f"wrote {path} ({report.seconds:.0f} s, {report.remeasure_passes} re-measure passes)",
-                      markup=False, highlight=False)
+        console.print(f"wrote {path} ({report.seconds:.0f} s, {report.remeasure_passes} extra passes of cases "
+                      f"inside the noise)", markup=False, highlight=False)
     return 0
 
 

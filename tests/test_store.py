@@ -83,6 +83,19 @@ def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
         assert setups["p1"].statuses == {"ok": 1, "crash": 1, "unstable": 1}
 
 
+def test_series_keep_independent_measurements_side_by_side(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_model(ModelRecord(id="a", kind="rule-case", name="relu@8", files={"tflite": "a.tflite"}))
+        plain = store.add_measurement(measurement("a"))
+        first = store.add_measurement(measurement("a", series="pass1"))
+        second = store.add_measurement(measurement("a", "crash", series="pass2"))
+        assert [m.id for _, m in store.latest_measurements("local:test", "tflite-local", "p1")] == [plain.id]
+        [(_, got)] = store.latest_measurements("local:test", "tflite-local", "p1", series="pass1")
+        assert got.id == first.id and got.series == "pass1"
+        assert store.measured_ids("local:test", "tflite-local", "p1", series="pass2") == set()  # newest crashed
+        assert store.latest_measurements("local:test", "tflite-local", "p1", series="pass2")[0][1].id == second.id
+
+
 def test_state_and_bad_records(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         assert store.get_state("rules", default={}) == {}
@@ -114,6 +127,7 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
         assert old.status is MeasureStatus.ERROR and old.stats is None
         store.set_state("k", 1)  # the table version 2 added
         assert store.get_state("k") == 1
+        assert old.series == ""  # the column version 3 added
     with Store(path) as store:  # opening an up-to-date store changes nothing
         assert store.schema_version == SCHEMA_VERSION
 

@@ -29,7 +29,7 @@ SOURCE_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 
 def measure_models(store: Store, backend: "Backend", records: Sequence[ModelRecord], protocol: MeasurementProtocol,
                    *, workspace_root: Path, remeasure: bool = False, progress: ProgressCallback | None = None,
-                   description: str = "measuring") -> list[MeasurementRecord]:
+                   description: str = "measuring", series: str = "") -> list[MeasurementRecord]:
     """Measure ``records`` on ``backend`` with ``protocol`` and store each batch's results as it returns.
 
     Returns one record per input model, in order: the new measurement, or, for a
@@ -38,13 +38,16 @@ def measure_models(store: Store, backend: "Backend", records: Sequence[ModelReco
     measurements failed are measured again. A model without a file the backend
     measures is converted first (:func:`convert_models`); a failed conversion is an
     ``error`` measurement. ``progress(done, total)`` replaces the rich progress bars
-    shown otherwise.
+    shown otherwise. ``series`` names an independent measurement of the models (see
+    :mod:`nnmeter.builder.store`): only measurements of that series are reused, and the
+    new ones join it. A failed conversion is stored in the ordinary series.
     """
     info = backend.device_info
     unique = list({r.id: r for r in records}.values())  # one measurement per model, even if listed twice
     known = {} if remeasure else {
         m.model_id: m for _, m in store.latest_measurements(
-            info.device, backend.name, protocol.key(), statuses=[s for s in MeasureStatus if s.has_latency])}
+            info.device, backend.name, protocol.key(), statuses=[s for s in MeasureStatus if s.has_latency],
+            series=series)}
     ready, failed = convert_models(store, backend, [r for r in unique if r.id not in known], protocol,
                                    workspace_root=workspace_root, progress=progress)
     results: dict[str, MeasurementRecord] = {**known, **{m.model_id: m for m in failed}}
@@ -64,7 +67,8 @@ def measure_models(store: Store, backend: "Backend", records: Sequence[ModelReco
                 raise RuntimeError(f"backend {backend.name} returned no result for {', '.join(lost)}")
             stored = store.add_measurements([
                 MeasurementRecord.from_result(measured[r.id], device=info.device, backend=backend.name,
-                                              runtime_versions=info.runtime_versions, protocol=protocol)
+                                              runtime_versions=info.runtime_versions, protocol=protocol,
+                                              series=series)
                 for r in batch])
             results.update((m.model_id, m) for m in stored)
             update(start + len(batch))

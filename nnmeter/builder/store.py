@@ -8,7 +8,11 @@ and it skips what is already measured.
 Models are keyed by content hash; a measurement row records the device, the
 backend, the runtime versions, the protocol (its settings and their key), the
 status and the statistics. A model may have many measurements; what counts is
-the newest one per (device, backend, protocol key).
+the newest one per (device, backend, protocol key, series). The series is empty
+for the ordinary measurement of a model; a caller that needs several independent
+measurements of one model (the fusion test's passes: each a new load in another
+batch) names each one with a series of its own, so they sit side by side and a
+run resumes and reuses each of them.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX measurements_by_setup ON measurements (device, backend, protocol_key, model_id, id);
     """,
+    # 3: independent measurements of one model side by side (series), and the index by series
+    """
+    ALTER TABLE measurements ADD COLUMN series TEXT NOT NULL DEFAULT '';
+    DROP INDEX measurements_by_setup;
+    CREATE INDEX measurements_by_series ON measurements (device, backend, protocol_key, series, model_id, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -99,7 +109,10 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class MeasurementRecord:
-    """One measurement of one model on one device/backend under one protocol."""
+    """One measurement of one model on one device/backend under one protocol.
+
+    ``series`` names a measurement meant to be independent of the model's others (see the module
+    doc); "" is the ordinary one."""
 
     model_id: str
     device: str
@@ -114,6 +127,7 @@ class MeasurementRecord:
     started_at: float = field(default_factory=time.time)
     finished_at: float = field(default_factory=time.time)
     device_seconds: float = 0.0
+    series: str = ""
     id: int | None = None  # set by the store
 
     def __post_init__(self) -> None:
@@ -126,14 +140,14 @@ class MeasurementRecord:
 
     @classmethod
     def from_result(cls, result: MeasureResult, *, device: str, backend: str,
-                    runtime_versions: Mapping[str, str], protocol: Any) -> "MeasurementRecord":
+                    runtime_versions: Mapping[str, str], protocol: Any, series: str = "") -> "MeasurementRecord":
         """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
         return cls(
             model_id=result.model_id, device=device, backend=backend, protocol_key=protocol.key(),
             status=MeasureStatus(result.status), stats=result.stats, error=result.error,
             runtime_versions=dict(runtime_versions), protocol=dataclasses.asdict(protocol),
             op_profile=tuple(result.op_profile), started_at=result.started_at, finished_at=time.time(),
-            device_seconds=result.device_seconds,
+            device_seconds=result.device_seconds, series=series,
         )
 
 
@@ -297,20 +311,20 @@ class Store:
             for rec in records:
                 cur = db.execute(
                     "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, "
-                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds, series) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
                      _dump(rec.protocol), MeasureStatus(rec.status).value,
                      None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
                      _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
-                     rec.finished_at, rec.device_seconds))
+                     rec.finished_at, rec.device_seconds, rec.series))
                 stored.append(dataclasses.replace(rec, id=cur.lastrowid))
         return stored
 
     def latest_measurements(self, device: str, backend: str, protocol_key: str, kind: str | None = None,
-                            name: str | None = None, statuses: Iterable[str] | None = None,
+                            name: str | None = None, statuses: Iterable[str] | None = None, series: str = "",
                             ) -> list[tuple[ModelRecord, MeasurementRecord]]:
-        """The newest measurement of each model under one device/backend/protocol, in measuring order.
+        """The newest measurement of each model under one device/backend/protocol and series, in measuring order.
 
         ``statuses`` filters on the newest measurement: a model whose newest measurement
         failed is not returned for ``statuses=["ok"]`` even if an older one succeeded.
@@ -324,16 +338,16 @@ class Store:
             SELECT mo.id AS mo_id, mo.kind, mo.name, mo.config, mo.files, mo.created_at, me.*
             FROM measurements me JOIN models mo ON mo.id = me.model_id
             JOIN (SELECT MAX(id) AS newest FROM measurements
-                  WHERE device = ? AND backend = ? AND protocol_key = ? GROUP BY model_id) n
+                  WHERE device = ? AND backend = ? AND protocol_key = ? AND series = ? GROUP BY model_id) n
               ON me.id = n.newest
             {where} ORDER BY me.id"""
-        rows = self._db.execute(sql, [device, backend, protocol_key, *args])
+        rows = self._db.execute(sql, [device, backend, protocol_key, series, *args])
         return [(_model(r, id_column="mo_id"), _measurement(r)) for r in rows]
 
-    def measured_ids(self, device: str, backend: str, protocol_key: str) -> set[str]:
-        """Models whose newest measurement under this device/backend/protocol has a latency."""
+    def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "") -> set[str]:
+        """Models whose newest measurement under this device/backend/protocol and series has a latency."""
         return {m.model_id for _, m in self.latest_measurements(
-            device, backend, protocol_key, statuses=[s for s in MeasureStatus if s.has_latency])}
+            device, backend, protocol_key, statuses=[s for s in MeasureStatus if s.has_latency], series=series)}
 
     def summary(self) -> StoreSummary:
         models = {r["kind"]: r["n"] for r in self._db.execute(
@@ -409,4 +423,5 @@ def _measurement(row: sqlite3.Row) -> MeasurementRecord:
         runtime_versions=json.loads(row["runtime_versions"]), protocol=json.loads(row["protocol"]),
         op_profile=tuple(OpTime(**op) for op in json.loads(row["op_profile"])),
         started_at=row["started_at"], finished_at=row["finished_at"], device_seconds=row["device_seconds"],
+        series=row["series"],
     )

@@ -71,10 +71,11 @@ class PairRule:
 
     ``margin`` is ``(T1 + T2 - T12 - T0) / min(T1 - T0, T2 - T0) - alpha``: fused when
     positive; ``T0`` is the latency of an empty model (0 when not measured).
-    ``margin_low``/``margin_high`` bound it (95 %), ``confidence`` is the share of
-    resampled measurements that give the same decision, and ``uncertain`` says the
-    interval contains 0 after every re-measurement allowed. ``obey`` is ``None``
-    when the case could not be decided (``error`` says why).
+    ``margin_low``/``margin_high`` bound it (95 %, over ``passes`` independent
+    measurements of the case), ``confidence`` is the probability that the margin has
+    the decided sign, and ``uncertain`` says the interval contains 0 after every
+    re-measurement allowed. ``obey`` is ``None`` when the case could not be decided
+    (``error`` says why).
     """
 
     op1: str
@@ -90,6 +91,7 @@ class PairRule:
     confidence: float | None = None
     uncertain: bool = False
     error: str = ""
+    passes: int = 0  # independent measurements (new loads, separate batches) the decision rests on
 
     @property
     def key(self) -> str:
@@ -110,6 +112,7 @@ class MonRule:
     confidence: float | None = None
     uncertain: bool = False
     error: str = ""
+    passes: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ def _read_pair(op1: str, op2: str, obey: bool | None, entry: Mapping[str, Any], 
             margin=_opt_float(extra.get("margin")), margin_low=_opt_float(extra.get("margin_low")),
             margin_high=_opt_float(extra.get("margin_high")), confidence=_opt_float(extra.get("confidence")),
             uncertain=bool(extra.get("uncertain", False)), error=str(extra.get("error", "")),
+            passes=int(extra.get("passes", 0)),
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(where, f"{key}.{META_KEY}", f"malformed extra fields ({err})") from None
@@ -305,6 +309,7 @@ def _read_mon(entry: Any, where: str) -> MonRule:
         latencies_ms={str(k): float(v) for k, v in (extra.get("latencies_ms") or {}).items()},
         confidence=_opt_float(extra.get("confidence")),
         uncertain=bool(extra.get("uncertain", False)), error=str(extra.get("error", "")),
+        passes=int(extra.get("passes", 0)),
     )
 
 
@@ -339,6 +344,7 @@ def rules_to_dict(rules: FusionRules) -> dict[str, Any]:
             "t0": _measured_dict(rule.t0),
             "margin": rule.margin, "margin_low": rule.margin_low, "margin_high": rule.margin_high,
             "confidence": rule.confidence, "uncertain": rule.uncertain, "error": rule.error,
+            "passes": rule.passes or None,
         }
         entry[META_KEY] = {k: v for k, v in extra.items() if v not in (None, "")}
         out[rule.key] = entry
@@ -348,7 +354,7 @@ def rules_to_dict(rules: FusionRules) -> dict[str, Any]:
         mon = rules.mon
         extra = {"policy": MON_NAMES.get(mon.value) if mon.value is not None else None,
                  "latencies_ms": dict(mon.latencies_ms), "confidence": mon.confidence,
-                 "uncertain": mon.uncertain, "error": mon.error}
+                 "uncertain": mon.uncertain, "error": mon.error, "passes": mon.passes or None}
         out["MON"] = {"obey": mon.value, META_KEY: {k: v for k, v in extra.items() if v not in (None, "", {})}}
     return out
 

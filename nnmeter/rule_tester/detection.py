@@ -1,125 +1,177 @@
-"""Fusion decisions from measured latencies, with their uncertainty.
+"""Fusion decisions from measured latencies, with their uncertainty between passes.
 
 A pair op1 -> op2 is fused when ``T1 + T2 - T12 > alpha * min(T1, T2)`` (nn-Meter's
 test). We decide on the normalised margin
 
-    m = (T1 + T2 - T12) / min(T1, T2) - alpha        (fused when m > 0)
+    m = (T1 + T2 - T12 - T0) / min(T1 - T0, T2 - T0) - alpha        (fused when m > 0)
 
-Two reasons for the normalisation: it reads the same for kernels of 0.05 ms and
-50 ms, and it is invariant to a common scale factor, so a host that slows down
-by 1.3x while the three models are measured (they are measured interleaved, in one
-batch) does not move it.
+``T0`` is the latency of an empty model (one element through a relu): the runtime's
+fixed cost of one inference (~0.4 us with LiteRT here, ~15 us with OpenVINO), which
+``T1 + T2`` counts twice and ``T12`` once; without it unfused small ops look fused.
+The normalisation makes the margin read the same for kernels of 0.05 and 50 ms and
+leaves it unmoved by a common slowdown of the host.
 
-Every measured latency also holds the runtime's fixed cost of one inference
-(an invoke: ~0.4 us with LiteRT here, ~15 us with OpenVINO), which ``T1 + T2``
-counts twice and ``T12`` once; unfused ops would look fused by that amount. So
-the latency ``T0`` of an empty model (one element through a relu) is taken off:
-``m = (T1 + T2 - T12 - T0) / min(T1 - T0, T2 - T0) - alpha``. When the smaller op's
-own time ``min(T1, T2) - T0`` is not resolved above zero (its interval reaches 0:
-the op costs no more than an empty inference), the criterion cannot be evaluated
-and the case is uncertain; its denominator is floored at a tenth of ``T0``.
+**Passes.** A case is measured in several *passes*: each pass loads the case's
+models anew and measures them together in one batch, their rounds interleaved (so a
+slow period of the host hits them alike). The round medians of one load scatter far
+less than the latency differs between loads and batches (on the evidence stores, the
+spread of a model's latency between measurements is a median 3.4x (LiteRT) and 5x
+(OpenVINO) the standard error of one measurement's median): an interval from one
+load's rounds is too narrow, and decisions flipped between runs although both were
+"certain". So each pass gives its own margin ``m_p``, and the decision is on their
+mean with a Student-t interval over the passes, which covers the pass-to-pass
+spread. Its standard deviation is never taken below what the passes' own rounds
+allow (a seeded bootstrap of each pass's round medians): two passes that agree by
+chance do not make a noisy case certain. The case is *uncertain* when the interval
+contains 0, when the smaller op's own time ``min(T1, T2) - T0`` is not resolved above
+0 (the criterion cannot be evaluated: the denominator is then floored at a tenth of
+``T0``), or when fewer than two passes were measured. The runner adds passes to
+uncertain cases up to a bound. The confidence is the t-probability that the mean
+margin has the decided sign.
 
-Each T is the median over a model's round medians. The uncertainty of m comes
-from a bootstrap over those rounds (each model's rounds resampled independently):
-the 95 % interval of m, and the confidence = the share of resamples that give the
-same decision. A decision whose interval contains 0 is *inside the noise*: the
-runner measures the three models again and pools the rounds, up to a bound, then
-reports it as uncertain. The bootstrap is seeded, so the same rounds give the same
-answer.
-
-The scale invariance only holds for models measured together. Models measured in
-different batches (the first pass measures every model once, in batches, and a
-single op is shared by many pairs) differ also by the host's drift between the
-batches; ``drift`` adds it to the bootstrap as a relative normal error per model.
-Re-measurements measure a case's models together, and are decided with ``drift=0``.
-
-This module is pure: lists of round medians in, :class:`~nnmeter.predictor.rules.PairRule`
-and :class:`~nnmeter.predictor.rules.MonRule` out; it measures nothing.
+This module is pure: round medians in, :class:`~nnmeter.predictor.rules.PairRule` and
+:class:`~nnmeter.predictor.rules.MonRule` out; it measures nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from nnmeter.predictor.rules import MON_CASE_VALUES, Measured, MonRule, PairRule
 
-#: Bootstrap resamples per decision; 2000 keeps the confidence's own error under 1 %.
-BOOTSTRAP_SAMPLES = 2000
-#: Two-sided level of the margin's interval; a decision is certain when the interval excludes 0.
+#: Bootstrap resamples of one pass's rounds (its within-pass noise); 1000 keeps that estimate within a few %.
+BOOTSTRAP_SAMPLES = 1000
+#: Two-sided level of the intervals; a decision is certain when the margin's interval excludes 0.
 LEVEL = 0.95
 
 
-def decide_pair(op1: str, op2: str, t1: Sequence[float], t2: Sequence[float], t12: Sequence[float],
-                alpha: float = 0.5, drift: float = 0.0, t0: Sequence[float] = (), seed: int = 0) -> PairRule:
-    """The decision for op1 -> op2 from the round medians (ms) of op1 alone, op2 alone and op1 -> op2.
+@dataclass(frozen=True)
+class PairPass:
+    """One pass of a pair case: round medians (ms) of op1 alone, op2 alone, op1 -> op2 and the empty model,
+    all loaded anew and measured together."""
 
-    ``drift``: relative standard deviation of a latency between batches, when the three
-    models were not measured together; ``t0``: round medians of the empty model, whose
-    latency (the runtime's cost of one inference) is taken off (see the module doc).
-    """
-    for name, rounds in (("T1", t1), ("T2", t2), ("T12", t12), ("T0", t0)):
-        if len(rounds) == 0 and name != "T0":
-            raise ValueError(f"{name}: no round medians")
-        if len(rounds) and min(rounds) <= 0:
-            raise ValueError(f"{name}: latencies must be positive, got {min(rounds)}")
+    t1: Sequence[float]
+    t2: Sequence[float]
+    t12: Sequence[float]
+    t0: Sequence[float] = ()
+
+
+@dataclass(frozen=True)
+class MonPass:
+    """One pass of the MON case: round medians (ms) of the block, of every model of each partition
+    (``case1`` .. ``case3``), and of the empty model."""
+
+    block: Sequence[float]
+    partitions: Mapping[str, Sequence[Sequence[float]]] = field(default_factory=dict)
+    t0: Sequence[float] = ()
+
+
+def decide_pair(op1: str, op2: str, passes: Sequence[PairPass], alpha: float = 0.5, seed: int = 0) -> PairRule:
+    """The decision for op1 -> op2 from its passes (see the module doc)."""
+    if not passes:
+        raise ValueError("no passes")
+    for p in passes:
+        for name, rounds in (("T1", p.t1), ("T2", p.t2), ("T12", p.t12), ("T0", p.t0)):
+            if len(rounds) == 0 and name != "T0":
+                raise ValueError(f"{name}: no round medians")
+            if len(rounds) and min(rounds) <= 0:
+                raise ValueError(f"{name}: latencies must be positive, got {min(rounds)}")
+    with_t0 = all(len(p.t0) for p in passes)
     rng = np.random.default_rng(seed)
-    b1, b2, b12 = (_bootstrap_medians(np.asarray(r, dtype=float), rng, drift) for r in (t1, t2, t12))
-    b0 = _bootstrap_medians(np.asarray(t0, dtype=float), rng, drift) if len(t0) else 0.0
-    m1, m2, m12 = (float(np.median(r)) for r in (t1, t2, t12))
-    m0 = float(np.median(t0)) if len(t0) else 0.0
-    margin = float(_margin(m1, m2, m12, m0, alpha))
-    boot = _margin(b1, b2, b12, b0, alpha)
-    low, high = np.quantile(boot, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    obey = bool(margin > 0)
-    confidence = float(np.mean((boot > 0) == obey))
-    own = np.minimum(b1, b2) - b0  # the smaller op's own time, per resample
-    resolved = not len(t0) or float(np.quantile(own, (1 - LEVEL) / 2)) > 0
+    # per pass and model: (median, bootstrap medians), models in the order t1, t2, t12, t0
+    per_pass = [[_median_and_boot(r, rng) for r in (p.t1, p.t2, p.t12, p.t0 if with_t0 else (0.0,))]
+                for p in passes]
+    medians = np.array([[m for m, _ in models] for models in per_pass])  # passes x 4
+    boots = [np.stack([b for _, b in models]) for models in per_pass]  # per pass: 4 x samples
+    margins = _margin(*medians.T, alpha)
+    within = np.array([np.std(_margin(*b, alpha)) for b in boots])
+    margin, half, confidence = _over_passes(margins, within)
+    own, own_half, _ = _over_passes(np.minimum(medians[:, 0], medians[:, 1]) - medians[:, 3],
+                                    np.array([np.std(np.minimum(b[0], b[1]) - b[3]) for b in boots]))
+    resolved = not with_t0 or own - own_half > 0
+    measured = [_measured(medians[:, i], np.array([np.std(b[i]) for b in boots]),
+                          sum(len(r) for r in rounds)) for i, rounds in
+                enumerate(zip(*[(p.t1, p.t2, p.t12, p.t0) for p in passes]))]
     return PairRule(
-        op1, op2, obey,
-        t1=_measured(m1, b1, len(t1)), t2=_measured(m2, b2, len(t2)), t12=_measured(m12, b12, len(t12)),
-        t0=_measured(m0, b0, len(t0)) if len(t0) else None,
-        margin=margin, margin_low=float(low), margin_high=float(high), confidence=confidence,
-        uncertain=bool(low <= 0 <= high) or not resolved,
+        op1, op2, bool(margin > 0), t1=measured[0], t2=measured[1], t12=measured[2],
+        t0=measured[3] if with_t0 else None,
+        margin=margin, margin_low=margin - half, margin_high=margin + half, confidence=confidence,
+        uncertain=bool(margin - half <= 0 <= margin + half) or not resolved or len(passes) < 2,
+        passes=len(passes),
     )
 
 
-def decide_mon(block: Sequence[float], partitions: Mapping[str, Sequence[Sequence[float]]],
-               drift: float = 0.0, t0: Sequence[float] = (), seed: int = 0) -> MonRule:
+def decide_mon(passes: Sequence[MonPass], seed: int = 0) -> MonRule:
     """The multiple-outbound-node policy: the partition whose summed latency is closest to the block's.
 
-    ``partitions`` maps each MON case (``case1`` .. ``case3``, see
-    :data:`~nnmeter.predictor.rules.MON_CASE_VALUES`) to the round medians of the models it
-    is made of. The confidence is the share of bootstrap resamples that pick the same
-    partition; below :data:`LEVEL` the decision is uncertain. A partition of n models
-    counts the cost of an inference n times, the block once: ``t0`` takes n - 1 off.
+    Per pass, each partition's relative error ``(sum - block) / block`` (a partition of n
+    models counts the cost of an inference n times, the block once: ``t0`` takes n - 1
+    off); the partition with the smallest mean error wins. It is certain when, for every
+    other partition, the t-interval over passes of how much further that one is from the
+    block excludes 0; the confidence is the smallest t-probability of these gaps.
     """
-    missing = [p for p in MON_CASE_VALUES if p not in partitions]
-    if missing:
-        raise ValueError(f"MON: partitions missing: {', '.join(missing)}")
-    rng = np.random.default_rng(seed)
-    b_block = _bootstrap_medians(np.asarray(block, dtype=float), rng, drift)
+    if not passes:
+        raise ValueError("no passes")
     names = list(MON_CASE_VALUES)
-    m0 = float(np.median(t0)) if len(t0) else 0.0
-    b0 = _bootstrap_medians(np.asarray(t0, dtype=float), rng, drift) if len(t0) else 0.0
-    sums = {p: sum(float(np.median(m)) for m in partitions[p]) - (len(partitions[p]) - 1) * m0 for p in names}
-    boot_sums = np.stack([sum(_bootstrap_medians(np.asarray(m, dtype=float), rng, drift) for m in partitions[p])
-                          - (len(partitions[p]) - 1) * b0 for p in names])
-    t_block = float(np.median(block))
-    best = min(names, key=lambda p: abs(sums[p] - t_block))
-    boot_best = np.argmin(np.abs(boot_sums - b_block), axis=0)
-    confidence = float(np.mean(boot_best == names.index(best)))
+    for p in passes:
+        missing = [c for c in names if c not in p.partitions]
+        if missing:
+            raise ValueError(f"MON: partitions missing: {', '.join(missing)}")
+    rng = np.random.default_rng(seed)
+    errors, boot_errors, blocks, sums = [], [], [], []
+    for p in passes:
+        block, b_block = _median_and_boot(p.block, rng)
+        t0, b_t0 = _median_and_boot(p.t0, rng) if len(p.t0) else (0.0, np.zeros(1))
+        pass_sums, boot_sums = [], []
+        for c in names:
+            parts = [_median_and_boot(m, rng) for m in p.partitions[c]]
+            extra = len(parts) - 1
+            pass_sums.append(sum(m for m, _ in parts) - extra * t0)
+            boot_sums.append(sum(b for _, b in parts) - extra * b_t0)
+        errors.append((np.array(pass_sums) - block) / block)
+        boot_errors.append((np.stack(boot_sums) - b_block) / b_block)
+        blocks.append(block)
+        sums.append(pass_sums)
+    errors_arr = np.array(errors)  # passes x partitions
+    best = int(np.argmin(np.abs(errors_arr.mean(axis=0))))
+    confidence, certain = 1.0, len(passes) >= 2
+    for other in range(len(names)):
+        if other == best:
+            continue
+        gaps = np.abs(errors_arr[:, other]) - np.abs(errors_arr[:, best])
+        within = np.array([np.std(np.abs(b[other]) - np.abs(b[best])) for b in boot_errors])
+        gap, half, conf = _over_passes(gaps, within)
+        confidence = min(confidence, conf)
+        certain = certain and gap - half > 0
     return MonRule(
-        value=MON_CASE_VALUES[best],
-        latencies_ms={"block": t_block, **sums},
-        confidence=confidence,
-        uncertain=confidence < LEVEL,
+        value=MON_CASE_VALUES[names[best]],
+        latencies_ms={"block": float(np.mean(blocks)), **dict(zip(names, map(float, np.mean(sums, axis=0))))},
+        confidence=confidence, uncertain=not certain, passes=len(passes),
     )
+
+
+def _over_passes(values: np.ndarray, within_sd: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-pass ``values``, the half-width of its t-interval and the t-probability of its sign.
+
+    The standard deviation is the larger of the passes' spread and their own within-pass
+    noise (``within_sd``, pooled); one pass has only the latter (and is uncertain anyway).
+    """
+    n = len(values)
+    mean = float(np.mean(values))
+    sd = max(float(np.std(values, ddof=1)) if n > 1 else 0.0, float(np.sqrt(np.mean(within_sd ** 2))))
+    se = sd / np.sqrt(n)
+    dist = stats.t(df=n - 1) if n > 1 else stats.norm()
+    half = float(dist.ppf((1 + LEVEL) / 2) * se)
+    confidence = float(dist.cdf(abs(mean) / se)) if se > 0 else 1.0
+    return mean, half, confidence
 
 
 def _margin(t1, t2, t12, t0, alpha):
-    """Works on floats and on arrays of bootstrap medians alike."""
+    """Works on floats and on arrays (per pass, or bootstrap medians) alike."""
     return (t1 + t2 - t12 - t0) / np.maximum(np.minimum(t1, t2) - t0, _FLOOR * t0 + _TINY_MS) - alpha
 
 
@@ -129,12 +181,14 @@ _FLOOR = 0.1
 _TINY_MS = 1e-9
 
 
-def _bootstrap_medians(rounds: np.ndarray, rng: np.random.Generator, drift: float) -> np.ndarray:
-    idx = rng.integers(0, len(rounds), size=(BOOTSTRAP_SAMPLES, len(rounds)))
-    medians = np.median(rounds[idx], axis=1)
-    return medians * (1 + drift * rng.standard_normal(BOOTSTRAP_SAMPLES)) if drift else medians
+def _median_and_boot(rounds: Sequence[float], rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """The median of one pass's round medians and its bootstrap resamples."""
+    values = np.asarray(rounds, dtype=float)
+    idx = rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))
+    return float(np.median(values)), np.median(values[idx], axis=1)
 
 
-def _measured(median: float, boot: np.ndarray, rounds: int) -> Measured:
-    low, high = np.quantile(boot, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Measured(median, float(max(median - low, high - median) / median), rounds)
+def _measured(pass_medians: np.ndarray, within_sd: np.ndarray, rounds: int) -> Measured:
+    """A model's latency over the passes: their mean and the relative half-width of its interval."""
+    mean, half, _ = _over_passes(pass_medians, within_sd)
+    return Measured(mean, half / mean if mean > 0 else 0.0, rounds)

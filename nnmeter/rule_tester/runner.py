@@ -1,19 +1,21 @@
 """Run the fusion test on a workspace: plan the cases, build and measure their models, decide, write the rules.
 
-Everything measured goes through the workspace store (:func:`~nnmeter.builder.models.prepare_models`
-and :func:`~nnmeter.builder.measuring.measure_models`), so a killed run resumes
-where it stopped and a second run reuses the measurements (``remeasure=True``
-takes new ones). The first pass measures every model once; a case decided on it
-assumes the campaign's ``rules.drift`` between its models (they may sit in
-different batches). Decisions whose margin lies inside the noise are measured
-again, each case's models together (interleaved in one batch), up to
-``rules.max_remeasures`` times; such a case is then decided on its joint passes
-only, pooled, where a common slowdown of the host cancels.
+Every case is measured in ``rules.passes`` independent passes: in each pass the
+cases are packed into batches (a case's models always together, their rounds
+interleaved, so a slow period of the host hits them alike), every batch loads its
+models anew, and consecutive passes run the batches in opposite orders. A pass of a
+case is stored as its own measurement series (``rules:pass<N>:<batch digest>``, see
+:mod:`nnmeter.builder.store`), so a killed run resumes where it stopped and a second
+run reuses every pass (``remeasure=True`` takes new ones). The decision's interval
+covers the spread between passes (:mod:`nnmeter.rule_tester.detection`); a case
+whose interval contains 0 gets one more pass at a time, up to
+``rules.max_remeasures``, and is then reported uncertain.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from nnmeter.predictor.rules import FusionRules, MonRule, PairRule, save_rules
 from nnmeter.rule_tester.cases import MON_DEPENDENCY, CasePlan, MonCase, PairCase, describe_plan, plan_cases
-from nnmeter.rule_tester.detection import decide_mon, decide_pair
+from nnmeter.rule_tester.detection import MonPass, PairPass, decide_mon, decide_pair
 
 if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
@@ -34,143 +36,106 @@ CONVERSION_CHUNK = 48
 KIND = "rule-case"
 
 
-@dataclass
-class Measurements:
-    """Round medians (ms) per model name, pooled over passes, and the error of models without latency."""
-
-    rounds: dict[str, list[float]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def add(self, name: str, round_medians: Sequence[float] | None, error: str = "") -> None:
-        if round_medians:
-            self.rounds.setdefault(name, []).extend(round_medians)
-            self.errors.pop(name, None)
-        elif name not in self.rounds:
-            self.errors[name] = error or "no latency"
-
-
 @dataclass(frozen=True)
 class RuleTestReport:
     rules: FusionRules
     path: Path
     plan: CasePlan
-    remeasure_passes: int
+    remeasure_passes: int  # extra passes measured for cases inside the noise
     seconds: float
 
 
 #: The key of the MON case among the pair keys (op1, op2).
 MON = ("MON", "")
 
+#: A case to measure: its key and its models (the empty model included).
+CaseModels = tuple[tuple[str, str], tuple[str, ...]]
+
 
 @dataclass
 class Evidence:
-    """What has been measured: the first pass (every model once, in batches), and per case the passes that
-    measured the case's models together."""
+    """What has been measured: per case, its passes (model name -> round medians (ms), the models of one pass
+    measured together), and the last error of each model that gave no latency."""
 
-    first: Measurements = field(default_factory=Measurements)
-    together: dict[tuple[str, str], Measurements] = field(default_factory=dict)
+    passes: dict[tuple[str, str], list[dict[str, list[float]]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
-    def for_case(self, key: tuple[str, str], models: Sequence[str], drift: float) -> tuple[Measurements, float]:
-        """The rounds to decide a case on (``models`` include the empty model), and the drift to assume."""
-        joint = self.together.get(key)
-        if joint is not None and all(m in joint.rounds for m in models):
-            return joint, 0.0  # measured together: a common slowdown cancels in the margin
-        return self.first, drift
+    def complete(self, key: tuple[str, str], models: Sequence[str]) -> list[dict[str, list[float]]]:
+        """The passes of a case in which every one of ``models`` has a latency."""
+        return [p for p in self.passes.get(key, []) if all(m in p for m in models)]
+
+    def why_missing(self, models: Sequence[str]) -> str:
+        name = next((m for m in models if m in self.errors), models[0])
+        return f"model {name}: {self.errors.get(name, 'not measured')}"
 
 
-def decide(plan: CasePlan, evidence: Evidence, alpha: float, drift: float
-           ) -> tuple[dict[tuple[str, str], PairRule], MonRule | None]:
+def decide(plan: CasePlan, evidence: Evidence, alpha: float) -> tuple[dict[tuple[str, str], PairRule], MonRule | None]:
     """Every case's decision from what has been measured so far (pure: no measuring)."""
-    pairs = {}
-    for c in plan.pairs:
-        measured, case_drift = evidence.for_case((c.op1, c.op2), c.models + (plan.empty,), drift)
-        pairs[(c.op1, c.op2)] = decide_case(c, measured, alpha, case_drift, measured.rounds.get(plan.empty, ()))
-    mon = None
-    if plan.mon is not None:
-        measured, case_drift = evidence.for_case(MON, plan.mon.models + (plan.empty,), drift)
-        mon = decide_mon_case(plan.mon, measured, pairs.get(MON_DEPENDENCY), case_drift,
-                              measured.rounds.get(plan.empty, ()))
+    pairs = {(c.op1, c.op2): decide_case(c, evidence, plan.empty, alpha) for c in plan.pairs}
+    mon = None if plan.mon is None else decide_mon_case(plan.mon, evidence, plan.empty, pairs.get(MON_DEPENDENCY))
     return pairs, mon
 
 
-def decide_case(case: PairCase, measured: Measurements, alpha: float, drift: float = 0.0,
-                empty: Sequence[float] = ()) -> PairRule:
-    """``empty``: round medians of the empty model (the runtime's cost of an inference), when measured."""
+def decide_case(case: PairCase, evidence: Evidence, empty: str, alpha: float) -> PairRule:
+    """A pair's decision on its complete passes; ``empty`` names the empty model (the cost of an inference)."""
     if case.error:
         return PairRule(case.op1, case.op2, None, error=case.error)
-    failed = [(m, measured.errors.get(m, "not measured")) for m in case.models if m not in measured.rounds]
-    if failed:
-        name, error = failed[0]
-        return PairRule(case.op1, case.op2, None, error=f"model {name}: {error}")
-    r = measured.rounds
-    return decide_pair(case.op1, case.op2, r[case.single1], r[case.single2], r[case.pair], alpha, drift, empty)
+    passes = evidence.complete((case.op1, case.op2), case.models + (empty,))
+    if not passes:
+        return PairRule(case.op1, case.op2, None, error=evidence.why_missing(case.models + (empty,)))
+    return decide_pair(case.op1, case.op2, [PairPass(p[case.single1], p[case.single2], p[case.pair], p[empty])
+                                            for p in passes], alpha)
 
 
-def decide_mon_case(case: MonCase, measured: Measurements, dependency: PairRule | None,
-                    drift: float = 0.0, empty: Sequence[float] = ()) -> MonRule:
+def decide_mon_case(case: MonCase, evidence: Evidence, empty: str, dependency: PairRule | None) -> MonRule:
     if dependency is None or dependency.obey is None:
         return MonRule(None, error="not decided: the dwconv -> relu case it depends on was not decided")
     if not dependency.obey:
         # nothing in the block can fuse, so its partitions cannot be told apart (nn-Meter skips it too)
         return MonRule(None, error="not tested: dwconv -> relu does not fuse on this device")
-    failed = [m for m in case.models if m not in measured.rounds]
-    if failed:
-        return MonRule(None, error=f"model {failed[0]}: {measured.errors.get(failed[0], 'not measured')}")
-    r = measured.rounds
-    return decide_mon(r[case.block], {p: [r[m] for m in ms] for p, ms in case.partitions.items()}, drift, empty)
+    passes = evidence.complete(MON, case.models + (empty,))
+    if not passes:
+        return MonRule(None, error=evidence.why_missing(case.models + (empty,)))
+    return decide_mon([MonPass(p[case.block], {c: [p[m] for m in ms] for c, ms in case.partitions.items()}, p[empty])
+                       for p in passes])
 
 
 def run_rule_test(workspace: "Workspace", *, workers: int | None = None, remeasure: bool = False,
                   console=None) -> RuleTestReport:
     """Measure the campaign's fusion test cases on its backend and write ``rules/fusion_rules.json``."""
-    from nnmeter.builder.measuring import measure_models
-
     started = time.monotonic()
     campaign = workspace.campaign
     settings, protocol = campaign.rules, campaign.protocol
     plan = plan_cases(settings)
-    _say(console, f"fusion test: {describe_plan(plan)}")
+    _say(console, f"fusion test: {describe_plan(plan)}, {settings.passes} passes each")
     backend = workspace.connect()
     try:
         prepared = _prepare(workspace, backend, plan, workers)
-        evidence = Evidence()
-        # a case's models must fit one batch to be measured together (batch_size does not change the protocol key)
-        largest = 1 + max([len(c.models) for c in plan.pairs] + ([len(plan.mon.models)] if plan.mon else []))
+        evidence = Evidence(errors=dict(prepared.errors))
+        cases = [((c.op1, c.op2), c.models + (plan.empty,)) for c in plan.pairs if not c.error]
+        if plan.mon is not None:
+            cases.append((MON, plan.mon.models + (plan.empty,)))
+        # a case's models must fit one batch (batch_size does not change the protocol key)
+        largest = max([len(models) for _, models in cases], default=1)
         batch_protocol = dataclasses.replace(protocol, batch_size=max(protocol.batch_size, largest))
-        for name, error in prepared.errors.items():
-            evidence.first.add(name, None, error)
 
-        def measure(names: Sequence[str], again: bool, description: str) -> dict[str, tuple]:
-            """name -> (round medians or None, error) of each model of ``names`` that could be built."""
-            records = [prepared.records[n] for n in names if n in prepared.records]
-            results = measure_models(workspace.store, backend, records, batch_protocol, workspace_root=workspace.root,
-                                     remeasure=again, description=description)
-            out = {}
-            for record, result in zip(records, results):
-                ok = result.stats is not None and result.status.has_latency
-                out[record.name] = (result.stats.round_medians_ms if ok else None,
-                                    result.error or f"measurement {result.status.value}")
-            return out
+        def measure_pass(index: int, cases: list[CaseModels], description: str) -> None:
+            _measure_pass(workspace, backend, prepared, evidence, batch_protocol, index, cases, remeasure,
+                          description)
 
-        for name, (rounds, error) in measure(list(plan.models), remeasure, "measuring rule cases").items():
-            evidence.first.add(name, rounds, error)
-        pairs, mon = decide(plan, evidence, settings.alpha, settings.drift)
-        passes = 0
-        while passes < settings.max_remeasures:
-            cases = _uncertain_cases(plan, pairs, mon)
-            if not cases:
+        for index in range(1, settings.passes + 1):
+            measure_pass(index, cases, f"pass {index} of {settings.passes}")
+        pairs, mon = decide(plan, evidence, settings.alpha)
+        extra = 0
+        while extra < settings.max_remeasures:
+            uncertain = _uncertain_cases(plan, pairs, mon)
+            if not uncertain:
                 break
-            passes += 1
-            _say(console, f"re-measuring {len(cases)} cases inside the noise, each case's models together "
-                          f"(pass {passes} of at most {settings.max_remeasures})")
-            for pack in _packs(cases, batch_protocol.batch_size):
-                results = measure(list(dict.fromkeys(m for _, models in pack for m in models)), True,
-                                  f"re-measuring ({passes})")
-                for key, models in pack:
-                    joint = evidence.together.setdefault(key, Measurements())
-                    for m in models:
-                        joint.add(m, *results.get(m, (None, "not built")))
-            pairs, mon = decide(plan, evidence, settings.alpha, settings.drift)
+            extra += 1
+            _say(console, f"{len(uncertain)} cases inside the noise: one more pass "
+                          f"({extra} of at most {settings.max_remeasures})")
+            measure_pass(settings.passes + extra, uncertain, f"extra pass {extra}")
+            pairs, mon = decide(plan, evidence, settings.alpha)
         info = backend.device_info
         rules = FusionRules(
             pairs=pairs, mon=mon, device=info.device, backend=backend.name, runtime=info.runtime,
@@ -180,7 +145,40 @@ def run_rule_test(workspace: "Workspace", *, workers: int | None = None, remeasu
     finally:
         backend.close()
     path = save_rules(rules, workspace.rules_dir / RULES_FILE)
-    return RuleTestReport(rules, path, plan, passes, time.monotonic() - started)
+    return RuleTestReport(rules, path, plan, extra, time.monotonic() - started)
+
+
+def _measure_pass(workspace: "Workspace", backend, prepared: "_Prepared", evidence: Evidence, protocol,
+                  index: int, cases: list[CaseModels], remeasure: bool, description: str) -> None:
+    """Measure pass ``index`` of ``cases``: one batch per pack of cases, each stored as its own series."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nnmeter.builder.measuring import measure_models
+
+    packs = list(_packs(cases, protocol.batch_size))
+    backwards = index % 2 == 0  # even passes run the batches, and the models in them, in the opposite order
+    if backwards:
+        packs.reverse()
+    sizes = [len({m for _, models in pack for m in models}) for pack in packs]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(f"measuring rule cases, {description}", total=sum(sizes))
+        for done, pack in zip([sum(sizes[:i]) for i in range(len(sizes))], packs):
+            names = list(dict.fromkeys(m for _, models in pack for m in models))
+            if backwards:
+                names.reverse()
+            records = [prepared.records[n] for n in names if n in prepared.records]
+            series = f"rules:pass{index}:" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
+            results = measure_models(workspace.store, backend, records, protocol, workspace_root=workspace.root,
+                                     remeasure=remeasure, series=series,
+                                     progress=lambda n, _t, done=done: bar.update(task, completed=done + n))
+            measured: dict[str, list[float]] = {}
+            for record, result in zip(records, results):
+                if result.stats is not None and result.status.has_latency:
+                    measured[record.name] = list(result.stats.round_medians_ms)
+                else:
+                    evidence.errors[record.name] = result.error or f"measurement {result.status.value}"
+            for key, models in pack:
+                evidence.passes.setdefault(key, []).append({m: measured[m] for m in models if m in measured})
 
 
 @dataclass
@@ -212,7 +210,7 @@ def _prepare(workspace: "Workspace", backend, plan: CasePlan, workers: int | Non
 
 
 def _uncertain_cases(plan: CasePlan, pairs: Mapping[tuple[str, str], PairRule], mon: MonRule | None
-                     ) -> list[tuple[tuple[str, str], tuple[str, ...]]]:
+                     ) -> list[CaseModels]:
     """(key, models) of every case whose decision is inside the noise; each with the empty model."""
     cases = [((c.op1, c.op2), c.models + (plan.empty,)) for c in plan.pairs
              if pairs[(c.op1, c.op2)].obey is not None and pairs[(c.op1, c.op2)].uncertain]
@@ -221,7 +219,7 @@ def _uncertain_cases(plan: CasePlan, pairs: Mapping[tuple[str, str], PairRule], 
     return cases
 
 
-def _packs(cases: list[tuple[tuple[str, str], tuple[str, ...]]], batch_size: int):
+def _packs(cases: list[CaseModels], batch_size: int):
     """Cases grouped so that each group's models fit one measuring batch."""
     pack: list = []
     models: set[str] = set()

@@ -45,8 +45,8 @@ class RuleTestSettings:
     alpha: float = setting(0.5, "fusion threshold: fused when T1 + T2 - T12 > alpha * min(T1, T2)",
                            minimum=0.0, maximum=1.0)
     shapes: RuleTestShapes = setting(RuleTestShapes(), "tensor sizes of the test cases")
-    drift: float = setting(0.02, "relative drift of a latency between measuring batches (the host's slow and "
-                                 "fast states), assumed for models of a case that were not measured together",
-                           minimum=0.0, maximum=1.0)
-    max_remeasures: int = setting(3, "extra measurements of a pair whose decision lies inside the measurement "
-                                     "noise, before it is reported as uncertain", minimum=0)
+    passes: int = setting(2, "independent measurements of every case (each loads the case's models anew and "
+                             "measures them together, in its own batch); the decision's interval covers their "
+                             "spread", minimum=2)
+    max_remeasures: int = setting(3, "extra passes of a case whose decision lies inside the measurement noise, "
+                                     "one at a time, before it is reported as uncertain", minimum=0)

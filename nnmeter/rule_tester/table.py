@@ -1,4 +1,5 @@
-"""Show fusion rules: the table (op pair, T1, T2, T12, fused?, confidence) and the summary of what is undecided.
+"""Show fusion rules: the table (op pair, T1, T2, T12, fused?, confidence, passes) and the summary of what is
+undecided.
 
 Works from a :class:`~nnmeter.predictor.rules.FusionRules` alone, so the same
 output comes after a run and from a saved rules file (``nnmeter-build rules WS --show``).
@@ -17,19 +18,20 @@ def rules_table(rules: FusionRules, *, undecided: bool = False) -> Table:
     table = Table(title=title, title_justify="left", box=None, padding=(0, 1, 0, 0), pad_edge=False,
                   header_style="bold")
     for col, justify in (("op pair", "left"), ("T1 ms", "right"), ("T2 ms", "right"), ("T12 ms", "right"),
-                         ("margin [95% CI]", "right"), ("fused?", "left"), ("confidence", "right")):
+                         ("margin [95% CI]", "right"), ("fused?", "left"), ("confidence", "right"),
+                         ("passes", "right")):
         table.add_column(col, justify=justify, no_wrap=col in ("op pair", "fused?"))
     for rule in rules.pairs.values():
         if rule.obey is None and not undecided:
             continue
         table.add_row(f"{rule.op1} -> {rule.op2}", _ms(rule.t1), _ms(rule.t2), _ms(rule.t12),
-                      _margin(rule), _fused(rule), _confidence(rule.confidence))
+                      _margin(rule), _fused(rule), _confidence(rule.confidence), _passes(rule.passes))
     if rules.mon is not None:
         mon = rules.mon
         what = "?" if mon.value is None else f"{mon.value} ({MON_NAMES[mon.value]})"
         block = mon.latencies_ms.get("block")
         table.add_row("MON (op with several consumers)", "", "", f"{block:.4g}" if block is not None else "",
-                      "", what, _confidence(mon.confidence))
+                      "", what, _confidence(mon.confidence), _passes(mon.passes))
     return table
 
 
@@ -43,8 +45,8 @@ def summary_lines(rules: FusionRules) -> list[str]:
         lines.append(f"cost of one inference (empty model), taken off every margin: {empty.median_ms:.4g} ms")
     uncertain = rules.uncertain()
     if uncertain:
-        lines.append(f"uncertain (margin inside the measurement noise after re-measuring; decided by the "
-                     f"median, may differ between runs): {', '.join(uncertain)}")
+        lines.append(f"uncertain (margin inside the noise between passes after re-measuring; decided by the "
+                     f"mean margin, may differ between runs): {', '.join(uncertain)}")
     groups: dict[str, list[str]] = {}
     for rule in rules.pairs.values():
         if rule.obey is None:
@@ -81,6 +83,10 @@ def _fused(rule: PairRule) -> str:
     if rule.obey is None:
         return f"? ({rule.error})" if rule.error else "?"
     return ("yes" if rule.obey else "no") + (" (uncertain)" if rule.uncertain else "")
+
+
+def _passes(passes: int) -> str:
+    return str(passes) if passes else ""
 
 
 def _confidence(confidence: float | None) -> str:
