@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -36,3 +38,16 @@ def workspace_dir(tmp_path):
     path = tmp_path / "ws"
     path.mkdir()
     return path
+
+
+def make_workspace(root: Path, backend: str = "tflite-local", **sections: dict) -> Path:
+    """A workspace at ``root`` whose campaign.yaml has each given section updated with the given keys."""
+    from nnmeter.builder.workspace import Workspace
+
+    Workspace.create(root, backend).close()
+    path = root / "campaign.yaml"
+    campaign = yaml.safe_load(path.read_text())
+    for name, keys in sections.items():
+        campaign[name] = {**(campaign.get(name) or {}), **keys}
+    path.write_text(yaml.safe_dump(campaign))
+    return root

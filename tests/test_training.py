@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 
 from nnmeter.builder.settings import KernelTrainingSettings
 from nnmeter.builder.training import Sample, TrainingError, adaptive_training, held_out, trained_kernels
@@ -12,22 +11,18 @@ from nnmeter.builder.workspace import Workspace
 from nnmeter.cli import main
 from nnmeter.predictor.artifact import load_artifact
 from nnmeter.predictor.features import feature_matrix
+from conftest import make_workspace
 
 KERNEL = "fc"  # converts and measures in a fraction of a second per model
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train") / "ws"
-    Workspace.create(root, "tflite-local")
-    path = root / "campaign.yaml"
-    campaign = yaml.safe_load(path.read_text())
-    campaign["protocol"] = {**(campaign.get("protocol") or {}), "rounds": 8, "warmup_runs": 2, "max_remeasures": 0}
-    campaign["kernels"] = {**(campaign.get("kernels") or {}), "kernels": [KERNEL], "init_samples": 30,
-                           "finegrained_samples": 3, "iterations": 1, "max_refined_points": 3,
-                           "min_train_samples": 10, "validation_fraction": 0.25}
-    path.write_text(yaml.safe_dump(campaign))
-    return root
+    return make_workspace(
+        tmp_path_factory.mktemp("train") / "ws",
+        protocol={"rounds": 8, "warmup_runs": 2, "max_remeasures": 0},
+        kernels={"kernels": [KERNEL], "init_samples": 30, "finegrained_samples": 3, "iterations": 1,
+                 "max_refined_points": 3, "min_train_samples": 10, "validation_fraction": 0.25})
 
 
 @pytest.fixture(scope="module")
