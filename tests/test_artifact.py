@@ -58,6 +58,8 @@ def test_round_trip_predicts_what_was_trained(trained, tmp_path):
     assert m.feature_schema_version == FEATURE_SCHEMA_VERSION
     assert m.kernels["fc"].regressor == "gbt-cost-ratio" and m.kernels["fc"].samples == 120
     assert m.kernels["fc"].metrics["acc10"] > 0.9
+    assert m.invoke_overhead_ms == artifact.invoke_overhead_ms == 0.0  # not given: changes nothing
+    assert load_artifact(_write(trained, tmp_path / "pred2", invoke_overhead_ms=0.0012)).invoke_overhead_ms == 0.0012
     assert set(m.files) == {"fusion_rules.json", "kernels/fc.npz", "kernels/add.npz"}
     assert {"nnmeter", "numpy", "scikit-learn", "python"} <= set(m.libraries)
     assert artifact.rules.fused("conv", "bn")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -14,7 +15,7 @@ from nnmeter.backends import backend_class, backend_names, connect_backend, crea
 from nnmeter.backends.base import ConversionJob, MeasureStatus, ModelFile
 from nnmeter.backends.converters import converter_version
 from nnmeter.backends.local import RunnerSession
-from nnmeter.backends.protocol import MeasurementProtocol
+from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.backends.tflite_local import TFLiteLocalBackend
 from nnmeter.errors import BackendError, ConfigError
 
@@ -68,6 +69,37 @@ def test_measure_gives_consistent_statistics(tflite):
         assert result.latency_ms == s.median_ms and result.device_seconds > 0
 
 
+def test_thread_clock_is_used_for_one_thread_and_refused_for_more(tflite):
+    """clock auto times single-threaded LiteRT on the invoking thread's CPU time; the runner refuses the
+    thread clock where other threads do part of the work (it would under-count them)."""
+    backend, _, results, _ = tflite
+    path = str(results[0].model.path)
+    process = backend.open_runner()
+    try:
+        one = process.request("load", path=path, threads=1)
+        two = process.request("load", path=path, threads=2)
+        assert one["thread_clock"] is True and two["thread_clock"] is False
+        times = process.request("run", handle=one["handle"], runs=3, min_time_ms=0.0, clock="thread")["times_ms"]
+        assert len(times) == 3 and all(t > 0 for t in times)
+        with pytest.raises(MeasureError, match="thread clock"):
+            process.request("run", handle=two["handle"], runs=1, clock="thread")
+        with pytest.raises(MeasureError, match="unknown clock 'cpu'"):
+            process.request("run", handle=one["handle"], runs=1, clock="cpu")
+    finally:
+        process.close()
+    sent = []
+    session = RunnerSession(backend.open_runner(), 1, {}, clock="auto")
+    request = session.process.request
+    session.process.request = lambda cmd, **kw: (sent.append((cmd, kw.get("clock"))), request(cmd, **kw))[1]
+    try:
+        session.run(session.load(path), 2, 0.0)
+    finally:
+        session.close()
+    assert ("run", "thread") in sent
+    wall = backend.measure([results[0].model], dataclasses.replace(QUICK, clock="wall"))[0]
+    assert wall.status.has_latency
+
+
 def test_device_info_names_host_runtime_and_converter(tflite):
     info = tflite[0].device_info
     assert info.backend == "tflite-local" and info.device.startswith("local:")
@@ -94,8 +126,8 @@ class _KillsRunnerBackend(TFLiteLocalBackend):
 
     victim = "conv6.tflite"
 
-    def open_session(self) -> RunnerSession:
-        session = super().open_session()
+    def open_session(self, clock: str = "wall") -> RunnerSession:
+        session = super().open_session(clock)
         paths, runs = {}, []
         load, run = session.load, session.run
 

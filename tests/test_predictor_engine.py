@@ -75,6 +75,21 @@ def test_predict_rows_are_the_artifacts_predictions(artifact_dir, tflite_file):
     json.dumps(result.to_dict())  # plain values only
 
 
+def test_invoke_overhead_is_taken_off_every_kernel_and_paid_once_per_model(artifact_dir, tflite_file):
+    plain = load_predictor(artifact_dir).predict(tflite_file)
+
+    class WithOverhead:  # the same regressors, measured on a device with a fixed cost per invocation
+        def __init__(self, artifact, overhead):
+            self.rules, self.kernels, self.predict = artifact.rules, artifact.kernels, artifact.predict
+            self.invoke_overhead_ms = overhead
+
+    small = min(r.ms for r in plain.kernels)
+    result = load_predictor(WithOverhead(load_predictor(artifact_dir).artifact, small)).predict(tflite_file)
+    assert [r.ms for r in result.kernels] == pytest.approx([r.ms - small for r in plain.kernels])
+    assert min(r.ms for r in result.kernels) == 0.0  # never below zero
+    assert result.latency_ms == pytest.approx(plain.latency_ms - (len(plain.kernels) - 1) * small)
+
+
 def test_predict_many_equals_a_loop_of_predict(artifact_dir, tflite_file):
     predictor = load_predictor(artifact_dir)
     raw = json.loads(NNMETER_IR.read_text())

@@ -146,20 +146,27 @@ class RunnerProcess:
 class RunnerSession:
     """A :class:`~nnmeter.backends.protocol.DeviceSession` over a :class:`RunnerProcess`."""
 
-    def __init__(self, process: RunnerProcess, threads: int, load_options: dict[str, Any]) -> None:
+    def __init__(self, process: RunnerProcess, threads: int, load_options: dict[str, Any],
+                 clock: str = "wall") -> None:
         self.process = process
         self.threads = threads
         self.load_options = load_options
+        self.clock = clock  # the protocol's: "auto" times on the thread clock the models the runner offers it for
+        self._thread_clock: dict[int, bool] = {}
 
     def load(self, model_path: str) -> int:
-        return self.process.request("load", path=str(Path(model_path).resolve()), threads=self.threads,
-                                    **self.load_options)["handle"]
+        reply = self.process.request("load", path=str(Path(model_path).resolve()), threads=self.threads,
+                                     **self.load_options)
+        self._thread_clock[reply["handle"]] = bool(reply.get("thread_clock"))
+        return reply["handle"]
 
     def warmup(self, handle: object, runs: int) -> None:
         self.process.request("warmup", handle=handle, runs=runs)
 
     def run(self, handle: object, runs: int, min_time_ms: float) -> list[float]:
-        return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms)["times_ms"]
+        thread = self.clock == "auto" and self._thread_clock.get(handle, False)
+        return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms,
+                                    **({"clock": "thread"} if thread else {}))["times_ms"]
 
     def close(self) -> None:
         self.process.close()
@@ -273,7 +280,8 @@ class LocalBackend(Backend):
             if progress:
                 progress(done + len(refused), len(models))
 
-        measured = iter(measure_in_batches(self.open_session, measurable, protocol, on_progress))
+        measured = iter(measure_in_batches(lambda: self.open_session(protocol.clock), measurable, protocol,
+                                           on_progress))
         return [MeasureResult(m.id, MeasureStatus.ERROR, error=refused[i]) if i in refused else next(measured)
                 for i, m in enumerate(models)]
 
@@ -287,15 +295,16 @@ class LocalBackend(Backend):
     def open_runner(self) -> RunnerProcess:
         return RunnerProcess(self.runner_script, self.measure_cores, self.config.command_timeout_s)
 
-    def open_session(self) -> RunnerSession:
-        """A new runner process, checked to answer, as a session for :func:`run_round_robin`."""
+    def open_session(self, clock: str = "wall") -> RunnerSession:
+        """A new runner process, checked to answer, as a session for :func:`run_round_robin` timing on
+        ``clock`` (the protocol's setting)."""
         process = self.open_runner()
         try:
             process.request("info", timeout_s=max(STARTUP_TIMEOUT_S, self.config.command_timeout_s))
         except MeasureError:
             process.kill()
             raise
-        return RunnerSession(process, self.config.threads, self.load_options())
+        return RunnerSession(process, self.config.threads, self.load_options(), clock)
 
     def _refusal(self, model: ModelFile) -> str:
         if model.format not in self.measured_formats:

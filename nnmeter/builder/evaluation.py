@@ -350,6 +350,10 @@ class _NoFusion:
     def kernels(self) -> frozenset[str]:
         return self._artifact.kernels
 
+    @property
+    def invoke_overhead_ms(self) -> float:
+        return float(getattr(self._artifact, "invoke_overhead_ms", 0.0))
+
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray:
         return self._artifact.predict(kernel, X)
 

@@ -4,7 +4,9 @@ Reads what :mod:`nnmeter.builder.training` recorded for the latest training setu
 (device, backend, protocol), checks each regressor file against the checksum
 recorded when it was trained, and writes the folder of
 :mod:`nnmeter.predictor.artifact` (by default ``ws/predictor/artifact``).
-The device need not be connected.
+The device is connected for one measurement, the fixed cost of an invocation
+(:func:`invoke_overhead_ms`); when it cannot be reached, the artifact records 0 and
+the result says so.
 """
 
 from __future__ import annotations
@@ -34,10 +36,35 @@ class PackageResult:
     kernels: tuple[str, ...]
     rules_source: str  # the rules file packaged, or "default" when the workspace has none
     skipped: tuple[str, ...]  # campaign kernels without a trained regressor
+    invoke_overhead_ms: float = 0.0
+    overhead_error: str = ""  # why the overhead could not be measured (then it is 0)
 
 
 def default_artifact_dir(ws: "Workspace") -> Path:
     return ws.predictor_dir / ARTIFACT_DIR
+
+
+#: The trivial model whose latency is the device's fixed cost of one invocation: a one-element add.
+OVERHEAD_KERNEL = ("add", {"HW": 1, "CIN": 1})
+
+
+def invoke_overhead_ms(ws: "Workspace") -> float:
+    """The fixed cost of one invocation on the campaign's device and protocol: the latency of
+    :data:`OVERHEAD_KERNEL`, converted and measured through the store like every kernel (a stored
+    measurement is reused). Raises NnmeterError when the device cannot measure it."""
+    from nnmeter.builder.measuring import measure_models
+    from nnmeter.builder.models import kernel_spec, prepare_models
+
+    with ws.connect() as backend:
+        prepared = prepare_models(ws, backend, [kernel_spec(*OVERHEAD_KERNEL)])[0]
+        if not prepared.ok:
+            raise NnmeterError(f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: "
+                               f"{prepared.error}")
+        record = measure_models(ws.store, backend, [prepared.record], ws.campaign.protocol,
+                                workspace_root=ws.root, progress=lambda *_: None)[0]
+    if record.latency_ms is None:
+        raise NnmeterError(f"the trivial model could not be measured: {record.status.value}: {record.error}")
+    return record.latency_ms
 
 
 def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str | None = None,
@@ -71,15 +98,20 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
     out = Path(out_dir) if out_dir is not None else default_artifact_dir(ws)
+    overhead, overhead_error = 0.0, ""
+    try:
+        overhead = invoke_overhead_ms(ws)
+    except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit high
+        overhead_error = str(err)
     written = write_artifact(
         out, name=name or _default_name(setup["backend"], device.get("id", "")), version=version, device=device,
         backend=setup["backend"], protocol={"key": setup["protocol_key"], **setup["protocol"]}, rules=rules,
-        kernels=payloads, overwrite=overwrite,
+        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead,
         description=f"kernel regressors of {ws.root.resolve().name}; fusion rules: "
                     f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
     return PackageResult(written, tuple(payloads), str(rules_path) if rules_path.is_file() else "default",
-                         tuple(k for k in wanted if k not in payloads))
+                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error)
 
 
 def _default_name(backend: str, device: str) -> str:

@@ -9,7 +9,12 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   (:mod:`nnmeter.kernel_gen.priors`), HW, kernel size and strides kept, and every
   channel count ``c`` jittered to ``round(c * u)``, ``u ~ U(0.75, 1.25)`` drawn per
   channel key, so that samples fill the space between the real layers instead of
-  repeating them.
+  repeating them. A share :data:`COVERAGE_SHARE` of the samples has every discrete
+  key (HW, KERNEL_SIZE, STRIDES, POOL_STRIDES) redrawn uniformly over its valid set
+  (``ops.HW_VALUES``, ``ops.valid_values``), channels scaled by old HW / new HW
+  (real networks trade resolution for channels): the table holds only what
+  keras.applications use, and the models a predictor meets do not stop there (NAS
+  spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3).
 * ``finegrained``: nn-Meter's adaptive rule: every key of ``around`` fixed but the
   channels, each drawn uniformly from the integers in ``[0.4 c, 1.2 c]``; with
   ``vary_hw``, HW is also drawn from the members of ``ops.HW_VALUES`` within a factor
@@ -28,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from nnmeter import ops
 from nnmeter.kernel_gen.op_traits import EVEN_CHANNEL_OPS
@@ -36,6 +41,8 @@ from nnmeter.kernel_gen.priors import prior_rows
 
 SAMPLERS = ("prior", "finegrained", "uniform")
 PRIOR_JITTER = (0.75, 1.25)
+COVERAGE_SHARE = 0.4
+_DISCRETE_KEYS = (ops.KERNEL_SIZE, ops.STRIDES, ops.POOL_STRIDES)
 FINEGRAINED_RANGE = (0.4, 1.2)
 UNIFORM_CHANNELS = (1, 1024)
 MAX_FLOPS = 4_000_000_000
@@ -58,7 +65,25 @@ def _clip_channels(c: float) -> int:
 
 
 def _prior(kernel: str, rng: random.Random, rows: list[dict]) -> dict:
-    return _map_channels(rng.choice(rows), lambda c: _clip_channels(c * rng.uniform(*PRIOR_JITTER)))
+    config = _map_channels(rng.choice(rows), lambda c: _clip_channels(c * rng.uniform(*PRIOR_JITTER)))
+    discrete = any(k == ops.HW or k in _DISCRETE_KEYS for k in config)
+    if discrete and rng.random() < COVERAGE_SHARE:  # fc & co. keep the samples they had
+        hw = config.get(ops.HW)
+        config.update(_discrete_draw(kernel, rng, config))
+        if hw is not None:  # channels shrink as HW grows, as in real networks: no 2000-channel 112x112 layer
+            config = _map_channels(config, lambda c: _clip_channels(c * hw / config[ops.HW]))
+    return config
+
+
+def _discrete_draw(kernel: str, rng: random.Random, keys: Iterable[str]) -> dict:
+    """HW, kernel size and strides among ``keys``, each drawn uniformly over its valid set."""
+    out: dict[str, object] = {}
+    for key in keys:
+        if key == ops.HW:
+            out[key] = rng.choice(ops.HW_VALUES)
+        elif key in _DISCRETE_KEYS:
+            out[key] = rng.choice(ops.valid_values(kernel, key))
+    return out
 
 
 def _finegrained(kernel: str, rng: random.Random, around: dict, vary_hw: bool) -> dict:
@@ -79,10 +104,8 @@ def _uniform(kernel: str, rng: random.Random) -> dict:
     channel = lambda: int(round(math.exp(rng.uniform(lo, hi))))  # noqa: E731
     config: dict[str, object] = {}
     for key in ops.kernel_type(kernel).keys:
-        if key == ops.HW:
-            config[key] = rng.choice(ops.HW_VALUES)
-        elif key in (ops.KERNEL_SIZE, ops.STRIDES, ops.POOL_STRIDES):
-            config[key] = rng.choice(ops.valid_values(kernel, key))
+        if key == ops.HW or key in _DISCRETE_KEYS:
+            config.update(_discrete_draw(kernel, rng, (key,)))
         elif key == ops.CINS:
             config[key] = [channel() for _ in range(rng.randint(*ops.CONCAT_INPUTS_RANGE))]
         else:

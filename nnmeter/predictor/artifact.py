@@ -13,8 +13,13 @@ Layout::
 (its key and settings), ``libraries`` (versions of nnmeter, numpy,
 scikit-learn and Python that built it), ``feature_schema_version``, ``rules``
 (the rules file), ``kernels`` (per kernel: ``file``, ``regressor``,
-``features`` (names, in order), ``samples``, ``metrics``) and ``files``
-(relative path -> sha256 of every file other than the manifest).
+``features`` (names, in order), ``samples``, ``metrics``), ``files``
+(relative path -> sha256 of every file other than the manifest) and
+``invoke_overhead_ms``: the fixed cost of one invocation on the device, measured
+on a trivial model (a one-element add). Every kernel regressor learned it once per
+kernel (each kernel was measured as a model of its own); a model pays it once, so
+the engine takes it off every kernel and adds it once per model. 0 (the default,
+for artifacts that predate it) changes nothing.
 
 Loading (:func:`load_artifact`) never executes code from the folder: the
 manifest is read with ``yaml.safe_load``, regressors with
@@ -90,6 +95,7 @@ class Manifest:
     created: str = ""
     description: str = ""
     rules: str = RULES_FILE
+    invoke_overhead_ms: float = 0.0
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
 
@@ -103,8 +109,8 @@ class Manifest:
             "version": self.version, "created": self.created, "description": self.description,
             "device": dict(self.device), "backend": self.backend, "protocol": dict(self.protocol),
             "libraries": dict(self.libraries), "feature_schema_version": self.feature_schema_version,
-            "rules": self.rules, "kernels": {k: e.to_dict() for k, e in self.kernels.items()},
-            "files": dict(self.files),
+            "rules": self.rules, "invoke_overhead_ms": self.invoke_overhead_ms,
+            "kernels": {k: e.to_dict() for k, e in self.kernels.items()}, "files": dict(self.files),
         }
 
 
@@ -130,6 +136,11 @@ class Artifact:
     def kernels(self) -> frozenset[str]:
         """Names of the kernels this predictor has a regressor for."""
         return frozenset(self.regressors)
+
+    @property
+    def invoke_overhead_ms(self) -> float:
+        """The device's fixed cost of one invocation (see the module doc)."""
+        return self.manifest.invoke_overhead_ms
 
     def predict(self, kernel: str, X: Any) -> np.ndarray:
         """Latency (ms) of each row of ``X``, the :func:`~nnmeter.predictor.features.feature_matrix` of ``kernel``."""
@@ -161,7 +172,8 @@ def library_versions() -> dict[str, str]:
 
 def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, device: Mapping[str, Any],
                    backend: str, protocol: Mapping[str, Any], rules: FusionRules,
-                   kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False) -> Path:
+                   kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False,
+                   invoke_overhead_ms: float = 0.0) -> Path:
     """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
     out = Path(out_dir)
     if not kernels:
@@ -191,6 +203,7 @@ def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, devic
             name=name, version=str(version), device=dict(device), backend=backend, protocol=dict(protocol),
             kernels=entries, files=files, libraries=library_versions(),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), description=description,
+            invoke_overhead_ms=float(invoke_overhead_ms),
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -248,6 +261,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             libraries={str(k): str(v) for k, v in (data.get("libraries") or {}).items()},
             created=str(data.get("created", "")), description=str(data.get("description", "")),
             rules=str(data.get("rules", RULES_FILE)),
+            invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None

@@ -5,6 +5,11 @@
     r.latency_ms, r.kernels, r.coverage, r.unsupported
     p.predict_many(models)                                # one regressor call per kernel type
 
+A kernel's regressor was trained on the kernel measured as a model of its own, so
+each prediction holds the device's fixed cost of one invocation, which a whole model
+pays once: the engine takes the artifact's ``invoke_overhead_ms`` off every kernel
+(never below zero) and adds it once per model.
+
 Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
 in ``result.unsupported``; ``strict=True`` (the default) raises
 :class:`UnsupportedModelError` naming those ops and nodes instead of returning a sum
@@ -37,6 +42,8 @@ class KernelModel(Protocol):
     def kernels(self) -> frozenset[str]: ...
 
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray: ...
+
+    # optional: ``invoke_overhead_ms`` (float), the device's fixed cost of one invocation; 0 when absent
 
 
 class UnsupportedModelError(NnmeterError):
@@ -144,9 +151,10 @@ class Predictor:
                     row_features[(mi, ki)] = _features(k.kernel, k.config)
                     features.setdefault(k.kernel, []).append(row_features[(mi, ki)])
         latency: dict[tuple[int, int], float] = {}
+        overhead = float(getattr(self.artifact, "invoke_overhead_ms", 0.0))
         for kernel, where in rows.items():
             ms = np.asarray(self.artifact.predict(kernel, np.array(features[kernel], dtype=np.float64)))
-            latency.update(zip(where, ms.tolist()))
+            latency.update(zip(where, np.maximum(ms - overhead, 0.0).tolist()))
         results = []
         for mi, det in enumerate(detections):
             kernel_rows = [
@@ -154,8 +162,9 @@ class Predictor:
                 for ki, k in enumerate(det.kernels) if not k.problem
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
-            results.append(PredictionResult(det.graph, float(sum(r.ms for r in kernel_rows)), kernel_rows,
-                                            unsupported, list(det.free_nodes)))
+            total = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0)
+            results.append(PredictionResult(det.graph, float(total), kernel_rows, unsupported,
+                                            list(det.free_nodes)))
         return results
 
     def _check_supported(self, detections: list[Detection]) -> None:
