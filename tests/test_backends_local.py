@@ -11,7 +11,7 @@ import pytest
 
 from conftest import failing_model, tiny_conv_model, tiny_two_input_model
 from nnmeter.backends import backend_class, backend_names, connect_backend, create_backend, list_backends, \
-    load_backend_config
+    litert_runner, load_backend_config
 from nnmeter.backends.base import ConversionJob, MeasureStatus, ModelFile
 from nnmeter.backends.converters import converter_version
 from nnmeter.backends.local import RunnerSession
@@ -100,6 +100,63 @@ def test_thread_clock_is_used_for_one_thread_and_refused_for_more(tflite):
     assert wall.status.has_latency
 
 
+def test_evicting_cache_states_evict_and_rewrites_inputs_before_each_timed_invocation(tflite, tmp_path):
+    """cache "evict-private": the runner prepares every invocation (evict, rewrite inputs) outside the timing and
+    outside min_time_ms; an unknown state is refused, an unknown field ignored (older runners on boards)."""
+    backend, _, results, _ = tflite
+    path = str(results[0].model.path)
+    calls = []
+    times = litert_runner.timed_runs(lambda m: calls.append("invoke"), None, 3, 0.0,
+                                     prepare=lambda m: calls.append("prepare"))
+    assert calls == ["prepare", "invoke"] * 3 and len(times) == 3
+
+    engine = litert_runner.LiteRTEngine()
+    interpreter, _ = engine.load(path, 1, {})
+    index, original = interpreter.nnmeter_inputs[0]
+    interpreter.set_tensor(index, original * 0)
+    engine.rewrite_inputs(interpreter)
+    assert (interpreter.get_tensor(index) == original).all() and original.any()
+
+    process = backend.open_runner()
+    try:
+        sizes = process.request("info")["evict_bytes"]
+        assert sizes["evict-all"] >= sizes["evict-private"] > 0
+        handle = process.request("load", path=path, threads=1)["handle"]
+        times = process.request("run", handle=handle, runs=3, min_time_ms=0.0, cache="evict-private",
+                                evict_bytes=1 << 16)["times_ms"]
+        assert len(times) == 3 and all(t > 0 for t in times)
+        with pytest.raises(MeasureError, match="unknown cache state 'cold'"):
+            process.request("run", handle=handle, runs=1, cache="cold")
+        assert len(process.request("run", handle=handle, runs=2, later_field=1)["times_ms"]) == 2
+    finally:
+        process.close()
+
+    sent = []
+    session = backend.open_session("auto", "evict-private")
+    request = session.process.request
+    session.process.request = lambda cmd, **kw: (sent.append((cmd, kw.get("cache"))), request(cmd, **kw))[1]
+    try:
+        session.run(session.load(path), 2, 0.0)
+    finally:
+        session.close()
+    assert ("run", "evict-private") in sent
+    measured = backend.measure([results[0].model], dataclasses.replace(QUICK, cache="evict-private"))[0]
+    assert measured.status.has_latency, measured.error
+
+
+def test_private_cache_size_is_the_largest_cache_the_core_does_not_share(tmp_path):
+    caches = {"index0": ("Data", "48K", "1"), "index1": ("Instruction", "64K", "1"),
+              "index2": ("Unified", "1024K", "1"), "index3": ("Unified", "32768K", "0-1")}
+    for name, (kind, size, shared) in caches.items():
+        folder = tmp_path / "cpu1" / "cache" / name
+        folder.mkdir(parents=True)
+        for field, value in (("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            (folder / field).write_text(value + "\n")
+    assert litert_runner.cache_bytes(1, True, str(tmp_path)) == 1 << 20
+    assert litert_runner.cache_bytes(1, False, str(tmp_path)) == 32 << 20
+    assert litert_runner.cache_bytes(0, True, str(tmp_path)) is None  # no sysfs entry for cpu0
+
+
 def test_device_info_names_host_runtime_and_converter(tflite):
     info = tflite[0].device_info
     assert info.backend == "tflite-local" and info.device.startswith("local:")
@@ -126,8 +183,8 @@ class _KillsRunnerBackend(TFLiteLocalBackend):
 
     victim = "conv6.tflite"
 
-    def open_session(self, clock: str = "wall") -> RunnerSession:
-        session = super().open_session(clock)
+    def open_session(self, clock: str = "wall", cache: str = "warm") -> RunnerSession:
+        session = super().open_session(clock, cache)
         paths, runs = {}, []
         load, run = session.load, session.run
 

@@ -102,3 +102,8 @@ def test_protocol_key_ignores_batching_only():
     base = MeasurementProtocol()
     assert base.key() == MeasurementProtocol(batch_size=4, cooldown_s=1.0).key()
     assert base.key() != MeasurementProtocol(rounds=41).key()
+
+
+def test_protocol_key_changes_with_the_cache_state_and_keeps_older_keys_for_warm():
+    assert MeasurementProtocol(cache="evict-private").key() != MeasurementProtocol(cache="warm").key()
+    assert MeasurementProtocol(cache="warm").key() == "d19b399ba314"  # the key before the setting existed
