@@ -51,3 +51,11 @@ def make_workspace(root: Path, backend: str = "tflite-local", **sections: dict) 
         campaign[name] = {**(campaign.get(name) or {}), **keys}
     path.write_text(yaml.safe_dump(campaign))
     return root
+
+
+def synthetic_latency(kernel: str, X, per_flop: float = 2e-9, per_byte: float = 1e-9):
+    """A latency (ms) the features determine: overhead + FLOPs and bytes moved, read by feature name."""
+    from nnmeter.predictor.features import feature_names
+
+    col = {name: X[:, i] for i, name in enumerate(feature_names(kernel))}
+    return 0.005 + col["FLOPS"] * per_flop + (col["BYTES_READ"] + col["BYTES_WRITTEN"]) * per_byte

@@ -19,6 +19,7 @@ from nnmeter.errors import NnmeterError
 from nnmeter.kernel_gen import sample_configs
 from nnmeter.predictor.engine import UnsupportedModelError, load_predictor
 from nnmeter.predictor.features import feature_matrix
+from conftest import synthetic_latency
 
 NNMETER_IR = Path("/work/shared/testdata/nnmeter-ir/mobilenetv3small_0.json")
 LEFT_OUT = "hswish"  # the artifact has no regressor for a lone hswish
@@ -37,8 +38,7 @@ def artifact_dir(tmp_path_factory):
         if kernel == LEFT_OUT:
             continue
         X = feature_matrix(kernel, sample_configs(kernel, 150, sampler="uniform", seed=0))
-        flops, moved = X[:, -4], X[:, -2] + X[:, -1]
-        y = 0.005 + flops * 2e-9 + moved * 1e-9  # a latency the features determine
+        y = synthetic_latency(kernel, X)
         forest = RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y)
         payloads[kernel] = KernelPayload(from_sklearn(forest.estimators_, X.shape[1], aggregation="mean",
                                                       regressor="random-forest"), samples=len(y))

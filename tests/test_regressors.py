@@ -11,7 +11,7 @@ from nnmeter.builder.regressors import (
     BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, latency_metrics, make_regressor,
 )
 from nnmeter.builder.settings import KernelTrainingSettings
-from nnmeter.predictor.features import feature_matrix
+from nnmeter.predictor.features import feature_matrix, feature_names
 from nnmeter.predictor.regressor_format import RegressorFormatError, load_ensemble, save_ensemble
 
 KERNEL = "conv-bn-relu"
@@ -24,7 +24,8 @@ def _configs(rng: np.random.Generator, n: int) -> list[dict]:
 
 def _latency(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A roofline-like law: overhead + compute (1x1 convs run at 2/3 the speed) + memory, 1 % noise."""
-    flops, bytes_moved, ksize = X[:, -4], X[:, -2] + X[:, -1], X[:, 3]
+    col = {name: X[:, i] for i, name in enumerate(feature_names(KERNEL))}
+    flops, bytes_moved, ksize = col["FLOPS"], col["BYTES_READ"] + col["BYTES_WRITTEN"], col["KERNEL_SIZE"]
     return (0.01 + flops / 2e10 * np.where(ksize == 1, 1.5, 1.0) + bytes_moved / 4e9) * rng.lognormal(0, 0.01, len(X))
 
 

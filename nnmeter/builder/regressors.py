@@ -29,7 +29,7 @@ from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 
-from nnmeter.predictor.features import feature_names
+from nnmeter.predictor.features import feature_names, nnmeter_feature_columns
 from nnmeter.predictor.regressor_format import LinearBase, TreeEnsemble, from_sklearn
 
 #: Kernels faster than this are dominated by timer noise; metrics report them apart.
@@ -93,7 +93,7 @@ class KernelRegressor(RegressorMixin, BaseEstimator):
 
 
 class NnMeterForest(KernelRegressor):
-    """nn-Meter's regressor: a random forest on the raw latency with its per-kernel settings."""
+    """nn-Meter's regressor: a random forest on the raw latency with its per-kernel settings and features."""
 
     name = "nn-meter-rf"
 
@@ -103,6 +103,7 @@ class NnMeterForest(KernelRegressor):
 
     def fit(self, X: Any, y: Any) -> "NnMeterForest":
         X, y = _check_training_data(X, y, self._n_features())
+        X = X[:, list(nnmeter_feature_columns(self.kernel))]  # nn-Meter's features only
         max_depth, n_estimators, max_features = NNMETER_RF_SETTINGS.get(self.kernel, NNMETER_RF_FALLBACK)
         if isinstance(max_features, int):  # nn-Meter's counts refer to its own, sometimes longer, feature lists
             max_features = min(max_features, X.shape[1])
@@ -113,11 +114,11 @@ class NnMeterForest(KernelRegressor):
         return self
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.forest_.predict(np.asarray(X, dtype=np.float64))
+        return self.forest_.predict(np.asarray(X, dtype=np.float64)[:, list(nnmeter_feature_columns(self.kernel))])
 
     def to_ensemble(self) -> TreeEnsemble:
-        return from_sklearn(self.forest_.estimators_, self.forest_.n_features_in_, aggregation="mean",
-                            regressor=self.name)
+        return from_sklearn(self.forest_.estimators_, self._n_features(), aggregation="mean",
+                            regressor=self.name, columns=nnmeter_feature_columns(self.kernel))
 
 
 class _CostRatioRegressor(KernelRegressor):

@@ -188,11 +188,12 @@ class TreeEnsemble:
 
 def from_sklearn(estimators: Sequence[Any], n_features: int, *, aggregation: str, scale: float = 1.0,
                  offset: float = 0.0, target: str = "identity", base: LinearBase | None = None,
-                 regressor: str = "") -> TreeEnsemble:
+                 regressor: str = "", columns: Sequence[int] | None = None) -> TreeEnsemble:
     """A :class:`TreeEnsemble` from fitted scikit-learn decision trees (anything with a ``tree_``).
 
     Takes the trees of a RandomForestRegressor / ExtraTreesRegressor (``estimators_``)
     or a GradientBoostingRegressor (``estimators_[:, 0]``); reads their arrays, never imports scikit-learn.
+    ``columns``: trees fitted on a subset of the ``n_features`` columns, their positions in the full matrix.
     """
     trees = [est.tree_ for est in estimators]
     if not trees:
@@ -204,7 +205,7 @@ def from_sklearn(estimators: Sequence[Any], n_features: int, *, aggregation: str
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return TreeEnsemble(
         tree_offsets=offsets,
-        feature=np.concatenate([t.feature for t in trees]).astype(np.int32),
+        feature=_full_columns(np.concatenate([t.feature for t in trees]), columns).astype(np.int32),
         threshold=np.concatenate([t.threshold for t in trees]).astype(np.float64),
         children_left=np.concatenate([t.children_left for t in trees]).astype(np.int32),
         children_right=np.concatenate([t.children_right for t in trees]).astype(np.int32),
@@ -213,6 +214,14 @@ def from_sklearn(estimators: Sequence[Any], n_features: int, *, aggregation: str
         target=target, base=base, regressor=regressor,
         max_depth=max(int(t.max_depth) for t in trees),
     )
+
+
+def _full_columns(feature: np.ndarray, columns: Sequence[int] | None) -> np.ndarray:
+    """Tree feature indices mapped from a column subset to the full matrix (leaves, < 0, stay)."""
+    if columns is None:
+        return feature
+    mapping = np.asarray(columns)
+    return np.where(feature >= 0, mapping[np.maximum(feature, 0)], feature)
 
 
 def save_ensemble(ensemble: TreeEnsemble, path: str | Path) -> Path:
