@@ -414,6 +414,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
         result = package_workspace(ws, Path(args.output) if args.output else None, name=args.name,
                                    version=args.predictor_version, kernels=args.kernels, overwrite=args.force)
     print(f"wrote {result.path}: {len(result.kernels)} kernel regressors, rules: {result.rules_source}")
+    print(result.calibration_summary())
     if result.skipped:
         shown = ", ".join(result.skipped[:6]) + (f" and {len(result.skipped) - 6} more" if len(result.skipped) > 6 else "")
         print(f"{len(result.skipped)} campaign kernels not trained, left out: {shown}")

@@ -354,6 +354,10 @@ class _NoFusion:
     def invoke_overhead_ms(self) -> float:
         return float(getattr(self._artifact, "invoke_overhead_ms", 0.0))
 
+    @property
+    def memory_correction(self) -> Any:
+        return getattr(self._artifact, "memory_correction", None)
+
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray:
         return self._artifact.predict(kernel, X)
 

@@ -4,23 +4,34 @@ Reads what :mod:`nnmeter.builder.training` recorded for the latest training setu
 (device, backend, protocol), checks each regressor file against the checksum
 recorded when it was trained, and writes the folder of
 :mod:`nnmeter.predictor.artifact` (by default ``ws/predictor/artifact``).
-The device is connected for one measurement, the fixed cost of an invocation
-(:func:`invoke_overhead_ms`); when it cannot be reached, the artifact records 0 and
-the result says so.
+The device is connected once for two calibrations: the fixed cost of an invocation
+(:func:`invoke_overhead_ms`), then the whole-model memory term
+(:func:`calibrate_memory`): a few calibration models, drawn from the NAS-style
+families with a seed of their own (never the evaluation set), are measured whole and
+as the sum of their kernels measured standalone (the kernels the packaged fusion
+rules detect; the invoke overhead paid once), and
+``extra_ms = ms_per_mb * max(0, weight_MB - threshold_MB)`` is fitted on the relative
+difference (:func:`fit_memory_correction`). Measured kernels, not the regressors'
+predictions: the term is the device's non-additivity, not the regressors' errors on
+these few models. When the device cannot be reached, the
+artifact records an overhead of 0 and no memory correction, and the result says so.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 from nnmeter.builder.training import trained_kernels
 from nnmeter.errors import NnmeterError
-from nnmeter.predictor.artifact import KernelPayload, sha256_file, write_artifact
+from nnmeter.predictor.artifact import KernelPayload, MemoryCorrection, sha256_file, write_artifact
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
 from nnmeter.predictor.regressor_format import load_ensemble
-from nnmeter.predictor.rules import default_rules, load_rules
+from nnmeter.predictor.rules import FusionRules, default_rules, load_rules
 
 if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
@@ -38,6 +49,18 @@ class PackageResult:
     skipped: tuple[str, ...]  # campaign kernels without a trained regressor
     invoke_overhead_ms: float = 0.0
     overhead_error: str = ""  # why the overhead could not be measured (then it is 0)
+    memory_correction: MemoryCorrection | None = None
+    memory_error: str = ""  # why the memory correction could not be fitted (then there is none)
+
+    def calibration_summary(self) -> str:
+        """The device calibrations the artifact holds, or why one is missing, in one line."""
+        overhead = (f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us" if not self.overhead_error
+                    else f"invoke overhead not measured ({self.overhead_error})")
+        mc = self.memory_correction
+        memory = (f"memory correction {1000 * mc.ms_per_mb:.1f} us/MB of weights above {mc.threshold_mb:.1f} MB "
+                  f"(fitted on {mc.fitted_on} models, residual {100 * mc.residual:.1f} %)" if mc is not None
+                  else f"no memory correction ({self.memory_error})")
+        return f"{overhead}; {memory}"
 
 
 def default_artifact_dir(ws: "Workspace") -> Path:
@@ -48,23 +71,132 @@ def default_artifact_dir(ws: "Workspace") -> Path:
 OVERHEAD_KERNEL = ("add", {"HW": 1, "CIN": 1})
 
 
-def invoke_overhead_ms(ws: "Workspace") -> float:
+def invoke_overhead_ms(ws: "Workspace", backend: Any) -> float:
     """The fixed cost of one invocation on the campaign's device and protocol: the latency of
     :data:`OVERHEAD_KERNEL`, converted and measured through the store like every kernel (a stored
     measurement is reused). Raises NnmeterError when the device cannot measure it."""
     from nnmeter.builder.measuring import measure_models
     from nnmeter.builder.models import kernel_spec, prepare_models
 
-    with ws.connect() as backend:
-        prepared = prepare_models(ws, backend, [kernel_spec(*OVERHEAD_KERNEL)])[0]
-        if not prepared.ok:
-            raise NnmeterError(f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: "
-                               f"{prepared.error}")
-        record = measure_models(ws.store, backend, [prepared.record], ws.campaign.protocol,
-                                workspace_root=ws.root, progress=lambda *_: None)[0]
+    prepared = prepare_models(ws, backend, [kernel_spec(*OVERHEAD_KERNEL)])[0]
+    if not prepared.ok:
+        raise NnmeterError(f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: "
+                           f"{prepared.error}")
+    record = measure_models(ws.store, backend, [prepared.record], ws.campaign.protocol,
+                            workspace_root=ws.root, progress=lambda *_: None)[0]
     if record.latency_ms is None:
         raise NnmeterError(f"the trivial model could not be measured: {record.status.value}: {record.error}")
     return record.latency_ms
+
+
+#: The calibration models of the memory correction: NAS-style models drawn with a seed of their own, so
+#: never the evaluation set's; 0.6-14 MB of weights at small resolutions, each measured in well under a second.
+CALIBRATION_FAMILIES = ("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception")
+CALIBRATION_PER_FAMILY = 4
+CALIBRATION_RESOLUTIONS = (96, 128)
+CALIBRATION_SEED = 7919
+#: Fewer calibration models than this with a measurement and a full prediction: no correction is fitted.
+MIN_CALIBRATION_MODELS = 4
+
+
+def fit_memory_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
+                          kernel_sum_ms: Sequence[float]) -> MemoryCorrection:
+    """``extra_ms = c * max(0, weight_mb - t)`` fitted on the relative error of ``kernel_sum_ms + extra_ms``
+    against ``whole_ms`` (the models measured whole): for each candidate threshold (0 and every model's weight
+    size) the least-squares ``c`` (clamped at 0: this cause never makes a model faster than its kernels), keeping
+    the best pair."""
+    w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
+    if not (w.shape == m.shape == p.shape) or w.size == 0 or np.any(m <= 0):
+        raise ValueError("fit_memory_correction: needs equally many weights, whole (> 0) and kernel-sum latencies")
+    shortfall = (m - p) / m  # what the correction has to add, relative to the model's latency
+    best = None
+    for threshold in np.unique(np.concatenate([[0.0], w])):
+        x = np.maximum(0.0, w - threshold) / m
+        slope = max(0.0, float(x @ shortfall / (x @ x))) if x @ x > 0 else 0.0
+        sse = float(np.sum((shortfall - slope * x) ** 2))
+        if best is None or sse < best[0] - 1e-15:
+            best = (sse, slope, float(threshold))
+    sse, slope, threshold = best  # type: ignore[misc]
+    return MemoryCorrection(slope, threshold if slope > 0 else 0.0, int(w.size), float(np.sqrt(sse / w.size)))
+
+
+@dataclass(frozen=True)
+class CalibrationModel:
+    """A calibration model measured whole and as the sum of its standalone kernels (the overhead paid once)."""
+
+    name: str
+    weight_mb: float
+    whole_ms: float
+    kernels_ms: float
+
+
+def calibrate_memory(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
+                     overhead_ms: float) -> MemoryCorrection:
+    """The memory correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
+    rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms)
+    if len(rows) < MIN_CALIBRATION_MODELS:
+        raise NnmeterError(f"only {len(rows)} of {CALIBRATION_PER_FAMILY * len(CALIBRATION_FAMILIES)} calibration "
+                           f"models could be measured whole and kernel by kernel (at least "
+                           f"{MIN_CALIBRATION_MODELS} are needed)")
+    return fit_memory_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
+                                 [r.kernels_ms for r in rows])
+
+
+def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
+                       overhead_ms: float) -> list[CalibrationModel]:
+    """Measure the calibration models whole and kernel by kernel (through the store: stored measurements are
+    reused); the models that could be, with their numbers."""
+    from nnmeter.builder.measuring import measure_models
+    from nnmeter.builder.models import ModelSpec, kernel_spec, prepare_models
+    from nnmeter.builder.zoo import build_zoo_model, evaluation_set
+    from nnmeter.predictor.converters import to_graph
+    from nnmeter.predictor.detection import detect
+    from nnmeter.predictor.engine import weight_bytes
+
+    protocol = ws.campaign.protocol
+    zoo = evaluation_set(CALIBRATION_FAMILIES, CALIBRATION_PER_FAMILY, CALIBRATION_RESOLUTIONS, CALIBRATION_SEED)
+    specs = [ModelSpec("evaluation", f"calibration-{m.name}", {"family": m.family, "purpose": "calibration",
+                                                               **m.params},
+                       build_zoo_model, (m.family, f"calibration-{m.name}", dict(m.params))) for m in zoo]
+    with _bar("converting calibration models") as progress:
+        prepared = [p for p in prepare_models(ws, backend, specs, progress=progress) if p.ok]
+    detected = []  # the models the packaged kernels predict entirely, with their kernels
+    for p in prepared:
+        try:
+            detection = detect(to_graph(str(p.file.path)), rules, frozenset(kernel_types))  # type: ignore[union-attr]
+        except Exception:  # a format the engine does not read: the model cannot calibrate, the others can
+            continue
+        if detection.kernels and not detection.unsupported:
+            detected.append((p, detection.kernels))
+    wholes = measure_models(ws.store, backend, [p.record for p, _ in detected], protocol, workspace_root=ws.root,
+                            description="measuring calibration models") if detected else []
+    models = [(p.spec.name, weight_bytes(kernels) / 1e6, whole.latency_ms,
+               [kernel_spec(k.kernel, k.config) for k in kernels])
+              for (p, kernels), whole in zip(detected, wholes) if whole.latency_ms is not None]
+    kernel_specs = [k for *_, ks in models for k in ks]
+    with _bar("converting their kernels") as progress:
+        kernels = prepare_models(ws, backend, kernel_specs, progress=progress)
+    measured = measure_models(ws.store, backend, [k.record for k in kernels if k.ok], protocol,
+                              workspace_root=ws.root, description="measuring their kernels") if kernels else []
+    kernel_ms = {m.model_id: m.latency_ms for m in measured}
+    kernel_ids = iter(k.id for k in kernels)
+    rows = []
+    for name, weight_mb, whole_ms, ks in models:
+        times = [kernel_ms.get(next(kernel_ids)) for _ in ks]
+        if all(t is not None for t in times):  # each kernel paid the invoke overhead the model pays once
+            rows.append(CalibrationModel(name, weight_mb, whole_ms,
+                                         sum(times) - (len(times) - 1) * overhead_ms))  # type: ignore[arg-type]
+    return rows
+
+
+@contextmanager
+def _bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar fed by ``progress(done, total)`` callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str | None = None,
@@ -98,20 +230,26 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
     out = Path(out_dir) if out_dir is not None else default_artifact_dir(ws)
-    overhead, overhead_error = 0.0, ""
+    overhead, overhead_error, memory, memory_error = 0.0, "", None, ""
     try:
-        overhead = invoke_overhead_ms(ws)
-    except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit high
-        overhead_error = str(err)
+        with ws.connect() as backend:
+            overhead = invoke_overhead_ms(ws, backend)
+            try:
+                memory = calibrate_memory(ws, backend, list(payloads), rules, overhead)
+            except NnmeterError as err:
+                memory_error = str(err)
+    except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit off
+        overhead_error = memory_error = str(err)
     written = write_artifact(
         out, name=name or _default_name(setup["backend"], device.get("id", "")), version=version, device=device,
         backend=setup["backend"], protocol={"key": setup["protocol_key"], **setup["protocol"]}, rules=rules,
-        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead,
+        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead, memory_correction=memory,
         description=f"kernel regressors of {ws.root.resolve().name}; fusion rules: "
                     f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
     return PackageResult(written, tuple(payloads), str(rules_path) if rules_path.is_file() else "default",
-                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error)
+                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error, memory,
+                         memory_error)
 
 
 def _default_name(backend: str, device: str) -> str:

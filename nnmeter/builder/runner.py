@@ -100,8 +100,7 @@ def _run_package(ws: "Workspace", _backend: Any, opts: RunOptions) -> tuple[str,
 
     result = package_workspace(ws, overwrite=True)
     detail = f"{result.path}: {len(result.kernels)} kernels, rules: {result.rules_source}"
-    detail += (f"; invoke overhead {1000 * result.invoke_overhead_ms:.1f} us" if not result.overhead_error
-               else f"; invoke overhead not measured ({result.overhead_error})")
+    detail += f"; {result.calibration_summary()}"
     if result.skipped:
         detail += f"; not trained: {', '.join(result.skipped)}"
     return detail, True

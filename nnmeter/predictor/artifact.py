@@ -19,7 +19,11 @@ scikit-learn and Python that built it), ``feature_schema_version``, ``rules``
 on a trivial model (a one-element add). Every kernel regressor learned it once per
 kernel (each kernel was measured as a model of its own); a model pays it once, so
 the engine takes it off every kernel and adds it once per model. 0 (the default,
-for artifacts that predate it) changes nothing.
+for artifacts that predate it) changes nothing. ``memory_correction`` (optional;
+absent reads as none): what a whole model pays beyond the sum of its standalone
+kernels because its weights do not stay in the last-level cache between
+inferences (see :class:`MemoryCorrection`), fitted on the device on calibration
+models.
 
 Loading (:func:`load_artifact`) never executes code from the folder: the
 manifest is read with ``yaml.safe_load``, regressors with
@@ -80,6 +84,33 @@ class KernelEntry:
 
 
 @dataclass(frozen=True)
+class MemoryCorrection:
+    """A whole model's extra latency from weights streamed from memory: ``ms_per_mb`` per MB of the model's
+    weight bytes above ``threshold_mb``. Standalone, a kernel's weights stay in the last-level cache between
+    invocations; inside a big model the other layers evict them, so they come from DRAM."""
+
+    ms_per_mb: float
+    threshold_mb: float
+    fitted_on: int = 0  # calibration models it was fitted on
+    residual: float = 0.0  # RMS relative error (fraction) of the corrected predictions on them
+
+    def extra_ms(self, weight_bytes: float) -> float:
+        return self.ms_per_mb * max(0.0, weight_bytes / 1e6 - self.threshold_mb)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb, "fitted_on": self.fitted_on,
+                "residual": self.residual}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MemoryCorrection":
+        correction = cls(float(data["ms_per_mb"]), float(data["threshold_mb"]), int(data.get("fitted_on", 0)),
+                         float(data.get("residual", 0.0)))
+        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0):  # also refuses NaN
+            raise ValueError(f"memory_correction: ms_per_mb and threshold_mb must be >= 0, got {dict(data)}")
+        return correction
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parsed ``manifest.yaml`` (see the module doc)."""
 
@@ -96,6 +127,7 @@ class Manifest:
     description: str = ""
     rules: str = RULES_FILE
     invoke_overhead_ms: float = 0.0
+    memory_correction: MemoryCorrection | None = None
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
 
@@ -110,6 +142,7 @@ class Manifest:
             "device": dict(self.device), "backend": self.backend, "protocol": dict(self.protocol),
             "libraries": dict(self.libraries), "feature_schema_version": self.feature_schema_version,
             "rules": self.rules, "invoke_overhead_ms": self.invoke_overhead_ms,
+            **({"memory_correction": self.memory_correction.to_dict()} if self.memory_correction else {}),
             "kernels": {k: e.to_dict() for k, e in self.kernels.items()}, "files": dict(self.files),
         }
 
@@ -142,6 +175,11 @@ class Artifact:
         """The device's fixed cost of one invocation (see the module doc)."""
         return self.manifest.invoke_overhead_ms
 
+    @property
+    def memory_correction(self) -> MemoryCorrection | None:
+        """The device's whole-model memory term (see :class:`MemoryCorrection`); None when not calibrated."""
+        return self.manifest.memory_correction
+
     def predict(self, kernel: str, X: Any) -> np.ndarray:
         """Latency (ms) of each row of ``X``, the :func:`~nnmeter.predictor.features.feature_matrix` of ``kernel``."""
         try:
@@ -173,7 +211,7 @@ def library_versions() -> dict[str, str]:
 def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, device: Mapping[str, Any],
                    backend: str, protocol: Mapping[str, Any], rules: FusionRules,
                    kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False,
-                   invoke_overhead_ms: float = 0.0) -> Path:
+                   invoke_overhead_ms: float = 0.0, memory_correction: MemoryCorrection | None = None) -> Path:
     """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
     out = Path(out_dir)
     if not kernels:
@@ -203,7 +241,7 @@ def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, devic
             name=name, version=str(version), device=dict(device), backend=backend, protocol=dict(protocol),
             kernels=entries, files=files, libraries=library_versions(),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), description=description,
-            invoke_overhead_ms=float(invoke_overhead_ms),
+            invoke_overhead_ms=float(invoke_overhead_ms), memory_correction=memory_correction,
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -262,6 +300,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             created=str(data.get("created", "")), description=str(data.get("description", "")),
             rules=str(data.get("rules", RULES_FILE)),
             invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
+            memory_correction=(MemoryCorrection.from_dict(data["memory_correction"])
+                               if data.get("memory_correction") else None),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None

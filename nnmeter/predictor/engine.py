@@ -8,7 +8,10 @@
 A kernel's regressor was trained on the kernel measured as a model of its own, so
 each prediction holds the device's fixed cost of one invocation, which a whole model
 pays once: the engine takes the artifact's ``invoke_overhead_ms`` off every kernel
-(never below zero) and adds it once per model.
+(never below zero) and adds it once per model. When the artifact has a
+``memory_correction`` (fitted on the device on calibration models), a model also
+pays it once, from its total weight bytes (:func:`weight_bytes`): big models' weights
+stream from memory where the standalone kernels found them in the cache.
 
 Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
 in ``result.unsupported``; ``strict=True`` (the default) raises
@@ -44,6 +47,7 @@ class KernelModel(Protocol):
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray: ...
 
     # optional: ``invoke_overhead_ms`` (float), the device's fixed cost of one invocation; 0 when absent
+    # optional: ``memory_correction`` (MemoryCorrection or None), the whole-model memory term; none when absent
 
 
 class UnsupportedModelError(NnmeterError):
@@ -80,6 +84,7 @@ class PredictionResult:
     kernels: list[KernelRow]
     unsupported: list[UnsupportedItem] = field(default_factory=list)
     free_nodes: list[str] = field(default_factory=list)  # reshape/flatten: not kernels
+    memory_ms: float = 0.0  # the artifact's memory correction, included in latency_ms
 
     @property
     def coverage(self) -> float:
@@ -91,7 +96,14 @@ class PredictionResult:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "latency_ms": self.latency_ms, "coverage": self.coverage,
                 "kernels": [asdict(k) for k in self.kernels],
-                "unsupported": [asdict(u) for u in self.unsupported], "free_nodes": self.free_nodes}
+                "unsupported": [asdict(u) for u in self.unsupported], "free_nodes": self.free_nodes,
+                "memory_ms": self.memory_ms}
+
+
+def weight_bytes(kernels: Iterable[Any]) -> float:
+    """A model's weight bytes: the parameters of its kernels (anything with ``kernel`` and ``config``: a
+    :class:`KernelRow`, a detected kernel) as ``ops.kernel_cost`` counts them (the PARAMS feature), as float32."""
+    return 4.0 * sum(ops.kernel_cost(k.kernel, k.config).params for k in kernels)
 
 
 def _features(kernel: str, config: dict[str, Any]) -> tuple[float, ...]:
@@ -152,6 +164,7 @@ class Predictor:
                     features.setdefault(k.kernel, []).append(row_features[(mi, ki)])
         latency: dict[tuple[int, int], float] = {}
         overhead = float(getattr(self.artifact, "invoke_overhead_ms", 0.0))
+        memory = getattr(self.artifact, "memory_correction", None)
         for kernel, where in rows.items():
             ms = np.asarray(self.artifact.predict(kernel, np.array(features[kernel], dtype=np.float64)))
             latency.update(zip(where, np.maximum(ms - overhead, 0.0).tolist()))
@@ -162,9 +175,10 @@ class Predictor:
                 for ki, k in enumerate(det.kernels) if not k.problem
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
-            total = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0)
+            memory_ms = memory.extra_ms(weight_bytes(kernel_rows)) if memory is not None else 0.0
+            total = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0) + memory_ms
             results.append(PredictionResult(det.graph, float(total), kernel_rows, unsupported,
-                                            list(det.free_nodes)))
+                                            list(det.free_nodes), float(memory_ms)))
         return results
 
     def _check_supported(self, detections: list[Detection]) -> None:
