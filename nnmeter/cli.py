@@ -391,7 +391,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _package_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", metavar="WS", help="a workspace folder (or its campaign.yaml)")
     p.add_argument("-o", "--output", metavar="DIR",
-                   help="the predictor folder to write (default: WS/predictor/artifact)")
+                   help="the predictor folder to write (default: WS/predictor)")
     p.add_argument("--name", help="predictor name (default: <backend>-<device>)")
     p.add_argument("--version", dest="predictor_version", default="1.0", help="predictor version (default 1.0)")
     p.add_argument("--kernel", action="append", metavar="K", dest="kernels",

@@ -91,7 +91,7 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
         run.wait(timeout=60)
     before = _measurements(store)
     assert any(r[1] == "kernel" for r in before)
-    assert not (workspace / "predictor" / "artifact" / "manifest.yaml").exists()
+    assert not (workspace / "predictor" / "manifest.yaml").exists()
 
     resumed = _cli("run", str(workspace))
     out, _ = resumed.communicate(timeout=1200)
@@ -106,7 +106,7 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
     evaluation = [(r[2], r[3]) for r in after if r[1] == "evaluation"]
     assert max(evaluation.count(m) for m in set(evaluation)) == 2
 
-    assert (workspace / "predictor" / "artifact" / "manifest.yaml").is_file()
+    assert (workspace / "predictor" / "manifest.yaml").is_file()
     assert (workspace / "rules" / "fusion_rules.json").is_file()
     result = json.loads((workspace / "reports" / "evaluation.json").read_text())
     assert len(result["models"]) == 3

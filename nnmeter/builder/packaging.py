@@ -3,7 +3,7 @@
 Reads what :mod:`nnmeter.builder.training` recorded for the latest training setup
 (device, backend, protocol), checks each regressor file against the checksum
 recorded when it was trained, and writes the folder of
-:mod:`nnmeter.predictor.artifact` (by default ``ws/predictor/artifact``).
+:mod:`nnmeter.predictor.artifact` (by default ``ws/predictor``).
 The device is connected once for two calibrations: the fixed cost of an invocation
 (:func:`invoke_overhead_ms`), then the whole-model memory term
 (:func:`calibrate_memory`): a few calibration models, drawn from the NAS-style
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
 
 #: Where ``package`` writes when no -o is given.
-ARTIFACT_DIR = "artifact"
 RULES_FILE = "fusion_rules.json"
 
 
@@ -64,7 +63,7 @@ class PackageResult:
 
 
 def default_artifact_dir(ws: "Workspace") -> Path:
-    return ws.predictor_dir / ARTIFACT_DIR
+    return ws.predictor_dir
 
 
 #: The trivial model whose latency is the device's fixed cost of one invocation: a one-element add.

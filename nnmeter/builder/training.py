@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
 
 #: Folder of a workspace's predictor/ that holds the trained regressors until they are packaged.
-TRAINED_DIR = "trained"
+TRAINED_DIR = "regressors"
 #: Folds of the out-of-fold predictions that find large-error points.
 ERROR_FOLDS = 5
 
@@ -367,7 +367,7 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
         save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(settings), "refinements": r}),
         on_round=lambda score: progress.scored(kernel, score),
     )
-    out_dir = ws.predictor_dir / TRAINED_DIR
+    out_dir = ws.models_dir / TRAINED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_ensemble(outcome.regressor.to_ensemble(), out_dir / f"{kernel}.npz")
     from nnmeter.predictor.artifact import sha256_file

@@ -216,7 +216,7 @@ def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, devic
     out = Path(out_dir)
     if not kernels:
         raise ArtifactError("no trained kernel regressors to package", "train first: nnmeter-build train WS")
-    if out.exists() and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:  # (a workspace's predictor/ starts empty)
         raise ArtifactError(f"{out} already exists", "choose another -o folder, or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
