@@ -32,7 +32,7 @@ from nnmeter import ops
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.converters import ModelInput, to_graph
 from nnmeter.predictor.detection import Detection, detect
-from nnmeter.predictor.features import kernel_features
+from nnmeter.predictor.features import feature_names, kernel_features
 from nnmeter.predictor.rules import FusionRules
 
 
@@ -103,7 +103,12 @@ class PredictionResult:
 def weight_bytes(kernels: Iterable[Any]) -> float:
     """A model's weight bytes: the parameters of its kernels (anything with ``kernel`` and ``config``: a
     :class:`KernelRow`, a detected kernel) as ``ops.kernel_cost`` counts them (the PARAMS feature), as float32."""
-    return 4.0 * sum(ops.kernel_cost(k.kernel, k.config).params for k in kernels)
+    return 4.0 * sum(_features(k.kernel, k.config)[_params_column(k.kernel)] for k in kernels)
+
+
+@lru_cache(maxsize=None)
+def _params_column(kernel: str) -> int:
+    return feature_names(kernel).index("PARAMS")
 
 
 def _features(kernel: str, config: dict[str, Any]) -> tuple[float, ...]:
@@ -166,8 +171,10 @@ class Predictor:
         overhead = float(getattr(self.artifact, "invoke_overhead_ms", 0.0))
         memory = getattr(self.artifact, "memory_correction", None)
         for kernel, where in rows.items():
-            ms = np.asarray(self.artifact.predict(kernel, np.array(features[kernel], dtype=np.float64)))
-            latency.update(zip(where, np.maximum(ms - overhead, 0.0).tolist()))
+            unique = list(dict.fromkeys(features[kernel]))  # NAS loops repeat configs: predict each once
+            ms = np.asarray(self.artifact.predict(kernel, np.array(unique, dtype=np.float64)))
+            by_features = dict(zip(unique, np.maximum(ms - overhead, 0.0).tolist()))
+            latency.update((w, by_features[f]) for w, f in zip(where, features[kernel]))
         results = []
         for mi, det in enumerate(detections):
             kernel_rows = [
