@@ -77,11 +77,6 @@ def section_to_dict(section: Any) -> dict[str, Any]:
     return plain(section)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The documentation of each field of a section, for templates and ``--help``."""
-    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
-
-
 def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key_path: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

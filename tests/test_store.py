@@ -12,8 +12,7 @@ import pytest
 
 from nnmeter.backends.base import MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats, MeasurementProtocol
-from nnmeter.builder.store import (MIGRATIONS, SCHEMA_VERSION, MeasurementRecord, ModelRecord, Store, StoreError,
-                                   hash_config)
+from nnmeter.builder.store import MIGRATIONS, SCHEMA_VERSION, MeasurementRecord, ModelRecord, Store, StoreError
 
 STATS = LatencyStats.from_rounds([[1.0, 1.2, 1.1], [1.3, 1.25, 1.4], [0.9, 1.0, 1.05]])
 
@@ -27,7 +26,7 @@ def measurement(model_id: str, status: str = "ok", protocol_key: str = "p1", **k
 
 def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
-        kid = hash_config("kernel", "conv-bn-relu", {"HW": 28, "CIN": 16})
+        kid = "conv-bn-relu-28-16"
         store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu", config={"HW": 28, "CIN": 16},
                                     files={"keras": "models/a.keras"}))
         merged = store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu",

@@ -192,12 +192,6 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
-def hash_config(kind: str, name: str, config: Mapping[str, Any]) -> str:
-    """Id of a generated model: its kind, name and config decide what it is (weights are random)."""
-    text = json.dumps([kind, name, config], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 class Store:
     """A workspace's ``store.sqlite``. One writer at a time; readers never block it (WAL)."""
 
