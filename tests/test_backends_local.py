@@ -87,15 +87,7 @@ def test_thread_clock_is_used_for_one_thread_and_refused_for_more(tflite):
             process.request("run", handle=one["handle"], runs=1, clock="cpu")
     finally:
         process.close()
-    sent = []
-    session = RunnerSession(backend.open_runner(), 1, {}, clock="auto")
-    request = session.process.request
-    session.process.request = lambda cmd, **kw: (sent.append((cmd, kw.get("clock"))), request(cmd, **kw))[1]
-    try:
-        session.run(session.load(path), 2, 0.0)
-    finally:
-        session.close()
-    assert ("run", "thread") in sent
+    assert ("run", "thread") in _sent_field(RunnerSession(backend.open_runner(), 1, {}, clock="auto"), path, "clock")
     wall = backend.measure([results[0].model], dataclasses.replace(QUICK, clock="wall"))[0]
     assert wall.status.has_latency
 
@@ -131,15 +123,7 @@ def test_evicting_cache_states_evict_and_rewrites_inputs_before_each_timed_invoc
     finally:
         process.close()
 
-    sent = []
-    session = backend.open_session("auto", "evict-private")
-    request = session.process.request
-    session.process.request = lambda cmd, **kw: (sent.append((cmd, kw.get("cache"))), request(cmd, **kw))[1]
-    try:
-        session.run(session.load(path), 2, 0.0)
-    finally:
-        session.close()
-    assert ("run", "evict-private") in sent
+    assert ("run", "evict-private") in _sent_field(backend.open_session("auto", "evict-private"), path, "cache")
     measured = backend.measure([results[0].model], dataclasses.replace(QUICK, cache="evict-private"))[0]
     assert measured.status.has_latency, measured.error
 
@@ -281,3 +265,15 @@ def test_registry_lists_every_entry_point_and_why_one_is_unusable():
     assert entries["tflite-local"].usable and entries["tflite-local"].reason == ""
     for entry in entries.values():
         assert entry.usable or entry.reason  # an unusable backend always says why
+
+
+def _sent_field(session: RunnerSession, path, field: str) -> list[tuple[str, object]]:
+    """(command, value of ``field``) of every request ``session`` sends to load ``path`` and run one round."""
+    sent = []
+    request = session.process.request
+    session.process.request = lambda cmd, **kw: (sent.append((cmd, kw.get(field))), request(cmd, **kw))[1]
+    try:
+        session.run(session.load(path), 2, 0.0)
+    finally:
+        session.close()
+    return sent

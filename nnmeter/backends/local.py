@@ -9,6 +9,7 @@ other cores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -192,8 +193,17 @@ class LocalBackend(Backend):
 
     Config: ClassVar[type] = LocalConfig
     runner_script: ClassVar[Path]
+    #: the pip package (and import name) of the runtime the runner script needs
+    runtime_package: ClassVar[tuple[str, str]]
     #: formats measure() takes as they are
     measured_formats: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        package, module = cls.runtime_package
+        if importlib.util.find_spec(module) is None:
+            return f"the {package} package is not installed (pip install {package})"
+        return None
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

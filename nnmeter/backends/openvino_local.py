@@ -7,7 +7,6 @@ subprocess pinned to the measuring core(s), like ``tflite-local``.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,7 @@ class OpenVINOLocalBackend(LocalBackend):
     description = "this machine's CPU (or GPU/NPU), OpenVINO runtime in a pinned worker process"
     Config = OpenVINOLocalConfig
     runner_script = Path(__file__).with_name("openvino_runner.py")
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "the openvino package is not installed (pip install openvino)"
-        return None
+    runtime_package = ("openvino", "openvino")
 
     def load_options(self) -> dict[str, Any]:
         return {"device": self.config.device}

@@ -7,7 +7,6 @@ measuring core(s), so the timing process never runs TensorFlow.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from nnmeter.backends.local import LocalBackend
@@ -19,12 +18,7 @@ class TFLiteLocalBackend(LocalBackend):
     measured_formats = ("tflite",)
     description = "this machine's CPU, LiteRT interpreter (XNNPACK) in a pinned worker process"
     runner_script = Path(__file__).with_name("litert_runner.py")
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            return "the ai-edge-litert package is not installed (pip install ai-edge-litert)"
-        return None
+    runtime_package = ("ai-edge-litert", "ai_edge_litert")
 
     def runtime_summary(self, info: dict) -> str:
         delegate = {True: " (XNNPACK)", False: " (built-in kernels, no XNNPACK)"}.get(info.get("xnnpack"), "")
