@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -50,6 +51,31 @@ def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
         assert got.runtime_versions == {"ai-edge-litert": "2.3.0"} and got.protocol == {"rounds": 3}
         assert got.op_profile == (OpTime("conv", "CONV_2D", 0.5, 80.0),)
         assert got.latency_ms == STATS.median_ms
+
+
+def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> None:
+    """Batch 'slow' ran every anchor 25 % slower than its median over batches: its models are scaled back."""
+    def at(ms: float) -> LatencyStats:
+        return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
+
+    speeds = {"fast": 0.9, "typical": 1.0, "slow": 1.25, "typical2": 1.0}
+    with Store(tmp_path / "s.sqlite") as store:
+        for mid in ("anchor-a", "anchor-b"):
+            store.add_model(ModelRecord(id=mid, kind="anchor", name="conv-bn-relu"))
+        store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
+        for batch, speed in speeds.items():
+            store.add_measurements([dataclasses.replace(measurement(mid, batch=batch), stats=at(base * speed))
+                                    for mid, base in (("anchor-a", 0.1), ("anchor-b", 0.4))])
+        store.add_measurement(dataclasses.replace(measurement("k", batch="slow"), stats=at(2.5)))
+        factors = store.drift_factors("local:test", "tflite-local", "p1")
+        assert factors["typical"] == pytest.approx(1.0) and factors["slow"] == pytest.approx(1 / 1.25)
+        assert factors["fast"] == pytest.approx(1 / 0.9)
+        [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
+        assert k.stats.median_ms == pytest.approx(2.5) and k.latency_ms == pytest.approx(2.0)
+        store.add_measurement(dataclasses.replace(measurement("k", batch="no-anchors"), stats=at(2.5)))
+        [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
+        assert k.drift_factor == 1.0 and k.latency_ms == pytest.approx(2.5)  # a batch without anchors: as measured
+        assert store.drift_factors("local:test", "tflite-local", "other-protocol") == {}
 
 
 def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
@@ -214,6 +240,11 @@ def test_measure_models_skips_measured_and_retries_failures(tmp_path: Path, loca
     again = measure_models(ws.store, local_backend, records[:1], protocol, workspace_root=ws.root,
                            remeasure=True, progress=lambda done, total: None)
     assert again[0].id not in (ok.id, None)
-    rows = ws.store._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
-    assert rows == 4  # 2 + the retried failure + the re-measurement
+    rows = ws.store._db.execute("SELECT batch, kind FROM measurements JOIN models ON models.id = model_id "
+                                "ORDER BY measurements.id").fetchall()
+    assert sum(kind != "anchor" for _, kind in rows) == 4  # 2 + the retried failure + the re-measurement
+    batches = {batch for batch, kind in rows if kind != "anchor"}
+    assert len(batches) == 4 and "" not in batches  # batch_size 1: each model its own batch
+    for batch in batches:  # with the three drift anchors, each measured in it
+        assert sorted(kind for b, kind in rows if b == batch) == ["anchor"] * 3 + ["user"]
     ws.close()

@@ -57,7 +57,11 @@ class MeasurementProtocol:
                                          "interval of the median is above this", minimum=0)
     max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them",
                                   minimum=0)
-    batch_size: int = setting(16, "models measured together, their rounds interleaved", minimum=1)
+    batch_size: int = setting(64, "models measured together, their rounds interleaved; a large batch makes each "
+                                  "model's rounds span many seconds, so they sample the device's fast and slow "
+                                  "states alike instead of whichever lasted through a short batch", minimum=1)
+    anchors: bool = setting(True, "measure three fixed drift-anchor kernels in every batch and scale each batch's "
+                                  "latencies to the device's typical speed (the anchors' median over all batches)")
     cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
     clock: str = setting("auto", "how one invocation is timed: 'auto' = the CPU time of the invoking thread "
                                  "where the whole inference runs on it (tflite-local with 1 thread), so that "
@@ -73,7 +77,7 @@ class MeasurementProtocol:
 
     def key(self) -> str:
         """A short stable id of the settings that change the numbers (the store keys on it)."""
-        significant = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s")}
+        significant = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s", "anchors")}
         if significant["cache"] == "warm":  # added later: measurements taken before it keep their key
             del significant["cache"]
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]

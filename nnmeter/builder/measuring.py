@@ -6,19 +6,31 @@ and stores each batch's results the moment the batch returns, so a killed run
 loses at most the batch in flight. Models that only exist in another format
 (a user's .keras, ...) are first converted to the backend's with
 :func:`convert_models`.
+
+**Drift anchors** (``protocol.anchors``). A device's speed drifts over minutes (here,
+a shared host, by +-5 % and more; a phone as it heats up), and a batch measured in a
+slow minute would make every model in it slow. Every batch therefore also measures
+three fixed kernels (:data:`nnmeter.builder.models.ANCHOR_KERNELS`), and the store
+scales each batch's latencies by how far its anchors were from their median over all
+batches (:meth:`Store.drift_factors`): ``MeasurementRecord.latency_ms`` is the latency
+at the device's typical speed, ``stats`` what was measured. Measured here (16
+sessions of 18 models, batches of ~12 s, docs/measurement.md): the session-to-session
+spread of whole models fell from 3.9 % to 1.2 %, because within a long batch the drift
+moves all models alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from nnmeter.backends.base import ConversionJob, MeasureResult, MeasureStatus, ModelFile, ProgressCallback
 from nnmeter.backends.protocol import MeasurementProtocol
-from nnmeter.builder.store import MeasurementRecord, ModelRecord, Store
+from nnmeter.builder.store import MeasurementRecord, ModelRecord, Store, with_drift
 
 if TYPE_CHECKING:
     from nnmeter.backends.base import Backend
@@ -51,28 +63,43 @@ def measure_models(store: Store, backend: "Backend", records: Sequence[ModelReco
     ready, failed = convert_models(store, backend, [r for r in unique if r.id not in known], protocol,
                                    workspace_root=workspace_root, progress=progress)
     results: dict[str, MeasurementRecord] = {**known, **{m.model_id: m for m in failed}}
+    anchors = _anchors(store, backend, workspace_root) if protocol.anchors and ready else []
     with _progress(progress, description, len(ready)) as update:
         for start in range(0, len(ready), protocol.batch_size):
             if start and protocol.cooldown_s:
                 time.sleep(protocol.cooldown_s)
-            batch = ready[start:start + protocol.batch_size]
+            batch = [r for r in ready[start:start + protocol.batch_size] if r.id not in {a.id for a in anchors}]
+            batch += anchors
             files = []
             for r in batch:
                 fmt = _measured_format(backend, r)
                 files.append(ModelFile(id=r.id, path=Path(workspace_root) / r.files[fmt], format=fmt))
+            size = len(ready[start:start + protocol.batch_size])
             measured = {res.model_id: res for res in backend.measure(
-                files, protocol, progress=lambda done, _total, start=start: update(start + done))}
+                files, dataclasses.replace(protocol, batch_size=len(files)),  # anchors and models in one batch
+                progress=lambda done, _total, start=start, size=size: update(start + min(done, size)))}
             lost = [r.id for r in batch if r.id not in measured]
             if lost:  # a backend must answer for every model; say which one broke the contract
                 raise RuntimeError(f"backend {backend.name} returned no result for {', '.join(lost)}")
+            batch_id = uuid.uuid4().hex[:16]
             stored = store.add_measurements([
                 MeasurementRecord.from_result(measured[r.id], device=info.device, backend=backend.name,
                                               runtime_versions=info.runtime_versions, protocol=protocol,
-                                              series=series)
+                                              series=series, batch=batch_id)
                 for r in batch])
             results.update((m.model_id, m) for m in stored)
-            update(start + len(batch))
-    return [results[r.id] for r in records]
+            update(start + size)
+    factors = store.drift_factors(info.device, backend.name, protocol.key())
+    return [with_drift(results[r.id], factors) for r in records]
+
+
+def _anchors(store: Store, backend: "Backend", workspace_root: Path) -> list[ModelRecord]:
+    """The drift anchors' records, converted for ``backend`` (built on first use); an anchor whose conversion
+    failed is left out (its batches are then scaled by the others)."""
+    from nnmeter.builder.models import anchor_specs, prepare_models_in
+
+    return [p.record for p in prepare_models_in(store, Path(workspace_root), backend, anchor_specs(), progress=None)
+            if p.ok and p.record is not None and _measured_format(backend, p.record) is not None]
 
 
 def convert_models(store: Store, backend: "Backend", records: Sequence[ModelRecord], protocol: MeasurementProtocol,

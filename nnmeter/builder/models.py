@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from nnmeter.backends.base import Backend, ConversionJob, ModelFile, ProgressCallback
 from nnmeter.backends.converters import converter_version
-from nnmeter.builder.store import ModelRecord
+from nnmeter.builder.store import ModelRecord, Store
 from nnmeter.builder.workspace import Workspace
 from nnmeter.kernel_gen.cache import model_dir, model_id
 
@@ -61,26 +61,50 @@ def kernel_spec(kernel: str, config: Mapping[str, Any]) -> ModelSpec:
     return ModelSpec("kernel", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
 
 
+#: Drift anchors: fixed kernels measured in every batch (see :mod:`nnmeter.builder.measuring`). Three kinds
+#: of work (a compute-bound 3x3 conv, a memory-bound depthwise conv, a 1x1 conv with 0.5 MB of weights),
+#: each 0.05-0.5 ms on a CPU, so that no single kernel's quirk sets a batch's factor.
+ANCHOR_KERNELS: tuple[tuple[str, Mapping[str, int]], ...] = (
+    ("conv-bn-relu", {"HW": 14, "CIN": 64, "COUT": 64, "KERNEL_SIZE": 3, "STRIDES": 1}),
+    ("dwconv-bn-relu", {"HW": 56, "CIN": 64, "KERNEL_SIZE": 3, "STRIDES": 1}),
+    ("conv-bn-relu", {"HW": 7, "CIN": 256, "COUT": 512, "KERNEL_SIZE": 1, "STRIDES": 1}),
+)
+
+
+def anchor_specs() -> list[ModelSpec]:
+    """The specs of the drift anchors (kind 'anchor')."""
+    from nnmeter.kernel_gen.builders import build_kernel_model
+
+    return [ModelSpec("anchor", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
+            for kernel, config in ANCHOR_KERNELS]
+
+
 def prepare_models(workspace: Workspace, backend: Backend, specs: Sequence[ModelSpec], workers: int | None = None,
                    progress: ProgressCallback | None = None) -> list[PreparedModel]:
     """One :class:`PreparedModel` per spec, in order: reused from the store, or built and converted now.
 
     ``workers`` None leaves the number of conversion processes to the backend's config.
     """
+    return prepare_models_in(workspace.store, workspace.root, backend, specs, workers, progress)
+
+
+def prepare_models_in(store: Store, root: Path, backend: Backend, specs: Sequence[ModelSpec],
+                      workers: int | None = None, progress: ProgressCallback | None = None) -> list[PreparedModel]:
+    """:func:`prepare_models` for the workspace whose store is ``store`` and whose folder is ``root``."""
+    root = Path(root)
     fmt = backend.model_format
     version = converter_version(fmt)
-    store = workspace.store
     ids = [model_id(s.kind, s.name, s.config, fmt, version) for s in specs]
     done: dict[str, PreparedModel] = {}
     jobs: dict[str, ConversionJob] = {}
     for spec, mid in zip(specs, ids):
         if mid in done or mid in jobs:
             continue
-        existing = _existing(workspace, store.get_model(mid), fmt)
+        existing = _existing(root, store.get_model(mid), fmt)
         if existing is not None:
             done[mid] = PreparedModel(spec, mid, existing[0], existing[1], reused=True)
         else:
-            jobs[mid] = ConversionJob(mid, model_dir(workspace.models_dir, spec.kind, spec.name),
+            jobs[mid] = ConversionJob(mid, model_dir(root / "models", spec.kind, spec.name),
                                       build=spec.build, build_args=tuple(spec.build_args))
 
     def report(converted: int, _total: int) -> None:
@@ -97,7 +121,7 @@ def prepare_models(workspace: Workspace, backend: Backend, specs: Sequence[Model
             if result.model is None:
                 done[result.job_id] = PreparedModel(spec, result.job_id, None, None, result.error or "conversion failed")
                 continue
-            rel = Path(result.model.path).resolve().relative_to(workspace.root.resolve()).as_posix()
+            rel = Path(result.model.path).resolve().relative_to(root.resolve()).as_posix()
             records.append((spec, result.model, ModelRecord(result.job_id, spec.kind, spec.name, dict(spec.config),
                                                             files={fmt: rel})))
         stored = store.add_models([r for _, _, r in records])
@@ -106,9 +130,9 @@ def prepare_models(workspace: Workspace, backend: Backend, specs: Sequence[Model
     return [_for_spec(done[mid], spec) for spec, mid in zip(specs, ids)]
 
 
-def _existing(workspace: Workspace, record: ModelRecord | None, fmt: str) -> tuple[ModelRecord, ModelFile] | None:
+def _existing(root: Path, record: ModelRecord | None, fmt: str) -> tuple[ModelRecord, ModelFile] | None:
     """The stored record and its file in ``fmt``, when the file is still on disk."""
-    path = record.path(fmt, workspace.root) if record is not None else None
+    path = record.path(fmt, root) if record is not None else None
     if path is None or not path.exists():
         return None
     return record, ModelFile(record.id, path, fmt)  # type: ignore[union-attr]

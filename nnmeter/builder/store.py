@@ -13,6 +13,12 @@ for the ordinary measurement of a model; a caller that needs several independent
 measurements of one model (the fusion test's passes: each a new load in another
 batch) names each one with a series of its own, so they sit side by side and a
 run resumes and reuses each of them.
+
+A measurement also records the ``batch`` it was taken in (the models measured
+together). Batches hold the drift anchors (kind 'anchor', see
+:mod:`nnmeter.builder.measuring`); :meth:`Store.drift_factors` compares each batch's
+anchors with their median over all batches, and the records the store returns carry
+that factor, so ``latency_ms`` is the latency at the device's typical speed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sqlite3
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,8 +39,9 @@ from nnmeter.backends.base import MeasureResult, MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats
 from nnmeter.errors import NnmeterError
 
-#: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model.
-MODEL_KINDS = ("kernel", "rule-case", "user", "evaluation")
+#: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model,
+#: a drift anchor (measured in every batch).
+MODEL_KINDS = ("kernel", "rule-case", "user", "evaluation", "anchor")
 
 #: Schema migrations in order: step i brings a store from version i to i + 1. Never edit a
 #: released step; append a new one.
@@ -80,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX measurements_by_setup;
     CREATE INDEX measurements_by_series ON measurements (device, backend, protocol_key, series, model_id, id);
     """,
+    # 4: the batch a measurement was taken in (its drift anchors are measured in the same batch)
+    """
+    ALTER TABLE measurements ADD COLUMN batch TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -112,7 +125,8 @@ class MeasurementRecord:
     """One measurement of one model on one device/backend under one protocol.
 
     ``series`` names a measurement meant to be independent of the model's others (see the module
-    doc); "" is the ordinary one."""
+    doc); "" is the ordinary one. ``batch`` names the models measured together; ``drift_factor``
+    is not stored but derived from the batch's anchors when the store returns the record."""
 
     model_id: str
     device: str
@@ -128,6 +142,8 @@ class MeasurementRecord:
     finished_at: float = field(default_factory=time.time)
     device_seconds: float = 0.0
     series: str = ""
+    batch: str = ""
+    drift_factor: float = 1.0  # from Store.drift_factors; 1.0 for a batch without anchors
     id: int | None = None  # set by the store
 
     def __post_init__(self) -> None:
@@ -135,19 +151,23 @@ class MeasurementRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        """The headline (median over rounds) when the status carries one."""
-        return self.stats.median_ms if self.stats is not None and self.status.has_latency else None
+        """The headline (median over rounds) at the device's typical speed (times ``drift_factor``), when
+        the status carries one. ``stats`` keeps what was measured."""
+        if self.stats is None or not self.status.has_latency:
+            return None
+        return self.stats.median_ms * self.drift_factor
 
     @classmethod
     def from_result(cls, result: MeasureResult, *, device: str, backend: str,
-                    runtime_versions: Mapping[str, str], protocol: Any, series: str = "") -> "MeasurementRecord":
+                    runtime_versions: Mapping[str, str], protocol: Any, series: str = "",
+                    batch: str = "") -> "MeasurementRecord":
         """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
         return cls(
             model_id=result.model_id, device=device, backend=backend, protocol_key=protocol.key(),
             status=MeasureStatus(result.status), stats=result.stats, error=result.error,
             runtime_versions=dict(runtime_versions), protocol=dataclasses.asdict(protocol),
             op_profile=tuple(result.op_profile), started_at=result.started_at, finished_at=time.time(),
-            device_seconds=result.device_seconds, series=series,
+            device_seconds=result.device_seconds, series=series, batch=batch,
         )
 
 
@@ -305,13 +325,13 @@ class Store:
             for rec in records:
                 cur = db.execute(
                     "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, "
-                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds, series) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds, series, batch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
                      _dump(rec.protocol), MeasureStatus(rec.status).value,
                      None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
                      _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
-                     rec.finished_at, rec.device_seconds, rec.series))
+                     rec.finished_at, rec.device_seconds, rec.series, rec.batch))
                 stored.append(dataclasses.replace(rec, id=cur.lastrowid))
         return stored
 
@@ -335,8 +355,29 @@ class Store:
                   WHERE device = ? AND backend = ? AND protocol_key = ? AND series = ? GROUP BY model_id) n
               ON me.id = n.newest
             {where} ORDER BY me.id"""
-        rows = self._db.execute(sql, [device, backend, protocol_key, series, *args])
-        return [(_model(r, id_column="mo_id"), _measurement(r)) for r in rows]
+        rows = self._db.execute(sql, [device, backend, protocol_key, series, *args]).fetchall()
+        factors = self.drift_factors(device, backend, protocol_key)
+        return [(_model(r, id_column="mo_id"), with_drift(_measurement(r), factors)) for r in rows]
+
+    def drift_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
+        """Per batch, how much faster than its typical speed the device ran then: for each anchor model,
+        its median latency over all batches divided by its latency in the batch; the factor is the
+        geometric mean of these over the batch's anchors. Batches without a measured anchor are absent."""
+        readings: dict[str, dict[str, float]] = {}  # anchor model -> batch -> ms
+        for r in self._db.execute("""
+                SELECT me.model_id, me.batch, me.stats FROM measurements me JOIN models mo ON mo.id = me.model_id
+                WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
+                  AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL""",
+                (device, backend, protocol_key, MeasureStatus.OK.value)):
+            ms = json.loads(r["stats"])["median_ms"]
+            if ms > 0:
+                readings.setdefault(r["model_id"], {})[r["batch"]] = ms
+        logs: dict[str, list[float]] = {}
+        for by_batch in readings.values():
+            typical = math.log(statistics.median(by_batch.values()))
+            for batch, ms in by_batch.items():
+                logs.setdefault(batch, []).append(typical - math.log(ms))
+        return {batch: math.exp(statistics.fmean(values)) for batch, values in logs.items()}
 
     def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "") -> set[str]:
         """Models whose newest measurement under this device/backend/protocol and series has a latency."""
@@ -405,6 +446,12 @@ def _model(row: sqlite3.Row, id_column: str = "id") -> ModelRecord:
                        files=json.loads(row["files"]), created_at=row["created_at"])
 
 
+def with_drift(record: MeasurementRecord, factors: Mapping[str, float]) -> MeasurementRecord:
+    """``record`` with the drift factor of its batch (from :meth:`Store.drift_factors`)."""
+    factor = factors.get(record.batch, 1.0)
+    return record if factor == record.drift_factor else dataclasses.replace(record, drift_factor=factor)
+
+
 def _measurement(row: sqlite3.Row) -> MeasurementRecord:
     stats = None
     if row["stats"] is not None:
@@ -417,5 +464,5 @@ def _measurement(row: sqlite3.Row) -> MeasurementRecord:
         runtime_versions=json.loads(row["runtime_versions"]), protocol=json.loads(row["protocol"]),
         op_profile=tuple(OpTime(**op) for op in json.loads(row["op_profile"])),
         started_at=row["started_at"], finished_at=row["finished_at"], device_seconds=row["device_seconds"],
-        series=row["series"],
+        series=row["series"], batch=row["batch"],
     )

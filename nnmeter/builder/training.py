@@ -196,7 +196,11 @@ def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: Me
         known.update(config_key(c) for c in planned)
         if not planned:  # every training point is within the thresholds
             break
-        samples = samples + measure(planned, f"fine-grained round {round_ + 1}")
+        # the measured samples come back from the store too: with the new batches' drift anchors their labels
+        # move a little, and every round (like a resumed run) trains on the labels as they stand now
+        relabeled = iter(measure([s.config for s in samples if s.latency_ms is not None] + planned,
+                                 f"fine-grained round {round_ + 1}"))
+        samples = [s if s.latency_ms is None else next(relabeled) for s in samples] + list(relabeled)
     train, validation = _split(kernel, samples, prior_keys, settings)
     everything = train + validation
     final = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(
