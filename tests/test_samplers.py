@@ -9,7 +9,8 @@ import pytest
 
 from nnmeter import ops
 from nnmeter.kernel_gen.priors import family_of, load_priors, prior_rows
-from nnmeter.kernel_gen.samplers import COVERAGE_SHARE, FINEGRAINED_RANGE, MAX_FLOPS, SAMPLERS, sample_configs
+from nnmeter.kernel_gen.samplers import (COVERAGE_SHARE, FINEGRAINED_RANGE, MAX_FLOPS, PRIOR_JITTER, SAMPLERS,
+                                         sample_configs)
 
 CONV = {"HW": 28, "CIN": 64, "COUT": 128, "KERNEL_SIZE": 3, "STRIDES": 1}
 
@@ -46,14 +47,21 @@ def test_prior_samples_come_from_real_layers_with_jittered_channels():
 
 
 @pytest.mark.parametrize("kernel", ["dwconv-bn-relu", "conv-bn", "maxpool", "avgpool", "add"])
-def test_prior_samples_cover_every_valid_value_of_the_discrete_keys(kernel):
-    """Real models in the table never use a 7x7 depthwise conv; NAS spaces do: the sampler must reach it."""
+def test_prior_samples_vary_the_real_layers_as_design_spaces_do(kernel):
+    """Real models in the table never use a 7x7 depthwise conv; NAS spaces do: the sampler must reach it.
+    HW moves one step from a real layer's (another resolution); no layer scaled to another depth's HW."""
     configs = sample_configs(kernel, 300, "prior", seed=3)
-    for key in ops.kernel_type(kernel).keys:
-        valid = ops.HW_VALUES if key == ops.HW else (
-            ops.valid_values(kernel, key) if key in (ops.KERNEL_SIZE, ops.STRIDES, ops.POOL_STRIDES) else None)
-        if valid is not None:
-            assert {c[key] for c in configs} == set(valid), key
+    rows = prior_rows(kernel)
+    grid = ops.HW_VALUES
+    near = {grid[j] for r in rows for j in range(grid.index(r[ops.HW]) - 1, grid.index(r[ops.HW]) + 2)
+            if 0 <= j < len(grid)}
+    assert {c[ops.HW] for c in configs} <= near
+    for key in (ops.KERNEL_SIZE, ops.STRIDES, ops.POOL_STRIDES):
+        if key in ops.kernel_type(kernel).keys:
+            assert {c[key] for c in configs} == set(ops.valid_values(kernel, key)), key
+            assert all(c[key] == 1 for c in configs if c[ops.HW] == 1 and c not in rows), key
+    widest = max(max(r.get(ops.CIN, 0), r.get(ops.COUT, 0)) for r in rows)
+    assert max(max(c.get(ops.CIN, 0), c.get(ops.COUT, 0)) for c in configs) <= widest * PRIOR_JITTER[1] + 1
 
 
 def test_finegrained_keeps_all_but_channels_in_nnmeter_range():

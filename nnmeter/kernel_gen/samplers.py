@@ -9,12 +9,15 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   (:mod:`nnmeter.kernel_gen.priors`), HW, kernel size and strides kept, and every
   channel count ``c`` jittered to ``round(c * u)``, ``u ~ U(0.75, 1.25)`` drawn per
   channel key, so that samples fill the space between the real layers instead of
-  repeating them. A share :data:`COVERAGE_SHARE` of the samples has every discrete
-  key (HW, KERNEL_SIZE, STRIDES, POOL_STRIDES) redrawn uniformly over its valid set
-  (``ops.HW_VALUES``, ``ops.valid_values``), channels scaled by old HW / new HW
-  (real networks trade resolution for channels): the table holds only what
-  keras.applications use, and the models a predictor meets do not stop there (NAS
-  spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3).
+  repeating them. A share :data:`COVERAGE_SHARE` of the samples varies the row the way
+  network design spaces do: kernel size and strides redrawn uniformly over their valid
+  sets (``ops.valid_values``; the table holds only what keras.applications use, and NAS
+  spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3), and
+  HW moved one step along ``ops.HW_VALUES`` with the channels kept (another input
+  resolution). An earlier version redrew HW over the whole grid and scaled the channels
+  by the HW ratio: that made layers no network has (1x1 convs of 1 channel at 224x224,
+  7x7 convs of 3,000 channels on a 1x1 map), spent 40 % of a budget on them, and they
+  were the hardest configs to learn. A 1x1 map keeps kernel size 1 and stride 1.
 * ``finegrained``: nn-Meter's adaptive rule: every key of ``around`` fixed but the
   channels, each drawn uniformly from the integers in ``[0.4 c, 1.2 c]``; with
   ``vary_hw``, HW is also drawn from the members of ``ops.HW_VALUES`` within a factor
@@ -68,11 +71,22 @@ def _prior(kernel: str, rng: random.Random, rows: list[dict]) -> dict:
     config = _map_channels(rng.choice(rows), lambda c: _clip_channels(c * rng.uniform(*PRIOR_JITTER)))
     discrete = any(k == ops.HW or k in _DISCRETE_KEYS for k in config)
     if discrete and rng.random() < COVERAGE_SHARE:  # fc & co. keep the samples they had
-        hw = config.get(ops.HW)
-        config.update(_discrete_draw(kernel, rng, config))
-        if hw is not None:  # channels shrink as HW grows, as in real networks: no 2000-channel 112x112 layer
-            config = _map_channels(config, lambda c: _clip_channels(c * hw / config[ops.HW]))
+        config.update(_design_space_draw(kernel, rng, config))
     return config
+
+
+def _design_space_draw(kernel: str, rng: random.Random, config: Mapping[str, object]) -> dict:
+    """Kernel size and strides redrawn over their valid sets, HW one step along the grid (see the module doc)."""
+    out: dict[str, object] = {}
+    if ops.HW in config:
+        grid = ops.HW_VALUES
+        i = grid.index(ops.snap(int(config[ops.HW]), grid))  # type: ignore[arg-type]
+        out[ops.HW] = grid[min(max(i + rng.choice((-1, 0, 1)), 0), len(grid) - 1)]
+    for key in _DISCRETE_KEYS:
+        if key in config:
+            valid = ops.valid_values(kernel, key)
+            out[key] = valid[0] if out.get(ops.HW) == 1 else rng.choice(valid)
+    return out
 
 
 def _discrete_draw(kernel: str, rng: random.Random, keys: Iterable[str]) -> dict:
