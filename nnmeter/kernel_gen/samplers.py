@@ -13,15 +13,11 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   network design spaces do: kernel size and strides redrawn uniformly over their valid
   sets (``ops.valid_values``; the table holds only what keras.applications use, and NAS
   spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3), and
-  HW scaled by a factor log-uniform in :data:`COVERAGE_HW_SCALE` with the channels kept,
-  as another input resolution does (at most ``max(ops.HW_VALUES)``; a 1x1 map stays
-  1x1 and keeps kernel size 1 and stride 1). The scaled HW is off the grid on purpose:
-  models at 96-192 px have maps of 5, 10, 12, 20, 24, 40, 48, 64, 80 ..., and a
-  regressor trained on grid values only mispredicted those kernels most (7x7 depthwise
-  convs at HW 64 and 80 by -13 %). An earlier version redrew HW over the whole grid and
-  scaled the channels by the HW ratio: that made layers no network has (1x1 convs of 1
-  channel at 224x224, 7x7 convs of 3,000 channels on a 1x1 map), spent 40 % of a budget
-  on them, and they were the hardest configs to learn.
+  HW moved one step along ``ops.HW_VALUES`` with the channels kept (another input
+  resolution). An earlier version redrew HW over the whole grid and scaled the channels
+  by the HW ratio: that made layers no network has (1x1 convs of 1 channel at 224x224,
+  7x7 convs of 3,000 channels on a 1x1 map), spent 40 % of a budget on them, and they
+  were the hardest configs to learn. A 1x1 map keeps kernel size 1 and stride 1.
 * ``finegrained``: nn-Meter's adaptive rule: every key of ``around`` fixed but the
   channels, each drawn uniformly from the integers in ``[0.4 c, 1.2 c]``; with
   ``vary_hw``, HW is also drawn from the members of ``ops.HW_VALUES`` within a factor
@@ -49,7 +45,6 @@ from nnmeter.kernel_gen.priors import prior_rows
 SAMPLERS = ("prior", "finegrained", "uniform")
 PRIOR_JITTER = (0.75, 1.25)
 COVERAGE_SHARE = 0.4
-COVERAGE_HW_SCALE = (0.5, 2.0)
 _DISCRETE_KEYS = (ops.KERNEL_SIZE, ops.STRIDES, ops.POOL_STRIDES)
 FINEGRAINED_RANGE = (0.4, 1.2)
 UNIFORM_CHANNELS = (1, 1024)
@@ -81,15 +76,16 @@ def _prior(kernel: str, rng: random.Random, rows: list[dict]) -> dict:
 
 
 def _design_space_draw(kernel: str, rng: random.Random, config: Mapping[str, object]) -> dict:
-    """Kernel size and strides redrawn over their valid sets, HW scaled as by another resolution (module doc)."""
+    """Kernel size and strides redrawn over their valid sets, HW one step along the grid (see the module doc)."""
     out: dict[str, object] = {}
-    if ops.HW in config and config[ops.HW] != 1:
-        scale = math.exp(rng.uniform(*(math.log(f) for f in COVERAGE_HW_SCALE)))
-        out[ops.HW] = min(max(2, round(int(config[ops.HW]) * scale)), max(ops.HW_VALUES))  # type: ignore[arg-type]
+    if ops.HW in config:
+        grid = ops.HW_VALUES
+        i = grid.index(ops.snap(int(config[ops.HW]), grid))  # type: ignore[arg-type]
+        out[ops.HW] = grid[min(max(i + rng.choice((-1, 0, 1)), 0), len(grid) - 1)]
     for key in _DISCRETE_KEYS:
         if key in config:
             valid = ops.valid_values(kernel, key)
-            out[key] = valid[0] if config.get(ops.HW) == 1 else rng.choice(valid)
+            out[key] = valid[0] if out.get(ops.HW) == 1 else rng.choice(valid)
     return out
 
 
