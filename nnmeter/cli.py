@@ -635,7 +635,7 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("quickstart", "build a predictor for this machine's CPU (tflite-local) with a small real campaign, "
-                       "evaluate it and write the report (about 20 minutes on 2 cores; resumable)",
+                       "evaluate it and write the report (about 13 minutes on 2 cores; resumable)",
          _quickstart_arguments)
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from rich.console import Console
