@@ -64,17 +64,18 @@ def measure_models(store: Store, backend: "Backend", records: Sequence[ModelReco
                                    workspace_root=workspace_root, progress=progress)
     results: dict[str, MeasurementRecord] = {**known, **{m.model_id: m for m in failed}}
     anchors = _anchors(store, backend, workspace_root) if protocol.anchors and ready else []
+    anchor_ids = {a.id for a in anchors}
     with _progress(progress, description, len(ready)) as update:
         for start in range(0, len(ready), protocol.batch_size):
             if start and protocol.cooldown_s:
                 time.sleep(protocol.cooldown_s)
-            batch = [r for r in ready[start:start + protocol.batch_size] if r.id not in {a.id for a in anchors}]
-            batch += anchors
+            chunk = ready[start:start + protocol.batch_size]
+            batch = [r for r in chunk if r.id not in anchor_ids] + anchors
             files = []
             for r in batch:
                 fmt = _measured_format(backend, r)
                 files.append(ModelFile(id=r.id, path=Path(workspace_root) / r.files[fmt], format=fmt))
-            size = len(ready[start:start + protocol.batch_size])
+            size = len(chunk)
             measured = {res.model_id: res for res in backend.measure(
                 files, dataclasses.replace(protocol, batch_size=len(files)),  # anchors and models in one batch
                 progress=lambda done, _total, start=start, size=size: update(start + min(done, size)))}
