@@ -11,6 +11,11 @@ second run (or a bigger budget) measures only what is new.
     python bench/kernel_accuracy.py                 # budgets 100..1600, five kernels (hours)
     python bench/kernel_accuracy.py --quick         # budgets 50, 100 and a 40-config test set (minutes)
     python bench/kernel_accuracy.py --kernels fc --budgets 100 200 --workspace /tmp/bench-ws
+    python bench/kernel_accuracy.py --kernels conv-bn-relu --repeat   # also: how repeatable the test labels are
+
+``--repeat`` measures the held-out set a second time in a sibling workspace (``<workspace>-repeat``) and
+prints how often the two measurements agree within +-10 %: no regressor can score much above that share
+against single measurements.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, help=f"held-out configs per kernel (default {TEST_CONFIGS})")
     parser.add_argument("--regressors", nargs="+", default=[BASELINE_REGRESSOR, DEFAULT_REGRESSOR])
     parser.add_argument("--quick", action="store_true", help="budgets 50 and 100, 40 test configs")
+    parser.add_argument("--repeat", action="store_true",
+                        help="measure the held-out set again in <workspace>-repeat and print the labels' agreement")
     args = parser.parse_args(argv)
     budgets = args.budgets or ((50, 100) if args.quick else BUDGETS)
     n_test = args.test or (40 if args.quick else TEST_CONFIGS)
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
             console.print(f"{kernel}: {_device_minutes(ws, backend, kernel):.1f} device minutes measuring "
                           f"(all samples of this kernel in the store, test set included)", markup=False)
+            if args.repeat:
+                console.print(_label_agreement(args.workspace, kernel, test_samples), markup=False)
     console.print("\nkernel,budget,regressor,acc10,rmspe,samples,train_seconds", markup=False)
     for row in summary:
         console.print(",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row), markup=False)
@@ -116,6 +125,27 @@ def _excluding(measure, test_keys):
         kept = [c for c in configs if config_key(c) not in test_keys]
         return measure(kept, what)
     return wrapped
+
+
+def _label_agreement(workspace: Path, kernel: str, test_samples) -> str:
+    """The held-out set measured again in a sibling workspace: how often two measurements agree within 10 %."""
+    import numpy as np
+
+    root = workspace.with_name(workspace.name + "-repeat")
+    if not (root / "campaign.yaml").is_file():
+        Workspace.create(root, "tflite-local")
+    with Workspace.open(root) as ws, ws.connect() as backend:
+        again = {config_key(s.config): s.latency_ms
+                 for s in workspace_measure(ws, backend, kernel)([s.config for s in test_samples], "held-out again")}
+    pairs = np.array([(s.latency_ms, again[config_key(s.config)]) for s in test_samples
+                      if again.get(config_key(s.config)) is not None])
+    ratio = pairs[:, 1] / pairs[:, 0]
+    ratio /= np.median(ratio)  # the two workspaces' anchors set their own typical speed
+    diff = np.abs(ratio - 1)
+    slow = pairs[:, 0] >= 0.2
+    return (f"{kernel}: held-out labels measured twice ({len(pairs)} configs): agree within ±10 % for "
+            f"{100 * np.mean(diff <= 0.1):.1f} % (kernels >= 0.2 ms: {100 * np.mean(diff[slow] <= 0.1):.1f} % of "
+            f"{slow.sum()}), median |difference| {100 * np.median(diff):.1f} %")
 
 
 def _device_minutes(ws: Workspace, backend, kernel: str) -> float:

@@ -317,6 +317,27 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
     return Cost(_ACT_FLOPS.get(first, 1) * n, 0, _F32 * n, _F32 * n)
 
 
+def runs_as_gemm(kernel: str) -> bool:
+    """Whether ``kernel`` is a dense conv, which CPU runtimes run as a matrix product (see :func:`gemm_shape`)."""
+    return kernel_type(kernel).ops[0] == CONV
+
+
+def gemm_shape(kernel: str, config: Mapping[str, object]) -> tuple[int, int, int] | None:
+    """``(M, N, K)`` of the matrix product a dense conv kernel runs as, or None for other kernels.
+
+    CPU runtimes (XNNPACK, oneDNN, Arm Compute Library) run a dense convolution as a
+    GEMM, or an indirect GEMM, with one row per output pixel (``M``), one column per
+    output channel (``N``) and a reduction over ``CIN * KERNEL_SIZE**2`` (``K``),
+    computed in whole tiles of rows and columns.
+    """
+    if not runs_as_gemm(kernel):
+        return None
+    cfg = validate_config(kernel, config)
+    ho = out_hw(cfg[HW], cfg[STRIDES])  # type: ignore[arg-type]
+    k = cfg[KERNEL_SIZE]
+    return ho * ho, cfg[COUT], cfg[CIN] * k * k  # type: ignore[return-value,operator]
+
+
 #: FLOPs per element of each activation (hswish: x * relu6(x + 3) / 6).
 _ACT_FLOPS = {RELU: 1, RELU6: 2, HSWISH: 4, HSIGMOID: 3, SIGMOID: 4, SWISH: 5, BN: 2, SOFTMAX: 5}
 

@@ -57,6 +57,23 @@ def test_default_extrapolates_beyond_training_latencies(data):
     assert latency_metrics(y_test[large], default.predict(X_test[large])).mape < 25
 
 
+def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
+    """Latency that follows 4 x 16 tiles: the base finds that shape, and the stored regressor keeps it."""
+    rng = np.random.default_rng(2)
+    configs = [dict(HW=int(rng.choice([3, 7, 14, 28])), CIN=int(rng.integers(8, 300)), COUT=int(rng.integers(1, 80)),
+                    KERNEL_SIZE=int(rng.choice([1, 3])), STRIDES=1) for _ in range(300)]
+    X = feature_matrix(KERNEL, configs)
+    m, n, k = (X[:, feature_names(KERNEL).index(c)] for c in ("GEMM_M", "GEMM_N", "GEMM_K"))
+    tiles = np.ceil(m / 4) * np.ceil(n / 16)
+    y = 0.002 + tiles * 64 * k * 1e-8 + tiles * 2e-6
+    regressor = make_regressor(DEFAULT_REGRESSOR, KERNEL).fit(X[:200], y[:200])
+    assert regressor.base_.tile == (4, 16)
+    stored = load_ensemble(save_ensemble(regressor.to_ensemble(), tmp_path / "conv.npz"))
+    assert stored.base.tile == (4, 16)
+    np.testing.assert_allclose(stored.predict(X[200:]), regressor.predict(X[200:]), rtol=1e-12)
+    assert latency_metrics(y[200:], stored.predict(X[200:])).acc5 >= 0.95
+
+
 @pytest.mark.parametrize("name", sorted(REGRESSORS))
 def test_tree_format_reproduces_scikit_learn_exactly(name, data, tmp_path):
     X_train, y_train, X_test, _ = data

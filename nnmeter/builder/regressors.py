@@ -4,8 +4,10 @@
   latency with nn-Meter's per-kernel settings for mobile CPUs (its
   ``predictor_lib`` table; kernels it has no entry for get its fallback).
 * ``gbt-cost-ratio``: gradient-boosted trees on ``log(latency / base)``, where
-  ``base`` is a non-negative linear cost model (fixed overhead + FLOPs + bytes
-  read + bytes written) fitted for relative error. The cost model carries the
+  ``base`` is a non-negative linear cost model (fixed overhead + work + bytes
+  read + bytes written) fitted for relative error; the work of a dense conv is
+  counted in whole GEMM tiles of the shape that fits the device best, other
+  kernels' in FLOPs. The cost model carries the
   scale, which trees extrapolate badly (a forest predicts at most its largest
   training latency); the trees learn the efficiency factor (tiling, cache
   effects), which varies far less; and squared error in log space is relative
@@ -29,8 +31,8 @@ from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 
-from nnmeter.predictor.features import feature_names, nnmeter_feature_columns
-from nnmeter.predictor.regressor_format import LinearBase, TreeEnsemble, from_sklearn
+from nnmeter.predictor.features import GEMM_FEATURES, feature_names, nnmeter_feature_columns
+from nnmeter.predictor.regressor_format import LinearBase, TreeEnsemble, from_sklearn, gemm_tile_terms
 
 #: Kernels faster than this are dominated by timer noise; metrics report them apart.
 FAST_KERNEL_MS = 0.05
@@ -59,7 +61,11 @@ NNMETER_RF_SETTINGS: dict[str, tuple[int, int, int | float]] = {
 NNMETER_RF_FALLBACK: tuple[int, int, int | float] = (50, 370, 1.0)
 NNMETER_RF_RANDOM_STATE = 10
 
-_COST_COLUMNS = ("FLOPS", "BYTES_READ", "BYTES_WRITTEN")
+_BYTES_COLUMNS = ("BYTES_READ", "BYTES_WRITTEN")
+_COST_COLUMNS = ("FLOPS", *_BYTES_COLUMNS)
+#: Tile shapes (output rows mr x output columns nr) CPU GEMM micro-kernels compute at once: 1-8 rows by 4-64
+#: columns, by SIMD width and register count. Which one a device runs is learned from its measurements.
+GEMM_TILES: tuple[tuple[int, int], ...] = tuple((mr, nr) for mr in range(1, 9) for nr in (4, 8, 16, 32, 64))
 
 
 def _check_training_data(X: Any, y: Any, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,17 +131,32 @@ class _CostRatioRegressor(KernelRegressor):
     """Trees on ``log(y / base(X))`` with ``base`` a non-negative linear cost model (see the module doc)."""
 
     def _fit_base(self, X: np.ndarray, y: np.ndarray) -> LinearBase:
-        """Least relative squared error ``sum(((c0 + X_cost @ c) / y - 1)^2)`` with ``c0, c >= 0``."""
+        """Least relative squared error ``sum((base(X) / y - 1)^2)`` with non-negative coefficients.
+
+        Terms: a fixed overhead, the bytes read and written, and the work: FLOPs, or for a
+        kernel that runs as a matrix product the multiply-adds and tiles counted in whole
+        tiles (:func:`gemm_tile_terms`), with the tile shape that fits best of :data:`GEMM_TILES`:
+        the device's micro-kernel is learned from its measurements, not assumed.
+        """
         names = feature_names(self.kernel)
-        columns = tuple(names.index(c) for c in _COST_COLUMNS if c in names)
-        design = np.column_stack([np.ones(len(y)), X[:, list(columns)]])
-        norm = np.maximum(np.abs(design).max(axis=0), 1e-300)  # unit columns: nnls is then well conditioned
-        coef, _ = nnls(design / norm / y[:, None], np.ones(len(y)))
-        coef = coef / norm
+        gemm = tuple(names.index(c) for c in GEMM_FEATURES) if GEMM_FEATURES[0] in names else ()
+        columns = tuple(names.index(c) for c in (_BYTES_COLUMNS if gemm else _COST_COLUMNS))
+        best: tuple[float, tuple[int, int], np.ndarray] | None = None
+        for tile in GEMM_TILES if gemm else [(1, 1)]:
+            work = gemm_tile_terms(X, gemm, tile) if gemm else np.zeros((len(y), 0))
+            design = np.column_stack([np.ones(len(y)), work, X[:, list(columns)]])
+            norm = np.maximum(np.abs(design).max(axis=0), 1e-300)  # unit columns: nnls is then well conditioned
+            coef = nnls(design / norm / y[:, None], np.ones(len(y)))[0] / norm
+            error = float(np.mean((design @ coef / y - 1) ** 2))
+            if best is None or error < best[0]:
+                best = (error, tile, coef)
+        _, tile, coef = best  # type: ignore[misc]
         if not np.any(coef[1:] > 0):  # no cost term helps: a constant base, the trees do the rest
-            coef = np.concatenate([[np.exp(np.mean(np.log(y)))], np.zeros(len(columns))])
-        return LinearBase(columns=columns, coef=tuple(float(c) for c in coef[1:]), intercept=float(coef[0]),
-                          floor=float(y.min()) * 1e-3)
+            coef = np.concatenate([[np.exp(np.mean(np.log(y)))], np.zeros(len(coef) - 1)])
+        n_work = 2 if gemm else 0
+        return LinearBase(columns=columns, coef=tuple(float(c) for c in coef[1 + n_work:]),
+                          intercept=float(coef[0]), floor=float(y.min()) * 1e-3, gemm_columns=gemm, tile=tile,
+                          tile_coef=(float(coef[1]), float(coef[2])) if gemm else (0.0, 0.0))
 
     def _targets(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         self.base_ = self._fit_base(X, y)

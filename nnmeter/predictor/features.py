@@ -11,7 +11,10 @@ bytes read and bytes written), and derived shape features:
   tile costs nearly a whole extra tile; trees cannot derive a ceiling from the
   raw count with few samples (on tflite-local conv-bn-relu, 5-fold +-10 %
   accuracy 73 % -> 84 %, dwconv-bn-relu 85 % -> 92 %);
-* the output size and logs of the costs.
+* the output size and logs of the costs;
+* for dense conv kernels, the shape of the matrix product they run as
+  (``GEMM_M``, ``GEMM_N``, ``GEMM_K``, see :func:`nnmeter.ops.gemm_shape`), from
+  which the regressors' cost model counts the work in whole tiles.
 
 nn-Meter's own features are the config plus FLOPs and params
 (:func:`nnmeter_feature_columns`), which its baseline regressor uses.
@@ -30,13 +33,15 @@ import numpy as np
 from nnmeter import ops
 
 #: Bump when the features of any kernel change meaning or order.
-FEATURE_SCHEMA_VERSION = 2
+FEATURE_SCHEMA_VERSION = 3
 
 _COST_FEATURES = ("FLOPS", "PARAMS", "BYTES_READ", "BYTES_WRITTEN")
 _MAX_CONCAT_INPUTS = ops.CONCAT_INPUTS_RANGE[1]
 #: Channel tile widths of SIMD kernels (SSE/NEON 4, AVX 8, AVX-512 16, and 32 for unrolled tiles).
 _CHANNEL_TILES = (4, 8, 16, 32)
 _STRIDE_KEYS = (ops.STRIDES, ops.POOL_STRIDES)
+#: Names of the GEMM view's columns, for the kernels that have one.
+GEMM_FEATURES = ("GEMM_M", "GEMM_N", "GEMM_K")
 
 
 def feature_names(kernel: str) -> tuple[str, ...]:
@@ -52,6 +57,8 @@ def feature_names(kernel: str) -> tuple[str, ...]:
     names += [f"{key}_PAD{tile}" for key in (ops.CIN, ops.COUT) if key in keys for tile in _CHANNEL_TILES]
     if any(key in keys for key in _STRIDE_KEYS):
         names += ["HW_OUT", "OUT_PIXELS"]
+    if ops.runs_as_gemm(kernel):
+        names += GEMM_FEATURES
     return tuple(names) + ("LOG_FLOPS", "LOG_BYTES")
 
 
@@ -82,6 +89,9 @@ def kernel_features(kernel: str, config: Mapping[str, object]) -> list[float]:
     if stride is not None:
         hw_out = ops.out_hw(int(cfg[ops.HW]), stride)  # type: ignore[arg-type]
         values += [float(hw_out), float(hw_out * hw_out)]
+    gemm = ops.gemm_shape(kernel, cfg)
+    if gemm is not None:
+        values += [float(v) for v in gemm]
     return values + [math.log1p(cost.flops), math.log1p(cost.bytes_moved)]
 
 

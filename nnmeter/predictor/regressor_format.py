@@ -6,7 +6,7 @@ gaps). A tree is just arrays; so a regressor file is an ``.npz`` archive of
 numeric arrays plus one JSON header, read with ``np.load(allow_pickle=False)``,
 and evaluated here with numpy alone (no scikit-learn import at prediction time).
 
-Format ``nnmeter-trees`` version 1 (all trees of the ensemble concatenated):
+Format ``nnmeter-trees`` version 2 (all trees of the ensemble concatenated):
 
 ==================  ========  =====================================================
 array               dtype     meaning
@@ -31,8 +31,13 @@ Prediction for a feature matrix ``X`` (one row per kernel config):
    (gradient boosting), ``raw = offset + sum_t(leaf_t) / n_trees`` for ``"mean"``
    (random forests, extra-trees);
 3. ``target == "log"``: ``y = base(X) * exp(raw)``; ``"identity"``: ``y = base(X) * raw``;
-   ``base(X) = max(intercept + X[:, columns] @ coef, floor)`` when ``base`` is a
-   mapping ``{columns, coef, intercept, floor}``, else 1.
+   ``base`` is 1 when the header's ``base`` is null, else a mapping ``{columns, coef,
+   intercept, floor, gemm_columns, tile, tile_coef}`` and
+   ``base(X) = max(intercept + X[:, columns] @ coef + T @ tile_coef, floor)``, where,
+   when ``gemm_columns`` names the columns ``m, n, k`` of a matrix product and ``tile``
+   is ``[mr, nr]``, ``tiles = ceil(m / mr) * ceil(n / nr)`` and ``T`` has the two columns
+   ``tiles * mr * nr * k`` (multiply-adds computed, padding included) and ``tiles``;
+   ``T`` is empty when ``gemm_columns`` is.
 
 The result is a latency in milliseconds.
 """
@@ -49,7 +54,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 FORMAT = "nnmeter-trees"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the base's GEMM tile terms
 AGGREGATIONS = ("mean", "sum")
 TARGETS = ("identity", "log")
 
@@ -70,19 +75,42 @@ class LinearBase:
     coef: tuple[float, ...]
     intercept: float
     floor: float
+    gemm_columns: tuple[int, ...] = ()  # the m, n, k columns of a matrix product; empty: no tile terms
+    tile: tuple[int, int] = (1, 1)  # mr, nr
+    tile_coef: tuple[float, float] = (0.0, 0.0)  # ms per multiply-add computed, ms per tile
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         cols = list(self.columns)
-        return np.maximum(self.intercept + X[:, cols] @ np.asarray(self.coef, dtype=np.float64), self.floor)
+        cost = self.intercept + X[:, cols] @ np.asarray(self.coef, dtype=np.float64)
+        if self.gemm_columns:
+            cost = cost + gemm_tile_terms(X, self.gemm_columns, self.tile) @ np.asarray(self.tile_coef)
+        return np.maximum(cost, self.floor)
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": list(self.columns), "coef": list(self.coef), "intercept": self.intercept,
-                "floor": self.floor}
+                "floor": self.floor, "gemm_columns": list(self.gemm_columns), "tile": list(self.tile),
+                "tile_coef": list(self.tile_coef)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LinearBase":
+        mr, nr = (int(v) for v in data["tile"])
+        a, b = (float(v) for v in data["tile_coef"])
         return cls(tuple(int(c) for c in data["columns"]), tuple(float(c) for c in data["coef"]),
-                   float(data["intercept"]), float(data["floor"]))
+                   float(data["intercept"]), float(data["floor"]),
+                   tuple(int(c) for c in data["gemm_columns"]), (mr, nr), (a, b))
+
+
+def gemm_tile_terms(X: np.ndarray, gemm_columns: Sequence[int], tile: tuple[int, int]) -> np.ndarray:
+    """Per row of ``X``: the multiply-adds a matrix product computes in whole ``mr x nr`` tiles, and the tiles.
+
+    A SIMD micro-kernel computes a whole tile of output rows and columns whatever
+    the product's shape, so the work counted in tiles, not in FLOPs, is what the
+    time follows (an ``N`` of 17 costs about what 32 does with 16-wide tiles).
+    """
+    m, n, k = (X[:, c] for c in gemm_columns)
+    mr, nr = tile
+    tiles = np.ceil(m / mr) * np.ceil(n / nr)
+    return np.column_stack([tiles * (mr * nr) * k, tiles])
 
 
 @dataclass(frozen=True)
