@@ -43,7 +43,7 @@ def test_every_key_has_a_comment_from_its_setting_doc() -> None:
         keys += 1
         assert lines[i - 1].strip().startswith("#"), f"no comment above {line!r}"
     assert keys > 30
-    assert "# rounds per model; the headline is the median over rounds (>= 1)" in text
+    assert "# rounds per model (the median over rounds is the typical speed) (>= 1)" in text
     assert "fusion threshold: fused when T1 + T2 - T12 > alpha * min(T1, T2)" in text
 
 

@@ -104,6 +104,8 @@ def test_protocol_key_ignores_batching_only():
     assert base.key() != MeasurementProtocol(rounds=41).key()
 
 
-def test_protocol_key_changes_with_the_cache_state_and_keeps_older_keys_for_warm():
+def test_protocol_key_changes_with_the_cache_state_and_statistic_and_keeps_older_keys():
     assert MeasurementProtocol(cache="evict-private").key() != MeasurementProtocol(cache="warm").key()
-    assert MeasurementProtocol(cache="warm").key() == "d19b399ba314"  # the key before the setting existed
+    assert MeasurementProtocol(statistic="min").key() != MeasurementProtocol(statistic="median").key()
+    # the key before the settings existed
+    assert MeasurementProtocol(cache="warm", statistic="median").key() == "d19b399ba314"

@@ -78,6 +78,28 @@ def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> 
         assert store.drift_factors("local:test", "tflite-local", "other-protocol") == {}
 
 
+def test_latency_is_the_protocols_statistic_anchors_included(tmp_path: Path) -> None:
+    """Under ``statistic: min`` a record's latency is its fastest invocation, and the anchors are read the same way."""
+    def runs(fastest: float, typical: float) -> LatencyStats:
+        return LatencyStats.from_rounds([[fastest, typical, typical]] + [[typical] * 3] * 4)
+
+    protocol = {"statistic": "min"}
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
+        store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
+        for batch, fastest in (("a", 0.10), ("b", 0.10), ("c", 0.20)):  # the typical speed is the same throughout
+            store.add_measurement(dataclasses.replace(measurement("anchor", batch=batch, protocol=protocol),
+                                                      stats=runs(fastest, 0.3)))
+        store.add_measurement(dataclasses.replace(measurement("k", batch="c", protocol=protocol), stats=runs(1.0, 4.0)))
+        assert store.drift_factors("local:test", "tflite-local", "p1")["c"] == pytest.approx(0.5)
+        [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
+        assert k.statistic == "min" and k.latency_ms == pytest.approx(0.5)
+        older = dataclasses.replace(measurement("k"), stats=runs(1.0, 4.0))  # no statistic recorded: the median
+        assert older.latency_ms == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="unknown statistic 'mean'"):
+        STATS.value("mean")
+
+
 def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         for mid in ("a", "b", "c"):

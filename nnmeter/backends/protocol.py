@@ -44,12 +44,16 @@ from typing import Callable, Protocol, Sequence
 from nnmeter.schema import setting
 
 
+#: What a measurement's latency can be (``MeasurementProtocol.statistic``), each a field ``<name>_ms`` of LatencyStats.
+STATISTICS = ("min", "median")
+
+
 @dataclass(frozen=True)
 class MeasurementProtocol:
     """How one model is measured; the ``protocol`` section of campaign.yaml."""
 
     warmup_runs: int = setting(5, "invocations before timing starts, per model", minimum=0)
-    rounds: int = setting(40, "rounds per model; the headline is the median over rounds", minimum=1)
+    rounds: int = setting(40, "rounds per model (the median over rounds is the typical speed)", minimum=1)
     runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1)
     min_round_ms: float = setting(2.0, "keep invoking within a round until this much time has passed, "
                                        "so that sub-millisecond kernels are not timer noise", minimum=0)
@@ -62,6 +66,11 @@ class MeasurementProtocol:
                                   "states alike instead of whichever lasted through a short batch", minimum=1)
     anchors: bool = setting(True, "measure three fixed drift-anchor kernels in every batch and scale each batch's "
                                   "latencies to the device's typical speed (the anchors' median over all batches)")
+    statistic: str = setting("min", "the statistic of a measurement that is its latency, for training, packaging "
+                                    "and evaluation alike: 'min' = the fastest invocation, the device's fast state; "
+                                    "'median' = the median over rounds, its typical state. Both repeat; 'min' "
+                                    "repeats better for models that stream weights from memory shared with other "
+                                    "tenants (docs/measurement.md)", choices=STATISTICS)
     cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
     clock: str = setting("auto", "how one invocation is timed: 'auto' = the CPU time of the invoking thread "
                                  "where the whole inference runs on it (tflite-local with 1 thread), so that "
@@ -78,8 +87,9 @@ class MeasurementProtocol:
     def key(self) -> str:
         """A short stable id of the settings that change the numbers (the store keys on it)."""
         significant = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s", "anchors")}
-        if significant["cache"] == "warm":  # added later: measurements taken before it keep their key
-            del significant["cache"]
+        for name, old_default in (("cache", "warm"), ("statistic", "median")):
+            if significant[name] == old_default:  # added later: measurements taken before it keep their key
+                del significant[name]
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -97,6 +107,12 @@ class LatencyStats:
     spread: float  # relative inter-quartile range of the round medians
     median_ci: float  # relative half-width of the 95 % CI of the median
     round_medians_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    def value(self, statistic: str) -> float:
+        """The statistic called ``statistic`` (one of :data:`STATISTICS`), in ms."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {statistic!r}; known: {', '.join(STATISTICS)}")
+        return getattr(self, f"{statistic}_ms")
 
     @classmethod
     def from_rounds(cls, rounds: Sequence[Sequence[float]]) -> "LatencyStats":

@@ -151,11 +151,16 @@ class MeasurementRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        """The headline (median over rounds) at the device's typical speed (times ``drift_factor``), when
-        the status carries one. ``stats`` keeps what was measured."""
+        """The protocol's statistic (``statistic``) at the device's typical speed (times ``drift_factor``),
+        when the status carries one. ``stats`` keeps what was measured."""
         if self.stats is None or not self.status.has_latency:
             return None
-        return self.stats.median_ms * self.drift_factor
+        return self.stats.value(self.statistic) * self.drift_factor
+
+    @property
+    def statistic(self) -> str:
+        """The protocol's ``statistic``; measurements taken before it was a setting used the median."""
+        return str(self.protocol.get("statistic", "median"))
 
     @classmethod
     def from_result(cls, result: MeasureResult, *, device: str, backend: str,
@@ -361,15 +366,18 @@ class Store:
 
     def drift_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
         """Per batch, how much faster than its typical speed the device ran then: for each anchor model,
-        its median latency over all batches divided by its latency in the batch; the factor is the
-        geometric mean of these over the batch's anchors. Batches without a measured anchor are absent."""
+        the median over all batches of its latency (the protocol's statistic) divided by its latency in the
+        batch; the factor is the geometric mean of these over the batch's anchors. Batches without a
+        measured anchor are absent."""
         readings: dict[str, dict[str, float]] = {}  # anchor model -> batch -> ms
         for r in self._db.execute("""
-                SELECT me.model_id, me.batch, me.stats FROM measurements me JOIN models mo ON mo.id = me.model_id
+                SELECT me.model_id, me.batch, me.stats, me.protocol FROM measurements me
+                JOIN models mo ON mo.id = me.model_id
                 WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
                   AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL""",
                 (device, backend, protocol_key, MeasureStatus.OK.value)):
-            ms = json.loads(r["stats"])["median_ms"]
+            statistic = json.loads(r["protocol"]).get("statistic", "median")  # one per protocol key
+            ms = json.loads(r["stats"])[f"{statistic}_ms"]
             if ms > 0:
                 readings.setdefault(r["model_id"], {})[r["batch"]] = ms
         logs: dict[str, list[float]] = {}
