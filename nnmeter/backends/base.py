@@ -106,7 +106,8 @@ class MeasureResult:
 
     @property
     def latency_ms(self) -> float | None:
-        """The headline (median over rounds) when the status carries one."""
+        """The median over rounds when the status carries one (what the rule tester and the benches compare;
+        the builder reads the protocol's statistic from the stored record, ``MeasurementRecord.latency_ms``)."""
         return self.stats.median_ms if self.stats is not None and self.status.has_latency else None
 
     @classmethod

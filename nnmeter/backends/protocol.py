@@ -5,8 +5,9 @@ states every few seconds. Repeatability depends on the number of rounds, not on
 runs per round (60 rounds of 3 runs repeated within +-10 % for every one of 60
 models here; 7 rounds of 10 runs for 65 %). So a measurement is many short
 rounds, interleaved round-robin across the models of a batch so that a slow
-period of the device hits all models alike; the headline is the median over
-the rounds' medians.
+period of the device hits all models alike. A measurement's latency is one
+statistic of it, the same for training and evaluation (``statistic``): the
+fastest invocation (the default) or the median over the rounds' medians.
 
 Why the invoking thread's CPU time (``clock: auto``) where the runtime allows it:
 the measuring core is not the model's alone (here 7 tenants share 2 cores). An
@@ -97,7 +98,7 @@ class MeasurementProtocol:
 class LatencyStats:
     """Statistics of one measurement, in milliseconds (cf. ``torch.utils.benchmark.Measurement``)."""
 
-    median_ms: float  # the headline: median over the rounds' medians
+    median_ms: float  # median over the rounds' medians
     mean_ms: float
     std_ms: float
     min_ms: float
