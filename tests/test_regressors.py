@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -72,6 +73,13 @@ def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
     assert stored.base.tile == (4, 16)
     np.testing.assert_allclose(stored.predict(X[200:]), regressor.predict(X[200:]), rtol=1e-12)
     assert latency_metrics(y[200:], stored.predict(X[200:])).acc5 >= 0.95
+    with np.load(tmp_path / "conv.npz") as arrays:  # a header whose tile would divide by zero
+        members = {name: arrays[name] for name in arrays.files if name != "header"}
+        header = json.loads(str(arrays["header"]))
+    header["base"]["tile"] = [0, 16]
+    np.savez(tmp_path / "bad-tile.npz", header=np.array(json.dumps(header)), **members)
+    with pytest.raises(RegressorFormatError, match="bad header.*tile"):
+        load_ensemble(tmp_path / "bad-tile.npz")
 
 
 @pytest.mark.parametrize("name", sorted(REGRESSORS))

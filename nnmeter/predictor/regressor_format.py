@@ -95,6 +95,8 @@ class LinearBase:
     def from_dict(cls, data: Mapping[str, Any]) -> "LinearBase":
         mr, nr = (int(v) for v in data["tile"])
         a, b = (float(v) for v in data["tile_coef"])
+        if mr < 1 or nr < 1 or len(data["gemm_columns"]) not in (0, 3):
+            raise ValueError(f"base: tile {[mr, nr]} or gemm_columns {data['gemm_columns']} is not valid")
         return cls(tuple(int(c) for c in data["columns"]), tuple(float(c) for c in data["coef"]),
                    float(data["intercept"]), float(data["floor"]),
                    tuple(int(c) for c in data["gemm_columns"]), (mr, nr), (a, b))
