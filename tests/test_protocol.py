@@ -20,6 +20,12 @@ def test_stats_from_rounds_use_round_medians():
     assert stats.round_medians_ms == (2.0, 5.0, 8.0)
 
 
+def test_a_zero_time_is_not_the_minimum():
+    """A CPU-time clock that did not advance reads 0; the fastest run is the fastest real one."""
+    stats = LatencyStats.from_rounds([[0.0011, 0.0, 0.0012], [0.0010, 0.0013, 0.0011]])
+    assert stats.min_ms == 0.0010 and stats.runs == 6
+
+
 def test_empty_rounds_are_skipped_and_none_is_an_error():
     assert LatencyStats.from_rounds([[], [2.0]]).rounds == 1
     with pytest.raises(ValueError):
