@@ -371,14 +371,12 @@ class Store:
         measured anchor are absent."""
         readings: dict[str, dict[str, float]] = {}  # anchor model -> batch -> ms
         for r in self._db.execute("""
-                SELECT me.model_id, me.batch, me.stats, me.protocol FROM measurements me
-                JOIN models mo ON mo.id = me.model_id
+                SELECT me.* FROM measurements me JOIN models mo ON mo.id = me.model_id
                 WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
                   AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL""",
                 (device, backend, protocol_key, MeasureStatus.OK.value)):
-            statistic = json.loads(r["protocol"]).get("statistic", "median")  # one per protocol key
-            ms = json.loads(r["stats"])[f"{statistic}_ms"]
-            if ms > 0:
+            ms = _measurement(r).latency_ms  # as measured: a fresh record's drift factor is 1
+            if ms is not None and ms > 0:
                 readings.setdefault(r["model_id"], {})[r["batch"]] = ms
         logs: dict[str, list[float]] = {}
         for by_batch in readings.values():
