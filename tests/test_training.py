@@ -22,7 +22,8 @@ def workspace(tmp_path_factory):
         tmp_path_factory.mktemp("train") / "ws",
         protocol={"rounds": 8, "warmup_runs": 2, "max_remeasures": 0},
         kernels={"kernels": [KERNEL], "init_samples": 30, "finegrained_samples": 3, "iterations": 1,
-                 "max_refined_points": 3, "min_train_samples": 10, "validation_fraction": 0.25})
+                 "max_refined_points": 3, "target_accuracy": 1.0, "min_train_samples": 10,
+                 "validation_fraction": 0.25})
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,23 @@ def test_held_out_split_is_stable_and_near_its_fraction():
 def test_bad_kernel_name_is_refused(workspace, capsys):
     assert main(["train", str(workspace), "--kernel", "convv"]) == 2
     assert "'convv' is not a kernel" in capsys.readouterr().err
+
+
+def _noisy_fc_latencies(configs, _what, calls=[]):
+    """fc latency proportional to its weights, times a seeded +-15 % noise: always some large errors to refine."""
+    calls.append(len(configs))
+    rng = np.random.default_rng(len(calls))
+    return [Sample(c, (0.002 + c["CIN"] * c["COUT"] * 2e-7) * rng.uniform(0.85, 1.15)) for c in configs]
+
+
+@pytest.mark.parametrize("target, rounds", [(0.5, [0]), (1.0, [0, 1, 2])])
+def test_adaptive_rounds_stop_once_the_target_accuracy_is_reached(target, rounds):
+    settings = KernelTrainingSettings(kernels=[KERNEL], init_samples=80, iterations=2, finegrained_samples=2,
+                                      max_refined_points=5, target_accuracy=target)
+    outcome = adaptive_training(KERNEL, settings, _noisy_fc_latencies)
+    assert [r.round for r in outcome.rounds] == rounds
+    assert outcome.rounds[0].validation.acc10 >= 0.5  # the prior alone meets the lower target
+    if len(rounds) > 1:
+        assert outcome.samples > outcome.rounds[0].samples  # the refinement rounds measured more
+    else:
+        assert outcome.samples == outcome.rounds[0].samples

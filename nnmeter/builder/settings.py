@@ -17,17 +17,20 @@ class KernelTrainingSettings:
                                  choices=tuple(ops.KERNELS))
     init_samples: int = setting(500, "configurations drawn from the prior per kernel before adaptive rounds",
                                 minimum=1)
-    finegrained_samples: int = setting(20, "configurations added around each point whose error is above "
+    finegrained_samples: int = setting(10, "configurations added around each point whose error is above "
                                            "error_threshold, per adaptive round", minimum=0)
-    iterations: int = setting(3, "adaptive sampling rounds", minimum=0)
+    iterations: int = setting(2, "adaptive sampling rounds (at most; see target_accuracy)", minimum=0)
     error_threshold: float = setting(0.1, "relative error above which a training point gets more samples "
                                           "around it (judged on out-of-fold predictions)", minimum=0.0)
     noise_floor_ms: float = setting(0.001, "an error smaller than this many ms never counts as large: it is "
                                            "near the timer's resolution and nothing in a whole model's latency",
                                     minimum=0.0)
-    max_refined_points: int = setting(50, "at most this many large-error points get fine-grained samples per "
+    max_refined_points: int = setting(15, "at most this many large-error points get fine-grained samples per "
                                           "round (the worst first), so one round costs at most "
                                           "max_refined_points * finegrained_samples measurements", minimum=1)
+    target_accuracy: float = setting(0.95, "stop the adaptive rounds of a kernel once this share of its held-out "
+                                           "configs is predicted within +-10 % (1: run every round)",
+                                     minimum=0.0, maximum=1.0)
     regressor: str = setting("gbt-cost-ratio", "regressor per kernel: gbt-cost-ratio (gradient-boosted trees on "
                                                "log latency over a linear cost model, the default), "
                                                "et-cost-ratio (extra-trees, same target), nn-meter-rf "

@@ -14,7 +14,9 @@ Per kernel (:func:`adaptive_training`):
    and then trains near them, which makes its test score optimistic;
 6. draw ``finegrained_samples`` configs around each of the worst
    ``max_refined_points`` of them (nn-Meter's rule: channels in [0.4 c, 1.2 c]);
-   measure them, and go back to 4 for ``iterations`` rounds;
+   measure them, and go back to 4 for ``iterations`` rounds, or until the
+   held-out +-10 % accuracy reaches ``target_accuracy`` (easy kernels -- relu,
+   add, ... -- stop after the prior sample and spend no refinement budget);
 7. fit the final regressor on every sample (the held-out score is that of the
    model trained without them; more data can only help the packaged one).
 
@@ -64,7 +66,7 @@ class TrainingError(NnmeterError):
 
 @dataclass(frozen=True)
 class Sample:
-    """A kernel config and its measured median latency (None when measuring or converting it failed)."""
+    """A kernel config and its measured latency (None when measuring or converting it failed)."""
 
     config: Mapping[str, Any]
     latency_ms: float | None
@@ -183,7 +185,8 @@ def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: Me
         rounds.append(score)
         if on_round is not None:
             on_round(score)
-        if round_ == settings.iterations or settings.finegrained_samples == 0:
+        reached = settings.target_accuracy < 1 and scores.acc10 >= settings.target_accuracy
+        if round_ == settings.iterations or settings.finegrained_samples == 0 or reached:
             break
         if round_ < len(refinements):
             planned = refinements[round_]
