@@ -48,11 +48,16 @@ def test_loop_trains_a_regressor_from_real_measurements(first_run, workspace):
     assert result.metrics["n"] == result.validation_samples
     assert 0 < result.metrics["rmspe"] < 100  # the regressor learned something about real latencies
     assert (workspace / result.file).is_file()
+    # measured kernel models are deleted (kernels.keep_models: false); the store keeps their records
+    assert not list((workspace / "models" / "kernel").rglob("*.tflite"))
+    with Workspace.open(workspace) as ws:
+        assert len(ws.store.models(kind="kernel")) == result.samples
 
 
 def test_second_run_resumes_without_measuring_again(first_run, workspace):
     _, (before,), measurements = first_run
     assert main(["train", str(workspace), "--kernel", KERNEL]) == 0
+    assert not list((workspace / "models" / "kernel").rglob("*.tflite"))  # nor converting again
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
         assert sum(s.measurements for s in ws.store.summary().setups) == measurements

@@ -79,6 +79,12 @@ def anchor_specs() -> list[ModelSpec]:
             for kernel, config in ANCHOR_KERNELS]
 
 
+def spec_model_id(backend: Backend, spec: ModelSpec) -> str:
+    """The store id the model of ``spec`` has (or will have) for ``backend``'s model format."""
+    fmt = backend.model_format
+    return model_id(spec.kind, spec.name, spec.config, fmt, converter_version(fmt))
+
+
 def prepare_models(workspace: Workspace, backend: Backend, specs: Sequence[ModelSpec], workers: int | None = None,
                    progress: ProgressCallback | None = None) -> list[PreparedModel]:
     """One :class:`PreparedModel` per spec, in order: reused from the store, or built and converted now.
@@ -93,8 +99,7 @@ def prepare_models_in(store: Store, root: Path, backend: Backend, specs: Sequenc
     """:func:`prepare_models` for the workspace whose store is ``store`` and whose folder is ``root``."""
     root = Path(root)
     fmt = backend.model_format
-    version = converter_version(fmt)
-    ids = [model_id(s.kind, s.name, s.config, fmt, version) for s in specs]
+    ids = [spec_model_id(backend, s) for s in specs]
     done: dict[str, PreparedModel] = {}
     jobs: dict[str, ConversionJob] = {}
     for spec, mid in zip(specs, ids):

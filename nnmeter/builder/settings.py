@@ -41,6 +41,9 @@ class KernelTrainingSettings:
                                          minimum=0.05, maximum=0.9)
     min_train_samples: int = setting(20, "fewest measured training samples a kernel needs to be trained",
                                      minimum=2)
+    keep_models: bool = setting(False, "keep each converted kernel model once it is measured (a default "
+                                       "campaign's take tens of GB); without, a model needed again (another "
+                                       "protocol, another device) is rebuilt from its config")
     seed: int = setting(0, "random seed of sampling and training", minimum=0)
 
 

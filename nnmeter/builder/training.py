@@ -298,30 +298,48 @@ def workspace_measure(ws: "Workspace", backend: "Backend", kernel: str, workers:
     Without ``progress`` (a :class:`_Progress` with a task for ``kernel``), one rich bar per step.
     """
     from nnmeter.builder.measuring import measure_models
-    from nnmeter.builder.models import kernel_spec, prepare_models
+    from nnmeter.builder.models import kernel_spec, prepare_models, spec_model_id
 
     protocol = ws.campaign.protocol
+    keep_files = ws.campaign.kernels.keep_models
     progress = progress or _Progress(None, [kernel], bars=False)
 
     def measure(configs: Sequence[Mapping[str, Any]], what: str) -> list[Sample]:
-        progress.phase(kernel, f"converting {what}", len(configs))
-        prepared = prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs], workers,
-                                  progress=progress.callback(kernel))
-        ready = [p.record for p in prepared if p.ok]
-        progress.phase(kernel, f"measuring {what}", len(ready))
-        measured = measure_models(ws.store, backend, ready, protocol, workspace_root=ws.root,
-                                  progress=progress.callback(kernel)) if ready else []
+        specs = [kernel_spec(kernel, c) for c in configs]
+        ids = [spec_model_id(backend, s) for s in specs]
+        # measured models are not built again: their files may be gone (keep_models), their records are not
+        done = ws.store.measured_ids(backend.device_info.device, backend.name, protocol.key()) & set(ids)
+        todo = [s for s, i in zip(specs, ids) if i not in done]
+        progress.phase(kernel, f"converting {what}", len(todo))
+        prepared = {p.id: p for p in prepare_models(ws, backend, todo, workers, progress=progress.callback(kernel))}
+        records = {i: ws.store.get_model(i) for i in done}
+        records.update((i, p.record) for i, p in prepared.items() if p.ok)
+        progress.phase(kernel, f"measuring {what}", len(records) - len(done))
+        measured = measure_models(ws.store, backend, list(records.values()), protocol, workspace_root=ws.root,
+                                  progress=progress.callback(kernel)) if records else []
         by_id = {m.model_id: m for m in measured}
+        if not keep_files:
+            _remove_measured_files(ws, backend, [records[m.model_id] for m in measured
+                                                 if m.model_id not in done and m.latency_ms is not None])
         samples = []
-        for config, p in zip(configs, prepared):
-            m = by_id.get(p.id)
+        for config, mid in zip(configs, ids):
+            m = by_id.get(mid)
             if m is None:
-                samples.append(Sample(config, None, 0.0, p.error or "not converted"))
+                samples.append(Sample(config, None, 0.0, prepared[mid].error or "not converted"))
             else:
                 samples.append(Sample(config, m.latency_ms, m.device_seconds, m.error))
         return samples
 
     return measure
+
+
+def _remove_measured_files(ws: "Workspace", backend: "Backend", records: Sequence[Any]) -> None:
+    """Delete the converted files of measured kernel models; the store keeps their records and measurements,
+    and :func:`~nnmeter.builder.models.prepare_models` rebuilds a file from its config if it is needed again."""
+    for record in records:
+        path = record.path(backend.model_format, ws.root)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = None, *, init: int | None = None,
