@@ -52,6 +52,7 @@ from nnmeter.predictor.regressor_format import save_ensemble
 
 if TYPE_CHECKING:
     from nnmeter.backends.base import Backend
+    from nnmeter.builder.store import ModelRecord
     from nnmeter.builder.workspace import Workspace
 
 #: Folder of a workspace's predictor/ that holds the trained regressors until they are packaged.
@@ -333,7 +334,7 @@ def workspace_measure(ws: "Workspace", backend: "Backend", kernel: str, workers:
     return measure
 
 
-def _remove_measured_files(ws: "Workspace", backend: "Backend", records: Sequence[Any]) -> None:
+def _remove_measured_files(ws: "Workspace", backend: "Backend", records: Sequence["ModelRecord"]) -> None:
     """Delete the converted files of measured kernel models; the store keeps their records and measurements,
     and :func:`~nnmeter.builder.models.prepare_models` rebuilds a file from its config if it is needed again."""
     for record in records:
