@@ -61,7 +61,17 @@ def test_second_run_resumes_without_measuring_again(first_run, workspace):
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
         assert sum(s.measurements for s in ws.store.summary().setups) == measurements
-    assert after.samples == before.samples and after.metrics == before.metrics
+    assert after == before  # the finished kernel is not trained again: same file, same scores
+
+
+def test_other_settings_train_the_kernel_again(first_run, workspace):
+    _, (before,), measurements = first_run
+    assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
+    with Workspace.open(workspace) as ws:
+        _, (after,) = trained_kernels(ws)
+        assert sum(s.measurements for s in ws.store.summary().setups) == measurements  # from the store
+    assert after.trained_at > before.trained_at and after.settings["iterations"] == 0
+    assert [r["round"] for r in after.rounds] == [0]
 
 
 def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, monkeypatch):

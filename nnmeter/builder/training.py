@@ -271,13 +271,15 @@ class KernelResult:
     sha256: str
     feature_schema_version: int
     trained_at: float
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the kernels settings it was trained with
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "KernelResult":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        """From :meth:`to_dict`; a result stored before a field existed gets the field's default."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def setup_key(device: str, backend: str, protocol_key: str) -> str:
@@ -384,6 +386,11 @@ def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = Non
 def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: KernelTrainingSettings, setup: str,
                progress: "_Progress", workers: int | None) -> KernelResult:
     store = ws.store
+    stored = store.get_state(state_key("result", setup, kernel))
+    finished = None if stored is None else KernelResult.from_dict(stored)
+    if finished is not None and _up_to_date(ws, finished, settings):  # a resumed run does not train it again
+        progress.done(kernel, finished)
+        return finished
     plan_key = state_key("plan", setup, kernel)
     plan = store.get_state(plan_key, {})
     same_plan = plan.get("settings") == _plan_settings(settings)
@@ -404,11 +411,25 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
         device_seconds=outcome.device_seconds, metrics=outcome.validation.to_dict(),
         rounds=tuple({"round": r.round, "samples": r.samples, **r.validation.to_dict()} for r in outcome.rounds),
         file=path.relative_to(ws.root).as_posix(), sha256=sha256_file(path),
-        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(),
+        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(), settings=_result_settings(settings),
     )
     store.set_state(state_key("result", setup, kernel), result.to_dict())
     progress.done(kernel, result)
     return result
+
+
+def _result_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
+    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")}
+
+
+def _up_to_date(ws: "Workspace", result: KernelResult, settings: KernelTrainingSettings) -> bool:
+    """Whether ``result`` was trained with these settings and feature schema, and its file is intact."""
+    from nnmeter.predictor.artifact import sha256_file
+
+    path = ws.root / result.file
+    return (result.settings == _result_settings(settings) and result.feature_schema_version == FEATURE_SCHEMA_VERSION
+            and path.is_file() and sha256_file(path) == result.sha256)
 
 
 def _plan_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
