@@ -114,6 +114,8 @@ def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
         assert store.measured_ids("local:test", "tflite-local", "p1") == {"a", "c"}
         assert store.measured_ids("local:test", "tflite-local", "p2") == {"c"}
         assert store.measured_ids("other", "tflite-local", "p1") == set()
+        assert store.measured_ids("local:test", "tflite-local", "p1", kind="kernel", name="fc") == {"a", "c"}
+        assert store.measured_ids("local:test", "tflite-local", "p1", kind="kernel", name="conv") == set()
         latest = store.latest_measurements("local:test", "tflite-local", "p1")
         assert [(m.id, r.status.value) for m, r in latest] == [("a", "ok"), ("b", "crash"), ("c", "unstable")]
         ok = store.latest_measurements("local:test", "tflite-local", "p1", statuses=["ok"])

@@ -385,10 +385,13 @@ class Store:
                 logs.setdefault(batch, []).append(typical - math.log(ms))
         return {batch: math.exp(statistics.fmean(values)) for batch, values in logs.items()}
 
-    def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "") -> set[str]:
-        """Models whose newest measurement under this device/backend/protocol and series has a latency."""
+    def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "", kind: str | None = None,
+                     name: str | None = None) -> set[str]:
+        """Models (of ``kind`` and ``name``, if given) whose newest measurement under this device/backend/protocol
+        and series has a latency."""
         return {m.model_id for _, m in self.latest_measurements(
-            device, backend, protocol_key, statuses=[s for s in MeasureStatus if s.has_latency], series=series)}
+            device, backend, protocol_key, kind=kind, name=name, statuses=[s for s in MeasureStatus if s.has_latency],
+            series=series)}
 
     def summary(self) -> StoreSummary:
         models = {r["kind"]: r["n"] for r in self._db.execute(

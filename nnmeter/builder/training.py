@@ -311,7 +311,8 @@ def workspace_measure(ws: "Workspace", backend: "Backend", kernel: str, workers:
         specs = [kernel_spec(kernel, c) for c in configs]
         ids = [spec_model_id(backend, s) for s in specs]
         # measured models are not built again: their files may be gone (keep_models), their records are not
-        done = ws.store.measured_ids(backend.device_info.device, backend.name, protocol.key()) & set(ids)
+        done = ws.store.measured_ids(backend.device_info.device, backend.name, protocol.key(), kind="kernel",
+                                     name=kernel) & set(ids)
         todo = [s for s, i in zip(specs, ids) if i not in done]
         progress.phase(kernel, f"converting {what}", len(todo))
         prepared = {p.id: p for p in prepare_models(ws, backend, todo, workers, progress=progress.callback(kernel))}
