@@ -168,6 +168,23 @@ def kernel_type(name: str) -> KernelType:
         raise ValueError(f"{name!r} is not a kernel; known: {', '.join(KERNELS)}") from None
 
 
+def kernel_family(name: str) -> tuple[str, ...]:
+    """The kernels that run the same main op on the same config and inputs as ``name`` (itself included), in
+    :data:`KERNELS` order: ``conv-bn-relu``'s family is every ``conv-*`` kernel. They differ only in what
+    follows the main op, so one family's measurements inform each other's regressors."""
+    ktype = kernel_type(name)
+    return tuple(k.name for k in _KERNEL_LIST
+                 if (k.ops[0], k.keys, k.inputs) == (ktype.ops[0], ktype.keys, ktype.inputs))
+
+
+def family_tail_ops(name: str) -> tuple[str, ...]:
+    """The ops that follow the main op in any kernel of ``name``'s family, in :data:`OPS` order (none for a
+    kernel alone in its family)."""
+    family = kernel_family(name)
+    tails = {op for k in family for op in KERNELS[k].ops[1:]} if len(family) > 1 else set()
+    return tuple(op for op in OPS if op in tails)
+
+
 def check_op(name: str) -> str:
     """``name`` if it is an op of the vocabulary; a clear error listing the valid names otherwise."""
     if name not in OPS:

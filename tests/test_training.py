@@ -9,7 +9,7 @@ from nnmeter.builder.settings import KernelTrainingSettings
 from nnmeter.builder.training import Sample, TrainingError, adaptive_training, held_out, trained_kernels
 from nnmeter.builder.workspace import Workspace
 from nnmeter.cli import main
-from nnmeter.predictor.artifact import load_artifact
+from nnmeter.predictor.artifact import load_artifact, sha256_file
 from nnmeter.predictor.features import feature_matrix
 from conftest import make_workspace
 
@@ -153,3 +153,49 @@ def test_adaptive_rounds_stop_once_the_target_accuracy_is_reached(target, rounds
         assert outcome.samples > outcome.rounds[0].samples  # the refinement rounds measured more
     else:
         assert outcome.samples == outcome.rounds[0].samples
+
+
+def test_pooled_fit_learns_from_the_family_and_scores_on_the_kernels_own_held_out_configs():
+    """conv-bn (60 own samples) with two siblings (400 each) slower by a constant factor: the WITH_<op> columns
+    let the pooled regressor keep the members apart; the siblings' copies of conv-bn's held-out configs, 10x
+    off, are left out of the fit that is scored (else the held-out predictions would be pulled up)."""
+    from nnmeter.builder.training import pooled_fit, prior_configs
+    from nnmeter.kernel_gen.samplers import sample_configs
+    from conftest import synthetic_latency
+
+    kernel, factors = "conv-bn", {"conv-bn": 1.0, "conv-bn-relu": 1.5, "conv-hswish": 2.0}
+    settings = KernelTrainingSettings(kernels=list(factors), init_samples=60, iterations=0, min_train_samples=20)
+
+    def samples(member, configs, scale=1.0):
+        y = synthetic_latency(member, feature_matrix(member, configs)) * factors[member] * scale
+        return [Sample(c, float(v)) for c, v in zip(configs, y)]
+
+    own = samples(kernel, prior_configs(kernel, settings))
+    held = [s.config for s in own if held_out(s.config, settings.validation_fraction, settings.seed)]
+    assert held
+    family = {kernel: own}
+    for seed, member in enumerate(("conv-bn-relu", "conv-hswish"), start=1):
+        family[member] = samples(member, sample_configs(member, 400, "prior", seed=seed)) + samples(member, held, 10)
+    regressor, scores = pooled_fit(kernel, family, settings)
+    assert scores.n == len(held) and scores.acc10 >= 0.9
+    X = feature_matrix(kernel, held)
+    assert np.allclose(regressor.predict(X), synthetic_latency(kernel, X), rtol=0.3)  # conv-bn's, not a sibling's
+
+
+def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
+    """add and addrelu (one family): after the loop each regressor is fitted on both kernels' measurements, and a
+    second run fits nothing again."""
+    root = make_workspace(tmp_path / "ws", protocol={"rounds": 6, "warmup_runs": 2, "max_remeasures": 0},
+                          kernels={"kernels": ["add", "addrelu"], "init_samples": 24, "iterations": 0,
+                                   "min_train_samples": 10, "validation_fraction": 0.25})
+    assert main(["train", str(root)]) == 0
+    with Workspace.open(root) as ws:
+        _, results = trained_kernels(ws)
+    assert {r.kernel: dict(r.pooled_with) for r in results} == {
+        "add": {"add": 24, "addrelu": 24}, "addrelu": {"add": 24, "addrelu": 24}}
+    for r in results:
+        assert r.metrics["n"] == r.validation_samples and 0 < r.metrics["rmspe"] < 100
+        assert sha256_file(root / r.file) == r.sha256  # the file on disk is the pooled fit
+    assert main(["train", str(root)]) == 0
+    with Workspace.open(root) as ws:
+        assert trained_kernels(ws)[1] == results

@@ -87,6 +87,9 @@ class KernelRegressor(RegressorMixin, BaseEstimator):
 
     #: registry name, written into artifacts
     name = ""
+    #: whether its features tell a family's kernels apart (the WITH_<op> columns), so that it can be fitted on
+    #: the whole family's measurements
+    family_aware = True
 
     def __init__(self, kernel: str) -> None:
         self.kernel = kernel
@@ -102,6 +105,7 @@ class NnMeterForest(KernelRegressor):
     """nn-Meter's regressor: a random forest on the raw latency with its per-kernel settings and features."""
 
     name = "nn-meter-rf"
+    family_aware = False  # nn-Meter's features are the config, FLOPs and params: one kernel's
 
     def __init__(self, kernel: str, random_state: int = NNMETER_RF_RANDOM_STATE) -> None:
         self.kernel = kernel
@@ -247,12 +251,17 @@ DEFAULT_REGRESSOR = CostRatioBoosting.name
 BASELINE_REGRESSOR = NnMeterForest.name
 
 
-def make_regressor(name: str, kernel: str, random_state: int | None = None) -> KernelRegressor:
-    """A fresh regressor called ``name`` for ``kernel``; a clear error naming the valid names otherwise."""
+def regressor_class(name: str) -> type[KernelRegressor]:
+    """The regressor class called ``name``; a clear error naming the valid names otherwise."""
     try:
-        cls = REGRESSORS[name]
+        return REGRESSORS[name]
     except KeyError:
         raise ValueError(f"{name!r} is not a regressor; known: {', '.join(REGRESSORS)}") from None
+
+
+def make_regressor(name: str, kernel: str, random_state: int | None = None) -> KernelRegressor:
+    """A fresh regressor called ``name`` for ``kernel``; a clear error naming the valid names otherwise."""
+    cls = regressor_class(name)
     feature_names(kernel)  # validates the kernel name
     return cls(kernel) if random_state is None else cls(kernel, random_state=random_state)
 

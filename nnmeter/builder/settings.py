@@ -36,6 +36,11 @@ class KernelTrainingSettings:
                                                "et-cost-ratio (extra-trees, same target), nn-meter-rf "
                                                "(nn-Meter's random forest, the baseline)",
                              choices=("gbt-cost-ratio", "et-cost-ratio", "nn-meter-rf"))
+    pool_family: bool = setting(True, "fit each kernel's packaged regressor on its whole family's measurements "
+                                      "(kernels with the same main op and config: conv-*, dwconv-*, add/addrelu, "
+                                      "bn/bnrelu), told apart by WITH_<op> features, and score it on the kernel's "
+                                      "own held-out configs; nn-meter-rf, the baseline, always trains on its kernel "
+                                      "alone, as nn-Meter does")
     validation_fraction: float = setting(0.2, "share of the prior samples held out to score the regressor "
                                               "(never trained on, never used to choose samples)",
                                          minimum=0.05, maximum=0.9)

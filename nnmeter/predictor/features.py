@@ -14,7 +14,12 @@ bytes read and bytes written), and derived shape features:
 * the output size and logs of the costs;
 * for dense conv kernels, the shape of the matrix product they run as
   (``GEMM_M``, ``GEMM_N``, ``GEMM_K``, see :func:`nnmeter.ops.gemm_shape`), from
-  which the regressors' cost model counts the work in whole tiles.
+  which the regressors' cost model counts the work in whole tiles;
+* for a kernel with a family (:func:`nnmeter.ops.kernel_family`: ``conv-*``,
+  ``dwconv-*``, ``add``/``addrelu``, ``bn``/``bnrelu``), a 0/1 column per op
+  that follows the main op in any of them (``WITH_BN``, ``WITH_RELU``, ...):
+  constant within one kernel, they let one regressor be trained on the whole
+  family's measurements and still tell its members apart.
 
 nn-Meter's own features are the config plus FLOPs and params
 (:func:`nnmeter_feature_columns`), which its baseline regressor uses.
@@ -33,7 +38,7 @@ import numpy as np
 from nnmeter import ops
 
 #: Bump when the features of any kernel change meaning or order.
-FEATURE_SCHEMA_VERSION = 3
+FEATURE_SCHEMA_VERSION = 4
 
 _COST_FEATURES = ("FLOPS", "PARAMS", "BYTES_READ", "BYTES_WRITTEN")
 _MAX_CONCAT_INPUTS = ops.CONCAT_INPUTS_RANGE[1]
@@ -59,7 +64,12 @@ def feature_names(kernel: str) -> tuple[str, ...]:
         names += ["HW_OUT", "OUT_PIXELS"]
     if ops.runs_as_gemm(kernel):
         names += GEMM_FEATURES
+    names += [_with_column(op) for op in ops.family_tail_ops(kernel)]
     return tuple(names) + ("LOG_FLOPS", "LOG_BYTES")
+
+
+def _with_column(op: str) -> str:
+    return "WITH_" + op.upper().replace("-", "_")
 
 
 def nnmeter_feature_columns(kernel: str) -> tuple[int, ...]:
@@ -92,6 +102,8 @@ def kernel_features(kernel: str, config: Mapping[str, object]) -> list[float]:
     gemm = ops.gemm_shape(kernel, cfg)
     if gemm is not None:
         values += [float(v) for v in gemm]
+    tail = ops.kernel_type(kernel).ops[1:]
+    values += [float(op in tail) for op in ops.family_tail_ops(kernel)]
     return values + [math.log1p(cost.flops), math.log1p(cost.bytes_moved)]
 
 
