@@ -358,8 +358,8 @@ class _NoFusion:
         return float(getattr(self._artifact, "invoke_overhead_ms", 0.0))
 
     @property
-    def memory_correction(self) -> Any:
-        return getattr(self._artifact, "memory_correction", None)
+    def model_correction(self) -> Any:
+        return getattr(self._artifact, "model_correction", None)
 
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray:
         return self._artifact.predict(kernel, X)

@@ -5,16 +5,17 @@ Reads what :mod:`nnmeter.builder.training` recorded for the latest training setu
 recorded when it was trained, and writes the folder of
 :mod:`nnmeter.predictor.artifact` (by default ``ws/predictor``).
 The device is connected once for two calibrations: the fixed cost of an invocation
-(:func:`invoke_overhead_ms`), then the whole-model memory term
-(:func:`calibrate_memory`): a few calibration models, drawn from the NAS-style
+(:func:`invoke_overhead_ms`), then the whole-model correction
+(:func:`calibrate_model_correction`): a few calibration models, drawn from the NAS-style
 families with a seed of their own (never the evaluation set), are measured whole and
 as the sum of their kernels measured standalone (the kernels the packaged fusion
-rules detect; the invoke overhead paid once), and
-``extra_ms = ms_per_mb * max(0, weight_MB - threshold_MB)`` is fitted on the relative
-difference (:func:`fit_memory_correction`). Measured kernels, not the regressors'
-predictions: the term is the device's non-additivity, not the regressors' errors on
+rules detect; the invoke overhead paid once), and the correction that predicts the
+first from the second best -- none, a factor on the kernels, or a term on the weight
+bytes above a threshold, chosen by leave-one-out error -- is fitted on relative error
+(:func:`fit_model_correction`). Measured kernels, not the regressors'
+predictions: the correction is the device's non-additivity, not the regressors' errors on
 these few models. When the device cannot be reached, the
-artifact records an overhead of 0 and no memory correction, and the result says so.
+artifact records an overhead of 0 and no model correction, and the result says so.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from nnmeter.builder.training import trained_kernels
 from nnmeter.errors import NnmeterError
-from nnmeter.predictor.artifact import KernelPayload, MemoryCorrection, sha256_file, write_artifact
+from nnmeter.predictor.artifact import KernelPayload, ModelCorrection, sha256_file, write_artifact
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
 from nnmeter.predictor.regressor_format import load_ensemble
 from nnmeter.predictor.rules import FusionRules, default_rules, load_rules
@@ -48,18 +49,19 @@ class PackageResult:
     skipped: tuple[str, ...]  # campaign kernels without a trained regressor
     invoke_overhead_ms: float = 0.0
     overhead_error: str = ""  # why the overhead could not be measured (then it is 0)
-    memory_correction: MemoryCorrection | None = None
-    memory_error: str = ""  # why the memory correction could not be fitted (then there is none)
+    model_correction: ModelCorrection | None = None
+    correction_error: str = ""  # why the model correction could not be fitted (then there is none)
 
     def calibration_summary(self) -> str:
         """The device calibrations the artifact holds, or why one is missing, in one line."""
         overhead = (f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us" if not self.overhead_error
                     else f"invoke overhead not measured ({self.overhead_error})")
-        mc = self.memory_correction
-        memory = (f"memory correction {1000 * mc.ms_per_mb:.1f} us/MB of weights above {mc.threshold_mb:.1f} MB "
-                  f"(fitted on {mc.fitted_on} models, residual {100 * mc.residual:.1f} %)" if mc is not None
-                  else f"no memory correction ({self.memory_error})")
-        return f"{overhead}; {memory}"
+        mc = self.model_correction
+        correction = (f"model correction: kernels x {mc.scale:.3f} + {1000 * mc.ms_per_mb:.1f} us/MB of weights "
+                      f"above {mc.threshold_mb:.1f} MB (fitted on {mc.fitted_on} models, residual "
+                      f"{100 * mc.residual:.1f} %)" if mc is not None
+                      else f"no model correction ({self.correction_error})")
+        return f"{overhead}; {correction}"
 
 
 def default_artifact_dir(ws: "Workspace") -> Path:
@@ -88,7 +90,7 @@ def invoke_overhead_ms(ws: "Workspace", backend: Any) -> float:
     return record.latency_ms
 
 
-#: The calibration models of the memory correction: NAS-style models drawn with a seed of their own, so
+#: The calibration models of the model correction: NAS-style models drawn with a seed of their own, so
 #: never the evaluation set's; 0.6-14 MB of weights at small resolutions, each measured in well under a second.
 CALIBRATION_FAMILIES = ("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception")
 CALIBRATION_PER_FAMILY = 4
@@ -98,16 +100,40 @@ CALIBRATION_SEED = 7919
 MIN_CALIBRATION_MODELS = 4
 
 
-def fit_memory_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
-                          kernel_sum_ms: Sequence[float]) -> MemoryCorrection:
-    """``extra_ms = c * max(0, weight_mb - t)`` fitted on the relative error of ``kernel_sum_ms + extra_ms``
-    against ``whole_ms`` (the models measured whole): for each candidate threshold (0 and every model's weight
-    size) the least-squares ``c`` (clamped at 0: this cause never makes a model faster than its kernels), keeping
-    the best pair."""
+def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
+                         kernel_sum_ms: Sequence[float]) -> ModelCorrection:
+    """The correction that predicts ``whole_ms`` from ``kernel_sum_ms`` and ``weight_mb`` best, of three forms,
+    each fitted on relative error: none; a factor on the kernels (``scale``); a term on the weights above a
+    threshold (``ms_per_mb * max(0, weight_mb - t)``, for each candidate threshold -- 0 and every model's weight
+    size -- the least-squares slope, clamped at 0). The form is chosen by its leave-one-out error, so that one
+    does not win by fitting a few models' noise (the threshold search can)."""
     w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
-    if not (w.shape == m.shape == p.shape) or w.size == 0 or np.any(m <= 0):
-        raise ValueError("fit_memory_correction: needs equally many weights, whole (> 0) and kernel-sum latencies")
-    shortfall = (m - p) / m  # what the correction has to add, relative to the model's latency
+    if not (w.shape == m.shape == p.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
+        raise ValueError("fit_model_correction: needs equally many weights, whole (> 0) and kernel-sum (> 0) "
+                         "latencies")
+    forms = (_no_correction, _scale_correction, _weight_correction)
+    loo = [np.mean([(_predicted(form(np.delete(w, i), np.delete(m, i), np.delete(p, i)), w[i], p[i]) / m[i] - 1)
+                    ** 2 for i in range(w.size)]) if w.size > 1 else 0.0 for form in forms]
+    best = forms[int(np.argmin(loo))](w, m, p)
+    residual = float(np.sqrt(np.mean((_predicted(best, w, p) / m - 1) ** 2)))
+    return ModelCorrection(best.ms_per_mb, best.threshold_mb, int(w.size), residual, best.scale)
+
+
+def _predicted(correction: ModelCorrection, weight_mb: Any, kernel_sum_ms: Any) -> Any:
+    return correction.scale * kernel_sum_ms + correction.ms_per_mb * np.maximum(0.0, weight_mb - correction.threshold_mb)
+
+
+def _no_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    return ModelCorrection(0.0, 0.0)
+
+
+def _scale_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    ratio = p / m  # least squares of scale * ratio - 1
+    return ModelCorrection(0.0, 0.0, scale=float(ratio.sum() / (ratio @ ratio)))
+
+
+def _weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    shortfall = (m - p) / m  # what the term has to add, relative to the model's latency
     best = None
     for threshold in np.unique(np.concatenate([[0.0], w])):
         x = np.maximum(0.0, w - threshold) / m
@@ -115,8 +141,8 @@ def fit_memory_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
         sse = float(np.sum((shortfall - slope * x) ** 2))
         if best is None or sse < best[0] - 1e-15:
             best = (sse, slope, float(threshold))
-    sse, slope, threshold = best  # type: ignore[misc]
-    return MemoryCorrection(slope, threshold if slope > 0 else 0.0, int(w.size), float(np.sqrt(sse / w.size)))
+    _, slope, threshold = best  # type: ignore[misc]
+    return ModelCorrection(slope, threshold if slope > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -129,15 +155,15 @@ class CalibrationModel:
     kernels_ms: float
 
 
-def calibrate_memory(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
-                     overhead_ms: float) -> MemoryCorrection:
-    """The memory correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
+def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
+                     overhead_ms: float) -> ModelCorrection:
+    """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
     rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms)
     if len(rows) < MIN_CALIBRATION_MODELS:
         raise NnmeterError(f"only {len(rows)} of {CALIBRATION_PER_FAMILY * len(CALIBRATION_FAMILIES)} calibration "
                            f"models could be measured whole and kernel by kernel (at least "
                            f"{MIN_CALIBRATION_MODELS} are needed)")
-    return fit_memory_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
+    return fit_model_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
                                  [r.kernels_ms for r in rows])
 
 
@@ -229,26 +255,26 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
     out = Path(out_dir) if out_dir is not None else default_artifact_dir(ws)
-    overhead, overhead_error, memory, memory_error = 0.0, "", None, ""
+    overhead, overhead_error, correction, correction_error = 0.0, "", None, ""
     try:
         with ws.connect() as backend:
             overhead = invoke_overhead_ms(ws, backend)
             try:
-                memory = calibrate_memory(ws, backend, list(payloads), rules, overhead)
+                correction = calibrate_model_correction(ws, backend, list(payloads), rules, overhead)
             except NnmeterError as err:
-                memory_error = str(err)
+                correction_error = str(err)
     except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit off
-        overhead_error = memory_error = str(err)
+        overhead_error = correction_error = str(err)
     written = write_artifact(
         out, name=name or _default_name(setup["backend"], device.get("id", "")), version=version, device=device,
         backend=setup["backend"], protocol={"key": setup["protocol_key"], **setup["protocol"]}, rules=rules,
-        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead, memory_correction=memory,
+        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead, model_correction=correction,
         description=f"kernel regressors of {ws.root.resolve().name}; fusion rules: "
                     f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
     return PackageResult(written, tuple(payloads), str(rules_path) if rules_path.is_file() else "default",
-                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error, memory,
-                         memory_error)
+                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error, correction,
+                         correction_error)
 
 
 def _default_name(backend: str, device: str) -> str:

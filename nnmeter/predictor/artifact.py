@@ -19,10 +19,9 @@ scikit-learn and Python that built it), ``feature_schema_version``, ``rules``
 on a trivial model (a one-element add). Every kernel regressor learned it once per
 kernel (each kernel was measured as a model of its own); a model pays it once, so
 the engine takes it off every kernel and adds it once per model. 0 (the default,
-for artifacts that predate it) changes nothing. ``memory_correction`` (optional;
+for artifacts that predate it) changes nothing. ``model_correction`` (optional;
 absent reads as none): what a whole model pays beyond the sum of its standalone
-kernels because its weights do not stay in the last-level cache between
-inferences (see :class:`MemoryCorrection`), fitted on the device on calibration
+kernels (see :class:`ModelCorrection`), fitted on the device on calibration
 models.
 
 Loading (:func:`load_artifact`) never executes code from the folder: the
@@ -84,29 +83,36 @@ class KernelEntry:
 
 
 @dataclass(frozen=True)
-class MemoryCorrection:
-    """A whole model's extra latency from weights streamed from memory: ``ms_per_mb`` per MB of the model's
-    weight bytes above ``threshold_mb``. Standalone, a kernel's weights stay in the last-level cache between
-    invocations; inside a big model the other layers evict them, so they come from DRAM."""
+class ModelCorrection:
+    """What a whole model pays beyond the sum of its kernels measured standalone: its kernels take ``scale``
+    times as long (inside a model other layers have used the caches their operands sat in), plus ``ms_per_mb``
+    per MB of the model's weight bytes above ``threshold_mb`` (weights too many to stay in the last-level
+    cache between inferences come from DRAM). ``scale`` 1 and ``ms_per_mb`` 0 change nothing."""
 
     ms_per_mb: float
     threshold_mb: float
     fitted_on: int = 0  # calibration models it was fitted on
     residual: float = 0.0  # RMS relative error (fraction) of the corrected predictions on them
+    scale: float = 1.0
 
     def extra_ms(self, weight_bytes: float) -> float:
         return self.ms_per_mb * max(0.0, weight_bytes / 1e6 - self.threshold_mb)
 
+    def apply(self, kernels_ms: float, weight_bytes: float) -> float:
+        """A model's latency from the sum of its kernels' standalone latencies and its weight bytes."""
+        return self.scale * kernels_ms + self.extra_ms(weight_bytes)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb, "fitted_on": self.fitted_on,
-                "residual": self.residual}
+        return {"scale": self.scale, "ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb,
+                "fitted_on": self.fitted_on, "residual": self.residual}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MemoryCorrection":
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelCorrection":
         correction = cls(float(data["ms_per_mb"]), float(data["threshold_mb"]), int(data.get("fitted_on", 0)),
-                         float(data.get("residual", 0.0)))
-        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0):  # also refuses NaN
-            raise ValueError(f"memory_correction: ms_per_mb and threshold_mb must be >= 0, got {dict(data)}")
+                         float(data.get("residual", 0.0)), float(data.get("scale", 1.0)))
+        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0 and correction.scale > 0):  # NaN too
+            raise ValueError(f"model_correction: ms_per_mb and threshold_mb must be >= 0 and scale > 0, "
+                             f"got {dict(data)}")
         return correction
 
 
@@ -127,7 +133,7 @@ class Manifest:
     description: str = ""
     rules: str = RULES_FILE
     invoke_overhead_ms: float = 0.0
-    memory_correction: MemoryCorrection | None = None
+    model_correction: ModelCorrection | None = None
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
 
@@ -142,7 +148,7 @@ class Manifest:
             "device": dict(self.device), "backend": self.backend, "protocol": dict(self.protocol),
             "libraries": dict(self.libraries), "feature_schema_version": self.feature_schema_version,
             "rules": self.rules, "invoke_overhead_ms": self.invoke_overhead_ms,
-            **({"memory_correction": self.memory_correction.to_dict()} if self.memory_correction else {}),
+            **({"model_correction": self.model_correction.to_dict()} if self.model_correction else {}),
             "kernels": {k: e.to_dict() for k, e in self.kernels.items()}, "files": dict(self.files),
         }
 
@@ -176,9 +182,9 @@ class Artifact:
         return self.manifest.invoke_overhead_ms
 
     @property
-    def memory_correction(self) -> MemoryCorrection | None:
-        """The device's whole-model memory term (see :class:`MemoryCorrection`); None when not calibrated."""
-        return self.manifest.memory_correction
+    def model_correction(self) -> ModelCorrection | None:
+        """The device's whole-model correction (see :class:`ModelCorrection`); None when not calibrated."""
+        return self.manifest.model_correction
 
     def predict(self, kernel: str, X: Any) -> np.ndarray:
         """Latency (ms) of each row of ``X``, the :func:`~nnmeter.predictor.features.feature_matrix` of ``kernel``."""
@@ -211,7 +217,7 @@ def library_versions() -> dict[str, str]:
 def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, device: Mapping[str, Any],
                    backend: str, protocol: Mapping[str, Any], rules: FusionRules,
                    kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False,
-                   invoke_overhead_ms: float = 0.0, memory_correction: MemoryCorrection | None = None) -> Path:
+                   invoke_overhead_ms: float = 0.0, model_correction: ModelCorrection | None = None) -> Path:
     """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
     out = Path(out_dir)
     if not kernels:
@@ -241,7 +247,7 @@ def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, devic
             name=name, version=str(version), device=dict(device), backend=backend, protocol=dict(protocol),
             kernels=entries, files=files, libraries=library_versions(),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), description=description,
-            invoke_overhead_ms=float(invoke_overhead_ms), memory_correction=memory_correction,
+            invoke_overhead_ms=float(invoke_overhead_ms), model_correction=model_correction,
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -300,8 +306,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             created=str(data.get("created", "")), description=str(data.get("description", "")),
             rules=str(data.get("rules", RULES_FILE)),
             invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
-            memory_correction=(MemoryCorrection.from_dict(data["memory_correction"])
-                               if data.get("memory_correction") else None),
+            model_correction=(ModelCorrection.from_dict(data["model_correction"])
+                               if data.get("model_correction") else None),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None

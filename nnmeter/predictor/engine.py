@@ -9,9 +9,11 @@ A kernel's regressor was trained on the kernel measured as a model of its own, s
 each prediction holds the device's fixed cost of one invocation, which a whole model
 pays once: the engine takes the artifact's ``invoke_overhead_ms`` off every kernel
 (never below zero) and adds it once per model. When the artifact has a
-``memory_correction`` (fitted on the device on calibration models), a model also
-pays it once, from its total weight bytes (:func:`weight_bytes`): big models' weights
-stream from memory where the standalone kernels found them in the cache.
+``model_correction`` (fitted on the device on calibration models), the model's sum is
+corrected once: a factor on its kernels (inside a model they find their operands in
+caches other layers have used) and a term from its total weight bytes
+(:func:`weight_bytes`: big models' weights stream from memory where the standalone
+kernels found them in the cache).
 
 Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
 in ``result.unsupported``; ``strict=True`` (the default) raises
@@ -47,7 +49,7 @@ class KernelModel(Protocol):
     def predict(self, kernel: str, X: np.ndarray) -> np.ndarray: ...
 
     # optional: ``invoke_overhead_ms`` (float), the device's fixed cost of one invocation; 0 when absent
-    # optional: ``memory_correction`` (MemoryCorrection or None), the whole-model memory term; none when absent
+    # optional: ``model_correction`` (ModelCorrection or None), the whole-model correction; none when absent
 
 
 class UnsupportedModelError(NnmeterError):
@@ -84,7 +86,7 @@ class PredictionResult:
     kernels: list[KernelRow]
     unsupported: list[UnsupportedItem] = field(default_factory=list)
     free_nodes: list[str] = field(default_factory=list)  # reshape/flatten: not kernels
-    memory_ms: float = 0.0  # the artifact's memory correction, included in latency_ms
+    correction_ms: float = 0.0  # what the artifact's model correction added to the kernels' sum, in latency_ms
 
     @property
     def coverage(self) -> float:
@@ -97,7 +99,7 @@ class PredictionResult:
         return {"model": self.model, "latency_ms": self.latency_ms, "coverage": self.coverage,
                 "kernels": [asdict(k) for k in self.kernels],
                 "unsupported": [asdict(u) for u in self.unsupported], "free_nodes": self.free_nodes,
-                "memory_ms": self.memory_ms}
+                "correction_ms": self.correction_ms}
 
 
 def weight_bytes(kernels: Iterable[Any]) -> float:
@@ -169,7 +171,7 @@ class Predictor:
                     features.setdefault(k.kernel, []).append(row_features[(mi, ki)])
         latency: dict[tuple[int, int], float] = {}
         overhead = float(getattr(self.artifact, "invoke_overhead_ms", 0.0))
-        memory = getattr(self.artifact, "memory_correction", None)
+        correction = getattr(self.artifact, "model_correction", None)
         for kernel, where in rows.items():
             unique = list(dict.fromkeys(features[kernel]))  # NAS loops repeat configs: predict each once
             ms = np.asarray(self.artifact.predict(kernel, np.array(unique, dtype=np.float64)))
@@ -182,10 +184,11 @@ class Predictor:
                 for ki, k in enumerate(det.kernels) if not k.problem
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
-            memory_ms = memory.extra_ms(weight_bytes(kernel_rows)) if memory is not None else 0.0
-            total = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0) + memory_ms
+            kernels_ms = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0)
+            total = correction.apply(kernels_ms, weight_bytes(kernel_rows)) if correction is not None else kernels_ms
+            correction_ms = total - kernels_ms
             results.append(PredictionResult(det.graph, float(total), kernel_rows, unsupported,
-                                            list(det.free_nodes), float(memory_ms)))
+                                            list(det.free_nodes), float(correction_ms)))
         return results
 
     def _check_supported(self, detections: list[Detection]) -> None:

@@ -1,5 +1,6 @@
-"""The whole-model memory correction: its fit on synthetic numbers, the artifact record (optional, old
-manifests read as none, bad values refused) and the engine adding it once per model from the weight bytes."""
+"""The whole-model correction: its fit on synthetic numbers (the form chosen by leave-one-out error), the
+artifact record (optional, old manifests read as none, bad values refused) and the engine applying it once per
+model: a factor on the kernels' sum and a term from the weight bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import yaml
 
 from nnmeter import ops
-from nnmeter.builder.packaging import fit_memory_correction
+from nnmeter.builder.packaging import fit_model_correction
 from nnmeter.kernel_gen import sample_configs
-from nnmeter.predictor.artifact import ArtifactError, KernelPayload, MemoryCorrection, load_artifact, write_artifact
+from nnmeter.predictor.artifact import ArtifactError, KernelPayload, ModelCorrection, load_artifact, write_artifact
 from nnmeter.predictor.engine import load_predictor, weight_bytes
 from nnmeter.predictor.features import feature_matrix, feature_names
 from nnmeter.predictor.rules import default_rules
@@ -25,7 +26,7 @@ def test_fit_recovers_slope_and_threshold_of_noise_free_models():
     weight_mb = np.array([0.5, 1.2, 2.5, 4.0, 7.0, 11.0, 16.0, 23.0, 30.0])
     kernels_ms = rng.uniform(0.3, 8.0, weight_mb.size)
     whole_ms = kernels_ms + 0.03 * np.maximum(0.0, weight_mb - 2.5)
-    fit = fit_memory_correction(weight_mb, whole_ms, kernels_ms)
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
     assert fit.ms_per_mb == pytest.approx(0.03) and fit.threshold_mb == pytest.approx(2.5)
     assert fit.fitted_on == weight_mb.size and fit.residual == pytest.approx(0.0, abs=1e-9)
 
@@ -35,18 +36,30 @@ def test_fit_recovers_slope_within_noise():
     weight_mb = rng.uniform(0.5, 30.0, 40)
     kernels_ms = rng.uniform(0.5, 8.0, weight_mb.size)
     whole_ms = (kernels_ms + 0.04 * weight_mb) * rng.normal(1.0, 0.02, weight_mb.size)
-    fit = fit_memory_correction(weight_mb, whole_ms, kernels_ms)
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
     assert fit.ms_per_mb == pytest.approx(0.04, rel=0.15) and fit.threshold_mb < 2.0
     assert 0.005 < fit.residual < 0.05
 
 
-def test_fit_never_makes_models_faster_than_their_kernels():
-    weight_mb = np.array([1.0, 5.0, 10.0, 20.0])
-    kernels_ms = np.array([1.0, 2.0, 3.0, 4.0])
-    fit = fit_memory_correction(weight_mb, kernels_ms * 0.9, kernels_ms)
-    assert fit.ms_per_mb == 0.0 and fit.extra_ms(50e6) == 0.0
+def test_fit_takes_a_factor_when_models_are_their_kernels_times_a_constant():
+    rng = np.random.default_rng(2)
+    weight_mb = rng.uniform(0.5, 30.0, 16)
+    kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
+    whole_ms = 1.05 * kernels_ms * rng.normal(1.0, 0.01, weight_mb.size)
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
+    assert fit.scale == pytest.approx(1.05, rel=0.01) and fit.ms_per_mb == 0.0
+    assert fit.residual < 0.02
+
+
+def test_fit_takes_no_correction_when_none_predicts_better_out_of_sample():
+    rng = np.random.default_rng(3)
+    weight_mb = rng.uniform(0.5, 30.0, 12)
+    kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
+    whole_ms = kernels_ms * rng.normal(1.0, 0.03, weight_mb.size)  # noise around the kernels' sum
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
+    assert (fit.scale, fit.ms_per_mb) == (1.0, 0.0)
     with pytest.raises(ValueError):
-        fit_memory_correction(weight_mb, [1.0, 0.0, 1.0, 1.0], kernels_ms)
+        fit_model_correction(weight_mb[:4], [1.0, 0.0, 1.0, 1.0], kernels_ms[:4])
 
 
 @pytest.fixture(scope="module")
@@ -85,33 +98,33 @@ def tflite_file(tmp_path_factory):
     return path
 
 
-def test_engine_adds_the_correction_once_per_model_from_its_weight_bytes(payloads, tflite_file, tmp_path):
-    correction = MemoryCorrection(ms_per_mb=100.0, threshold_mb=0.002, fitted_on=12, residual=0.03)
+def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp_path):
+    correction = ModelCorrection(ms_per_mb=100.0, threshold_mb=0.002, fitted_on=12, residual=0.03, scale=1.1)
     plain = load_predictor(_write(payloads, tmp_path / "plain", invoke_overhead_ms=0.001)).predict(tflite_file)
     corrected = load_predictor(_write(payloads, tmp_path / "corrected", invoke_overhead_ms=0.001,
-                                      memory_correction=correction)).predict(tflite_file)
+                                      model_correction=correction)).predict(tflite_file)
     assert [k.kernel for k in corrected.kernels] == list(KERNELS)
     assert weight_bytes(corrected.kernels) == TINY_WEIGHT_BYTES
-    expected = 100.0 * (TINY_WEIGHT_BYTES / 1e6 - 0.002)
-    assert plain.memory_ms == 0.0 and corrected.memory_ms == pytest.approx(expected)
-    assert corrected.latency_ms == pytest.approx(plain.latency_ms + expected)
+    expected = 1.1 * plain.latency_ms + 100.0 * (TINY_WEIGHT_BYTES / 1e6 - 0.002)
+    assert plain.correction_ms == 0.0 and corrected.latency_ms == pytest.approx(expected)
+    assert corrected.correction_ms == pytest.approx(expected - plain.latency_ms)
     assert [k.ms for k in corrected.kernels] == [k.ms for k in plain.kernels]  # the kernels stay as predicted
-    above = MemoryCorrection(ms_per_mb=100.0, threshold_mb=1.0)  # the tiny model's weights fit the cache
+    above = ModelCorrection(ms_per_mb=100.0, threshold_mb=1.0)  # the tiny model's weights fit the cache
     assert above.extra_ms(TINY_WEIGHT_BYTES) == 0.0
 
 
 def test_artifact_records_the_correction_and_reads_old_manifests_as_none(payloads, tmp_path):
     old = load_artifact(_write(payloads, tmp_path / "old"))
-    assert "memory_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
-    assert old.memory_correction is None
-    correction = MemoryCorrection(0.034, 3.79, fitted_on=16, residual=0.035)
-    assert load_artifact(_write(payloads, tmp_path / "new", memory_correction=correction)).memory_correction \
+    assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
+    assert old.model_correction is None
+    correction = ModelCorrection(0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04)
+    assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction \
         == correction
     manifest = tmp_path / "new" / "manifest.yaml"
     data = yaml.safe_load(manifest.read_text())
-    data["memory_correction"]["ms_per_mb"] = -1.0
+    data["model_correction"]["scale"] = 0.0
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(ArtifactError, match="memory_correction"):
+    with pytest.raises(ArtifactError, match="model_correction"):
         load_artifact(tmp_path / "new")
 
 
