@@ -216,3 +216,40 @@ def test_dynamic_input_shape_needs_input_shape():
     with pytest.raises(ModelFileError, match="dynamic shape"):
         to_graph(spatial)
     assert kernels_of(spatial, (1, C, HW, HW)) == kernels_of(onnx_model("resnet"))
+
+
+def test_a_dynamic_batch_reshape_is_shape_arithmetic_not_kernels(tmp_path):
+    """Keras converted without batch_size=1 computes its reshapes' shapes at run time (SHAPE, STRIDED_SLICE,
+    PACK in .tflite; Shape, Gather, Concat in ONNX): no kernels, and no op the predictor cannot predict."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    from keras import layers
+    from onnx import TensorProto, helper, numpy_helper
+
+    def head(batch_size):
+        inp = keras.Input((HW, HW, C), batch_size=batch_size)
+        y = layers.Reshape((1, 1, C))(layers.GlobalAveragePooling2D()(layers.Conv2D(C, 3, padding="same")(inp)))
+        return keras.Model(inp, layers.Reshape((10,))(layers.Conv2D(10, 1)(y)))
+
+    files = {}
+    for batch_size in (None, 1):
+        files[batch_size] = tmp_path / f"head-{batch_size}.tflite"
+        files[batch_size].write_bytes(tf.lite.TFLiteConverter.from_keras_model(head(batch_size)).convert())
+    graph_ops = {n.op for n in to_graph(files[None]).nodes.values()}
+    assert kernels_of(files[None]) == kernels_of(files[1]) and not graph_ops & {"SHAPE", "STRIDED_SLICE", "PACK"}
+
+    w = numpy_helper.from_array(np.ones((C, C, 3, 3), np.float32), "w")
+    tail = numpy_helper.from_array(np.array([-1], np.int64), "tail")
+    index = numpy_helper.from_array(np.array([0], np.int64), "index")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["conv"], ["shape"]),
+             helper.make_node("Gather", ["shape", "index"], ["batch"]),
+             helper.make_node("Concat", ["batch", "tail"], ["target"], axis=0),
+             helper.make_node("Reshape", ["conv", "target"], ["flat"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "dynamic", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", C, HW, HW])],
+        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", C * HW * HW])], [w, tail, index]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    assert len(kernels_of(model)) == 1  # the conv; kernels_of fails on any op it cannot predict

@@ -1,7 +1,8 @@
 """ONNX files and ``onnx.ModelProto`` -> IR graph, with ONNX shape inference (no TensorFlow).
 
 ONNX's NCHW 4-D shapes are stored NHWC in the IR (the IR's one layout); channel axes of
-Concat follow. Initializers and Constant nodes are constants, not edges.
+Concat follow. Initializers and Constant nodes are constants, not edges; so is what is
+computed from a ``Shape`` and constants alone.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from nnmeter.predictor.ir import Graph, GraphBuilder
 _OPS = {
     "Conv": ops.CONV, "ConvTranspose": ops.CONVTRANS, "BatchNormalization": ops.BN, "Relu": ops.RELU,
     "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSwish": ops.HSWISH,
-    "Add": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL, "AveragePool": ops.AVGPOOL,
+    "Add": ops.ADD, "Sub": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL, "AveragePool": ops.AVGPOOL,
     "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL, "Gemm": ops.FC,
     "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Softmax": ops.SOFTMAX,
     "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE, "Flatten": ops.FLATTEN,
 }
 _NOOPS = {"Identity", "Dropout"}
+#: Ops that read only a tensor's shape (a dynamic batch's reshape starts with one).
+_SHAPE_OPS = {"Shape", "Size"}
 
 
 def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
@@ -78,6 +81,8 @@ def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | No
         builder.input(inp.name, _nhwc([d or 1 for d in dims]))
     producer: dict[str, str] = {i.name: i.name for i in inputs}
     for index, node in enumerate(graph.node):
+        if node.op_type in _SHAPE_OPS:
+            continue  # a tensor's shape: what is computed from it alone is a constant to the ops that read it
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
@@ -142,11 +147,11 @@ def _op(op_type: str, attrs: dict[str, Any], const_in: list[np.ndarray], in_shap
         rank = len(in_shapes[0]) if in_shapes else 4
         channel = axis % rank == (1 if rank == 4 else rank - 1)
         return ops.CONCAT, {"axis": -1 if channel else axis}
-    if op_type in ("Add", "Mul", "Div") and len(in_shapes) == 1:
+    if op_type in ("Add", "Sub", "Mul", "Div") and len(in_shapes) == 1:
         value: Any = "tensor"
         if const_in and const_in[0].size == 1:
             scalar = float(const_in[0].reshape(-1)[0])
-            value = 1.0 / scalar if op_type == "Div" and scalar else scalar
+            value = {"Div": 1.0 / scalar if scalar else scalar, "Sub": -scalar}.get(op_type, scalar)
         return _OPS[op_type], {"constant": value}
     if op_type == "Div":
         return op_type, {}

@@ -4,7 +4,8 @@ Nodes are named after their first output tensor (TFLite ops have no names). A fu
 activation (``fused_activation_function``) becomes a relu/relu6 node of its own after
 the op, so kernel detection sees conv + act as in every other framework; a batch norm
 the converter folded into a conv is simply absent. Tensors that no op produces and that
-are not model inputs are constants (weights): attributes, not edges.
+are not model inputs are constants (weights): attributes, not edges; so are tensors
+computed from shapes and constants alone (``SHAPE`` and the arithmetic on its output).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from nnmeter.predictor.ir import Graph, GraphBuilder
 
 _OPS = {
     "CONV_2D": ops.CONV, "DEPTHWISE_CONV_2D": ops.DWCONV, "TRANSPOSE_CONV": ops.CONVTRANS,
-    "FULLY_CONNECTED": ops.FC, "ADD": ops.ADD, "MUL": ops.MUL, "DIV": ops.MUL,
+    "FULLY_CONNECTED": ops.FC, "ADD": ops.ADD, "SUB": ops.ADD, "MUL": ops.MUL, "DIV": ops.MUL,
     "RELU": ops.RELU, "RELU6": ops.RELU6, "LOGISTIC": ops.SIGMOID, "HARD_SWISH": ops.HSWISH,
     "MAX_POOL_2D": ops.MAXPOOL, "AVERAGE_POOL_2D": ops.AVGPOOL, "MEAN": ops.GLOBAL_AVGPOOL,
     "CONCATENATION": ops.CONCAT, "SPLIT": ops.SPLIT, "SPLIT_V": ops.SPLIT, "PAD": ops.PAD, "PADV2": ops.PAD,
@@ -33,8 +34,6 @@ _OPTIONS = {
     "MUL": "MulOptions", "DIV": "DivOptions", "SUB": "SubOptions", "CONCATENATION": "ConcatenationOptions",
     "TRANSPOSE_CONV": "TransposeConvOptions",
 }
-#: Ops whose output is the (float) value of a constant input: weights stored as float16 or int8.
-_CONST_PASSTHROUGH = {"DEQUANTIZE"}
 _NOOPS = {"QUANTIZE"}
 
 
@@ -87,8 +86,10 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
         ins = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
         outs = [int(i) for i in op.OutputsAsNumpy()]
         data_in = [i for i in ins if i >= 0 and i in producer]
-        if tf_name in _CONST_PASSTHROUGH and not data_in:
-            continue  # a dequantized weight: still a constant
+        if tf_name == "SHAPE" or not data_in:
+            # a tensor's shape, a dequantized weight, or arithmetic on shapes and constants (the reshape of a
+            # model converted with a dynamic batch): no kernel, and a constant to the ops that read it
+            continue
         name = names[outs[0]]
         if tf_name in _NOOPS and data_in:
             builder.bypass(name, producer[data_in[0]])
@@ -129,7 +130,7 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
             value = _const(schema, model, tensors[consts[0]]) if consts else None
             if value is not None and np.size(value) == 1:
                 scalar = float(np.ravel(value)[0])
-                attrs["constant"] = 1.0 / scalar if tf_name == "DIV" and scalar else scalar
+                attrs["constant"] = {"DIV": 1.0 / scalar if scalar else scalar, "SUB": -scalar}.get(tf_name, scalar)
             else:
                 attrs["constant"] = "tensor"
         elif vocab == ops.MUL and tf_name == "DIV":
