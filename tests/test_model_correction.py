@@ -47,7 +47,17 @@ def test_fit_takes_a_factor_when_models_are_their_kernels_times_a_constant():
     kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
     whole_ms = 1.05 * kernels_ms * rng.normal(1.0, 0.01, weight_mb.size)
     fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
-    assert fit.scale == pytest.approx(1.05, rel=0.01) and fit.ms_per_mb == 0.0
+    assert fit.scale == pytest.approx(1.05, rel=0.01)
+    assert fit.residual < 0.02
+
+
+def test_fit_takes_factor_and_weight_term_when_big_models_pay_for_their_weights():
+    rng = np.random.default_rng(4)
+    weight_mb = np.concatenate([rng.uniform(0.5, 14.0, 16), rng.uniform(40.0, 150.0, 4)])
+    kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
+    whole_ms = (1.04 * kernels_ms + 0.02 * np.maximum(0.0, weight_mb - 10.0)) * rng.normal(1.0, 0.005, weight_mb.size)
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms)
+    assert fit.scale == pytest.approx(1.04, rel=0.02) and fit.ms_per_mb == pytest.approx(0.02, rel=0.2)
     assert fit.residual < 0.02
 
 

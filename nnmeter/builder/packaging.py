@@ -10,8 +10,8 @@ The device is connected once for two calibrations: the fixed cost of an invocati
 families with a seed of their own (never the evaluation set), are measured whole and
 as the sum of their kernels measured standalone (the kernels the packaged fusion
 rules detect; the invoke overhead paid once), and the correction that predicts the
-first from the second best -- none, a factor on the kernels, or a term on the weight
-bytes above a threshold, chosen by leave-one-out error -- is fitted on relative error
+first from the second best -- none, a factor on the kernels, a term on the weight
+bytes above a threshold, or both, chosen by leave-one-out error -- is fitted on relative error
 (:func:`fit_model_correction`). Measured kernels, not the regressors'
 predictions: the correction is the device's non-additivity, not the regressors' errors on
 these few models. When the device cannot be reached, the
@@ -90,11 +90,12 @@ def invoke_overhead_ms(ws: "Workspace", backend: Any) -> float:
     return record.latency_ms
 
 
-#: The calibration models of the model correction: NAS-style models drawn with a seed of their own, so
-#: never the evaluation set's; 0.6-14 MB of weights at small resolutions, each measured in well under a second.
-CALIBRATION_FAMILIES = ("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception")
+#: The calibration models of the model correction, as (families, resolutions): NAS-style models drawn with a
+#: seed of their own, so never the evaluation set's; 0.6-14 MB of weights at small resolutions, and wide ResNets
+#: (3-140 MB) at 64 px, where their weights, not their work, set their latency.
+CALIBRATION_SETS = ((("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception"), (96, 128)),
+                    (("nas-resnet-wide",), (64,)))
 CALIBRATION_PER_FAMILY = 4
-CALIBRATION_RESOLUTIONS = (96, 128)
 CALIBRATION_SEED = 7919
 #: Fewer calibration models than this with a measurement and a full prediction: no correction is fitted.
 MIN_CALIBRATION_MODELS = 4
@@ -102,16 +103,16 @@ MIN_CALIBRATION_MODELS = 4
 
 def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
                          kernel_sum_ms: Sequence[float]) -> ModelCorrection:
-    """The correction that predicts ``whole_ms`` from ``kernel_sum_ms`` and ``weight_mb`` best, of three forms,
+    """The correction that predicts ``whole_ms`` from ``kernel_sum_ms`` and ``weight_mb`` best, of four forms,
     each fitted on relative error: none; a factor on the kernels (``scale``); a term on the weights above a
     threshold (``ms_per_mb * max(0, weight_mb - t)``, for each candidate threshold -- 0 and every model's weight
-    size -- the least-squares slope, clamped at 0). The form is chosen by its leave-one-out error, so that one
-    does not win by fitting a few models' noise (the threshold search can)."""
+    size -- the least-squares slope, clamped at 0); both. The form is chosen by its leave-one-out error, so that
+    one does not win by fitting a few models' noise (the threshold search can)."""
     w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
     if not (w.shape == m.shape == p.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
         raise ValueError("fit_model_correction: needs equally many weights, whole (> 0) and kernel-sum (> 0) "
                          "latencies")
-    forms = (_no_correction, _scale_correction, _weight_correction)
+    forms = (_no_correction, _scale_correction, _weight_correction, _scale_and_weight_correction)
     loo = [np.mean([(_predicted(form(np.delete(w, i), np.delete(m, i), np.delete(p, i)), w[i], p[i]) / m[i] - 1)
                     ** 2 for i in range(w.size)]) if w.size > 1 else 0.0 for form in forms]
     best = forms[int(np.argmin(loo))](w, m, p)
@@ -130,6 +131,21 @@ def _no_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrecti
 def _scale_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
     ratio = p / m  # least squares of scale * ratio - 1
     return ModelCorrection(0.0, 0.0, scale=float(ratio.sum() / (ratio @ ratio)))
+
+
+def _scale_and_weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    from scipy.optimize import nnls
+
+    best = None
+    for threshold in np.unique(np.concatenate([[0.0], w])):
+        design = np.column_stack([p, np.maximum(0.0, w - threshold)]) / m[:, None]
+        (scale, slope), norm = nnls(design, np.ones(len(m)))
+        if scale > 0 and (best is None or norm < best[0] - 1e-12):
+            best = (norm, scale, slope, float(threshold))
+    if best is None:
+        return _scale_correction(w, m, p)
+    _, scale, slope, threshold = best
+    return ModelCorrection(float(slope), threshold if slope > 0 else 0.0, scale=float(scale))
 
 
 def _weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
@@ -160,7 +176,8 @@ def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequ
     """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
     rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms)
     if len(rows) < MIN_CALIBRATION_MODELS:
-        raise NnmeterError(f"only {len(rows)} of {CALIBRATION_PER_FAMILY * len(CALIBRATION_FAMILIES)} calibration "
+        planned = CALIBRATION_PER_FAMILY * sum(len(families) for families, _ in CALIBRATION_SETS)
+        raise NnmeterError(f"only {len(rows)} of {planned} calibration "
                            f"models could be measured whole and kernel by kernel (at least "
                            f"{MIN_CALIBRATION_MODELS} are needed)")
     return fit_model_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
@@ -179,7 +196,8 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
     from nnmeter.predictor.engine import weight_bytes
 
     protocol = ws.campaign.protocol
-    zoo = evaluation_set(CALIBRATION_FAMILIES, CALIBRATION_PER_FAMILY, CALIBRATION_RESOLUTIONS, CALIBRATION_SEED)
+    zoo = [m for families, resolutions in CALIBRATION_SETS
+           for m in evaluation_set(families, CALIBRATION_PER_FAMILY, resolutions, CALIBRATION_SEED)]
     specs = [ModelSpec("evaluation", f"calibration-{m.name}", {"family": m.family, "purpose": "calibration",
                                                                **m.params},
                        build_zoo_model, (m.family, f"calibration-{m.name}", dict(m.params))) for m in zoo]

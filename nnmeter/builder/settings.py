@@ -56,7 +56,8 @@ class KernelTrainingSettings:
 class EvaluationSettings:
     """The ``evaluation`` section: real models whose measured latency the predictor is scored on."""
 
-    families: list[str] = setting(list(zoo.FAMILIES), "model families of the evaluation set: keras.applications "
+    families: list[str] = setting([name for name, family in zoo.FAMILIES.items() if family.evaluated_by_default],
+                                  "model families of the evaluation set: keras.applications "
                                   "architectures and seeded NAS-style spaces (nas-*)", choices=tuple(zoo.FAMILIES))
     resolutions: list[int] = setting([160, 192, 224], "input resolutions (height = width)",
                                      minimum=32, maximum=ops.HW_RANGE[1])

@@ -20,6 +20,7 @@ are the same on every build. The sampling is a pure function of the seed.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -49,6 +50,7 @@ class Family:
     generated: bool
     draw: Callable[[random.Random, int, Sequence[int]], list[dict[str, Any]]]
     build: Callable[[Mapping[str, Any]], Any]
+    evaluated_by_default: bool = True  # part of a campaign's default evaluation set
 
 
 # --- applications --------------------------------------------------------------
@@ -160,15 +162,16 @@ def _inverted_residual(x: Any, cin: int, cout: int, kernel: int, stride: int, ex
 # --- generated: ResNet-style stacks -------------------------------------------
 
 
-def _draw_resnet(rng: random.Random, count: int, resolutions: Sequence[int]) -> list[dict[str, Any]]:
+def _draw_resnet(rng: random.Random, count: int, resolutions: Sequence[int],
+                 widths: Sequence[int] = (32, 48, 64), kernels: Sequence[int] = (3, 3, 5)) -> list[dict[str, Any]]:
     archs = []
     for _ in range(count):
         bottleneck = rng.random() < 0.5
         stages = []
-        width = rng.choice((32, 48, 64))
+        width = rng.choice(tuple(widths))
         for s in range(rng.choice((3, 4))):
             stages.append({"channels": _round8(width * (2 ** s) * rng.choice((0.75, 1.0, 1.25))),
-                           "blocks": rng.randint(1, 3), "kernel": rng.choice((3, 3, 5)),
+                           "blocks": rng.randint(1, 3), "kernel": rng.choice(tuple(kernels)),
                            "stride": 1 if s == 0 else 2})
         archs.append({"resolution": rng.choice(list(resolutions)), "bottleneck": bottleneck,
                       "stem": width, "stem_kernel": rng.choice((3, 7)), "stages": stages})
@@ -370,6 +373,11 @@ FAMILIES: dict[str, Family] = {
                        "expansion 3/6, SE, hswish/relu6", True, _draw_mbv2, _build_mbv2),
     "nas-resnet": Family("nas-resnet", "ResNet-style stacks of basic or bottleneck blocks", True,
                          _draw_resnet, _build_resnet),
+    # tens to hundreds of MB of weights: what a device pays when a model's weights cannot stay in its caches
+    "nas-resnet-wide": Family("nas-resnet-wide", "ResNet-style stacks four times as wide (the whole-model "
+                              "correction's big models; not in the default evaluation set)", True,
+                              functools.partial(_draw_resnet, widths=(96, 128, 160), kernels=(3,)), _build_resnet,
+                              evaluated_by_default=False),
     "nas-shuffle": Family("nas-shuffle", "ShuffleNetV2-style units: split, concat, channel shuffle", True,
                           _draw_shuffle, _build_shuffle),
     "nas-inception": Family("nas-inception", "Inception-style blocks of 2-4 branches joined by concat", True,
