@@ -121,7 +121,7 @@ def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
 
 
 def _predicted(correction: ModelCorrection, weight_mb: Any, kernel_sum_ms: Any) -> Any:
-    return correction.scale * kernel_sum_ms + correction.ms_per_mb * np.maximum(0.0, weight_mb - correction.threshold_mb)
+    return correction.apply(kernel_sum_ms, np.asarray(weight_mb) * 1e6)
 
 
 def _no_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
@@ -172,7 +172,7 @@ class CalibrationModel:
 
 
 def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
-                     overhead_ms: float) -> ModelCorrection:
+                               overhead_ms: float) -> ModelCorrection:
     """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
     rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms)
     if len(rows) < MIN_CALIBRATION_MODELS:
@@ -181,7 +181,7 @@ def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequ
                            f"models could be measured whole and kernel by kernel (at least "
                            f"{MIN_CALIBRATION_MODELS} are needed)")
     return fit_model_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
-                                 [r.kernels_ms for r in rows])
+                                [r.kernels_ms for r in rows])
 
 
 def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,

@@ -95,12 +95,14 @@ class ModelCorrection:
     residual: float = 0.0  # RMS relative error (fraction) of the corrected predictions on them
     scale: float = 1.0
 
-    def extra_ms(self, weight_bytes: float) -> float:
-        return self.ms_per_mb * max(0.0, weight_bytes / 1e6 - self.threshold_mb)
+    def extra_ms(self, weight_bytes: Any) -> Any:
+        """The weight term for a model's weight bytes (a number, or an array of them)."""
+        return self.ms_per_mb * np.maximum(0.0, np.asarray(weight_bytes) / 1e6 - self.threshold_mb)
 
-    def apply(self, kernels_ms: float, weight_bytes: float) -> float:
-        """A model's latency from the sum of its kernels' standalone latencies and its weight bytes."""
-        return self.scale * kernels_ms + self.extra_ms(weight_bytes)
+    def apply(self, kernels_ms: Any, weight_bytes: Any) -> Any:
+        """A model's latency from the sum of its kernels' standalone latencies and its weight bytes (numbers, or
+        arrays of them)."""
+        return self.scale * np.asarray(kernels_ms) + self.extra_ms(weight_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb,
