@@ -12,6 +12,8 @@ them; sizes are chosen so that each runs in well under a second here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def main() -> None:
         net = getattr(keras.applications, name)(weights=None, input_shape=(hw, hw, 3), **extra)
         inputs = keras.Input((hw, hw, 3), batch_size=1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, net(inputs))).convert())
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured tensor
+            path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, net(inputs))).convert())
         print(f"{path} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
 
 
