@@ -133,32 +133,32 @@ def _scale_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorre
     return ModelCorrection(0.0, 0.0, scale=float(ratio.sum() / (ratio @ ratio)))
 
 
+def _weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    return _threshold_correction(w, m, p, fit_scale=False)
+
+
 def _scale_and_weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
+    return _threshold_correction(w, m, p, fit_scale=True)
+
+
+def _threshold_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, fit_scale: bool) -> ModelCorrection:
+    """The weight term (and, with ``fit_scale``, the factor; else 1) by non-negative least squares on relative
+    error, for each candidate threshold -- 0 and every model's weight size -- keeping the best."""
     from scipy.optimize import nnls
 
     best = None
     for threshold in np.unique(np.concatenate([[0.0], w])):
-        design = np.column_stack([p, np.maximum(0.0, w - threshold)]) / m[:, None]
-        (scale, slope), norm = nnls(design, np.ones(len(m)))
+        above = np.maximum(0.0, w - threshold) / m
+        if fit_scale:
+            (scale, slope), norm = nnls(np.column_stack([p / m, above]), np.ones(len(m)))
+        else:  # what the term has to add, relative to the model's latency
+            scale, ((slope,), norm) = 1.0, nnls(above[:, None], (m - p) / m)
         if scale > 0 and (best is None or norm < best[0] - 1e-12):
             best = (norm, scale, slope, float(threshold))
-    if best is None:
+    if best is None:  # no threshold leaves the kernels a positive factor
         return _scale_correction(w, m, p)
     _, scale, slope, threshold = best
     return ModelCorrection(float(slope), threshold if slope > 0 else 0.0, scale=float(scale))
-
-
-def _weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
-    shortfall = (m - p) / m  # what the term has to add, relative to the model's latency
-    best = None
-    for threshold in np.unique(np.concatenate([[0.0], w])):
-        x = np.maximum(0.0, w - threshold) / m
-        slope = max(0.0, float(x @ shortfall / (x @ x))) if x @ x > 0 else 0.0
-        sse = float(np.sum((shortfall - slope * x) ** 2))
-        if best is None or sse < best[0] - 1e-15:
-            best = (sse, slope, float(threshold))
-    _, slope, threshold = best  # type: ignore[misc]
-    return ModelCorrection(slope, threshold if slope > 0 else 0.0)
 
 
 @dataclass(frozen=True)

@@ -384,8 +384,7 @@ def _stored_samples(ws: "Workspace", backend: "Backend", kernel: str, settings: 
     from nnmeter.builder.measuring import measure_models
     from nnmeter.builder.models import kernel_spec, spec_model_id
 
-    plan = ws.store.get_state(state_key("plan", setup, kernel), {})
-    refined = plan.get("refinements", []) if plan.get("settings") == _plan_settings(settings) else []
+    refined = _saved_refinements(ws, setup, kernel, settings)
     configs = {config_key(c): c for c in prior_configs(kernel, settings) + [c for r in refined for c in r]}
     ids = {spec_model_id(backend, kernel_spec(kernel, c)): c for c in configs.values()}
     records = _measured_records(ws, backend, kernel, list(ids))
@@ -411,8 +410,8 @@ def _pool_families(ws: "Workspace", backend: "Backend", results: Sequence[Kernel
     out = []
     for result in results:
         kernel = result.kernel
-        family = {k: samples(k) for k in ops.kernel_family(kernel)} if len(ops.kernel_family(kernel)) > 1 else {}
-        family = {k: s for k, s in family.items() if s}
+        members = ops.kernel_family(kernel)
+        family = {k: s for k in members if (s := samples(k))} if len(members) > 1 else {}
         counts = {k: len(s) for k, s in family.items()}
         if len(family) < 2 or kernel not in family or dict(result.pooled_with) == counts:
             out.append(result)
@@ -486,11 +485,9 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
         progress.done(kernel, finished)
         return finished
     plan_key = state_key("plan", setup, kernel)
-    plan = store.get_state(plan_key, {})
-    same_plan = plan.get("settings") == _plan_settings(settings)
     outcome = adaptive_training(
         kernel, settings, workspace_measure(ws, backend, kernel, workers, progress),
-        refinements=plan.get("refinements", []) if same_plan else [],
+        refinements=_saved_refinements(ws, setup, kernel, settings),
         save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(settings), "refinements": r}),
         on_round=lambda score: progress.scored(kernel, score),
     )
@@ -524,6 +521,13 @@ def _up_to_date(ws: "Workspace", result: KernelResult, settings: KernelTrainingS
     path = ws.root / result.file
     return (result.settings == _result_settings(settings) and result.feature_schema_version == FEATURE_SCHEMA_VERSION
             and path.is_file() and sha256_file(path) == result.sha256)
+
+
+def _saved_refinements(ws: "Workspace", setup: str, kernel: str, settings: KernelTrainingSettings) -> list[list[dict]]:
+    """The fine-grained lists planned for ``kernel`` under these settings (none when they were planned under
+    others)."""
+    plan = ws.store.get_state(state_key("plan", setup, kernel), {})
+    return plan.get("refinements", []) if plan.get("settings") == _plan_settings(settings) else []
 
 
 def _plan_settings(settings: KernelTrainingSettings) -> dict[str, Any]:

@@ -128,6 +128,20 @@ class Graph:
         return path
 
 
+#: Framework op names (lower case) of a division: TFLite and ONNX, TensorFlow, Keras.
+_DIVISIONS = frozenset({"div", "realdiv", "divide", "truedivide"})
+
+
+def scalar_operand(op: str, value: float) -> float:
+    """The constant of ``x <op> value`` written as an add or a multiply (``op``: the framework's op name):
+    ``x - c`` is ``x + (-c)``, ``x / c`` is ``x * (1 / c)``; patterns (hard swish's ``+ 3``, ``/ 6``) match on it."""
+    if op.lower() == "sub":  # TFLite's SUB, ONNX's Sub
+        return -value
+    if op.lower() in _DIVISIONS and value:
+        return 1.0 / value
+    return value
+
+
 def spatial(shape: list[int]) -> int:
     """The ``HW`` of an NHWC shape: its height when square, else the side of a square of the same area."""
     if len(shape) != 4:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder
+from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 #: Activation function name (``fn.__name__``) -> op; "linear" is no op at all.
 _ACTIVATIONS = {
@@ -150,10 +150,7 @@ def _op(layer: Any, kind: str, node: Any, in_shapes: list[list[int]]) -> tuple[s
     op = _LAYERS.get(kind, kind)
     if op in (ops.ADD, ops.MUL) and len(node.input_tensors) == 1:
         scalars = [a for a in node.arguments.args if isinstance(a, (int, float))]
-        value = float(scalars[0]) if scalars else "tensor"
-        if kind in ("Divide", "TrueDivide") and isinstance(value, float) and value:
-            value = 1.0 / value
-        return op, {"constant": value}
+        return op, {"constant": scalar_operand(kind, float(scalars[0])) if scalars else "tensor"}
     if kind in ("Divide", "TrueDivide"):
         return kind, {}
     return op, {}

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder
+from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 #: TensorFlow op type -> vocabulary op. Types not here (and not vocabulary names) keep their name.
 TF_OPS: dict[str, str] = {
@@ -96,7 +96,7 @@ def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<n
             value = const_in[0]
             value = value[0] if isinstance(value, list) and len(value) == 1 else value
             if isinstance(value, (int, float)):
-                extra["constant"] = 1.0 / float(value) if tf_type == "RealDiv" and value else float(value)
+                extra["constant"] = scalar_operand(tf_type, float(value))
             else:
                 extra["constant"] = "tensor"
         builder.node(key, op, data_in, in_shapes, out_shapes, **extra)

@@ -14,7 +14,7 @@ import numpy as np
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder
+from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 _OPS = {
     "Conv": ops.CONV, "ConvTranspose": ops.CONVTRANS, "BatchNormalization": ops.BN, "Relu": ops.RELU,
@@ -151,7 +151,7 @@ def _op(op_type: str, attrs: dict[str, Any], const_in: list[np.ndarray], in_shap
         value: Any = "tensor"
         if const_in and const_in[0].size == 1:
             scalar = float(const_in[0].reshape(-1)[0])
-            value = {"Div": 1.0 / scalar if scalar else scalar, "Sub": -scalar}.get(op_type, scalar)
+            value = scalar_operand(op_type, scalar)
         return _OPS[op_type], {"constant": value}
     if op_type == "Div":
         return op_type, {}

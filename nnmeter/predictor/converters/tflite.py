@@ -17,7 +17,7 @@ import numpy as np
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder
+from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 _OPS = {
     "CONV_2D": ops.CONV, "DEPTHWISE_CONV_2D": ops.DWCONV, "TRANSPOSE_CONV": ops.CONVTRANS,
@@ -91,7 +91,7 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
             # model converted with a dynamic batch): no kernel, and a constant to the ops that read it
             continue
         name = names[outs[0]]
-        if tf_name in _NOOPS and data_in:
+        if tf_name in _NOOPS:
             builder.bypass(name, producer[data_in[0]])
             producer.update({o: builder.resolve(name) for o in outs})
             continue
@@ -130,7 +130,7 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
             value = _const(schema, model, tensors[consts[0]]) if consts else None
             if value is not None and np.size(value) == 1:
                 scalar = float(np.ravel(value)[0])
-                attrs["constant"] = {"DIV": 1.0 / scalar if scalar else scalar, "SUB": -scalar}.get(tf_name, scalar)
+                attrs["constant"] = scalar_operand(tf_name, scalar)
             else:
                 attrs["constant"] = "tensor"
         elif vocab == ops.MUL and tf_name == "DIV":
