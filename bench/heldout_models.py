@@ -2,11 +2,12 @@
 ``nnmeter-build evaluate WS --models DIR`` (one subfolder per family): a check on architectures the campaign
 never saw, neither in its kernels nor in its calibration or evaluation.
 
-    .venv/bin/python bench/heldout_models.py --out heldout            # 12 models, ~1 GB, a few minutes
+    .venv/bin/python bench/heldout_models.py --out heldout            # 14 models, ~1.3 GB, a few minutes
     .venv/bin/nnmeter-build evaluate WS --models heldout              # measure, predict, compare
 
 Models are built with ``weights=None`` (latency does not depend on the values) and batch 1, as a device runs
-them; sizes are chosen so that each runs in well under a second here.
+them; sizes are chosen so that each runs in well under a second here. InceptionV3 and InceptionResNetV2 need
+the predictor's stand-in for non-square convs (1x7, 7x1; :mod:`nnmeter.predictor.detection`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 MODELS = (("Xception", 160), ("ResNet50V2", 160), ("ResNet101", 160), ("DenseNet169", 160),
           ("EfficientNetB1", 192), ("EfficientNetV2B0", 192), ("EfficientNetV2B1", 160),
           ("MobileNetV3Large", 160), ("ResNet152V2", 128), ("DenseNet201", 128), ("EfficientNetB2", 160),
-          ("MobileNetV2", 128))
+          ("MobileNetV2", 128), ("InceptionV3", 160), ("InceptionResNetV2", 128))
 
 
 def main() -> None:

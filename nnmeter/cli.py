@@ -521,7 +521,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for r in results:
         left = ", ".join(sorted({u.ops for u in r.unsupported})) or "-"
         table.add_row(r.model, f"{r.latency_ms:.3f}", str(len(r.kernels)), f"{100 * r.coverage:.1f} %", left)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for r in results:
+        stand_ins = sorted({k.stand_in for k in r.kernels if k.stand_in})
+        if stand_ins:
+            console.print(f"{r.model}: {len(stand_ins)} kernel shape(s) predicted by a stand-in, e.g. {stand_ins[0]}")
     return 0
 
 

@@ -127,3 +127,27 @@ def test_patterns_collapse_once():
     assert [(n.name, n.op, n.inputs) for n in g.nodes.values()] == [
         ("hs", "hswish", ["x"]), ("sw", "swish", ["hs"]), ("se", "se", ["sw"]), ("r2", "channelshuffle", ["se"])]
     assert recognise(g).op_counts() == {"hswish": 1, "swish": 1, "se": 1, "channelshuffle": 1}
+
+
+def test_non_square_conv_and_wide_concat_get_stand_ins_of_the_same_work(tmp_path):
+    from nnmeter import ops
+
+    g = Graph("inception-ish", inputs={"x": [1, 17, 17, 160]})
+    s, out = [[1, 17, 17, 160]], [[1, 17, 17, 192]]
+    g.add(Node("c17", "conv", ["x"], s, out, {"kernel_size": [1, 7], "strides": [1, 1]}))
+    g.add(Node("c71", "conv", ["x"], s, out, {"kernel_size": [7, 1], "strides": [1, 1]}))
+    g.add(Node("c13", "conv", ["x"], s, out, {"kernel_size": [1, 3], "strides": [1, 1]}))
+    g.add(Node("dw17", "dwconv", ["x"], s, s, {"kernel_size": [1, 7], "strides": [1, 1], "depth_multiplier": 1}))
+    six = [[1, 17, 17, 44]] * 6
+    g.add(Node("cat", "concat", ["c17", "c71", "c13", "x", "c17", "c71"], six, [[1, 17, 17, 264]], {"axis": 3}))
+    det = detect(g, rules_file(tmp_path, 0))
+    by_node = {k.nodes[0]: k for k in det.kernels}
+    for name in ("c17", "c71"):  # 7 taps: the 3x3 conv with the same reduction length, 160 * 7 / 9 channels
+        assert by_node[name].config == {"HW": 17, "CIN": 124, "COUT": 192, "KERNEL_SIZE": 3, "STRIDES": 1}
+        assert "predicted as the 3x3 conv with CIN 124" in by_node[name].stand_in
+        twin_gemm = ops.gemm_shape("conv-bn", by_node[name].config)
+        assert twin_gemm[:2] == (17 * 17, 192) and abs(twin_gemm[2] - 160 * 7) <= 9
+    assert by_node["c13"].config["KERNEL_SIZE"] == 3 and by_node["c13"].config["CIN"] == round(160 * 3 / 9)
+    assert by_node["cat"].config == {"HW": 17, "CINS": [44, 44, 44, 132]}
+    assert "6-input concat" in by_node["cat"].stand_in
+    assert "not square" in by_node["dw17"].problem  # a depthwise conv has no matrix product to match

@@ -18,6 +18,11 @@ from Keras and a conv with fused ReLU from a .tflite file are the same kernel: t
 with bn (conv-bn-relu, nn-Meter's names) is preferred when the predictor has it, then
 the one without (conv-relu).
 
+Stand-ins: a conv with a non-square kernel (1x7, 7x1: Inception) is predicted as the
+square conv with the same matrix product, and a concat of more inputs than the concat
+kernel takes as one of the most it takes with the trailing inputs merged (NASNet's six);
+``Kernel.stand_in`` says so, and every prediction carries it.
+
 Free ops: ``reshape`` and ``flatten`` change only a tensor's shape metadata (runtimes
 run them in place or not at all), so they are not kernels. Converters already drop
 Identity, Const, Dropout and input placeholders.
@@ -71,6 +76,7 @@ class Kernel:
     kernel: str = ""
     config: dict[str, object] = field(default_factory=dict)
     problem: str = ""  # why no kernel type or config could be given
+    stand_in: str = ""  # when ``config`` is a stand-in for a shape no kernel type has: what it stands for, how
 
 
 @dataclass
@@ -162,7 +168,7 @@ def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] |
     chosen = [n for n in names if available is None or n in available]
     kernel.kernel = (chosen or names)[0]
     try:
-        raw = _config(kernel.kernel, first)
+        raw, kernel.stand_in = _config(kernel.kernel, first)
         kernel.config = dict(_validated(kernel.kernel, tuple(
             tuple(v) if isinstance(v, list) else v for v in raw.values())))
     except ValueError as err:
@@ -173,14 +179,17 @@ def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] |
     return kernel
 
 
-def _config(kernel: str, node: Node) -> dict[str, object]:
-    """The config of ``kernel`` from its first node (raises ValueError when the node does not fit it)."""
+def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
+    """The config of ``kernel`` from its first node, and the stand-in note when the config stands in for a
+    shape no kernel type has (see :func:`_conv_twin`, :func:`_concat_twin`); raises ValueError when the node
+    does not fit ``kernel``."""
     if not node.input_shapes:
         raise ValueError(f"node {node.name} ({node.op}) has no input shape")
     shape = node.input_shapes[0]
     out = node.output_shapes[0] if node.output_shapes else shape
     keys = ops.kernel_type(kernel).keys
     config: dict[str, object] = {}
+    stand_in = ""
     if ops.HW in keys:
         config[ops.HW] = spatial(shape)
     if ops.CIN in keys:
@@ -188,13 +197,19 @@ def _config(kernel: str, node: Node) -> dict[str, object]:
     if ops.COUT in keys:
         config[ops.COUT] = channels(out)
     if ops.KERNEL_SIZE in keys:
-        config[ops.KERNEL_SIZE] = _square(node, "kernel_size")
+        height, width = _pair(node, "kernel_size")
+        if height == width:
+            config[ops.KERNEL_SIZE] = height
+        elif node.op == ops.CONV:
+            config[ops.KERNEL_SIZE], config[ops.CIN], stand_in = _conv_twin(height, width, int(config[ops.CIN]))
+        else:
+            raise ValueError(f"node {node.name}: kernel_size {[height, width]} is not square")
     if ops.STRIDES in keys:
         config[ops.STRIDES] = _square(node, "strides")
     if ops.POOL_STRIDES in keys:
         config[ops.POOL_STRIDES] = _square(node, "strides")
     if ops.CINS in keys:
-        config[ops.CINS] = [channels(s) for s in node.input_shapes]
+        config[ops.CINS], stand_in = _concat_twin([channels(s) for s in node.input_shapes])
         if node.attrs.get("axis", -1) not in (-1, 3):
             raise ValueError(f"node {node.name}: concat along axis {node.attrs['axis']}, not channels")
     if node.op == ops.DWCONV and node.attrs.get("depth_multiplier", 1) != 1:
@@ -204,12 +219,39 @@ def _config(kernel: str, node: Node) -> dict[str, object]:
         raise ValueError(f"node {node.name}: grouped conv ({node.attrs['groups']} groups) is not a kernel")
     if kernel == ops.FC and any(d != 1 for d in shape[:-1]):
         raise ValueError(f"node {node.name}: fc on an input of shape {shape}; the fc kernel takes 1-D inputs")
-    return config
+    return config, stand_in
+
+
+def _conv_twin(height: int, width: int, cin: int) -> tuple[int, int, str]:
+    """A square conv that stands in for a ``height`` x ``width`` one: the kernel size with the nearest tap
+    count, and the input channels that give it the same matrix product. A CPU runs a conv as a matrix
+    product (output pixels x COUT, reduced over CIN x taps; :func:`nnmeter.ops.gemm_shape`), so the twin has
+    the same work and weight bytes; only its input tensor differs, by the ratio of the taps (7/9 for 1x7)."""
+    taps = height * width
+    size = min((k for k in ops.KERNEL_SIZE_VALUES if k > 1), key=lambda k: abs(k * k - taps))
+    twin_cin = max(1, round(cin * taps / (size * size)))
+    return size, twin_cin, (f"{height}x{width} conv with CIN {cin} predicted as the {size}x{size} conv with CIN "
+                            f"{twin_cin}: the same matrix product")
+
+
+def _concat_twin(cins: list[int]) -> tuple[list[int], str]:
+    """``cins`` when the concat kernel takes that many inputs, else a stand-in with the most inputs it takes:
+    the trailing inputs merged into the last, so the same bytes are copied, in fewer pieces."""
+    most = ops.CONCAT_INPUTS_RANGE[1]
+    if len(cins) <= most:
+        return cins, ""
+    twin = cins[:most - 1] + [sum(cins[most - 1:])]
+    return twin, f"{len(cins)}-input concat predicted as the {most}-input concat {twin}: the same bytes copied"
+
+
+def _pair(node: Node, attr: str) -> tuple[int, int]:
+    value = node.attrs.get(attr, 1)
+    pair = [value, value] if isinstance(value, int) else list(value)
+    return int(pair[0]), int(pair[1])
 
 
 def _square(node: Node, attr: str) -> int:
-    value = node.attrs.get(attr, 1)
-    pair = [value, value] if isinstance(value, int) else list(value)
+    pair = _pair(node, attr)
     if pair[0] != pair[1]:
-        raise ValueError(f"node {node.name}: {attr} {pair} is not square")
-    return int(pair[0])
+        raise ValueError(f"node {node.name}: {attr} {list(pair)} is not square")
+    return pair[0]

@@ -15,6 +15,10 @@ caches other layers have used) and a term from its total weight bytes
 (:func:`weight_bytes`: big models' weights stream from memory where the standalone
 kernels found them in the cache).
 
+A conv with a non-square kernel (InceptionV3's 1x7) or a concat of more inputs than the
+concat kernel takes is predicted by a stand-in config of the same work
+(``KernelRow.stand_in`` says which; :mod:`nnmeter.predictor.detection`).
+
 Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
 in ``result.unsupported``; ``strict=True`` (the default) raises
 :class:`UnsupportedModelError` naming those ops and nodes instead of returning a sum
@@ -66,6 +70,7 @@ class KernelRow:
     features: list[float]
     ms: float
     nodes: list[str]
+    stand_in: str = ""  # set when ``config`` stands in for a shape no kernel type has (non-square conv, ...)
 
 
 @dataclass
@@ -180,7 +185,8 @@ class Predictor:
         results = []
         for mi, det in enumerate(detections):
             kernel_rows = [
-                KernelRow(k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes)
+                KernelRow(k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes,
+                          k.stand_in)
                 for ki, k in enumerate(det.kernels) if not k.problem
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
