@@ -510,8 +510,13 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
 
 
 def _result_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
-    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files)."""
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")}
+    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), and
+    the regressor's parameters: a new version of nnmeter that fits differently fits the kernels again (from the
+    store: nothing is measured again)."""
+    params = regressor_class(settings.regressor)(kernel="").get_params()
+    del params["kernel"]
+    return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
+            "regressor_params": params}
 
 
 def _up_to_date(ws: "Workspace", result: KernelResult, settings: KernelTrainingSettings) -> bool:
