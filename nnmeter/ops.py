@@ -43,6 +43,7 @@ CHANNELSHUFFLE = "channelshuffle"
 RESHAPE = "reshape"
 FLATTEN = "flatten"
 PAD = "pad"
+CROP = "crop"
 SOFTMAX = "softmax"
 
 #: Activations: element-wise ops that a device commonly fuses into the op before.
@@ -52,7 +53,7 @@ ACTIVATIONS = (RELU, RELU6, HSWISH, HSIGMOID, SIGMOID, SWISH)
 OPS: tuple[str, ...] = (
     CONV, DWCONV, CONVTRANS, BN, RELU, RELU6, HSWISH, HSIGMOID, SIGMOID, SWISH,
     MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, SE, FC, ADD, MUL, CONCAT, SPLIT,
-    CHANNELSHUFFLE, RESHAPE, FLATTEN, PAD, SOFTMAX,
+    CHANNELSHUFFLE, RESHAPE, FLATTEN, PAD, CROP, SOFTMAX,
 )
 
 # --- config keys and valid values -----------------------------------------
@@ -153,6 +154,8 @@ _KERNEL_LIST = [
     _k("swish", (SWISH,), _ELEMENTWISE_KEYS, "swish (x * sigmoid(x)) alone"),
     _k("mul", (MUL,), _ELEMENTWISE_KEYS, "element-wise multiply of two tensors", inputs=2),
     _k("pad", (PAD,), _ELEMENTWISE_KEYS, "zero padding by one pixel on each side"),
+    _k("crop", (CROP,), _ELEMENTWISE_KEYS, "the feature map without its first row and column (NASNet's crop; "
+       "other windows and strided slices of a map are predicted as the crop copying the same bytes)"),
     _k("softmax", (SOFTMAX,), (CIN,), "softmax over a 1-D input"),
 ]
 
@@ -226,12 +229,17 @@ def validate_config(kernel: str, config: Mapping[str, object]) -> dict[str, obje
             if key == CIN and ktype.ops[0] in (SPLIT, CHANNELSHUFFLE) and out[key] % 2:
                 raise ValueError(f"kernel {kernel}: {key}={value!r} must be even (it is cut into two halves)")
         elif key == HW:
-            out[key] = _check_int(kernel, key, value, HW_RANGE)
+            out[key] = _check_int(kernel, key, value, hw_range(kernel))
         elif key in (KERNEL_SIZE, STRIDES, POOL_STRIDES):
             out[key] = _check_choice(kernel, key, value, valid_values(kernel, key))
         else:  # a key added to a kernel without a rule here is a programming error
             raise AssertionError(f"no validation rule for config key {key}")
     return out
+
+
+def hw_range(kernel: str) -> tuple[int, int]:
+    """Inclusive bounds of ``HW`` for ``kernel``: :data:`HW_RANGE`, but a crop needs a row and column to cut."""
+    return (2, HW_RANGE[1]) if kernel_type(kernel).ops[0] == CROP else HW_RANGE
 
 
 def valid_values(kernel: str, key: str) -> tuple[int, ...]:
@@ -317,6 +325,9 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
     n = hw * hw * cin
     if first == PAD:
         return Cost(0, 0, _F32 * n, _F32 * (hw + 2) * (hw + 2) * cin)
+    if first == CROP:  # only the kept window is read
+        kept = (hw - 1) * (hw - 1) * cin
+        return Cost(0, 0, _F32 * kept, _F32 * kept)
     if first == SE:
         mid = max(1, cin // 4)
         params = cin * mid + mid + mid * cin + cin

@@ -253,3 +253,41 @@ def test_a_dynamic_batch_reshape_is_shape_arithmetic_not_kernels(tmp_path):
         opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     assert len(kernels_of(model)) == 1  # the conv; kernels_of fails on any op it cannot predict
+
+
+def test_a_crop_of_a_feature_map_is_the_crop_kernel_from_keras_tflite_and_onnx(tmp_path):
+    """NASNet's adjust block pads one row and column at the end and crops one at the start (Cropping2D: a
+    STRIDED_SLICE in .tflite, a Slice in ONNX): a crop kernel of the padded side. Other windows are the crop
+    copying the same bytes (a stand-in); a slice of channels is not a crop and is reported."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    from keras import layers
+    from onnx import TensorProto, helper, numpy_helper
+
+    inp = keras.Input((HW, HW, C), batch_size=1)
+    y = layers.Cropping2D(((1, 0), (1, 0)))(layers.ZeroPadding2D(((0, 1), (0, 1)))(inp))
+    y = layers.Cropping2D(((2, 2), (2, 2)))(y)
+    model = keras.Model(inp, y)
+    path = tmp_path / "crop.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    expected = [("pad", {"HW": HW, "CIN": C}), ("crop", {"HW": HW + 1, "CIN": C}),
+                ("crop", {"HW": HW - 3, "CIN": C})]
+    assert kernels_of(model) == expected
+    assert kernels_of(path) == expected
+    det = detect(to_graph(path), default_rules())
+    assert [bool(k.stand_in) for k in det.kernels] == [False, False, True]
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("starts", [1, 1]), ("ends", [HW, HW]), ("axes", [2, 3]), ("c_starts", [0]), ("c_ends", [4]),
+               ("c_axes", [1]))]
+    nodes = [helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["crop"]),
+             helper.make_node("Slice", ["crop", "c_starts", "c_ends", "c_axes"], ["half"])]
+    onnx_model = helper.make_model(helper.make_graph(
+        nodes, "crops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, C, HW, HW])],
+        [helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 4, HW - 1, HW - 1])], consts),
+        opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(onnx_model)
+    det = detect(to_graph(onnx_model), default_rules())
+    assert [(k.kernel, k.config) for k in det.supported] == [("crop", {"HW": HW, "CIN": C})]
+    assert "is not a crop of a feature map" in det.unsupported[0].problem

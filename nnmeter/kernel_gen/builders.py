@@ -162,6 +162,10 @@ def _pad(x, p: OpParams):
     return keras.layers.ZeroPadding2D(1)(x[0])
 
 
+def _crop(x, p: OpParams):
+    return keras.layers.Cropping2D(((1, 0), (1, 0)))(x[0])
+
+
 def _softmax(x, p: OpParams):
     return keras.layers.Softmax()(x[0])
 
@@ -174,7 +178,7 @@ OP_BUILDERS: dict[str, OpBuilder] = {
     ops.RELU6: _relu6, ops.HSWISH: _hswish, ops.HSIGMOID: _hsigmoid, ops.SIGMOID: _sigmoid, ops.SWISH: _swish,
     ops.MAXPOOL: _maxpool, ops.AVGPOOL: _avgpool, ops.GLOBAL_AVGPOOL: _global_avgpool, ops.SE: _se, ops.FC: _fc,
     ops.ADD: _add, ops.MUL: _mul, ops.CONCAT: _concat, ops.SPLIT: _split, ops.CHANNELSHUFFLE: _channelshuffle,
-    ops.RESHAPE: _reshape, ops.FLATTEN: _flatten, ops.PAD: _pad, ops.SOFTMAX: _softmax,
+    ops.RESHAPE: _reshape, ops.FLATTEN: _flatten, ops.PAD: _pad, ops.CROP: _crop, ops.SOFTMAX: _softmax,
 }
 assert set(OP_BUILDERS) == set(ops.OPS), f"ops without a builder: {set(ops.OPS) - set(OP_BUILDERS)}"
 

@@ -170,6 +170,8 @@ def sample_configs(kernel: str, n: int, sampler: str = "prior", seed: int = 0,
         config = draw()
         if even:
             config = _even_channels(config)
+        if ops.HW in config and config[ops.HW] < ops.hw_range(kernel)[0]:  # a 1x1 map has nothing to crop
+            continue
         config = ops.validate_config(kernel, config)
         if sampler != "finegrained" and not _light_enough(kernel, config):
             continue

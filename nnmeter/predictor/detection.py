@@ -20,7 +20,9 @@ the one without (conv-relu).
 
 Stand-ins: a conv with a non-square kernel (1x7, 7x1: Inception) is predicted as the
 square conv with the same matrix product, and a concat of more inputs than the concat
-kernel takes as one of the most it takes with the trailing inputs merged (NASNet's six);
+kernel takes as one of the most it takes with the trailing inputs merged (NASNet's six),
+and a window or strided slice of a feature map other than the crop kernel's (the map
+without its first row and column) as the crop that copies the same bytes;
 ``Kernel.stand_in`` says so, and every prediction carries it.
 
 Free ops: ``reshape`` and ``flatten`` change only a tensor's shape metadata (runtimes
@@ -194,6 +196,8 @@ def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
         config[ops.HW] = spatial(shape)
     if ops.CIN in keys:
         config[ops.CIN] = channels(shape)
+    if node.op == ops.CROP:
+        config[ops.HW], stand_in = _crop_twin(node, shape, out)
     if ops.COUT in keys:
         config[ops.COUT] = channels(out)
     if ops.KERNEL_SIZE in keys:
@@ -242,6 +246,20 @@ def _concat_twin(cins: list[int]) -> tuple[list[int], str]:
         return cins, ""
     twin = cins[:most - 1] + [sum(cins[most - 1:])]
     return twin, f"{len(cins)}-input concat predicted as the {most}-input concat {twin}: the same bytes copied"
+
+
+def _crop_twin(node: Node, shape: list[int], out: list[int]) -> tuple[int, str]:
+    """The ``HW`` of the crop kernel (a map without its first row and column) that copies as many bytes as
+    ``node``, a window or strided slice of a feature map, and the stand-in note when it is another window;
+    a slice that changes the channels or the rank is not a crop (ValueError)."""
+    if len(shape) != 4 or len(out) != 4 or channels(out) != channels(shape) or spatial(out) >= spatial(shape):
+        raise ValueError(f"node {node.name}: a slice from {shape} to {out} is not a crop of a feature map "
+                         f"(the crop kernel keeps the channels and cuts rows and columns)")
+    side = spatial(out) + 1
+    if side == spatial(shape):
+        return side, ""
+    return side, (f"window of {list(out[1:3])} out of {list(shape[1:3])} predicted as the crop of HW {side}: "
+                  f"the same bytes copied")
 
 
 def _pair(node: Node, attr: str) -> tuple[int, int]:

@@ -21,7 +21,7 @@ _OPS = {
     "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSwish": ops.HSWISH,
     "Add": ops.ADD, "Sub": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL, "AveragePool": ops.AVGPOOL,
     "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL, "Gemm": ops.FC,
-    "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Softmax": ops.SOFTMAX,
+    "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Slice": ops.CROP, "Softmax": ops.SOFTMAX,
     "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE, "Flatten": ops.FLATTEN,
 }
 _NOOPS = {"Identity", "Dropout"}

@@ -25,6 +25,7 @@ _OPS = {
     "RELU": ops.RELU, "RELU6": ops.RELU6, "LOGISTIC": ops.SIGMOID, "HARD_SWISH": ops.HSWISH,
     "MAX_POOL_2D": ops.MAXPOOL, "AVERAGE_POOL_2D": ops.AVGPOOL, "MEAN": ops.GLOBAL_AVGPOOL,
     "CONCATENATION": ops.CONCAT, "SPLIT": ops.SPLIT, "SPLIT_V": ops.SPLIT, "PAD": ops.PAD, "PADV2": ops.PAD,
+    "STRIDED_SLICE": ops.CROP, "SLICE": ops.CROP,
     "SOFTMAX": ops.SOFTMAX, "RESHAPE": ops.RESHAPE, "SQUEEZE": ops.RESHAPE, "EXPAND_DIMS": ops.RESHAPE,
 }
 #: Options table of the ops whose options we read.
