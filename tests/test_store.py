@@ -78,8 +78,9 @@ def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> 
         assert store.drift_factors("local:test", "tflite-local", "other-protocol") == {}
 
 
-def test_latency_is_the_protocols_statistic_anchors_included(tmp_path: Path) -> None:
-    """Under ``statistic: min`` a record's latency is its fastest invocation, and the anchors are read the same way."""
+def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median(tmp_path: Path) -> None:
+    """Under ``statistic: min`` a record's latency is its fastest invocation; the drift anchors are read by their
+    median, so one glitch in an anchor's fastest invocation does not move its batch, a slower median does."""
     def runs(fastest: float, typical: float) -> LatencyStats:
         return LatencyStats.from_rounds([[fastest, typical, typical]] + [[typical] * 3] * 4)
 
@@ -87,11 +88,13 @@ def test_latency_is_the_protocols_statistic_anchors_included(tmp_path: Path) -> 
     with Store(tmp_path / "s.sqlite") as store:
         store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
         store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
-        for batch, fastest in (("a", 0.10), ("b", 0.10), ("c", 0.20)):  # the typical speed is the same throughout
+        for batch, fastest, typical in (("a", 0.10, 0.3), ("b", 0.25, 0.3), ("c", 0.10, 0.6)):  # b: a glitch
             store.add_measurement(dataclasses.replace(measurement("anchor", batch=batch, protocol=protocol),
-                                                      stats=runs(fastest, 0.3)))
+                                                      stats=runs(fastest, typical)))
         store.add_measurement(dataclasses.replace(measurement("k", batch="c", protocol=protocol), stats=runs(1.0, 4.0)))
-        assert store.drift_factors("local:test", "tflite-local", "p1")["c"] == pytest.approx(0.5)
+        factors = store.drift_factors("local:test", "tflite-local", "p1")
+        assert factors["a"] == pytest.approx(1.0) and factors["b"] == pytest.approx(1.0)
+        assert factors["c"] == pytest.approx(0.5)
         [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
         assert k.statistic == "min" and k.latency_ms == pytest.approx(0.5)
         older = dataclasses.replace(measurement("k"), stats=runs(1.0, 4.0))  # no statistic recorded: the median

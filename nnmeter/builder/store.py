@@ -366,16 +366,23 @@ class Store:
 
     def drift_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
         """Per batch, how much faster than its typical speed the device ran then: for each anchor model,
-        the median over all batches of its latency (the protocol's statistic) divided by its latency in the
-        batch; the factor is the geometric mean of these over the batch's anchors. Batches without a
-        measured anchor are absent."""
+        the median over all batches of its median latency divided by its median latency in the batch; the
+        factor is the geometric mean of these over the batch's anchors. Batches without a measured anchor
+        are absent.
+
+        The anchors' median, whatever the protocol's statistic: the fastest invocation of a 50 us anchor
+        is one timer glitch away from being 20 % low (two batches of a bench run here had all three anchors'
+        fastest invocations 16-25 % under their medians, where the batch's other models' were 3-7 % under,
+        and the factor made those 72 models 19-28 % slow), while anchors' fastest-to-median ratio is
+        otherwise steady (0.97), so the median tracks the same drift."""
         readings: dict[str, dict[str, float]] = {}  # anchor model -> batch -> ms
         for r in self._db.execute("""
                 SELECT me.* FROM measurements me JOIN models mo ON mo.id = me.model_id
                 WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
                   AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL""",
                 (device, backend, protocol_key, MeasureStatus.OK.value)):
-            ms = _measurement(r).latency_ms  # as measured: a fresh record's drift factor is 1
+            stats = _measurement(r).stats
+            ms = stats.median_ms if stats is not None else None
             if ms is not None and ms > 0:
                 readings.setdefault(r["model_id"], {})[r["batch"]] = ms
         logs: dict[str, list[float]] = {}
