@@ -20,6 +20,14 @@ def test_stats_from_rounds_use_round_medians():
     assert stats.round_medians_ms == (2.0, 5.0, 8.0)
 
 
+def test_min_is_the_fastest_round_which_one_glitched_invocation_cannot_set():
+    """A timer glitch times one invocation 4x too fast; the fastest round (its median invocation) stays put."""
+    stats = LatencyStats.from_rounds([[0.020, 0.005, 0.021], [0.019, 0.019, 0.020], [0.025, 0.026, 0.024]])
+    assert stats.min_ms == 0.005 and stats.fastest_round_ms == 0.019
+    assert stats.value("min") == 0.019 and stats.value("median") == stats.median_ms == 0.020
+    assert LatencyStats(1.0, 1.0, 0.0, 0.8, 1.0, 3, 1, 0.0, 0.0).value("min") == 0.8  # no round medians stored
+
+
 def test_a_zero_time_is_not_the_minimum():
     """A CPU-time clock that did not advance reads 0; the fastest run is the fastest real one."""
     stats = LatencyStats.from_rounds([[0.0011, 0.0, 0.0012], [0.0010, 0.0013, 0.0011]])

@@ -18,12 +18,12 @@ from Keras and a conv with fused ReLU from a .tflite file are the same kernel: t
 with bn (conv-bn-relu, nn-Meter's names) is preferred when the predictor has it, then
 the one without (conv-relu).
 
-Stand-ins: a conv with a non-square kernel (1x7, 7x1: Inception) is predicted as the
-square conv with the same matrix product, and a concat of more inputs than the concat
-kernel takes as one of the most it takes with the trailing inputs merged (NASNet's six),
-and a window or strided slice of a feature map other than the crop kernel's (the map
-without its first row and column) as the crop that copies the same bytes;
-``Kernel.stand_in`` says so, and every prediction carries it.
+Stand-ins: a shape no kernel type has is predicted as one of the same work, and
+``Kernel.stand_in`` says so: a conv with a non-square kernel (1x7, 7x1: Inception) as
+the square conv with the same matrix product; a concat of more inputs than the concat
+kernel takes as one of the most it takes, the trailing inputs merged (NASNet's six); a
+window or strided slice of a feature map other than the crop kernel's (the map without
+its first row and column) as the crop that copies the same bytes.
 
 Free ops: ``reshape`` and ``flatten`` change only a tensor's shape metadata (runtimes
 run them in place or not at all), so they are not kernels. Converters already drop
@@ -183,8 +183,8 @@ def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] |
 
 def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
     """The config of ``kernel`` from its first node, and the stand-in note when the config stands in for a
-    shape no kernel type has (see :func:`_conv_twin`, :func:`_concat_twin`); raises ValueError when the node
-    does not fit ``kernel``."""
+    shape no kernel type has (:func:`_conv_twin`, :func:`_concat_twin`, :func:`_crop_twin`); raises
+    ValueError when the node does not fit ``kernel``."""
     if not node.input_shapes:
         raise ValueError(f"node {node.name} ({node.op}) has no input shape")
     shape = node.input_shapes[0]
