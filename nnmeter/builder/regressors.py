@@ -15,7 +15,9 @@
   below the 90th percentile of the residuals, linear above, so that a pocket of erratic
   measurements (7x7 depthwise convs at 224 px, 1.5-2x slower per element at some channel
   counts) does not pull the predictions of configs near it in feature space: the default
-  campaign's 41 evaluation models went from +-10 % 92.7 % / RMSPE 5.8 % to 95.1 % / 5.0 %
+  campaign's 41 evaluation models (labels then the fastest invocation, see
+  :attr:`nnmeter.backends.protocol.LatencyStats.fastest_round_ms`) went from +-10 % 92.7 % /
+  RMSPE 5.8 % to 95.1 % / 5.0 %
   (a 7x7 depthwise conv at 112 px predicted 23.2 -> 19.1 ms, its model +19.9 -> +5.2 %);
   kernels' own held-out scores moved both ways (mean +-10 % over 38 kernels 93.6 -> 93.7 %).
 * ``et-cost-ratio``: extra-trees on the same target, a lower-variance alternative.
