@@ -18,6 +18,7 @@ measurements.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -126,12 +127,12 @@ class RemoteRunner:
                                             + (f"; stderr: {' | '.join(tail)[:500]}" if tail else ""))
 
     def close(self) -> None:
-        try:
+        # the connection may already be gone: paramiko then raises (EOFError, even from close)
+        with contextlib.suppress(Exception):
             if not self.channel.closed:
                 self.channel.sendall(b'{"id": 0, "cmd": "quit"}\n')
-        except Exception:  # the connection may already be gone
-            pass
-        self.channel.close()
+        with contextlib.suppress(Exception):
+            self.channel.close()
 
 
 class RunnerSession:
