@@ -74,6 +74,24 @@ def test_other_settings_train_the_kernel_again(first_run, workspace):
     assert [r["round"] for r in after.rounds] == [0]
 
 
+def test_a_new_reading_of_the_measurements_trains_the_kernel_again(first_run, workspace, monkeypatch):
+    """Same settings as the run before (iterations 0), but labels read another way (nnmeter.builder.store's
+    LATENCY_READING_VERSION bumped): trained again, from the store."""
+    import nnmeter.builder.training as training
+
+    _, _, measurements = first_run
+    assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0  # up to date: kept
+    with Workspace.open(workspace) as ws:
+        _, (before,) = trained_kernels(ws)
+    monkeypatch.setattr(training, "LATENCY_READING_VERSION", training.LATENCY_READING_VERSION + 1)
+    assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
+    with Workspace.open(workspace) as ws:
+        _, (after,) = trained_kernels(ws)
+        assert sum(s.measurements for s in ws.store.summary().setups) == measurements
+    assert after.trained_at > before.trained_at
+    assert after.settings["latency_reading"] == before.settings["latency_reading"] + 1
+
+
 def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     out = tmp_path / "pred"

@@ -96,6 +96,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+#: How a stored measurement becomes ``MeasurementRecord.latency_ms``; bump when that changes (2: drift anchors
+#: read by their median, ``min`` the fastest round). What was trained on older labels is trained again.
+LATENCY_READING_VERSION = 2
 
 
 @dataclass(frozen=True)

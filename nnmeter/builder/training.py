@@ -56,6 +56,7 @@ from nnmeter.builder.regressors import (
     KernelRegressor, LatencyMetrics, latency_metrics, make_regressor, regressor_class,
 )
 from nnmeter.builder.settings import KernelTrainingSettings
+from nnmeter.builder.store import LATENCY_READING_VERSION
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_matrix
 from nnmeter.predictor.regressor_format import save_ensemble
@@ -510,13 +511,13 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
 
 
 def _result_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
-    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), and
-    the regressor's parameters: a new version of nnmeter that fits differently fits the kernels again (from the
-    store: nothing is measured again)."""
+    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), the
+    regressor's parameters and how measurements are read into labels: a new version of nnmeter that fits or
+    reads differently fits the kernels again (from the store: nothing is measured again)."""
     params = regressor_class(settings.regressor)(kernel="").get_params()
     del params["kernel"]
     return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
-            "regressor_params": params}
+            "regressor_params": params, "latency_reading": LATENCY_READING_VERSION}
 
 
 def _up_to_date(ws: "Workspace", result: KernelResult, settings: KernelTrainingSettings) -> bool:
