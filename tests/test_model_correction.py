@@ -123,7 +123,7 @@ def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp
     assert above.extra_ms(TINY_WEIGHT_BYTES) == 0.0
 
 
-def test_artifact_records_the_correction_and_reads_old_manifests_as_none(payloads, tmp_path):
+def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp_path):
     old = load_artifact(_write(payloads, tmp_path / "old"))
     assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
     assert old.model_correction is None
@@ -132,7 +132,10 @@ def test_artifact_records_the_correction_and_reads_old_manifests_as_none(payload
         == correction
     manifest = tmp_path / "new" / "manifest.yaml"
     data = yaml.safe_load(manifest.read_text())
-    data["model_correction"]["scale"] = 0.0
+    weight_term = {k: v for k, v in data.pop("model_correction").items() if k != "scale"}
+    manifest.write_text(yaml.safe_dump({**data, "memory_correction": weight_term}, sort_keys=False))
+    assert load_artifact(tmp_path / "new").model_correction == ModelCorrection(0.034, 3.79, 16, 0.035, scale=1.0)
+    data["model_correction"] = {**weight_term, "scale": 0.0}
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(ArtifactError, match="model_correction"):
         load_artifact(tmp_path / "new")

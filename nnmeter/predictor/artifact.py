@@ -308,8 +308,10 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             created=str(data.get("created", "")), description=str(data.get("description", "")),
             rules=str(data.get("rules", RULES_FILE)),
             invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
-            model_correction=(ModelCorrection.from_dict(data["model_correction"])
-                               if data.get("model_correction") else None),
+            # ``memory_correction``: the weight term alone, as artifacts before the factor wrote it
+            model_correction=(ModelCorrection.from_dict(correction)
+                              if (correction := data.get("model_correction") or data.get("memory_correction"))
+                              else None),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None
