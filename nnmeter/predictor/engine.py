@@ -15,9 +15,10 @@ caches other layers have used) and a term from its total weight bytes
 (:func:`weight_bytes`: big models' weights stream from memory where the standalone
 kernels found them in the cache).
 
-A conv with a non-square kernel (InceptionV3's 1x7) or a concat of more inputs than the
-concat kernel takes is predicted by a stand-in config of the same work
-(``KernelRow.stand_in`` says which; :mod:`nnmeter.predictor.detection`).
+A conv with a non-square kernel (InceptionV3's 1x7), a concat of more inputs than the
+concat kernel takes, or a window of a feature map other than the crop kernel's is
+predicted by a stand-in config of the same work (``KernelRow.stand_in`` says which;
+:mod:`nnmeter.predictor.detection`).
 
 Coverage is explicit: a node whose op or kernel the predictor cannot predict is listed
 in ``result.unsupported``; ``strict=True`` (the default) raises

@@ -23,8 +23,8 @@ _ACTIVATIONS = {
 #: Layer or keras.ops class name -> op, for those whose attributes need no reading.
 _LAYERS = {
     "BatchNormalization": ops.BN, "Add": ops.ADD, "Multiply": ops.MUL, "Concatenate": ops.CONCAT,
-    "GlobalAveragePooling2D": ops.GLOBAL_AVGPOOL, "ZeroPadding2D": ops.PAD, "Cropping2D": ops.CROP, "Reshape": ops.RESHAPE,
-    "Flatten": ops.FLATTEN, "Softmax": ops.SOFTMAX, "Relu": ops.RELU, "Relu6": ops.RELU6,
+    "GlobalAveragePooling2D": ops.GLOBAL_AVGPOOL, "ZeroPadding2D": ops.PAD, "Cropping2D": ops.CROP,
+    "Reshape": ops.RESHAPE, "Flatten": ops.FLATTEN, "Softmax": ops.SOFTMAX, "Relu": ops.RELU, "Relu6": ops.RELU6,
     "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSilu": ops.HSWISH, "Silu": ops.SWISH,
     "Divide": ops.MUL, "TrueDivide": ops.MUL,
 }

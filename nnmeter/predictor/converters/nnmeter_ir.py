@@ -25,8 +25,8 @@ TF_OPS: dict[str, str] = {
     "Add": ops.ADD, "AddV2": ops.ADD, "Mul": ops.MUL, "RealDiv": ops.MUL,
     "MaxPool": ops.MAXPOOL, "AvgPool": ops.AVGPOOL, "Mean": ops.GLOBAL_AVGPOOL,
     "MatMul": ops.FC, "ConcatV2": ops.CONCAT, "Concat": ops.CONCAT, "Split": ops.SPLIT, "SplitV": ops.SPLIT,
-    "Pad": ops.PAD, "StridedSlice": ops.CROP, "Slice": ops.CROP, "Softmax": ops.SOFTMAX, "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE,
-    "ExpandDims": ops.RESHAPE,
+    "Pad": ops.PAD, "StridedSlice": ops.CROP, "Slice": ops.CROP, "Softmax": ops.SOFTMAX, "Reshape": ops.RESHAPE,
+    "Squeeze": ops.RESHAPE, "ExpandDims": ops.RESHAPE,
 }
 #: No-ops in every runtime: bypassed (Const and Placeholder are handled apart).
 TF_NOOPS = {"Identity", "NoOp", "StopGradient", "Snapshot", "IdentityN", "ReadVariableOp"}

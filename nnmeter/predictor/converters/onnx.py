@@ -19,10 +19,11 @@ from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 _OPS = {
     "Conv": ops.CONV, "ConvTranspose": ops.CONVTRANS, "BatchNormalization": ops.BN, "Relu": ops.RELU,
     "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSwish": ops.HSWISH,
-    "Add": ops.ADD, "Sub": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL, "AveragePool": ops.AVGPOOL,
-    "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL, "Gemm": ops.FC,
-    "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Slice": ops.CROP, "Softmax": ops.SOFTMAX,
-    "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE, "Flatten": ops.FLATTEN,
+    "Add": ops.ADD, "Sub": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL,
+    "AveragePool": ops.AVGPOOL, "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL,
+    "Gemm": ops.FC, "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Slice": ops.CROP,
+    "Softmax": ops.SOFTMAX, "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE,
+    "Flatten": ops.FLATTEN,
 }
 _NOOPS = {"Identity", "Dropout"}
 #: Ops that read only a tensor's shape (a dynamic batch's reshape starts with one).
