@@ -346,21 +346,24 @@ def kernel_cost(kernel: str, config: Mapping[str, object]) -> Cost:
 
 
 def runs_as_gemm(kernel: str) -> bool:
-    """Whether ``kernel`` is a dense conv, which CPU runtimes run as a matrix product (see :func:`gemm_shape`)."""
-    return kernel_type(kernel).ops[0] == CONV
+    """Whether ``kernel`` is a dense conv or an fc, which CPU runtimes run as a matrix product (see
+    :func:`gemm_shape`)."""
+    return kernel_type(kernel).ops[0] in (CONV, FC)
 
 
 def gemm_shape(kernel: str, config: Mapping[str, object]) -> tuple[int, int, int] | None:
-    """``(M, N, K)`` of the matrix product a dense conv kernel runs as, or None for other kernels.
+    """``(M, N, K)`` of the matrix product a dense conv or an fc kernel runs as, or None for other kernels.
 
     CPU runtimes (XNNPACK, oneDNN, Arm Compute Library) run a dense convolution as a
     GEMM, or an indirect GEMM, with one row per output pixel (``M``), one column per
     output channel (``N``) and a reduction over ``CIN * KERNEL_SIZE**2`` (``K``),
-    computed in whole tiles of rows and columns.
+    computed in whole tiles of rows and columns; an fc is the one-row case.
     """
     if not runs_as_gemm(kernel):
         return None
     cfg = validate_config(kernel, config)
+    if kernel_type(kernel).ops[0] == FC:
+        return 1, cfg[COUT], cfg[CIN]  # type: ignore[return-value]
     ho = out_hw(cfg[HW], cfg[STRIDES])  # type: ignore[arg-type]
     k = cfg[KERNEL_SIZE]
     return ho * ho, cfg[COUT], cfg[CIN] * k * k  # type: ignore[return-value,operator]
