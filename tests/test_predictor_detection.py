@@ -129,6 +129,24 @@ def test_patterns_collapse_once():
     assert recognise(g).op_counts() == {"hswish": 1, "swish": 1, "se": 1, "channelshuffle": 1}
 
 
+@pytest.mark.parametrize("squeeze, collapses", [(12, True), (16, True), (2, False)])
+def test_se_gate_is_the_se_kernel_only_at_the_kernels_squeeze_width(squeeze, collapses):
+    """MobileNetV3 squeezes 48 channels to 12 or 16 (a quarter, rounded to 8): one ``se``. EfficientNet squeezes
+    them to 2 (a quarter of the block's input): its parts, so that its weights are not counted 6x."""
+    g = Graph("se", inputs={"x": [1, 7, 7, 48]})
+    s, one, mid = [[1, 7, 7, 48]], [[1, 1, 1, 48]], [[1, 1, 1, squeeze]]
+    g.add(Node("gap", "global-avgpool", ["x"], s, one))
+    g.add(Node("c1", "conv", ["gap"], one, mid, {"kernel_size": [1, 1], "strides": [1, 1]}))
+    g.add(Node("c1r", "relu", ["c1"], mid, mid))
+    g.add(Node("c2", "conv", ["c1r"], mid, one, {"kernel_size": [1, 1], "strides": [1, 1]}))
+    g.add(Node("gate", "sigmoid", ["c2"], one, one))
+    g.add(Node("se", "mul", ["x", "gate"], s + one, s))
+    g.outputs = ["se"]
+    counts = recognise(g.check()).op_counts()
+    assert counts == ({"se": 1} if collapses else
+                      {"global-avgpool": 1, "conv": 2, "relu": 1, "sigmoid": 1, "mul": 1})
+
+
 def test_non_square_conv_and_wide_concat_get_stand_ins_of_the_same_work(tmp_path):
     from nnmeter import ops
 

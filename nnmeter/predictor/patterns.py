@@ -8,7 +8,8 @@ Frameworks spell some ops as several nodes; every converter's output goes throug
 * ``hswish``: x * hsigmoid(x), or x * relu6(x + 3) * (1/6)
 * ``swish``: x * sigmoid(x)
 * ``se``: x * gate(x) where gate is global-avgpool -> 1x1 conv or fc -> act -> 1x1 conv or fc
-  -> hsigmoid or sigmoid (reshapes allowed in between)
+  -> hsigmoid or sigmoid (reshapes allowed in between), squeezing to 1/8-1/2 of the channels
+  as the ``se`` kernel does (1/4); a narrower gate (EfficientNet's) stays as its parts
 * ``channelshuffle``: reshape to 5-D -> transpose -> reshape back to the input's shape
 """
 
@@ -155,10 +156,24 @@ def _se(v: _View, mul: Node) -> Match | None:
             continue
         if not any(v.graph.nodes[n].op in (ops.CONV, ops.FC) for n in chain):
             continue
+        if not _se_width_like_the_kernel(v, chain, node):
+            continue
         names = [node.name, *reversed(chain), mul.name]
         if v.free(names):
             return v.replace(names, ops.SE, mul, x, {"gate": gate.op})
     return None
+
+
+def _se_width_like_the_kernel(v: _View, chain: list[str], pool: Node) -> bool:
+    """Whether the gate squeezes to about a quarter of the channels, as the ``se`` kernel does (MobileNetV3
+    rounds it to a multiple of 8). EfficientNet's squeeze to a quarter of the block's input, a 24th of these
+    channels: as an ``se`` kernel such a block would carry 6x the weights it has, so it stays as its parts
+    (global-avgpool, two small convs, the gate, a multiply), each predicted by its own kernel."""
+    squeeze = next(v.graph.nodes[n] for n in reversed(chain) if v.graph.nodes[n].op in (ops.CONV, ops.FC))
+    if not squeeze.output_shapes or not pool.output_shapes:
+        return True  # shapes unknown: nothing to compare
+    channels, width = pool.output_shapes[0][-1], squeeze.output_shapes[0][-1]
+    return channels / 8 <= width <= channels / 2
 
 
 def _channelshuffle(v: _View, first: Node) -> Match | None:
