@@ -49,14 +49,16 @@ FINEGRAINED_PER_POINT = 10
 
 
 def budget_settings(base, regressor: str, budget: int):
-    """Loop settings that spend at most ``budget`` measured samples: a prior sample, then two rounds."""
+    """Loop settings that spend at most ``budget`` measured samples: a prior sample, then two rounds, both run
+    whatever the validation score (no early stop at the campaign's ``target_accuracy``), so that a budget's
+    figure is what that many samples give."""
     rounds = 2
     per_round = int(budget * (1 - PRIOR_SHARE) / rounds)
     return dataclasses.replace(
         base, regressor=regressor, init_samples=int(budget * PRIOR_SHARE), iterations=rounds,
         finegrained_samples=FINEGRAINED_PER_POINT,
         max_refined_points=max(1, math.floor(per_round / FINEGRAINED_PER_POINT)),
-        min_train_samples=min(base.min_train_samples, int(budget * PRIOR_SHARE * 0.5)),
+        min_train_samples=min(base.min_train_samples, int(budget * PRIOR_SHARE * 0.5)), target_accuracy=1.0,
     )
 
 
