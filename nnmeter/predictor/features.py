@@ -12,8 +12,8 @@ bytes read and bytes written), and derived shape features:
   raw count with few samples (on tflite-local conv-bn-relu, 5-fold +-10 %
   accuracy 73 % -> 84 %, dwconv-bn-relu 85 % -> 92 %);
 * for kernels that run as a matrix product, the output channels in the last
-  column tile (``COUT_TAIL32`` = ``(COUT - 1) % 32 + 1``): a GEMM micro-kernel
-  runs its last tile by another code path, and on tflite-local (AVX-512) a conv
+  column tile of 4-32 (``COUT_TAIL32`` = ``(COUT - 1) % 32 + 1``, ...): a GEMM
+  micro-kernel runs its last tile by another code path, and on tflite-local (AVX-512) a conv
   or fc whose last 32-column tile holds 1-16 channels ran 1.6x slower than its
   neighbours with 17-32, for the whole layer, not the tail (1x1 convs on 1x1
   maps, the same weight bytes), which the padding ratio cannot express: the
@@ -120,8 +120,8 @@ def kernel_features(kernel: str, config: Mapping[str, object]) -> list[float]:
         values += [float((gemm[1] - 1) % tile + 1) for tile in _CHANNEL_TILES]
     tail = ops.kernel_type(kernel).ops[1:]
     values += [float(op in tail) for op in ops.family_tail_ops(kernel)]
-    return values + [math.log1p(cost.flops), math.log1p(cost.bytes_moved),
-                     math.log1p(cost.flops) - math.log1p(cost.bytes_read)]
+    log_flops = math.log1p(cost.flops)
+    return values + [log_flops, math.log1p(cost.bytes_moved), log_flops - math.log1p(cost.bytes_read)]
 
 
 def feature_matrix(kernel: str, configs: Sequence[Mapping[str, object]]) -> np.ndarray:

@@ -154,9 +154,10 @@ def _se(v: _View, mul: Node) -> Match | None:
             node = v.node(node.inputs[0])
         if node is None or node.op != ops.GLOBAL_AVGPOOL or node.inputs != [x] or not v.private(node.name):
             continue
-        if not any(v.graph.nodes[n].op in (ops.CONV, ops.FC) for n in chain):
-            continue
-        if not _se_width_like_the_kernel(v, chain, node):
+        # the squeeze: the gate's first conv or fc after the pooling
+        squeeze = next((v.graph.nodes[n] for n in reversed(chain) if v.graph.nodes[n].op in (ops.CONV, ops.FC)),
+                       None)
+        if squeeze is None or not _squeezes_like_the_kernel(node, squeeze):
             continue
         names = [node.name, *reversed(chain), mul.name]
         if v.free(names):
@@ -164,12 +165,11 @@ def _se(v: _View, mul: Node) -> Match | None:
     return None
 
 
-def _se_width_like_the_kernel(v: _View, chain: list[str], pool: Node) -> bool:
+def _squeezes_like_the_kernel(pool: Node, squeeze: Node) -> bool:
     """Whether the gate squeezes to about a quarter of the channels, as the ``se`` kernel does (MobileNetV3
     rounds it to a multiple of 8). EfficientNet's squeeze to a quarter of the block's input, a 24th of these
     channels: as an ``se`` kernel such a block would carry 6x the weights it has, so it stays as its parts
     (global-avgpool, two small convs, the gate, a multiply), each predicted by its own kernel."""
-    squeeze = next(v.graph.nodes[n] for n in reversed(chain) if v.graph.nodes[n].op in (ops.CONV, ops.FC))
     if not squeeze.output_shapes or not pool.output_shapes:
         return True  # shapes unknown: nothing to compare
     channels, width = pool.output_shapes[0][-1], squeeze.output_shapes[0][-1]
