@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -43,22 +42,19 @@ KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
 BUDGETS = (100, 200, 400, 800, 1600)
 TEST_CONFIGS = 300
 TEST_SEED = 90_001  # never a training seed
-#: Share of a budget spent on the prior sample; the rest goes to two fine-grained rounds.
-PRIOR_SHARE = 0.6
-FINEGRAINED_PER_POINT = 10
 
 
 def budget_settings(base, regressor: str, budget: int):
-    """Loop settings that spend at most ``budget`` measured samples: a prior sample, then two rounds, both run
-    whatever the validation score (no early stop at the campaign's ``target_accuracy``), so that a budget's
-    figure is what that many samples give."""
-    rounds = 2
-    per_round = int(budget * (1 - PRIOR_SHARE) / rounds)
+    """Loop settings that spend at most ``budget`` measured samples in the campaign's proportions: its share of
+    prior samples (640 of 800 by default), then its fine-grained rounds, all of them run whatever the
+    validation score (no early stop at the campaign's ``target_accuracy``), so that a budget's figure is what
+    that many samples give."""
+    refined = base.iterations * base.max_refined_points * base.finegrained_samples
+    init = int(budget * base.init_samples / (base.init_samples + refined))
+    per_point, rounds = max(base.finegrained_samples, 1), max(base.iterations, 1)
     return dataclasses.replace(
-        base, regressor=regressor, init_samples=int(budget * PRIOR_SHARE), iterations=rounds,
-        finegrained_samples=FINEGRAINED_PER_POINT,
-        max_refined_points=max(1, math.floor(per_round / FINEGRAINED_PER_POINT)),
-        min_train_samples=min(base.min_train_samples, int(budget * PRIOR_SHARE * 0.5)), target_accuracy=1.0,
+        base, regressor=regressor, init_samples=init, max_refined_points=max(1, (budget - init) // rounds // per_point),
+        min_train_samples=min(base.min_train_samples, init // 2), target_accuracy=1.0,
     )
 
 
