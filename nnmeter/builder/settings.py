@@ -33,8 +33,8 @@ class KernelTrainingSettings:
                                            "near the timer's resolution and nothing in a whole model's latency",
                                     minimum=0.0)
     max_refined_points: int = setting(8, "at most this many large-error points get fine-grained samples per "
-                                          "round (the worst first), so one round costs at most "
-                                          "max_refined_points * finegrained_samples measurements", minimum=1)
+                                         "round (the worst first), so one round costs at most "
+                                         "max_refined_points * finegrained_samples measurements", minimum=1)
     target_accuracy: float = setting(0.95, "stop the adaptive rounds of a kernel once this share of its held-out "
                                            "configs is predicted within +-10 % (1: run every round)",
                                      minimum=0.0, maximum=1.0)
