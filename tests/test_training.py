@@ -111,6 +111,23 @@ def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, m
     assert load_artifact(find_predictor("test-device")).manifest.name == "test-device"
 
 
+def test_a_new_prior_samples_and_trains_the_kernel_again(first_run, workspace, monkeypatch):
+    """Same settings, but the prior sampler draws other configs (a new nnmeter): the kernel's saved result and
+    fine-grained plan are stale, so its new prior is measured and it is trained on that, not kept."""
+    import nnmeter.kernel_gen.samplers as samplers
+
+    assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0  # up to date: kept
+    with Workspace.open(workspace) as ws:
+        _, (before,) = trained_kernels(ws)
+        models_before = len(ws.store.models(kind="kernel"))
+    monkeypatch.setattr(samplers, "PRIOR_JITTER", (0.4, 0.6))  # other channel counts than any drawn before
+    assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
+    with Workspace.open(workspace) as ws:
+        _, (after,) = trained_kernels(ws)
+        assert len(ws.store.models(kind="kernel")) >= models_before + after.samples - 2  # measured anew
+    assert after.settings["prior"] != before.settings["prior"] and after.trained_at > before.trained_at
+
+
 def test_package_without_training_says_so(tmp_path, capsys):
     root = tmp_path / "empty"
     Workspace.create(root, "tflite-local")

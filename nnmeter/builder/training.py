@@ -482,14 +482,15 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
     store = ws.store
     stored = store.get_state(state_key("result", setup, kernel))
     finished = None if stored is None else KernelResult.from_dict(stored)
-    if finished is not None and _up_to_date(ws, finished, settings):  # a resumed run does not train it again
+    if finished is not None and _up_to_date(ws, finished, kernel, settings):  # a resumed run does not train it again
         progress.done(kernel, finished)
         return finished
     plan_key = state_key("plan", setup, kernel)
     outcome = adaptive_training(
         kernel, settings, workspace_measure(ws, backend, kernel, workers, progress),
         refinements=_saved_refinements(ws, setup, kernel, settings),
-        save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(settings), "refinements": r}),
+        save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(kernel, settings),
+                                                              "refinements": r}),
         on_round=lambda score: progress.scored(kernel, score),
     )
     out_dir = ws.models_dir / TRAINED_DIR
@@ -503,29 +504,32 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
         device_seconds=outcome.device_seconds, metrics=outcome.validation.to_dict(),
         rounds=tuple({"round": r.round, "samples": r.samples, **r.validation.to_dict()} for r in outcome.rounds),
         file=path.relative_to(ws.root).as_posix(), sha256=sha256_file(path),
-        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(), settings=_result_settings(settings),
+        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(),
+        settings=_result_settings(kernel, settings),
     )
     store.set_state(state_key("result", setup, kernel), result.to_dict())
     progress.done(kernel, result)
     return result
 
 
-def _result_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
-    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), the
-    regressor's parameters and how measurements are read into labels: a new version of nnmeter that fits or
-    reads differently fits the kernels again (from the store: nothing is measured again)."""
+def _result_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
+    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), its
+    prior list, the regressor's parameters and how measurements are read into labels: a new version of nnmeter
+    that samples, fits or reads differently trains the kernels again (what the store holds is not measured
+    again)."""
     params = regressor_class(settings.regressor)(kernel="").get_params()
     del params["kernel"]
     return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
-            "regressor_params": params, "latency_reading": LATENCY_READING_VERSION}
+            "regressor_params": params, "latency_reading": LATENCY_READING_VERSION,
+            "prior": _prior_digest(kernel, settings)}
 
 
-def _up_to_date(ws: "Workspace", result: KernelResult, settings: KernelTrainingSettings) -> bool:
-    """Whether ``result`` was trained with these settings and feature schema, and its file is intact."""
+def _up_to_date(ws: "Workspace", result: KernelResult, kernel: str, settings: KernelTrainingSettings) -> bool:
+    """Whether ``result`` was trained with these settings, prior and feature schema, and its file is intact."""
     from nnmeter.predictor.artifact import sha256_file
 
     path = ws.root / result.file
-    return (result.settings == _result_settings(settings) and result.feature_schema_version == FEATURE_SCHEMA_VERSION
+    return (result.settings == _result_settings(kernel, settings) and result.feature_schema_version == FEATURE_SCHEMA_VERSION
             and path.is_file() and sha256_file(path) == result.sha256)
 
 
@@ -533,14 +537,20 @@ def _saved_refinements(ws: "Workspace", setup: str, kernel: str, settings: Kerne
     """The fine-grained lists planned for ``kernel`` under these settings (none when they were planned under
     others)."""
     plan = ws.store.get_state(state_key("plan", setup, kernel), {})
-    return plan.get("refinements", []) if plan.get("settings") == _plan_settings(settings) else []
+    return plan.get("refinements", []) if plan.get("settings") == _plan_settings(kernel, settings) else []
 
 
-def _plan_settings(settings: KernelTrainingSettings) -> dict[str, Any]:
-    """The settings a saved fine-grained plan depends on; another value makes the loop plan anew."""
+def _plan_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
+    """The settings and prior list a saved fine-grained plan depends on; another value makes the loop plan anew."""
     keys = ("init_samples", "finegrained_samples", "error_threshold", "noise_floor_ms", "max_refined_points",
             "regressor", "validation_fraction", "seed")
-    return {k: getattr(settings, k) for k in keys}
+    return {**{k: getattr(settings, k) for k in keys}, "prior": _prior_digest(kernel, settings)}
+
+
+def _prior_digest(kernel: str, settings: KernelTrainingSettings) -> str:
+    """A digest of ``kernel``'s prior list: another sampler or prior table (a new nnmeter) plans and trains anew."""
+    keys = "\n".join(config_key(c) for c in prior_configs(kernel, settings))
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
 def _device_dict(info: Any) -> dict[str, Any]:

@@ -48,8 +48,8 @@ MODELS: tuple[tuple[str, str, dict], ...] = (
     ("EfficientNetV2B0", "EfficientNetV2B0", {}),
     ("InceptionV3", "InceptionV3", {}),
 )
-#: After snapping HW, 224 and 160 give different grids (224: 112, 56, 28...; 160: 112 <- 160, 56 <- 80, 28 <- 40...);
-#: other resolutions repeat one of them.
+#: Two input resolutions, so that the table holds two sets of feature-map sizes (224: 112, 56, 28...; 160: 80,
+#: 40, 20...); the sampler moves HW to the sizes of other resolutions.
 RESOLUTIONS = (224, 160)
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "configs" / "priors" / "kernel_priors.json"

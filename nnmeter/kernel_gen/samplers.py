@@ -13,8 +13,9 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   network design spaces do: kernel size and strides redrawn uniformly over their valid
   sets (``ops.valid_values``; the table holds only what keras.applications use, and NAS
   spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3), and
-  HW moved one step along ``ops.HW_VALUES`` with the channels kept (another input
-  resolution). An earlier version redrew HW over the whole grid and scaled the channels
+  HW moved to a member of ``ops.HW_VALUES`` within a factor two with the channels kept
+  (another input resolution; the grid holds the sizes of 96-256 px inputs, so models at
+  160 or 192 px are sampled where they are, not between samples). An earlier version redrew HW over the whole grid and scaled the channels
   by the HW ratio: that made layers no network has (1x1 convs of 1 channel at 224x224,
   7x7 convs of 3,000 channels on a 1x1 map), spent 40 % of a budget on them, and they
   were the hardest configs to learn. A 1x1 map keeps kernel size 1 and stride 1.
@@ -79,17 +80,20 @@ def _prior(kernel: str, rng: random.Random, rows: list[dict]) -> dict:
 
 
 def _design_space_draw(kernel: str, rng: random.Random, config: Mapping[str, object]) -> dict:
-    """Kernel size and strides redrawn over their valid sets, HW one step along the grid (see the module doc)."""
+    """Kernel size and strides redrawn over their valid sets, HW to another resolution's (see the module doc)."""
     out: dict[str, object] = {}
     if ops.HW in config:
-        grid = ops.HW_VALUES
-        i = grid.index(ops.snap(int(config[ops.HW]), grid))  # type: ignore[arg-type]
-        out[ops.HW] = grid[min(max(i + rng.choice((-1, 0, 1)), 0), len(grid) - 1)]
+        out[ops.HW] = rng.choice(_nearby_hw(int(config[ops.HW])))  # type: ignore[arg-type]
     for key in _DISCRETE_KEYS:
         if key in config:
             valid = ops.valid_values(kernel, key)
             out[key] = valid[0] if out.get(ops.HW) == 1 else rng.choice(valid)
     return out
+
+
+def _nearby_hw(hw: int) -> list[int]:
+    """The members of ``ops.HW_VALUES`` within a factor two of ``hw`` (the sizes of other input resolutions)."""
+    return [v for v in ops.HW_VALUES if hw / 2 <= v <= hw * 2] or [ops.snap(hw, ops.HW_VALUES)]
 
 
 def _discrete_draw(kernel: str, rng: random.Random, keys: Iterable[str]) -> dict:
@@ -110,9 +114,7 @@ def _finegrained(kernel: str, rng: random.Random, around: dict, vary_hw: bool) -
 
     config = _map_channels(around, draw)
     if vary_hw and ops.HW in config:
-        hw = int(config[ops.HW])  # type: ignore[arg-type]
-        near = [v for v in ops.HW_VALUES if hw / 2 <= v <= hw * 2] or [ops.snap(hw, ops.HW_VALUES)]
-        config[ops.HW] = rng.choice(near)
+        config[ops.HW] = rng.choice(_nearby_hw(int(config[ops.HW])))  # type: ignore[arg-type]
     return config
 
 
