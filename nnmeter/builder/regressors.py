@@ -257,7 +257,8 @@ REGRESSORS: dict[str, type[KernelRegressor]] = {
     cls.name: cls for cls in (NnMeterForest, CostRatioBoosting, CostRatioForest)
 }
 #: The default, chosen by bench/kernel_accuracy.py: on tflite-local it beat nn-meter-rf at every budget tried
-#: (+-10 % on 200 held-out configs at 800 samples: conv-bn-relu 96.0 % (seed 0) vs 48.0-49.0 %; earlier
+#: (+-10 % on 200 held-out configs at 800 samples: conv-bn-relu 93.0 vs 47.5 % (HW grid of 96-256 px inputs),
+#: 96.0 vs 48.0-49.0 % (the 224 px grid); earlier
 #: dwconv-bn-relu 82.0 vs 51.5 %), and et-cost-ratio on the same data (5-fold, conv-bn-relu: 83.9 vs 82.1 %).
 DEFAULT_REGRESSOR = CostRatioBoosting.name
 BASELINE_REGRESSOR = NnMeterForest.name
