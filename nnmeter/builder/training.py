@@ -482,7 +482,7 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
     store = ws.store
     stored = store.get_state(state_key("result", setup, kernel))
     finished = None if stored is None else KernelResult.from_dict(stored)
-    if finished is not None and _up_to_date(ws, finished, kernel, settings):  # a resumed run does not train it again
+    if finished is not None and _up_to_date(ws, finished, kernel, settings):  # a resumed run: not trained again
         progress.done(kernel, finished)
         return finished
     plan_key = state_key("plan", setup, kernel)
@@ -529,7 +529,8 @@ def _up_to_date(ws: "Workspace", result: KernelResult, kernel: str, settings: Ke
     from nnmeter.predictor.artifact import sha256_file
 
     path = ws.root / result.file
-    return (result.settings == _result_settings(kernel, settings) and result.feature_schema_version == FEATURE_SCHEMA_VERSION
+    return (result.settings == _result_settings(kernel, settings)
+            and result.feature_schema_version == FEATURE_SCHEMA_VERSION
             and path.is_file() and sha256_file(path) == result.sha256)
 
 
