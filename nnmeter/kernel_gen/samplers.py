@@ -18,7 +18,8 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   160 or 192 px are sampled where they are, not between samples). An earlier version
   redrew HW over the whole grid and scaled the channels by the HW ratio: that made layers
   no network has (1x1 convs of 1 channel at 224x224, 7x7 convs of 3,000 channels on a 1x1
-  map), spent 40 % of a budget on them, and they were the hardest configs to learn. A 1x1 map keeps kernel size 1 and stride 1.
+  map), spent 40 % of a budget on them, and they were the hardest configs to learn. A 1x1
+  map keeps kernel size 1 and stride 1.
   (Scaling HW off the grid by 0.5-2x instead was tried: at the quickstart's 70 samples
   per kernel it spread the 7x7 depthwise samples too thin, and one model's prediction
   fell 56 % short. Moving HW within a factor two on the grid of real sizes, as now, scored
