@@ -357,9 +357,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", metavar="WS", help="a workspace folder (or its campaign.yaml)")
     p.add_argument("--kernel", action="append", metavar="K", dest="kernels",
                    help="train only this kernel (repeat for several); default: the campaign's kernels.kernels")
-    p.add_argument("--init", type=int, metavar="N", help="prior samples per kernel (overrides kernels.init_samples)")
+    p.add_argument("--init", type=int, metavar="N",
+                   help="prior samples per kernel, family members' too (overrides kernels.init_samples and "
+                        "kernels.member_samples)")
     p.add_argument("--iterations", type=int, metavar="N",
-                   help="adaptive fine-grained rounds (overrides kernels.iterations)")
+                   help="adaptive fine-grained rounds per kernel, family members' too (overrides kernels.iterations "
+                        "and kernels.member_samples)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="model conversion processes (default: the backend's setting)")
 

@@ -118,6 +118,8 @@ def _k(name: str, ops: tuple[str, ...], keys: tuple[str, ...], doc: str, inputs:
     return KernelType(name=name, ops=ops, keys=keys, doc=doc, inputs=inputs)
 
 
+# The first kernel of a family (kernel_family) is the one networks use most: trained by a campaign, it gets the
+# full sample budget and its siblings fewer (builder.training.kernel_settings).
 _KERNEL_LIST = [
     _k("conv-bn-relu", (CONV, BN, RELU), _CONV_KEYS, "convolution, batch norm, ReLU"),
     _k("conv-bn-relu6", (CONV, BN, RELU6), _CONV_KEYS, "convolution, batch norm, ReLU6"),
@@ -128,10 +130,10 @@ _KERNEL_LIST = [
     _k("conv-bn-hswish", (CONV, BN, HSWISH), _CONV_KEYS, "convolution, batch norm, hard swish"),
     _k("conv-bn-swish", (CONV, BN, SWISH), _CONV_KEYS, "convolution, batch norm, swish (EfficientNet)"),
     _k("conv-block", (CONV,), _CONV_KEYS, "a bare convolution with bias, no norm or activation"),
+    _k("dwconv-bn-relu", (DWCONV, BN, RELU), _DWCONV_KEYS, "depthwise convolution, batch norm, ReLU"),
     _k("dwconv-bn", (DWCONV, BN), _DWCONV_KEYS, "depthwise convolution and batch norm"),
     _k("dwconv-relu", (DWCONV, RELU), _DWCONV_KEYS, "depthwise convolution with bias, ReLU"),
     _k("dwconv-relu6", (DWCONV, RELU6), _DWCONV_KEYS, "depthwise convolution with bias, ReLU6"),
-    _k("dwconv-bn-relu", (DWCONV, BN, RELU), _DWCONV_KEYS, "depthwise convolution, batch norm, ReLU"),
     _k("dwconv-bn-relu6", (DWCONV, BN, RELU6), _DWCONV_KEYS, "depthwise convolution, batch norm, ReLU6"),
     _k("dwconv-bn-hswish", (DWCONV, BN, HSWISH), _DWCONV_KEYS, "depthwise convolution, batch norm, hard swish"),
     _k("dwconv-bn-swish", (DWCONV, BN, SWISH), _DWCONV_KEYS, "depthwise convolution, batch norm, swish"),

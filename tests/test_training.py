@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -223,19 +225,40 @@ def test_pooled_fit_learns_from_the_family_and_scores_on_the_kernels_own_held_ou
 
 
 def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
-    """add and addrelu (one family): after the loop each regressor is fitted on both kernels' measurements, and a
-    second run fits nothing again."""
+    """add and addrelu (one family): addrelu, its first kernel, gets the full budget and add member_samples;
+    after the loop each regressor is fitted on both kernels' measurements, a second run fits nothing again, and
+    a budget given on the command line is the member's too."""
     root = make_workspace(tmp_path / "ws", protocol={"rounds": 6, "warmup_runs": 2, "max_remeasures": 0},
-                          kernels={"kernels": ["add", "addrelu"], "init_samples": 24, "iterations": 0,
-                                   "min_train_samples": 10, "validation_fraction": 0.25})
+                          kernels={"kernels": ["add", "addrelu"], "init_samples": 24, "member_samples": 14,
+                                   "iterations": 0, "min_train_samples": 8, "validation_fraction": 0.25})
     assert main(["train", str(root)]) == 0
     with Workspace.open(root) as ws:
         _, results = trained_kernels(ws)
     assert {r.kernel: dict(r.pooled_with) for r in results} == {
-        "add": {"add": 24, "addrelu": 24}, "addrelu": {"add": 24, "addrelu": 24}}
+        "add": {"add": 14, "addrelu": 24}, "addrelu": {"add": 14, "addrelu": 24}}
     for r in results:
         assert r.metrics["n"] == r.validation_samples and 0 < r.metrics["rmspe"] < 100
         assert sha256_file(root / r.file) == r.sha256  # the file on disk is the pooled fit
     assert main(["train", str(root)]) == 0
     with Workspace.open(root) as ws:
         assert trained_kernels(ws)[1] == results
+    assert main(["train", str(root), "--kernel", "add", "--init", "24"]) == 0
+    with Workspace.open(root) as ws:
+        assert {r.kernel: r.samples for r in trained_kernels(ws)[1]}["add"] == 24
+
+
+def test_family_members_after_the_first_get_member_samples_and_no_rounds():
+    from nnmeter.builder.training import kernel_settings
+
+    settings = KernelTrainingSettings(kernels=["conv-bn", "conv-bn-relu6", "dwconv-bn", "fc"], init_samples=500,
+                                      member_samples=200, iterations=2)
+    member = kernel_settings("conv-bn", settings)
+    assert (member.init_samples, member.iterations) == (200, 0)
+    for lead in ("conv-bn-relu6", "dwconv-bn", "fc"):  # the first of its family in ops order, or alone in it
+        assert kernel_settings(lead, settings) == settings
+    for unchanged in (dataclasses.replace(settings, member_samples=0),
+                      dataclasses.replace(settings, pool_family=False),
+                      dataclasses.replace(settings, regressor="nn-meter-rf")):  # trains each kernel alone
+        assert kernel_settings("conv-bn", unchanged) == unchanged
+    small = dataclasses.replace(settings, init_samples=100)  # never more than the campaign's own budget
+    assert kernel_settings("conv-bn", small).init_samples == 100

@@ -24,9 +24,13 @@ Families (``pool_family``, on by default): kernels that run the same main op on
 the same config (every ``conv-*``, every ``dwconv-*``, ...) differ only in what
 follows it, so once the loop has run for every kernel, each kernel's packaged
 regressor is fitted again on its whole family's measurements (:func:`pooled_fit`),
-the ``WITH_<op>`` features telling the members apart: ~7,000 conv samples instead
-of ~800. It is scored on the kernel's own held-out configs, and no sample of those
-configs, the kernel's own or a sibling's, is trained on for that score.
+the ``WITH_<op>`` features telling the members apart. It is scored on the kernel's
+own held-out configs, and no sample of those configs, the kernel's own or a
+sibling's, is trained on for that score. So only the first kernel of a family
+that the campaign trains, in ``ops.KERNELS`` order (``conv-bn-relu``,
+``dwconv-bn-relu``, ...), runs the whole loop; the others draw ``member_samples`` prior configs and no fine-grained
+rounds (:func:`kernel_settings`): with the family's measurements, a member's own
+samples only need to tell it apart, and it costs a fraction of a full budget.
 
 Kernels faster than ~0.05 ms: the measurement protocol keeps invoking a model
 within each round until ``min_round_ms`` has passed, so a 0.01 ms kernel is
@@ -127,6 +131,22 @@ def held_out(config: Mapping[str, Any], fraction: float, seed: int) -> bool:
 def _holdout_score(config: Mapping[str, Any], seed: int) -> float:
     digest = hashlib.sha256(f"{seed}/{config_key(config)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def kernel_settings(kernel: str, settings: KernelTrainingSettings) -> KernelTrainingSettings:
+    """The settings ``kernel`` is sampled and trained with: a kernel after the first of its family among
+    ``settings.kernels`` (in :data:`nnmeter.ops.KERNELS` order, whatever the YAML's) gets ``member_samples``
+    prior configs and no adaptive rounds when pooling fits it on the whole family (see the module doc); any
+    other kernel, the campaign's settings."""
+    family = [k for k in ops.kernel_family(kernel) if k in settings.kernels]
+    if not (_pools_families(settings) and settings.member_samples and kernel in family[1:]):
+        return settings
+    return dataclasses.replace(settings, init_samples=min(settings.init_samples, settings.member_samples),
+                               iterations=0)
+
+
+def _pools_families(settings: KernelTrainingSettings) -> bool:
+    return settings.pool_family and regressor_class(settings.regressor).family_aware
 
 
 def prior_configs(kernel: str, settings: KernelTrainingSettings) -> list[dict]:
@@ -405,7 +425,7 @@ def _pool_families(ws: "Workspace", backend: "Backend", results: Sequence[Kernel
 
     def samples(kernel: str) -> list[Sample]:
         if kernel not in stored:
-            stored[kernel] = _stored_samples(ws, backend, kernel, settings, setup)
+            stored[kernel] = _stored_samples(ws, backend, kernel, kernel_settings(kernel, settings), setup)
         return stored[kernel]
 
     out = []
@@ -418,7 +438,7 @@ def _pool_families(ws: "Workspace", backend: "Backend", results: Sequence[Kernel
             out.append(result)
             continue
         progress.phase(kernel, f"fitting on its family ({sum(counts.values())})", 1)
-        regressor, scores = pooled_fit(kernel, family, settings)
+        regressor, scores = pooled_fit(kernel, family, kernel_settings(kernel, settings))
         path = save_ensemble(regressor.to_ensemble(), ws.root / result.file)
         pooled = dataclasses.replace(result, metrics=scores.to_dict(), sha256=sha256_file(path), pooled_with=counts,
                                      trained_at=time.time())
@@ -447,8 +467,8 @@ def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = Non
     """
     settings = ws.campaign.kernels
     overrides = {k: v for k, v in (("init_samples", init), ("iterations", iterations)) if v is not None}
-    if overrides:
-        settings = dataclasses.replace(settings, **overrides)
+    if overrides:  # a budget given on the command line is every named kernel's, family members' too
+        settings = dataclasses.replace(settings, **overrides, member_samples=0)
     names = list(kernels) if kernels else list(settings.kernels)
     for k in names:
         if k not in ops.KERNELS:
@@ -466,11 +486,12 @@ def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = Non
         with _Progress(console, names) as progress:
             for kernel in names:
                 try:
-                    results.append(_train_one(ws, backend, kernel, settings, setup, progress, workers))
+                    results.append(_train_one(ws, backend, kernel, kernel_settings(kernel, settings), setup,
+                                              progress, workers))
                 except TrainingError as err:
                     errors[kernel] = str(err)
                     progress.failed(kernel, err.message)
-            if settings.pool_family and regressor_class(settings.regressor).family_aware:
+            if _pools_families(settings):
                 results = _pool_families(ws, backend, results, settings, setup, progress)
     finally:
         backend.close()
@@ -640,5 +661,5 @@ class _Progress:
 
 
 __all__ = ["KernelResult", "MeasureConfigs", "RoundScore", "Sample", "TrainingError", "TrainingOutcome",
-           "adaptive_training", "held_out", "large_error_configs", "finegrained_configs", "pooled_fit", "prior_configs",
-           "results_table", "train_workspace_kernels", "trained_kernels", "workspace_measure"]
+           "adaptive_training", "held_out", "kernel_settings", "large_error_configs", "finegrained_configs",
+           "pooled_fit", "prior_configs", "results_table", "train_workspace_kernels", "trained_kernels", "workspace_measure"]
