@@ -28,9 +28,10 @@ the ``WITH_<op>`` features telling the members apart. It is scored on the kernel
 own held-out configs, and no sample of those configs, the kernel's own or a
 sibling's, is trained on for that score. So only the first kernel of a family
 that the campaign trains, in ``ops.KERNELS`` order (``conv-bn-relu``,
-``dwconv-bn-relu``, ...), runs the whole loop; the others draw ``member_samples`` prior configs and no fine-grained
-rounds (:func:`kernel_settings`): with the family's measurements, a member's own
-samples only need to tell it apart, and it costs a fraction of a full budget.
+``dwconv-bn-relu``, ...), runs the whole loop; the others draw ``member_samples``
+prior configs and no fine-grained rounds (:func:`kernel_settings`): with the
+family's measurements, a member's own samples only need to tell it apart, and it
+costs a fraction of a full budget.
 
 Kernels faster than ~0.05 ms: the measurement protocol keeps invoking a model
 within each round until ``min_round_ms`` has passed, so a 0.01 ms kernel is
@@ -662,4 +663,5 @@ class _Progress:
 
 __all__ = ["KernelResult", "MeasureConfigs", "RoundScore", "Sample", "TrainingError", "TrainingOutcome",
            "adaptive_training", "held_out", "kernel_settings", "large_error_configs", "finegrained_configs",
-           "pooled_fit", "prior_configs", "results_table", "train_workspace_kernels", "trained_kernels", "workspace_measure"]
+           "pooled_fit", "prior_configs", "results_table", "train_workspace_kernels", "trained_kernels",
+           "workspace_measure"]
