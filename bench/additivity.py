@@ -5,7 +5,9 @@ For each evaluation model of a workspace, the predictor engine detects its kerne
 (:func:`nnmeter.kernel_gen.build_kernel_model`), converted through the workspace's
 store, and measured in ONE round-robin batch with the whole model and a trivial
 model (a one-element add: the interpreter's fixed cost per invoke), so that all of
-them see the same device states. Per model it prints:
+them see the same device states. Every latency is the campaign protocol's ``statistic``, the one
+training and evaluation use (the median was read here until a host whose whole models' median ran
+1.5x their fastest round made the sums look 20 % short). Per model it prints:
 
 * ``model``: the measured whole model;
 * ``sum meas``: the sum of the measured standalone kernels (each counted as often as
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = dataclasses.replace(protocol, batch_size=len(files), cache=mode)
             results = {r.model_id: r for r in backend.measure(files, batch)}
             model_res = results[rec.id]
-            kernel_ms = {k: results[prepared[k].id].stats.median_ms for k in keys
+            kernel_ms = {k: results[prepared[k].id].stats.value(protocol.statistic) for k in keys
                          if results[prepared[k].id].stats is not None}
             if model_res.stats is None or _key(*TRIVIAL) not in kernel_ms:
                 console.print(f"{rec.name}: measurement failed: {model_res.error}")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = sum(1 for k, c, _ in detected[rec.name] if _key(k, c) not in kernel_ms)
             sum_meas = sum(kernel_ms.get(_key(k, c), 0.0) for k, c, _ in detected[rec.name])
             sum_pred = sum(ms for _, _, ms in detected[rec.name])
-            model_ms = model_res.stats.median_ms
+            model_ms = model_res.stats.value(protocol.statistic)
             for k, c, p in detected[rec.name]:
                 m = kernel_ms.get(_key(k, c))
                 if m is None:

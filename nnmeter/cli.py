@@ -584,6 +584,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    ".h5, SavedModel folders; subfolders are families) instead of the campaign's evaluation set; "
                    "writes reports/evaluation-<DIR>.json and reports/<DIR>.html")
     p.add_argument("--workers", type=int, metavar="N", help="model conversion processes (default: the backend's)")
+    p.add_argument("--remeasure", action="store_true", help="measure the models again (both passes) instead of "
+                   "reusing stored measurements, e.g. when the device was busy during the last evaluation; the "
+                   "store keeps the old ones")
     p.add_argument("--json", action="store_true", help="print the per-model results as JSON")
 
 
@@ -605,10 +608,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             folder = Path(args.models)
             models = folder_models(ws, backend, folder, args.workers)
             out = ws.reports_dir / f"evaluation-{folder.resolve().name}.json"
-            result = evaluate_workspace(ws, backend, models, out=out)
+            result = evaluate_workspace(ws, backend, models, out=out, remeasure=args.remeasure)
             page = write_report(ws, evaluation_path=out, out=ws.reports_dir / f"{folder.resolve().name}.html")
         else:
-            result = evaluate_workspace(ws, backend, zoo_models(ws, backend, args.workers))
+            result = evaluate_workspace(ws, backend, zoo_models(ws, backend, args.workers), remeasure=args.remeasure)
             page = write_report(ws)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -617,6 +620,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if m.error or m.unsupported:
             console.print(f"{m.name}: {m.error or 'not predicted: ' + ', '.join(m.unsupported)}", style="yellow",
                           markup=False, highlight=False)
+    unsteady = result.unsteady_ground_truth()
+    if unsteady:
+        console.print(unsteady, style="yellow", markup=False, highlight=False)
     console.print(f"report: {page}", markup=False, highlight=False)
     return 0
 
@@ -643,7 +649,7 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("quickstart", "build a predictor for this machine's CPU (tflite-local) with a small real campaign, "
-                       "evaluate it and write the report (about 13 minutes on 2 cores; resumable)",
+                       "evaluate it and write the report (15-20 minutes on 2 cores; resumable)",
          _quickstart_arguments)
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from rich.console import Console

@@ -80,3 +80,14 @@ def test_result_round_trip_and_metrics_per_family(tmp_path):
     assert loaded.repeatability().n == 2
     assert loaded.repeatability().within_5 == pytest.approx(1.0)
     assert loaded.methods == [NNMETER, FLOPS_LINEAR]
+
+
+def test_unsteady_ground_truth_is_said_when_too_few_models_repeat():
+    def result(repeats):
+        return EvaluationResult(tuple(ModelEvaluation(f"m{i}", "f", f"id{i}", 1.0, {NNMETER: 1.0}, repeat_ms=r)
+                                      for i, r in enumerate(repeats)))
+
+    assert result([1.02] * 19 + [1.2]).unsteady_ground_truth() is None  # 95 % agree
+    note = result([1.02] * 18 + [1.2, 0.8]).unsteady_ground_truth()  # 90 %
+    assert "90.0 %" in note and "--remeasure" in note
+    assert result([None] * 3).unsteady_ground_truth() is None  # measured once: nothing to say

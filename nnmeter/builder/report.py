@@ -101,6 +101,7 @@ def _evaluation_context(result: EvaluationResult) -> dict[str, Any]:
     return {
         "overall": {method: result.metrics(method) for method in methods},
         "repeatability": result.repeatability(),
+        "unsteady": result.unsteady_ground_truth(),
         "methods": methods,
         "notes": dict(result.notes),
         "per_family": [{"family": f, "metrics": {method: result.metrics(method, f) for method in methods},

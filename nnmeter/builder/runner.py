@@ -115,6 +115,9 @@ def _run_evaluate(ws: "Workspace", backend: Any, opts: RunOptions) -> tuple[str,
     rep = result.repeatability()
     detail = (f"{m.n} of {len(result.models)} models scored: ±10 % {_pct(m.within_10)}, RMSPE {m.rmspe:.1f} %"
               + (f"; repeatability ±10 % {_pct(rep.within_10)}" if rep.n else ""))
+    unsteady = result.unsteady_ground_truth()
+    if unsteady:
+        detail += f"; {unsteady}"
     # a model that fails to convert, measure or predict is a result (the report lists it), not a reason to
     # run the step again
     return detail, True
