@@ -6,8 +6,9 @@ For each evaluation model of a workspace, the predictor engine detects its kerne
 store, and measured in ONE round-robin batch with the whole model and a trivial
 model (a one-element add: the interpreter's fixed cost per invoke), so that all of
 them see the same device states. Every latency is the campaign protocol's ``statistic``, the one
-training and evaluation use (the median was read here until a host whose whole models' median ran
-1.5x their fastest round made the sums look 20 % short). Per model it prints:
+training and evaluation use (the median was read here until, on a host whose whole models' median ran
+up to 1.5x their fastest round, it made the sums look 22.5 % short where the fastest rounds say 17.4 %).
+Per model it prints:
 
 * ``model``: the measured whole model;
 * ``sum meas``: the sum of the measured standalone kernels (each counted as often as

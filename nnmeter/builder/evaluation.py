@@ -46,8 +46,9 @@ FLOPS_LINEAR = "flops-linear"
 NO_FUSION = "no-fusion"
 METHODS = (NNMETER, FLOPS_LINEAR, NO_FUSION)
 #: The share of evaluation models whose two measurements agree within +-10 % below which the ground truth is
-#: called unsteady (in quiet hours here 100 % agree; one quickstart run in a busy hour: 85.7 %, its first pass
-#: with most models and all anchors unstable, and the predictor scored 57 % against it).
+#: called unsteady (in quiet hours here 100 % agree; one quickstart run in a busy hour 85.7 %, its first pass
+#: with most models and all anchors unstable; a repeatable ground truth does not make the score good, it only
+#: lets it be read).
 REPEATABLE_SHARE = 0.95
 
 
