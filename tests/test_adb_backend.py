@@ -11,6 +11,7 @@ import pytest
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
 from conftest_remote import QUICK, invocations
 from nnmeter.backends.base import MeasureStatus
+from nnmeter.backends import litert_runner
 from nnmeter.backends.tflite_adb import TFLiteADBBackend
 from nnmeter.errors import BackendError
 
@@ -34,6 +35,8 @@ def test_measures_with_benchmark_model_pinned_and_cleans_up(loopback_phone, tiny
         assert info.device == f"adb:{phone.serial}"
         assert "Loopback Phone Double" in info.description
         assert info.facts["os"] == "Android 14 (SDK 34)" and int(info.facts["cores"]) >= 1
+        pinned_core_cache = litert_runner.cache_bytes(0, True)  # cpu_mask "1": core 0, this machine's sysfs
+        assert info.facts.get("private_cache_kb") == (str(pinned_core_cache // 1024) if pinned_core_cache else None)
         assert info.runtime_versions["benchmark_model"].startswith("sha256:")
         results = backend.measure(tiny_models[:2], QUICK)
     assert [r.model_id for r in results] == [m.id for m in tiny_models[:2]]

@@ -16,6 +16,7 @@ from nnmeter.backends.base import ConversionJob, MeasureStatus, ModelFile
 from nnmeter.backends.converters import converter_version
 from nnmeter.backends.local import RunnerSession
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
+from nnmeter.backends.remote import parse_facts
 from nnmeter.backends.tflite_local import TFLiteLocalBackend
 from nnmeter.errors import BackendError, ConfigError
 
@@ -146,6 +147,16 @@ def test_device_info_names_host_runtime_and_converter(tflite):
     assert info.backend == "tflite-local" and info.device.startswith("local:")
     assert info.runtime_versions["converter"] == converter_version("tflite")
     assert info.facts["xnnpack"] == "yes" and "ai-edge-litert" in info.runtime
+    measuring_core_cache = litert_runner.cache_bytes(int(info.facts["measure_cores"].split(",")[0]), True)
+    assert info.facts.get("private_cache_kb") == (str(measuring_core_cache // 1024) if measuring_core_cache else None)
+
+
+def test_device_facts_pick_the_private_cache_of_the_pinned_core():
+    big_little = "cpu=x\nprivate_cache_kb_by_cpu= 0:128 1:128 10:1024 4:512 5:512\n"
+    assert parse_facts(big_little)["private_cache_kb"] == "1024"  # unpinned: the core with the largest
+    assert parse_facts(big_little, cpu_mask="30")["private_cache_kb"] == "512"  # cores 4-5
+    assert parse_facts(big_little, cpu_mask="0x400")["private_cache_kb"] == "1024"  # core 10
+    assert "private_cache_kb" not in parse_facts("private_cache_kb_by_cpu=\n", cpu_mask="1")
 
 
 def test_bad_models_in_a_batch_are_errors_and_the_rest_is_measured(tflite, tmp_path):

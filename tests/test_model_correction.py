@@ -1,6 +1,7 @@
 """The whole-model correction: its fit on synthetic numbers (the form chosen by leave-one-out error), the
 artifact record (optional, old manifests read as none, bad values refused) and the engine applying it once per
-model: a factor on the kernels' sum and a term from the weight bytes."""
+model: a factor on the kernels' sum, a term from the weights its small kernels refetch and one from the weight
+bytes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nnmeter import ops
 from nnmeter.builder.packaging import fit_model_correction
 from nnmeter.kernel_gen import sample_configs
 from nnmeter.predictor.artifact import ArtifactError, KernelPayload, ModelCorrection, load_artifact, write_artifact
-from nnmeter.predictor.engine import load_predictor, weight_bytes
+from nnmeter.predictor.engine import load_predictor, refetched_weight_bytes, weight_bytes
 from nnmeter.predictor.features import feature_matrix, feature_names
 from nnmeter.predictor.rules import default_rules
 
@@ -72,6 +73,31 @@ def test_fit_takes_no_correction_when_none_predicts_better_out_of_sample():
         fit_model_correction(weight_mb[:4], [1.0, 0.0, 1.0, 1.0], kernels_ms[:4])
 
 
+def test_fit_takes_the_refetch_term_when_small_kernels_pay_for_their_weights_inside_a_model():
+    rng = np.random.default_rng(5)
+    weight_mb = np.concatenate([rng.uniform(0.5, 14.0, 16), rng.uniform(40.0, 150.0, 4)])
+    refetched_mb = weight_mb[:16].tolist() + [0.0] * 4  # the wide models' kernels are bigger than the cache
+    refetched_mb = np.array(refetched_mb) * rng.uniform(0.2, 0.9, weight_mb.size)
+    kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
+    whole_ms = ((1.05 * kernels_ms + 0.03 * refetched_mb + 0.02 * np.maximum(0.0, weight_mb - 10.0))
+                * rng.normal(1.0, 0.005, weight_mb.size))
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms, refetched_mb, private_cache_mb=2.0)
+    assert fit.scale == pytest.approx(1.05, rel=0.02) and fit.ms_per_refetched_mb == pytest.approx(0.03, rel=0.2)
+    assert fit.ms_per_mb == pytest.approx(0.02, rel=0.2) and fit.private_cache_mb == 2.0 and fit.residual < 0.02
+    # without the device's cache size there is no refetch term to fit: the other forms do what they can
+    blind = fit_model_correction(weight_mb, whole_ms, kernels_ms, refetched_mb, private_cache_mb=0.0)
+    assert blind.ms_per_refetched_mb == 0.0 and blind.private_cache_mb == 0.0 and blind.residual > fit.residual
+
+
+def test_fit_leaves_the_refetch_term_out_when_it_does_not_predict():
+    rng = np.random.default_rng(6)
+    weight_mb = rng.uniform(0.5, 14.0, 16)
+    kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
+    whole_ms = 1.05 * kernels_ms * rng.normal(1.0, 0.01, weight_mb.size)
+    fit = fit_model_correction(weight_mb, whole_ms, kernels_ms, weight_mb * rng.uniform(0, 1, 16), 2.0)
+    assert fit.ms_per_refetched_mb == 0.0 and fit.scale == pytest.approx(1.05, rel=0.01)
+
+
 @pytest.fixture(scope="module")
 def payloads():
     from sklearn.ensemble import RandomForestRegressor
@@ -123,16 +149,31 @@ def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp
     assert above.extra_ms(TINY_WEIGHT_BYTES) == 0.0
 
 
+def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache(payloads, tflite_file, tmp_path):
+    plain = load_predictor(_write(payloads, tmp_path / "plain")).predict(tflite_file)
+    # every kernel of the tiny model reads and writes less than 1 MB: all its weights are refetched
+    assert refetched_weight_bytes(plain.kernels, 1e6) == TINY_WEIGHT_BYTES
+    corrected = load_predictor(_write(payloads, tmp_path / "refetch", model_correction=ModelCorrection(
+        0.0, 0.0, scale=1.0, ms_per_refetched_mb=50.0, private_cache_mb=1.0))).predict(tflite_file)
+    assert corrected.correction_ms == pytest.approx(50.0 * TINY_WEIGHT_BYTES / 1e6)
+    # working sets (bytes read and written): conv 12.9 + 4.1 KB, depthwise conv 4.7 + 4.1 KB, dense 0.7 KB: a
+    # 10 KB cache kept the weights of the depthwise conv and the dense layer standalone, not the conv's
+    small = [k for k in plain.kernels if k.kernel != "conv-bn-relu6"]
+    assert refetched_weight_bytes(plain.kernels, 10e3) == weight_bytes(small) < TINY_WEIGHT_BYTES
+
+
 def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp_path):
     old = load_artifact(_write(payloads, tmp_path / "old"))
     assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
     assert old.model_correction is None
-    correction = ModelCorrection(0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04)
+    correction = ModelCorrection(0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04, ms_per_refetched_mb=0.02,
+                                 private_cache_mb=2.1)
     assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction \
         == correction
     manifest = tmp_path / "new" / "manifest.yaml"
     data = yaml.safe_load(manifest.read_text())
-    weight_term = {k: v for k, v in data.pop("model_correction").items() if k != "scale"}
+    weight_term = {k: v for k, v in data.pop("model_correction").items()
+                   if k in ("ms_per_mb", "threshold_mb", "fitted_on", "residual")}  # an older manifest's keys
     manifest.write_text(yaml.safe_dump({**data, "memory_correction": weight_term}, sort_keys=False))
     assert load_artifact(tmp_path / "new").model_correction == ModelCorrection(0.034, 3.79, 16, 0.035, scale=1.0)
     data["model_correction"] = {**weight_term, "scale": 0.0}

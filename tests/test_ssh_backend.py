@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
 from conftest_remote import QUICK, free_port, install_fake_benchmark_model
+from nnmeter.backends import litert_runner
 from nnmeter.backends.base import ConversionJob, MeasureStatus
 from nnmeter.backends.openvino_ssh import OpenVINOSSHBackend, OpenVINOSSHConfig
 from nnmeter.backends.tflite_ssh import TFLiteSSHBackend, TFLiteSSHConfig
@@ -34,6 +36,8 @@ def test_litert_runner_over_ssh(sshd_server, tiny_models, tmp_path):
         info = backend.device_info
         assert info.device.startswith("ssh:") and "127.0.0.1" in info.device
         assert info.runtime.startswith("ai-edge-litert") and int(info.facts["cores"]) >= 1
+        caches = [c for c in (litert_runner.cache_bytes(cpu, True) for cpu in range(os.cpu_count() or 1)) if c]
+        assert info.facts.get("private_cache_kb") == (str(max(caches) // 1024) if caches else None)  # no cpu_mask
         results = backend.measure(tiny_models[:2], QUICK)
     for r in results:
         assert r.status is MeasureStatus.OK, r.error

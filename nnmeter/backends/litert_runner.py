@@ -12,6 +12,7 @@ Protocol (version 1). One JSON object per line each way, one reply per request::
     -> {"id": 1, "cmd": "info", "probe": true}
     <- {"id": 1, "ok": true, "runtime": "ai-edge-litert", "versions": {...}, "cpu": "...",
         "affinity": [1], "cores": 2, "os": "...", "machine": "x86_64", "pid": 123,
+        "evict_bytes": {...}, "private_cache_bytes": 2097152,  # null when sysfs does not say
         "xnnpack": true}                    # "xnnpack" only with "probe": true
     -> {"id": 2, "cmd": "load", "path": "/abs/m.tflite", "threads": 1}
     <- {"id": 2, "ok": true, "handle": 1, "inputs": [[1, 28, 28, 64]],
@@ -262,10 +263,15 @@ def cache_bytes(cpu: int, private: bool, root: str = "/sys/devices/system/cpu") 
     return max(sizes) if sizes else None
 
 
+def _first_cpu() -> int:
+    """The first core this process may run on (the measuring core when it is pinned)."""
+    return sorted(os.sched_getaffinity(0))[0] if hasattr(os, "sched_getaffinity") else 0
+
+
 def default_evict_bytes() -> dict[str, int]:
     """Per cache state, twice the cache it evicts on the first core this process runs on (when sysfs does not
     say: 1 MiB private, 32 MiB in all)."""
-    cpu = sorted(os.sched_getaffinity(0))[0] if hasattr(os, "sched_getaffinity") else 0
+    cpu = _first_cpu()
     return {"evict-private": 2 * (cache_bytes(cpu, True) or 1 << 20),
             "evict-all": 2 * (cache_bytes(cpu, False) or 32 << 20)}
 
@@ -338,6 +344,7 @@ def serve(engine: Engine, stdin=None) -> int:
                           "versions": {**engine.versions(), "python": platform.python_version()},
                           "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
                           "cores": os.cpu_count(), "pid": os.getpid(), "evict_bytes": default_evict_bytes(),
+                          "private_cache_bytes": cache_bytes(_first_cpu(), True),
                           "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []}
                 if request.get("probe"):
                     result.update(engine.probe())

@@ -265,6 +265,8 @@ class LocalBackend(Backend):
                  "os": info["os"], "machine": info["machine"], **_cpu_frequency_facts(self.measure_cores),
                  **{k: {True: "yes", False: "no"}.get(v, str(v)) for k, v in info.items()
                     if k in ("xnnpack", "devices")}}
+        if info.get("private_cache_bytes"):  # the measuring core's (the model correction's refetch term)
+            facts["private_cache_kb"] = str(int(info["private_cache_bytes"]) // 1024)
         versions = {**info["versions"], "converter": converters.converter_version(self.model_format)}
         self.device_info = DeviceInfo(backend=self.name, device=f"local:{socket.gethostname()}",
                                       description=f"{info['cpu']} ({os.cpu_count()} cores)",

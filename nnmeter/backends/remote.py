@@ -13,7 +13,7 @@
   invocation, and the pushed files are removed at close.
 * :class:`RemoteBackend`: convert on the host, measure in batches, keep op profiles.
 * :data:`DEVICE_FACTS_SCRIPT`: one shell round trip for model, CPU, cores,
-  governor, frequencies, temperature, OS.
+  governor, frequencies, temperature, OS, and each core's private cache.
 
 Every remote command is built from argv lists with :func:`shlex.join`, so that
 a path with spaces or ``;`` is one argument and never a second command.
@@ -216,11 +216,26 @@ p governor "$(cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor 2>/dev/n
 p max_khz "$(cat /sys/devices/system/cpu/cpu*/cpufreq/cpuinfo_max_freq 2>/dev/null | tr '\n' ' ')"
 p cur_khz "$(cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq 2>/dev/null | tr '\n' ' ')"
 p temp_mc "$(cat /sys/class/thermal/thermal_zone*/temp 2>/dev/null | sort -n | tail -n 1)"
+caches=""
+for c in /sys/devices/system/cpu/cpu[0-9]*; do
+  n=${c##*cpu}; best=0
+  for d in "$c"/cache/index*; do
+    [ "$(cat "$d/type" 2>/dev/null)" = Instruction ] && continue
+    [ "$(cat "$d/shared_cpu_list" 2>/dev/null)" = "$n" ] || continue
+    s=$(cat "$d/size" 2>/dev/null); s=${s%K}
+    case $s in ''|*[!0-9]*) continue;; esac
+    [ "$s" -gt "$best" ] && best=$s
+  done
+  [ "$best" -gt 0 ] && caches="$caches $n:$best"
+done
+p private_cache_kb_by_cpu "$caches"
 """
 
 
-def parse_facts(output: str) -> dict[str, str]:
-    """``key=value`` lines of :data:`DEVICE_FACTS_SCRIPT` without the empty ones; temperature in °C."""
+def parse_facts(output: str, cpu_mask: str = "") -> dict[str, str]:
+    """``key=value`` lines of :data:`DEVICE_FACTS_SCRIPT` without the empty ones; temperature in °C; the
+    largest cache private to a core (``private_cache_kb``) of the first core of ``cpu_mask`` (no mask: of the
+    core with the largest, where a phone's benchmarks run)."""
     facts = {}
     for line in output.splitlines():
         key, sep, value = line.partition("=")
@@ -230,6 +245,13 @@ def parse_facts(output: str) -> dict[str, str]:
     if facts.get("temp_mc", "").lstrip("-").isdigit():
         facts["temperature_c"] = f"{int(facts.pop('temp_mc')) / 1000:.1f}"
     facts.pop("temp_mc", None)
+    by_cpu = {int(cpu): kb for cpu, _, kb in (pair.partition(":") for pair in
+                                               facts.pop("private_cache_kb_by_cpu", "").split())
+              if cpu.isdigit() and kb.isdigit()}
+    mask = int(cpu_mask, 16) if re.fullmatch(r"(0x)?[0-9a-fA-F]+", cpu_mask or "") else 0
+    pinned = [by_cpu[cpu] for cpu in sorted(by_cpu) if (mask >> cpu) & 1]
+    if pinned or by_cpu:
+        facts["private_cache_kb"] = pinned[0] if pinned else max(by_cpu.values(), key=int)
     return facts
 
 

@@ -160,7 +160,8 @@ class TFLiteADBBackend(RemoteBackend):
         transport.open()
         self.transport = transport
         try:
-            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"))
+            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"),
+                                cfg.cpu_mask)
             probe = transport.run(shell_join(["test", "-x", cfg.benchmark_model]), cfg.command_timeout_s)
             if probe.exit_code != 0:
                 raise BackendError(

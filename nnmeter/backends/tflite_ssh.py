@@ -225,7 +225,8 @@ class TFLiteSSHBackend(RemoteBackend):
         transport = connect_ssh(cfg)
         self.transport = transport
         try:
-            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"))
+            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"),
+                                cfg.cpu_mask)
             if cfg.runner == "litert":
                 session = RunnerSession(self)
                 try:

@@ -20,10 +20,11 @@ artifact records an overhead of 0 and no model correction, and the result says s
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -57,8 +58,7 @@ class PackageResult:
         overhead = (f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us" if not self.overhead_error
                     else f"invoke overhead not measured ({self.overhead_error})")
         mc = self.model_correction
-        correction = (f"model correction: kernels x {mc.scale:.3f} + {1000 * mc.ms_per_mb:.1f} us/MB of weights "
-                      f"above {mc.threshold_mb:.1f} MB (fitted on {mc.fitted_on} models, residual "
+        correction = (f"model correction: {mc.formula()} (fitted on {mc.fitted_on} models, residual "
                       f"{100 * mc.residual:.1f} %)" if mc is not None
                       else f"no model correction ({self.correction_error})")
         return f"{overhead}; {correction}"
@@ -101,64 +101,63 @@ CALIBRATION_SEED = 7919
 MIN_CALIBRATION_MODELS = 4
 
 
-def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float],
-                         kernel_sum_ms: Sequence[float]) -> ModelCorrection:
-    """The correction that predicts ``whole_ms`` from ``kernel_sum_ms`` and ``weight_mb`` best, of four forms,
-    each fitted on relative error: none; a factor on the kernels (``scale``); a term on the weights above a
-    threshold (``ms_per_mb * max(0, weight_mb - t)``, for each candidate threshold -- 0 and every model's weight
-    size -- the least-squares slope, clamped at 0); both. The form is chosen by its leave-one-out error, so that
-    one does not win by fitting a few models' noise (the threshold search can)."""
+def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float], kernel_sum_ms: Sequence[float],
+                         refetched_mb: Sequence[float] | None = None, private_cache_mb: float = 0.0,
+                         ) -> ModelCorrection:
+    """The correction (:class:`ModelCorrection`) that predicts ``whole_ms`` from ``kernel_sum_ms``, ``weight_mb``
+    and ``refetched_mb`` best, each form fitted on relative error by non-negative least squares: none; a factor
+    on the kernels (``scale``); a term on the weights above a threshold (``ms_per_mb * max(0, weight_mb - t)``,
+    each candidate threshold -- 0 and every model's weight size -- tried); both; and, when the refetched
+    weights are given (they need the device's ``private_cache_mb``), the factor and a term on them, with and
+    without the weight term. The form is chosen by its leave-one-out error, so that one does not win by
+    fitting a few models' noise (the threshold search can)."""
     w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
-    if not (w.shape == m.shape == p.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
+    r = np.zeros_like(w) if refetched_mb is None else np.asarray(refetched_mb, dtype=float)
+    if not (w.shape == m.shape == p.shape == r.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
         raise ValueError("fit_model_correction: needs equally many weights, whole (> 0) and kernel-sum (> 0) "
-                         "latencies")
-    forms = (_no_correction, _scale_correction, _weight_correction, _scale_and_weight_correction)
-    loo = [np.mean([(_predicted(form(np.delete(w, i), np.delete(m, i), np.delete(p, i)), w[i], p[i]) / m[i] - 1)
-                    ** 2 for i in range(w.size)]) if w.size > 1 else 0.0 for form in forms]
-    best = forms[int(np.argmin(loo))](w, m, p)
-    residual = float(np.sqrt(np.mean((_predicted(best, w, p) / m - 1) ** 2)))
-    return ModelCorrection(best.ms_per_mb, best.threshold_mb, int(w.size), residual, best.scale)
+                         "latencies (and refetched weights, when given)")
+    forms = [(False, False, False), (True, False, False), (False, False, True), (True, False, True)]
+    if refetched_mb is not None and private_cache_mb > 0 and np.any(r > 0):
+        forms += [(True, True, False), (True, True, True)]
+
+    def fit(form: tuple[bool, bool, bool], keep: Any = slice(None)) -> ModelCorrection:
+        return _fitted_correction(w[keep], m[keep], p[keep], r[keep], *form, private_cache_mb=private_cache_mb)
+
+    def loo_error(form: tuple[bool, bool, bool]) -> float:
+        errors = [fit(form, np.arange(w.size) != i).apply(p[i], 1e6 * w[i], 1e6 * r[i]) / m[i] - 1
+                  for i in range(w.size)] if w.size > 1 else [0.0]
+        return float(np.mean(np.square(errors)))
+
+    best = fit(min(forms, key=loo_error))
+    residual = float(np.sqrt(np.mean((best.apply(p, 1e6 * w, 1e6 * r) / m - 1) ** 2)))
+    return dataclasses.replace(best, fitted_on=int(w.size), residual=residual)
 
 
-def _predicted(correction: ModelCorrection, weight_mb: Any, kernel_sum_ms: Any) -> Any:
-    return correction.apply(kernel_sum_ms, np.asarray(weight_mb) * 1e6)
-
-
-def _no_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
-    return ModelCorrection(0.0, 0.0)
-
-
-def _scale_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
-    ratio = p / m  # least squares of scale * ratio - 1
-    return ModelCorrection(0.0, 0.0, scale=float(ratio.sum() / (ratio @ ratio)))
-
-
-def _weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
-    return _threshold_correction(w, m, p, fit_scale=False)
-
-
-def _scale_and_weight_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray) -> ModelCorrection:
-    return _threshold_correction(w, m, p, fit_scale=True)
-
-
-def _threshold_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, fit_scale: bool) -> ModelCorrection:
-    """The weight term (and, with ``fit_scale``, the factor; else 1) by non-negative least squares on relative
-    error, for each candidate threshold -- 0 and every model's weight size -- keeping the best."""
+def _fitted_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, r: np.ndarray, scale: bool, refetch: bool,
+                       weight: bool, private_cache_mb: float) -> ModelCorrection:
+    """One form of :func:`fit_model_correction`: the factor (else 1), the refetch term and the weight term (each
+    else 0) that fit best on relative error, for the weight term at the best of the candidate thresholds."""
     from scipy.optimize import nnls
 
-    best = None
-    for threshold in np.unique(np.concatenate([[0.0], w])):
-        above = np.maximum(0.0, w - threshold) / m
-        if fit_scale:
-            (scale, slope), norm = nnls(np.column_stack([p / m, above]), np.ones(len(m)))
-        else:  # what the term has to add, relative to the model's latency
-            scale, ((slope,), norm) = 1.0, nnls(above[:, None], (m - p) / m)
-        if scale > 0 and (best is None or norm < best[0] - 1e-12):
-            best = (norm, scale, slope, float(threshold))
+    if not (scale or refetch or weight):
+        return ModelCorrection(0.0, 0.0)
+    best: tuple[float, np.ndarray, float] | None = None
+    for threshold in np.unique(np.concatenate([[0.0], w])) if weight else [0.0]:
+        terms = [p] * scale + [r] * refetch + [np.maximum(0.0, w - threshold)] * weight
+        design = np.column_stack(terms) / m[:, None]
+        # with no factor, the terms fit what the model pays beyond its kernels, relative to its latency
+        coef, norm = nnls(design, np.ones(len(m)) if scale else (m - p) / m)
+        if (not scale or coef[0] > 0) and (best is None or norm < best[0] - 1e-12):
+            best = (norm, coef, float(threshold))
     if best is None:  # no threshold leaves the kernels a positive factor
-        return _scale_correction(w, m, p)
-    _, scale, slope, threshold = best
-    return ModelCorrection(float(slope), threshold if slope > 0 else 0.0, scale=float(scale))
+        return _fitted_correction(w, m, p, r, True, False, False, private_cache_mb)
+    _, coef, threshold = best
+    values = iter(coef)
+    factor = float(next(values)) if scale else 1.0
+    refetch_slope = float(next(values)) if refetch else 0.0
+    slope = float(next(values)) if weight else 0.0
+    return ModelCorrection(slope, threshold if slope > 0 else 0.0, scale=factor, ms_per_refetched_mb=refetch_slope,
+                           private_cache_mb=private_cache_mb if refetch else 0.0)
 
 
 @dataclass(frozen=True)
@@ -169,23 +168,34 @@ class CalibrationModel:
     weight_mb: float
     whole_ms: float
     kernels_ms: float
+    refetched_mb: float = 0.0  # see :func:`nnmeter.predictor.engine.refetched_weight_bytes`
 
 
 def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
                                overhead_ms: float) -> ModelCorrection:
     """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
-    rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms)
+    private_cache_mb = private_cache_bytes(backend.device_info.facts) / 1e6
+    rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms, private_cache_mb)
     if len(rows) < MIN_CALIBRATION_MODELS:
         planned = CALIBRATION_PER_FAMILY * sum(len(families) for families, _ in CALIBRATION_SETS)
         raise NnmeterError(f"only {len(rows)} of {planned} calibration "
                            f"models could be measured whole and kernel by kernel (at least "
                            f"{MIN_CALIBRATION_MODELS} are needed)")
     return fit_model_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
-                                [r.kernels_ms for r in rows])
+                                [r.kernels_ms for r in rows], [r.refetched_mb for r in rows], private_cache_mb)
+
+
+def private_cache_bytes(facts: Mapping[str, str]) -> float:
+    """The measuring core's private cache in bytes from a device's facts (``private_cache_kb``); 0 when they do
+    not say (then the model correction has no refetch term)."""
+    try:
+        return max(0.0, 1024.0 * float(facts.get("private_cache_kb", 0)))
+    except ValueError:
+        return 0.0
 
 
 def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
-                       overhead_ms: float) -> list[CalibrationModel]:
+                       overhead_ms: float, private_cache_mb: float = 0.0) -> list[CalibrationModel]:
     """Measure the calibration models whole and kernel by kernel (through the store: stored measurements are
     reused); the models that could be, with their numbers."""
     from nnmeter.builder.measuring import measure_models
@@ -193,7 +203,7 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
     from nnmeter.builder.zoo import build_zoo_model, evaluation_set
     from nnmeter.predictor.converters import to_graph
     from nnmeter.predictor.detection import detect
-    from nnmeter.predictor.engine import weight_bytes
+    from nnmeter.predictor.engine import refetched_weight_bytes, weight_bytes
 
     protocol = ws.campaign.protocol
     zoo = [m for families, resolutions in CALIBRATION_SETS
@@ -213,7 +223,8 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
             detected.append((p, detection.kernels))
     wholes = measure_models(ws.store, backend, [p.record for p, _ in detected], protocol, workspace_root=ws.root,
                             description="measuring calibration models") if detected else []
-    models = [(p.spec.name, weight_bytes(kernels) / 1e6, whole.latency_ms,
+    models = [(p.spec.name, weight_bytes(kernels) / 1e6,
+               refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6, whole.latency_ms,
                [kernel_spec(k.kernel, k.config) for k in kernels])
               for (p, kernels), whole in zip(detected, wholes) if whole.latency_ms is not None]
     kernel_specs = [k for *_, ks in models for k in ks]
@@ -224,11 +235,11 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
     kernel_ms = {m.model_id: m.latency_ms for m in measured}
     kernel_ids = iter(k.id for k in kernels)
     rows = []
-    for name, weight_mb, whole_ms, ks in models:
+    for name, weight_mb, refetched_mb, whole_ms, ks in models:
         times = [kernel_ms.get(next(kernel_ids)) for _ in ks]
         if all(t is not None for t in times):  # each kernel paid the invoke overhead the model pays once
-            rows.append(CalibrationModel(name, weight_mb, whole_ms,
-                                         sum(times) - (len(times) - 1) * overhead_ms))  # type: ignore[arg-type]
+            rows.append(CalibrationModel(name, weight_mb, whole_ms, sum(times) - (len(times) - 1) * overhead_ms,
+                                         refetched_mb))  # type: ignore[arg-type]
     return rows
 
 

@@ -85,36 +85,57 @@ class KernelEntry:
 @dataclass(frozen=True)
 class ModelCorrection:
     """What a whole model pays beyond the sum of its kernels measured standalone: its kernels take ``scale``
-    times as long (inside a model other layers have used the caches their operands sat in), plus ``ms_per_mb``
-    per MB of the model's weight bytes above ``threshold_mb`` (weights too many to stay in the last-level
-    cache between inferences come from DRAM). ``scale`` 1 and ``ms_per_mb`` 0 change nothing."""
+    times as long (inside a model other layers have used the caches their operands sat in), plus
+    ``ms_per_refetched_mb`` per MB of *refetched* weights -- those of kernels small enough (bytes read and
+    written at most ``private_cache_mb``) to keep their weights in the core's private cache between standalone
+    invocations, which inside a model fetch them again from the shared cache because the layers in between
+    evicted them -- plus ``ms_per_mb`` per MB of the model's weight bytes above ``threshold_mb`` (weights too many
+    to stay in the last-level cache between inferences come from DRAM). ``scale`` 1 and both slopes 0 change
+    nothing."""
 
     ms_per_mb: float
     threshold_mb: float
     fitted_on: int = 0  # calibration models it was fitted on
     residual: float = 0.0  # RMS relative error (fraction) of the corrected predictions on them
     scale: float = 1.0
+    ms_per_refetched_mb: float = 0.0
+    private_cache_mb: float = 0.0  # the device's private cache per core; 0: unknown, no refetch term
 
-    def extra_ms(self, weight_bytes: Any) -> Any:
-        """The weight term for a model's weight bytes (a number, or an array of them)."""
-        return self.ms_per_mb * np.maximum(0.0, np.asarray(weight_bytes) / 1e6 - self.threshold_mb)
+    def extra_ms(self, weight_bytes: Any, refetched_bytes: Any = 0.0) -> Any:
+        """The weight terms for a model's weight bytes and refetched weight bytes (numbers, or arrays)."""
+        return (self.ms_per_mb * np.maximum(0.0, np.asarray(weight_bytes) / 1e6 - self.threshold_mb)
+                + self.ms_per_refetched_mb * np.asarray(refetched_bytes) / 1e6)
 
-    def apply(self, kernels_ms: Any, weight_bytes: Any) -> Any:
-        """A model's latency from the sum of its kernels' standalone latencies and its weight bytes (numbers, or
-        arrays of them)."""
-        return self.scale * np.asarray(kernels_ms) + self.extra_ms(weight_bytes)
+    def apply(self, kernels_ms: Any, weight_bytes: Any, refetched_bytes: Any = 0.0) -> Any:
+        """A model's latency from the sum of its kernels' standalone latencies, its weight bytes and its
+        refetched weight bytes (:func:`nnmeter.predictor.engine.refetched_weight_bytes`; numbers, or arrays)."""
+        return self.scale * np.asarray(kernels_ms) + self.extra_ms(weight_bytes, refetched_bytes)
+
+    def formula(self) -> str:
+        """The correction in one line, e.g. ``kernels x 1.080 + 22.5 us/MB refetched (kernels <= 2.1 MB) +
+        71.6 us/MB of weights above 13.0 MB``."""
+        text = f"kernels x {self.scale:.3f}"
+        if self.ms_per_refetched_mb > 0:
+            text += (f" + {1000 * self.ms_per_refetched_mb:.1f} us/MB refetched (kernels <= "
+                     f"{self.private_cache_mb:.1f} MB)")
+        if self.ms_per_mb > 0:
+            text += f" + {1000 * self.ms_per_mb:.1f} us/MB of weights above {self.threshold_mb:.1f} MB"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb,
+                "ms_per_refetched_mb": self.ms_per_refetched_mb, "private_cache_mb": self.private_cache_mb,
                 "fitted_on": self.fitted_on, "residual": self.residual}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelCorrection":
         correction = cls(float(data["ms_per_mb"]), float(data["threshold_mb"]), int(data.get("fitted_on", 0)),
-                         float(data.get("residual", 0.0)), float(data.get("scale", 1.0)))
-        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0 and correction.scale > 0):  # NaN too
-            raise ValueError(f"model_correction: ms_per_mb and threshold_mb must be >= 0 and scale > 0, "
-                             f"got {dict(data)}")
+                         float(data.get("residual", 0.0)), float(data.get("scale", 1.0)),
+                         float(data.get("ms_per_refetched_mb", 0.0)), float(data.get("private_cache_mb", 0.0)))
+        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0 and correction.scale > 0  # NaN too
+                and correction.ms_per_refetched_mb >= 0 and correction.private_cache_mb >= 0):
+            raise ValueError(f"model_correction: ms_per_mb, threshold_mb, ms_per_refetched_mb and private_cache_mb "
+                             f"must be >= 0 and scale > 0, got {dict(data)}")
         return correction
 
 

@@ -11,9 +11,10 @@ pays once: the engine takes the artifact's ``invoke_overhead_ms`` off every kern
 (never below zero) and adds it once per model. When the artifact has a
 ``model_correction`` (fitted on the device on calibration models), the model's sum is
 corrected once: a factor on its kernels (inside a model they find their operands in
-caches other layers have used) and a term from its total weight bytes
-(:func:`weight_bytes`: big models' weights stream from memory where the standalone
-kernels found them in the cache).
+caches other layers have used), a term from the weights its small kernels fetch again
+(:func:`refetched_weight_bytes`: standalone, they kept them in the core's private cache)
+and a term from its total weight bytes (:func:`weight_bytes`: big models' weights stream
+from memory where the standalone kernels found them in the cache).
 
 A conv with a non-square kernel (InceptionV3's 1x7), a concat of more inputs than the
 concat kernel takes, or a window of a feature map other than the crop kernel's is
@@ -111,12 +112,27 @@ class PredictionResult:
 def weight_bytes(kernels: Iterable[Any]) -> float:
     """A model's weight bytes: the parameters of its kernels (anything with ``kernel`` and ``config``: a
     :class:`KernelRow`, a detected kernel) as ``ops.kernel_cost`` counts them (the PARAMS feature), as float32."""
-    return 4.0 * sum(_features(k.kernel, k.config)[_params_column(k.kernel)] for k in kernels)
+    return 4.0 * sum(_features(k.kernel, k.config)[_memory_columns(k.kernel)[2]] for k in kernels)
+
+
+def refetched_weight_bytes(kernels: Iterable[Any], private_cache_bytes: float) -> float:
+    """The weight bytes a model fetches again that its kernels measured standalone did not: those of the kernels
+    whose standalone working set (bytes read and written, weights included) fits ``private_cache_bytes``, which
+    kept their weights in the core's private cache from one standalone invocation to the next (see
+    :class:`nnmeter.predictor.artifact.ModelCorrection`); 0 when the cache size is unknown (0)."""
+    total = 0.0
+    for k in kernels:
+        features = _features(k.kernel, k.config)
+        read, written, params = (features[c] for c in _memory_columns(k.kernel))
+        if read + written <= private_cache_bytes:
+            total += 4.0 * params
+    return total
 
 
 @lru_cache(maxsize=None)
-def _params_column(kernel: str) -> int:
-    return feature_names(kernel).index("PARAMS")
+def _memory_columns(kernel: str) -> tuple[int, int, int]:
+    names = feature_names(kernel)
+    return names.index("BYTES_READ"), names.index("BYTES_WRITTEN"), names.index("PARAMS")
 
 
 def _features(kernel: str, config: dict[str, Any]) -> tuple[float, ...]:
@@ -192,7 +208,9 @@ class Predictor:
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
             kernels_ms = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0)
-            total = correction.apply(kernels_ms, weight_bytes(kernel_rows)) if correction is not None else kernels_ms
+            total = (correction.apply(kernels_ms, weight_bytes(kernel_rows),
+                                      refetched_weight_bytes(kernel_rows, 1e6 * correction.private_cache_mb))
+                     if correction is not None else kernels_ms)
             correction_ms = total - kernels_ms
             results.append(PredictionResult(det.graph, float(total), kernel_rows, unsupported,
                                             list(det.free_nodes), float(correction_ms)))
