@@ -170,6 +170,8 @@ def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp
                                  private_cache_mb=2.1)
     assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction \
         == correction
+    assert correction.describe() == ("kernels x 1.040 + 20.0 us/MB refetched (kernels <= 2.1 MB) + 34.0 us/MB of "
+                                     "weights above 3.8 MB (fitted on 16 calibration models, residual 3.5 %)")
     manifest = tmp_path / "new" / "manifest.yaml"
     data = yaml.safe_load(manifest.read_text())
     weight_term = {k: v for k, v in data.pop("model_correction").items()

@@ -58,8 +58,7 @@ class PackageResult:
         overhead = (f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us" if not self.overhead_error
                     else f"invoke overhead not measured ({self.overhead_error})")
         mc = self.model_correction
-        correction = (f"model correction: {mc.formula()} (fitted on {mc.fitted_on} models, residual "
-                      f"{100 * mc.residual:.1f} %)" if mc is not None
+        correction = (f"model correction: {mc.describe()}" if mc is not None
                       else f"no model correction ({self.correction_error})")
         return f"{overhead}; {correction}"
 

@@ -214,6 +214,9 @@ def _predictor_facts(ws: "Workspace") -> tuple[list[KernelRow], dict[str, Any]]:
         facts.update({str(k): v for k, v in (device.pop(key, None) or {}).items()})
     facts.update({str(k): v for k, v in device.items()})
     facts["protocol"] = ", ".join(f"{k}={v}" for k, v in manifest.protocol.items() if not isinstance(v, dict))
+    facts["invoke overhead"] = f"{1000 * manifest.invoke_overhead_ms:.1f} us"
+    mc = manifest.model_correction
+    facts["model correction"] = mc.describe() if mc else "none"
     facts.update({f"library {k}": v for k, v in manifest.libraries.items()})
     return rows, facts
 

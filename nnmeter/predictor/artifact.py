@@ -111,16 +111,16 @@ class ModelCorrection:
         refetched weight bytes (:func:`nnmeter.predictor.engine.refetched_weight_bytes`; numbers, or arrays)."""
         return self.scale * np.asarray(kernels_ms) + self.extra_ms(weight_bytes, refetched_bytes)
 
-    def formula(self) -> str:
+    def describe(self) -> str:
         """The correction in one line, e.g. ``kernels x 1.080 + 22.5 us/MB refetched (kernels <= 2.1 MB) +
-        71.6 us/MB of weights above 13.0 MB``."""
+        71.6 us/MB of weights above 13.0 MB (fitted on 20 calibration models, residual 2.1 %)``."""
         text = f"kernels x {self.scale:.3f}"
         if self.ms_per_refetched_mb > 0:
             text += (f" + {1000 * self.ms_per_refetched_mb:.1f} us/MB refetched (kernels <= "
                      f"{self.private_cache_mb:.1f} MB)")
         if self.ms_per_mb > 0:
             text += f" + {1000 * self.ms_per_mb:.1f} us/MB of weights above {self.threshold_mb:.1f} MB"
-        return text
+        return f"{text} (fitted on {self.fitted_on} calibration models, residual {100 * self.residual:.1f} %)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb,
