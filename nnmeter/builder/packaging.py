@@ -11,7 +11,9 @@ families with a seed of their own (never the evaluation set), are measured whole
 as the sum of their kernels measured standalone (the kernels the packaged fusion
 rules detect; the invoke overhead paid once), and the correction that predicts the
 first from the second best -- none, a factor on the kernels, a term on the weight
-bytes above a threshold, or both, chosen by leave-one-out error -- is fitted on relative error
+bytes above a threshold, or both; with the device's private cache size known, also the
+factor and a term on the weights small kernels refetch inside a model, with or without the
+weight term; chosen by leave-one-out error -- is fitted on relative error
 (:func:`fit_model_correction`). Measured kernels, not the regressors'
 predictions: the correction is the device's non-additivity, not the regressors' errors on
 these few models. When the device cannot be reached, the
