@@ -12,7 +12,7 @@ from nnmeter.builder.training import Sample, TrainingError, adaptive_training, h
 from nnmeter.builder.workspace import Workspace
 from nnmeter.cli import main
 from nnmeter.predictor.artifact import load_artifact, sha256_file
-from nnmeter.predictor.features import feature_matrix
+from nnmeter.predictor.features import feature_matrix, feature_names
 from conftest import make_workspace
 
 KERNEL = "fc"  # converts and measures in a fraction of a second per model
@@ -262,3 +262,26 @@ def test_family_members_after_the_first_get_member_samples_and_no_rounds():
         assert kernel_settings("conv-bn", unchanged) == unchanged
     small = dataclasses.replace(settings, init_samples=100)  # never more than the campaign's own budget
     assert kernel_settings("conv-bn", small).init_samples == 100
+
+
+def test_large_error_configs_are_the_worst_out_of_fold_misses():
+    from sklearn.model_selection import KFold
+
+    from nnmeter.builder.regressors import make_regressor
+    from nnmeter.builder.training import ERROR_FOLDS, large_error_configs
+    from nnmeter.kernel_gen import sample_configs
+
+    settings = KernelTrainingSettings(error_threshold=0.05, max_refined_points=6)
+    configs = sample_configs("fc", 60, sampler="uniform", seed=3)
+    X = feature_matrix("fc", configs)
+    rng = np.random.default_rng(3)
+    y = (0.002 + X[:, feature_names("fc").index("FLOPS")] * 1e-9) * rng.uniform(0.7, 1.3, len(configs))
+    # the same folds fitted one after the other in this process (the function spreads them over the cores)
+    predicted = np.empty_like(y)
+    for train, test in KFold(ERROR_FOLDS, shuffle=True, random_state=settings.seed).split(X):
+        predicted[test] = make_regressor(settings.regressor, "fc", random_state=settings.seed).fit(
+            X[train], y[train]).predict(X[test])
+    rel = np.abs(predicted - y) / y
+    expected = [configs[i] for i in np.argsort(-rel)
+                if rel[i] > 0.05 and abs(predicted[i] - y[i]) > settings.noise_floor_ms][:6]
+    assert expected and large_error_configs("fc", settings.regressor, configs, y, settings) == expected
