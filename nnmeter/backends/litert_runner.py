@@ -263,9 +263,14 @@ def cache_bytes(cpu: int, private: bool, root: str = "/sys/devices/system/cpu") 
     return max(sizes) if sizes else None
 
 
+def _affinity() -> list[int]:
+    """The cores this process may run on, in order (empty where the OS does not say)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def _first_cpu() -> int:
     """The first core this process may run on (the measuring core when it is pinned)."""
-    return sorted(os.sched_getaffinity(0))[0] if hasattr(os, "sched_getaffinity") else 0
+    return (_affinity() or [0])[0]
 
 
 def default_evict_bytes() -> dict[str, int]:
@@ -345,7 +350,7 @@ def serve(engine: Engine, stdin=None) -> int:
                           "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
                           "cores": os.cpu_count(), "pid": os.getpid(), "evict_bytes": default_evict_bytes(),
                           "private_cache_bytes": cache_bytes(_first_cpu(), True),
-                          "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []}
+                          "affinity": _affinity()}
                 if request.get("probe"):
                     result.update(engine.probe())
             elif cmd == "load":
