@@ -288,3 +288,10 @@ def _sent_field(session: RunnerSession, path, field: str) -> list[tuple[str, obj
     finally:
         session.close()
     return sent
+
+
+def test_conversion_workers_use_every_core_the_measuring_one_included():
+    """Conversion and measurement take turns, so conversions get the measuring core too while it is idle."""
+    backend = create_backend("tflite-local", {})
+    assert backend.convert_cores == sorted(os.sched_getaffinity(0))
+    assert set(backend.measure_cores) <= set(backend.convert_cores)

@@ -3,9 +3,9 @@
 The two stages are apart, as in TVM autotvm's Builder/Runner split:
 
 * :meth:`Backend.convert` is host work. It takes a batch of
-  :class:`ConversionJob` and runs them in parallel worker processes, pinned
-  away from the core that measures, and returns one :class:`ConversionResult`
-  per job.
+  :class:`ConversionJob` and runs them in parallel worker processes, never
+  while a measurement runs on the same host, and returns one
+  :class:`ConversionResult` per job.
 * :meth:`Backend.measure` is device work. It takes a batch of
   :class:`ModelFile` and measures them one at a time per device with the shared
   :class:`~nnmeter.backends.protocol.MeasurementProtocol`, returning one

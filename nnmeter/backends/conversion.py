@@ -1,12 +1,13 @@
-"""Parallel conversion of models, in worker processes kept off the measuring core(s).
+"""Parallel conversion of models in worker processes.
 
-Workers are spawn-context processes (TensorFlow does not survive fork) whose CPU
-affinity excludes the cores that measure, so conversions of the next batch do
-not disturb the timing of this one. They stay alive across batches: importing
-TensorFlow costs seconds. A worker that dies (TensorFlow can abort on a bad
-graph) takes its pool down with it; the jobs that were in flight are retried
-one at a time in a fresh single-worker pool, so only the job that kills a
-worker again fails.
+Workers are spawn-context processes (TensorFlow does not survive fork) pinned to
+the cores they are given. Conversion and measurement take turns (a batch is
+converted, then measured; see docs/measurement.md), so a local backend gives them
+every core, the measuring one included: the workers are idle while it measures.
+They stay alive across batches: importing TensorFlow costs seconds. A worker
+that dies (TensorFlow can abort on a bad graph) takes its pool down with it; the
+jobs that were in flight are retried one at a time in a fresh single-worker
+pool, so only the job that kills a worker again fails.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from nnmeter.backends.base import ConversionJob, ConversionResult, ModelFile, Pr
 from nnmeter.errors import NnmeterError
 
 
-def split_cores(measure_cores: Sequence[int]) -> list[int]:
-    """The cores conversions run on: all this process may use but the measuring ones (all, if that is none)."""
-    available = sorted(os.sched_getaffinity(0))
-    rest = [c for c in available if c not in set(measure_cores)]
-    return rest or available
+def conversion_cores() -> list[int]:
+    """The cores conversions run on: all this process may use (conversion and measurement take turns)."""
+    return sorted(os.sched_getaffinity(0))
 
 
 class ConversionPool:

@@ -3,8 +3,8 @@
 The measuring process is a runner script (``litert_runner.py``, ``openvino_runner.py``)
 started as a subprocess, pinned to the measuring core(s), and driven over JSON
 lines (see the protocol in ``litert_runner.py``). It never imports TensorFlow;
-conversions run in a :class:`~nnmeter.backends.conversion.ConversionPool` on the
-other cores.
+conversions run in a :class:`~nnmeter.backends.conversion.ConversionPool` on every
+core, in turns with the measurements.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Sequence
 from nnmeter.backends import converters
 from nnmeter.backends.base import (Backend, ConversionJob, ConversionResult, DeviceInfo, MeasureResult,
                                    MeasureStatus, ModelFile, ProgressCallback, measure_in_batches)
-from nnmeter.backends.conversion import ConversionPool, split_cores
+from nnmeter.backends.conversion import ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
@@ -183,7 +183,8 @@ class LocalConfig:
     measure_cores: str | list[int] = setting(
         "auto", "cores the measuring process is pinned to: 'auto' (the last `threads` cores) or a list, e.g. [3]")
     convert_workers: int | str = setting(
-        "auto", "conversion worker processes, pinned to the other cores: 'auto' (one per such core) or a number")
+        "auto", "conversion worker processes: 'auto' (one per core; conversion and measurement take turns, so "
+                "the measuring core converts too) or a number")
     command_timeout_s: float = setting(120.0, "a runner command (load, warm-up, one round) that takes longer "
                                               "is a 'timeout' result and the runner is restarted", minimum=0.001)
 
@@ -208,7 +209,7 @@ class LocalBackend(Backend):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.measure_cores = self.pick_measure_cores(config)
-        self.convert_cores = split_cores(self.measure_cores)
+        self.convert_cores = conversion_cores()
         self._pool: ConversionPool | None = None
 
     @staticmethod

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from nnmeter.backends.base import (Backend, ConversionJob, ConversionResult, MeasureResult, MeasureStatus, ModelFile,
                                    OpTime, ProgressCallback, measure_in_batches)
-from nnmeter.backends.conversion import ConversionPool, split_cores
+from nnmeter.backends.conversion import ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
@@ -427,7 +427,7 @@ class RemoteBackend(Backend):
         workers = workers or self.config.convert_workers
         if self._pool is None or self._pool.workers != workers:
             self._close_pool()
-            self._pool = ConversionPool(self.model_format, workers, split_cores([]))
+            self._pool = ConversionPool(self.model_format, workers, conversion_cores())
         return self._pool.run(jobs, progress)
 
     def measure(self, models: Sequence[ModelFile], protocol: MeasurementProtocol,
