@@ -7,8 +7,9 @@ process, the full protocol, the drift anchors in every batch), alternating two b
 sizes: short batches (16 models, ~2 s of rounds) and long ones (every model in one
 batch, ~10 s). Per batch size it prints the spread of each model's headline across
 the sessions (standard deviation of the log, ~ relative), as measured
-(``stats.median_ms``) and scaled by the batch's anchors (``latency_ms``), as the
-median over whole models and over kernels.
+(``stats.median_ms``) and scaled by the batch's anchors (``Store.anchor_factors``), as
+the median over whole models and over kernels, and the store's drift check of the
+workspace (whether ``latency_ms`` applies the anchors' factors on this device).
 
     .venv/bin/python bench/drift.py                 # 8 models + 56 kernels, 10 sessions per batch size
     .venv/bin/python bench/drift.py --sessions 4    # quicker
@@ -84,13 +85,15 @@ def main() -> int:
                                        workspace_root=ws.root, remeasure=True, series=label,
                                        progress=lambda *_: None)
                         bar.advance(task)
-            # read back at the end: every batch's factor against the anchors' median over all batches
+            # read back at the end: every batch's factor against the anchors' median over all batches (the
+            # anchors' factors themselves, whether or not the store's drift check applies them to latency_ms)
+            where = (backend.device_info.device, backend.name, base.key())
+            factors = ws.store.anchor_factors(*where)
             for name, label in series:
-                for _, m in ws.store.latest_measurements(backend.device_info.device, backend.name, base.key(),
-                                                         series=label):
+                for _, m in ws.store.latest_measurements(*where, series=label):
                     if m.latency_ms is not None and m.model_id in readings[(name, False)]:
                         readings[(name, False)][m.model_id].append(m.stats.median_ms)
-                        readings[(name, True)][m.model_id].append(m.latency_ms)
+                        readings[(name, True)][m.model_id].append(m.stats.median_ms * factors.get(m.batch, 1.0))
 
             table = Table(title=f"spread of the headline across {args.sessions} sessions (sd of log)")
             for column in ("batches", "", "whole models, measured", "anchored", "kernels, measured", "anchored"):
@@ -106,6 +109,7 @@ def main() -> int:
             console.print(f"{len(whole)} whole models ({', '.join(sorted(m.name for m in zoo))}), "
                           f"{len(records) - len(whole)} kernels; protocol {base.rounds} rounds x "
                           f"{base.runs_per_round} runs, min {base.min_round_ms} ms per round")
+            console.print(f"drift check of the workspace: {ws.store.drift_check(*where).describe()}")
     return 0
 
 

@@ -78,6 +78,39 @@ def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> 
         assert store.drift_factors("local:test", "tflite-local", "other-protocol") == {}
 
 
+@pytest.mark.parametrize("models_follow, pairs, weight", [
+    (1.0, 40, 1.0),   # the models slow down with the anchors: the full factors take the drift off
+    (0.0, 40, 0.0),   # the anchors slow down, the models do not: the factors would add the anchors' drift
+    (0.5, 40, 0.5),   # the models share half the anchors' drift (in the log)
+    (0.0, 10, 1.0),   # too few repeated measurements to weigh: the anchors' design holds
+])
+def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_closest(
+        tmp_path: Path, models_follow: float, pairs: int, weight: float) -> None:
+    def at(ms: float) -> LatencyStats:
+        return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
+
+    slowdown = {"first": 1.0, "second": 1.2}  # of the anchors, batch by batch
+    with Store(tmp_path / "s.sqlite") as store:
+        store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
+        for batch, factor in slowdown.items():
+            store.add_measurement(dataclasses.replace(measurement("anchor", batch=batch), stats=at(0.1 * factor)))
+        for i in range(pairs):
+            store.add_model(ModelRecord(id=f"k{i}", kind="rule-case", name="conv-relu"))
+            noise = 1 + 0.01 * ((i % 5) - 2)  # the second measurement also differs by up to +-2 %, drift aside
+            for series, (batch, factor) in zip(("pass1", "pass2"), slowdown.items()):
+                ms = (1.0 + i) * factor ** models_follow * (noise if batch == "second" else 1)
+                store.add_measurement(dataclasses.replace(measurement(f"k{i}", batch=batch, series=series),
+                                                          stats=at(ms)))
+        check = store.drift_check("local:test", "tflite-local", "p1")
+        assert check.pairs == pairs and check.weight == pytest.approx(weight, abs=0.02)
+        if pairs >= 30:
+            assert check.weighted_spread <= min(check.measured_spread, check.anchored_spread)
+            assert f"weight {weight:.2f}" in check.describe()
+        second = store.latest_measurements("local:test", "tflite-local", "p1", kind="rule-case", series="pass2")[0][1]
+        # the anchor's median over the two batches is 0.11 ms; the second batch ran it at 0.12
+        assert second.drift_factor == pytest.approx((0.11 / 0.12) ** check.weight)
+
+
 def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median(tmp_path: Path) -> None:
     """Under ``statistic: min`` a record's latency is its fastest round; the drift anchors are read by their
     median, so a fast round of an anchor does not move its batch, a slower median does."""

@@ -67,7 +67,8 @@ class MeasurementProtocol:
                                   "model's rounds span many seconds, so they sample the device's fast and slow "
                                   "states alike instead of whichever lasted through a short batch", minimum=1)
     anchors: bool = setting(True, "measure three fixed drift-anchor kernels in every batch and scale each batch's "
-                                  "latencies to the device's typical speed (the anchors' median over all batches)")
+                                  "latencies to the device's typical speed (the anchors' median over all batches), "
+                                  "by as much as brings the workspace's repeated measurements closest")
     statistic: str = setting("min", "the statistic of a measurement that is its latency, for training, packaging "
                                     "and evaluation alike: 'min' = the fastest round (the median of its invocations), "
                                     "the device's fast state; 'median' = the median over rounds, its typical state. "

@@ -16,7 +16,10 @@ batches (:meth:`Store.drift_factors`): ``MeasurementRecord.latency_ms`` is the l
 at the device's typical speed, ``stats`` what was measured. ``bench/drift.py`` (8
 sessions of 8 whole models and 56 kernels in batches of 64): the session-to-session
 spread of whole models fell from 2.6 % to 1.6 %, of kernels from 2.0 % to 0.8 %
-(docs/measurement.md has a noisier hour: 3.9 % to 1.2 %).
+(docs/measurement.md has a noisier hour: 3.9 % to 1.2 %). Where the anchors' drift is
+not the other models' (a host whose tenants take memory bandwidth), the full factors
+add noise instead; the store weighs them on the models measured more than once in
+different batches (:class:`~nnmeter.builder.store.DriftCheck`).
 """
 
 from __future__ import annotations

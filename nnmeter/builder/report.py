@@ -217,6 +217,8 @@ def _predictor_facts(ws: "Workspace") -> tuple[list[KernelRow], dict[str, Any]]:
     facts["invoke overhead"] = f"{1000 * manifest.invoke_overhead_ms:.1f} us"
     mc = manifest.model_correction
     facts["model correction"] = mc.describe() if mc else "none"
+    facts["drift correction"] = ws.store.drift_check(facts["device"], manifest.backend, ws.campaign.protocol.key()
+                                                     ).describe()
     facts.update({f"library {k}": v for k, v in manifest.libraries.items()})
     return rows, facts
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from nnmeter.builder.store import LATENCY_READING_VERSION
 from nnmeter.errors import NnmeterError
 from nnmeter.schema import section_to_dict
 
@@ -62,9 +63,11 @@ class RunOptions:
 
 
 def _setup(ws: "Workspace") -> dict[str, Any]:
-    """What every measuring step depends on: the backend and its options, the protocol."""
+    """What every measuring step depends on: the backend and its options, the protocol, and how the store reads
+    a latency from a measurement (a new reading runs the steps again on the stored measurements)."""
     c = ws.campaign
-    return {"backend": c.backend_name, "options": section_to_dict(c.backend_options), "protocol": c.protocol.key()}
+    return {"backend": c.backend_name, "options": section_to_dict(c.backend_options), "protocol": c.protocol.key(),
+            "latency_reading": LATENCY_READING_VERSION}
 
 
 def _run_rules(ws: "Workspace", _backend: Any, opts: RunOptions) -> tuple[str, bool]:

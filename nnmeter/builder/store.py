@@ -18,7 +18,9 @@ A measurement also records the ``batch`` it was taken in (the models measured
 together). Batches hold the drift anchors (kind 'anchor', see
 :mod:`nnmeter.builder.measuring`); :meth:`Store.drift_factors` compares each batch's
 anchors with their median over all batches, and the records the store returns carry
-that factor, so ``latency_ms`` is the latency at the device's typical speed.
+that factor, so ``latency_ms`` is the latency at the device's typical speed. How much of
+the factor applies is fitted on the workspace's repeated measurements
+(:meth:`Store.drift_check`): all of it where the anchors' drift is the other models'.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How a stored measurement becomes ``MeasurementRecord.latency_ms``; bump when that changes (2: drift anchors
-#: read by their median, ``min`` the fastest round). What was trained on older labels is trained again.
-LATENCY_READING_VERSION = 2
+#: read by their median, ``min`` the fastest round; 3: the anchors' factors at the weight DriftCheck fits). What was trained on older labels is trained again.
+LATENCY_READING_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ class Store:
 
     def __init__(self, path: Path | str, *, timeout: float = 60.0) -> None:
         self.path = Path(path)
+        # drift factors by (device, backend, protocol key), with the newest measurement id they were read at
+        self._drift_cache: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -368,6 +372,20 @@ class Store:
         return [(_model(r, id_column="mo_id"), with_drift(_measurement(r), factors)) for r in rows]
 
     def drift_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
+        """The factors ``latency_ms`` applies per batch: :meth:`anchor_factors` raised to the weight
+        :meth:`drift_check` fits on the workspace's repeated measurements (1: the anchors' drift is the
+        models'; 0: every batch as measured)."""
+        newest = self._db.execute("SELECT MAX(id) FROM measurements").fetchone()[0] or 0
+        cached = self._drift_cache.get((device, backend, protocol_key))
+        if cached is not None and cached[0] == newest:  # read again only when something was measured since
+            return dict(cached[1])
+        factors = self.anchor_factors(device, backend, protocol_key)
+        weight = self.drift_check(device, backend, protocol_key, factors).weight
+        factors = {batch: factor ** weight for batch, factor in factors.items()}
+        self._drift_cache[(device, backend, protocol_key)] = (newest, factors)
+        return dict(factors)
+
+    def anchor_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
         """Per batch, how much faster than its typical speed the device ran then: for each anchor model,
         the median over all batches of its median latency divided by its median latency in the batch; the
         factor is the geometric mean of these over the batch's anchors. Batches without a measured anchor
@@ -394,6 +412,33 @@ class Store:
             for batch, ms in by_batch.items():
                 logs.setdefault(batch, []).append(typical - math.log(ms))
         return {batch: math.exp(statistics.fmean(values)) for batch, values in logs.items()}
+
+    def drift_check(self, device: str, backend: str, protocol_key: str,
+                    factors: Mapping[str, float] | None = None) -> "DriftCheck":
+        """How far the anchors' ``factors`` (default: :meth:`anchor_factors`) bring together the models measured
+        more than once, in different batches (the rule test's passes, the evaluation's repeat,
+        re-measurements), and the weight that brings them closest (see :class:`DriftCheck`)."""
+        if factors is None:
+            factors = self.anchor_factors(device, backend, protocol_key)
+        rows = self._db.execute("""
+            SELECT me.* FROM measurements me JOIN models mo ON mo.id = me.model_id
+            WHERE mo.kind != 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
+              AND me.batch != '' AND me.stats IS NOT NULL AND me.model_id IN (
+                SELECT model_id FROM measurements WHERE device = ? AND backend = ? AND protocol_key = ?
+                  AND batch != '' AND stats IS NOT NULL GROUP BY model_id HAVING COUNT(DISTINCT batch) > 1)
+            ORDER BY me.model_id, me.id""", (device, backend, protocol_key) * 2).fetchall()
+        measured: list[float] = []  # log ratio of a model's measurement to its previous one in another batch
+        anchored: list[float] = []  # log ratio of the two batches' factors
+        previous: MeasurementRecord | None = None
+        for row in rows:
+            rec = _measurement(row)
+            if rec.latency_ms is None:
+                continue
+            if previous is not None and previous.model_id == rec.model_id and previous.batch != rec.batch:
+                measured.append(math.log(rec.latency_ms / previous.latency_ms))  # type: ignore[operator]
+                anchored.append(math.log(factors.get(rec.batch, 1.0) / factors.get(previous.batch, 1.0)))
+            previous = rec
+        return DriftCheck.fit(measured, anchored)
 
     def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "", kind: str | None = None,
                      name: str | None = None) -> set[str]:
@@ -443,6 +488,51 @@ class Store:
             db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                        (key, _dump(value), time.time()))
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """How much of the drift anchors' factors to apply on this device, fitted on repeated measurements.
+
+    A pair is two consecutive measurements of one model in different batches: ``m`` the log ratio of its
+    latencies, ``a`` the log ratio of the two batches' anchor factors. The factors raised to ``weight``
+    leave ``m + weight * a``; the weight is the least-squares one, ``-sum(m * a) / sum(a^2)``, kept in
+    [0, 1]. 1 where the anchors' drift is the models' (every model slows down with them); near 0 where it
+    is not (on a host whose tenants take memory bandwidth, small cache-resident anchors and bigger models
+    slow down by different amounts, and the full factors add the anchors' own noise). With fewer than
+    :data:`DRIFT_CHECK_MIN_PAIRS` pairs the weight is 1 (the anchors' design). The spreads are root mean
+    squares of the log ratios, in %: as measured, with the full factors, with the weighted ones."""
+
+    pairs: int
+    weight: float
+    measured_spread: float
+    anchored_spread: float
+    weighted_spread: float
+
+    @classmethod
+    def fit(cls, measured: Sequence[float], anchored: Sequence[float]) -> "DriftCheck":
+        m, a = list(measured), list(anchored)
+        moved = sum(x * x for x in a)
+        weight = 1.0
+        if len(m) >= DRIFT_CHECK_MIN_PAIRS and moved > 0:
+            weight = min(1.0, max(0.0, -sum(x * y for x, y in zip(m, a)) / moved))
+        return cls(len(m), weight, _rms(m), _rms([x + y for x, y in zip(m, a)]),
+                   _rms([x + weight * y for x, y in zip(m, a)]))
+
+    def describe(self) -> str:
+        if self.pairs < DRIFT_CHECK_MIN_PAIRS:
+            return f"anchors' factors applied in full (only {self.pairs} repeated measurements to weigh them on)"
+        return (f"anchors' factors at weight {self.weight:.2f}, fitted on {self.pairs} repeated measurements: "
+                f"they differ by {self.measured_spread:.1f} % as measured, {self.anchored_spread:.1f} % with the "
+                f"full factors, {self.weighted_spread:.1f} % with the weighted ones (rms of the log ratio)")
+
+
+#: Repeated measurements needed before the drift check weighs the anchors' factors.
+DRIFT_CHECK_MIN_PAIRS = 30
+
+
+def _rms(logs: Sequence[float]) -> float:
+    return 100 * math.sqrt(statistics.fmean(v * v for v in logs)) if logs else 0.0
 
 
 def _statements(script: str) -> list[str]:
