@@ -9,7 +9,7 @@ batch, ~10 s). Per batch size it prints the spread of each model's headline acro
 the sessions (standard deviation of the log, ~ relative), as measured
 (``stats.median_ms``) and scaled by the batch's anchors (``Store.anchor_factors``), as
 the median over whole models and over kernels, and the store's drift check of the
-workspace (whether ``latency_ms`` applies the anchors' factors on this device).
+workspace (the weight at which ``latency_ms`` applies the anchors' factors on this device).
 
     .venv/bin/python bench/drift.py                 # 8 models + 56 kernels, 10 sessions per batch size
     .venv/bin/python bench/drift.py --sessions 4    # quicker
@@ -86,7 +86,7 @@ def main() -> int:
                                        progress=lambda *_: None)
                         bar.advance(task)
             # read back at the end: every batch's factor against the anchors' median over all batches (the
-            # anchors' factors themselves, whether or not the store's drift check applies them to latency_ms)
+            # anchors' factors in full, whatever weight the store's drift check gives them in latency_ms)
             where = (backend.device_info.device, backend.name, base.key())
             factors = ws.store.anchor_factors(*where)
             for name, label in series:

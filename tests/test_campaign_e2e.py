@@ -117,7 +117,7 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
     html = (workspace / "reports" / "index.html").read_text()
     assert "nas-resnet_000_32" in html and "<svg" in html
     assert "invoke overhead" in html and "model correction" in html  # the artifact's device calibrations
-    assert "drift correction" in html and "repeated measurements" in html  # whether the anchors' factors apply
+    assert "drift correction" in html and "repeated measurements" in html  # the weight of the anchors' factors
 
     # a third run finds every step up to date and measures nothing
     again = _cli("run", str(workspace))

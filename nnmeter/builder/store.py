@@ -99,7 +99,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How a stored measurement becomes ``MeasurementRecord.latency_ms``; bump when that changes (2: drift anchors
-#: read by their median, ``min`` the fastest round; 3: the anchors' factors at the weight DriftCheck fits). What was trained on older labels is trained again.
+#: read by their median, ``min`` the fastest round; 3: the anchors' factors at the weight DriftCheck fits).
+#: What was trained on older labels is trained again.
 LATENCY_READING_VERSION = 3
 
 
@@ -427,18 +428,18 @@ class Store:
                 SELECT model_id FROM measurements WHERE device = ? AND backend = ? AND protocol_key = ?
                   AND batch != '' AND stats IS NOT NULL GROUP BY model_id HAVING COUNT(DISTINCT batch) > 1)
             ORDER BY me.model_id, me.id""", (device, backend, protocol_key) * 2).fetchall()
-        measured: list[float] = []  # log ratio of a model's measurement to its previous one in another batch
-        anchored: list[float] = []  # log ratio of the two batches' factors
+        model_logs: list[float] = []  # log ratio of a model's measurement to its previous one in another batch
+        factor_logs: list[float] = []  # log ratio of the two batches' anchor factors
         previous: MeasurementRecord | None = None
         for row in rows:
             rec = _measurement(row)
             if rec.latency_ms is None:
                 continue
             if previous is not None and previous.model_id == rec.model_id and previous.batch != rec.batch:
-                measured.append(math.log(rec.latency_ms / previous.latency_ms))  # type: ignore[operator]
-                anchored.append(math.log(factors.get(rec.batch, 1.0) / factors.get(previous.batch, 1.0)))
+                model_logs.append(math.log(rec.latency_ms / previous.latency_ms))  # type: ignore[operator]
+                factor_logs.append(math.log(factors.get(rec.batch, 1.0) / factors.get(previous.batch, 1.0)))
             previous = rec
-        return DriftCheck.fit(measured, anchored)
+        return DriftCheck.fit(model_logs, factor_logs)
 
     def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "", kind: str | None = None,
                      name: str | None = None) -> set[str]:
@@ -510,8 +511,9 @@ class DriftCheck:
     weighted_spread: float
 
     @classmethod
-    def fit(cls, measured: Sequence[float], anchored: Sequence[float]) -> "DriftCheck":
-        m, a = list(measured), list(anchored)
+    def fit(cls, model_logs: Sequence[float], factor_logs: Sequence[float]) -> "DriftCheck":
+        """The check of pairs with log ratios ``model_logs`` (``m``) and ``factor_logs`` (``a``)."""
+        m, a = list(model_logs), list(factor_logs)
         moved = sum(x * x for x in a)
         weight = 1.0
         if len(m) >= DRIFT_CHECK_MIN_PAIRS and moved > 0:
