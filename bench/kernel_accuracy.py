@@ -13,10 +13,16 @@ second run (or a bigger budget) measures only what is new.
     python bench/kernel_accuracy.py --kernels fc --budgets 100 200 --workspace /tmp/bench-ws
     python bench/kernel_accuracy.py --kernels conv-bn-relu --repeat   # also: how repeatable the test labels are
     python bench/kernel_accuracy.py --kernels conv-bn-relu --budgets 800 --seed 1   # another training seed
+    python bench/kernel_accuracy.py --kernels conv-bn-relu --stored WS   # cross-validate on WS's stored samples
 
 ``--repeat`` measures the held-out set a second time in a sibling workspace (``<workspace>-repeat``) and
 prints how often the two measurements agree within +-10 %: no regressor can score much above that share
 against single measurements.
+
+``--stored WS`` measures nothing: it scores each regressor by k-fold cross-validation on every sample of the
+kernel already in the store of the workspace WS (any campaign, a bench workspace or ``nnmeter-build run``'s),
+with the accuracy of kernels under 0.05 ms and over it apart. It tells how much a regressor or feature change
+gains on a device's data before anything is measured again.
 """
 
 from __future__ import annotations
@@ -72,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                         "kernels.seed); the held-out set stays the same")
     parser.add_argument("--repeat", action="store_true",
                         help="measure the held-out set again in <workspace>-repeat and print the labels' agreement")
+    parser.add_argument("--stored", type=Path, metavar="WS",
+                        help="measure nothing: cross-validate the regressors on the samples in WS's store")
+    parser.add_argument("--folds", type=int, default=5, help="folds of --stored (default 5)")
     args = parser.parse_args(argv)
+    if args.stored:
+        return _cross_validate(args.stored, args.kernels, args.regressors, args.folds, Console())
     budgets = args.budgets or ((50, 100) if args.quick else BUDGETS)
     n_test = args.test or (40 if args.quick else TEST_CONFIGS)
     console = Console()
@@ -119,6 +130,49 @@ def main(argv: list[str] | None = None) -> int:
     console.print("\nkernel,budget,regressor,acc10,rmspe,samples,train_seconds", markup=False)
     for row in summary:
         console.print(",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row), markup=False)
+    return 0
+
+
+def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: Console) -> int:
+    """k-fold cross-validated accuracy of each regressor on the kernels' samples stored in ``workspace``."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    from nnmeter.builder.regressors import FAST_KERNEL_MS, make_regressor
+
+    if not (workspace / "campaign.yaml").is_file():
+        console.print(f"{workspace}: not a workspace (no campaign.yaml)", markup=False)
+        return 2
+    rows = []
+    with Workspace.open(workspace) as ws, ws.connect() as backend:
+        info = backend.device_info
+        for kernel in kernels:
+            pairs = ws.store.latest_measurements(info.device, backend.name, ws.campaign.protocol.key(),
+                                                 kind="kernel", name=kernel, statuses=["ok"])
+            configs = [dict(record.config) for record, _ in pairs]
+            y = np.array([m.latency_ms for _, m in pairs])
+            if len(y) < 2 * folds:
+                console.print(f"{kernel}: {len(y)} stored samples in {workspace}, too few for {folds} folds",
+                              markup=False)
+                continue
+            X = feature_matrix(kernel, configs)
+            table = Table(title=f"{kernel}: {folds}-fold cross-validation on {len(y)} stored samples "
+                                f"({int(np.sum(y < FAST_KERNEL_MS))} under {FAST_KERNEL_MS} ms)")
+            for column in ("regressor", "±10 %", "RMSPE", f"±10 % < {FAST_KERNEL_MS} ms", "±10 % other"):
+                table.add_column(column, justify="right")
+            for name in regressors:
+                predicted = np.zeros_like(y)
+                for train, test in KFold(folds, shuffle=True, random_state=0).split(X):
+                    predicted[test] = make_regressor(name, kernel).fit(X[train], y[train]).predict(X[test])
+                m = latency_metrics(y, predicted)
+                share = [f"{100 * v:.1f} %" if v is not None else "-" for v in (m.acc10_fast, m.acc10_slow)]
+                table.add_row(name, f"{100 * m.acc10:.1f} %", f"{m.rmspe:.1f} %", *share)
+                rows.append((kernel, name, folds, m.n, m.acc10, m.rmspe, m.acc10_fast, m.acc10_slow))
+            console.print(table)
+    console.print("\nkernel,regressor,folds,samples,acc10,rmspe,acc10_fast,acc10_slow", markup=False)
+    for row in rows:
+        console.print(",".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row),
+                      markup=False)
     return 0
 
 
