@@ -43,6 +43,7 @@ from nnmeter.builder.regressors import BASELINE_REGRESSOR, DEFAULT_REGRESSOR, la
 from nnmeter.builder.training import TrainingError, adaptive_training, config_key, workspace_measure  # noqa: E402
 from nnmeter.builder.workspace import Workspace  # noqa: E402
 from nnmeter.kernel_gen.samplers import sample_configs  # noqa: E402
+from nnmeter.ops import kernel_type  # noqa: E402
 from nnmeter.predictor.features import feature_matrix  # noqa: E402
 
 KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
@@ -82,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: cross-validate the regressors on the samples in WS's store")
     parser.add_argument("--folds", type=int, default=5, help="folds of --stored (default 5)")
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2, got {args.folds}")
+    for kernel in args.kernels:
+        try:
+            kernel_type(kernel)
+        except ValueError as err:
+            parser.error(f"--kernels: {err}")
     if args.stored:
         return _cross_validate(args.stored, args.kernels, args.regressors, args.folds, Console())
     budgets = args.budgets or ((50, 100) if args.quick else BUDGETS)
@@ -144,10 +152,16 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
         console.print(f"{workspace}: not a workspace (no campaign.yaml)", markup=False)
         return 2
     rows = []
-    with Workspace.open(workspace) as ws, ws.connect() as backend:
-        info = backend.device_info
+    with Workspace.open(workspace) as ws:  # no connection: the device may be a phone that is not attached
+        campaign = ws.campaign
+        setups = [s for s in ws.store.summary().setups
+                  if s.backend == campaign.backend_name and s.protocol_key == campaign.protocol.key()]
+        if not setups:
+            console.print(f"{workspace}: nothing measured with its campaign's backend and protocol", markup=False)
+            return 2
+        setup = setups[-1]  # the device measured last
         for kernel in kernels:
-            pairs = ws.store.latest_measurements(info.device, backend.name, ws.campaign.protocol.key(),
+            pairs = ws.store.latest_measurements(setup.device, setup.backend, setup.protocol_key,
                                                  kind="kernel", name=kernel, statuses=["ok"])
             configs = [dict(record.config) for record, _ in pairs]
             y = np.array([m.latency_ms for _, m in pairs])

@@ -125,7 +125,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise NnmeterError(f"--runs {args.runs}: must be at least 1")
     console = Console()
     with Workspace.open(args.workspace) as ws:
-        protocol = ws.campaign.protocol
+        protocol = ws.campaign.protocol.for_whole_models()
         if args.runs is not None:
             per_round = min(protocol.runs_per_round, args.runs)
             protocol = dataclasses.replace(protocol, runs_per_round=per_round,

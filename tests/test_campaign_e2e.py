@@ -117,6 +117,15 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
     html = (workspace / "reports" / "index.html").read_text()
     assert "nas-resnet_000_32" in html and "<svg" in html
     assert "invoke overhead" in html and "model correction" in html  # the artifact's device calibrations
+    # the calibration models are measured next to their kernels, not in a block of their own before them
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    calibration = [i for (i,) in db.execute("SELECT me.id FROM measurements me JOIN models mo ON mo.id = me.model_id "
+                                            "WHERE mo.name LIKE 'calibration-%' ORDER BY me.id")]
+    kernels_between = db.execute("SELECT COUNT(*) FROM measurements me JOIN models mo ON mo.id = me.model_id "
+                                 "WHERE mo.kind = 'kernel' AND me.id BETWEEN ? AND ?",
+                                 (calibration[0], calibration[-1])).fetchone()[0]
+    db.close()
+    assert len(calibration) >= 2 and kernels_between > 0
     assert "drift correction" in html and "repeated measurements" in html  # the weight of the anchors' factors
 
     # a third run finds every step up to date and measures nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -110,6 +111,33 @@ def test_a_session_that_dies_is_reopened_for_the_rest_of_the_batch():
     first, crasher, last = run_round_robin(open_session, ["a", "crasher", "c"], protocol)
     assert crasher.error.status == "crash" and len(opened) == 2
     assert len(first.rounds) == 5 and len(last.rounds) == 5
+
+
+def test_rounds_are_spread_over_min_batch_s_and_remeasures_run_back_to_back():
+    """Round r starts no earlier than r / rounds of ``min_batch_s`` after the batch began (lower bounds only:
+    sleeping never ends early); the re-measure pass of the unstable model does not wait."""
+    starts = []
+
+    class Clocked(_SyntheticSession):
+        def run(self, handle, runs, min_time_ms):
+            starts.append((handle, time.monotonic()))
+            return super().run(handle, runs, min_time_ms)
+
+    protocol = MeasurementProtocol(rounds=4, max_median_ci=0.02, max_remeasures=1, min_batch_s=0.4)
+    steady, noisy = run_round_robin(lambda: Clocked([]), ["steady", "noisy"], protocol)
+    assert len(steady.rounds) == 4 and len(noisy.rounds) == 8
+    slack = 0.005  # round 0's first run starts a little after its pass did
+    first_pass = [t for h, t in starts[:8:2]]  # the steady model's round starts
+    assert all(first_pass[r] - first_pass[0] >= r * 0.1 - slack for r in range(4))
+    remeasure = [t for h, t in starts[8:]]
+    assert len(remeasure) == 4 and remeasure[3] - remeasure[0] < 0.3 - slack
+
+
+def test_whole_models_are_paced_and_pacing_does_not_change_the_key():
+    protocol = MeasurementProtocol(whole_model_batch_s=30.0)
+    assert protocol.min_batch_s == 0.0 and protocol.for_whole_models().min_batch_s == 30.0
+    assert MeasurementProtocol(min_batch_s=60.0).for_whole_models().min_batch_s == 60.0
+    assert protocol.for_whole_models().key() == protocol.key() == MeasurementProtocol(min_batch_s=5.0).key()
 
 
 def test_protocol_key_ignores_batching_only():

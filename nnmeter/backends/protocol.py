@@ -10,6 +10,12 @@ statistic of it, the same for training and evaluation (``statistic``): the
 fastest round (the default; :attr:`LatencyStats.fastest_round_ms`) or the median
 over the rounds' medians.
 
+Why a batch of whole models is spread over time (``whole_model_batch_s``): the
+evaluation set is few models, and their rounds back to back took ~10 s, inside one
+fast or slow period; idle time between rounds spreads the same rounds over the
+periods (two passes of 21 models agreed within +-10 % for 90-93 % of them instead of
+87-90 %; docs/measurement.md). Kernel batches are longer and many.
+
 Why the invoking thread's CPU time (``clock: auto``) where the runtime allows it:
 the measuring core is not the model's alone (here 7 tenants share 2 cores). An
 invocation longer than a scheduler slice is preempted in every run, so its wall
@@ -40,7 +46,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
 from nnmeter.schema import setting
@@ -76,6 +82,13 @@ class MeasurementProtocol:
                                     "repeats better for models that stream weights from memory shared with other "
                                     "tenants (docs/measurement.md)", choices=STATISTICS)
     cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
+    min_batch_s: float = setting(0.0, "spread a batch's `rounds` over at least this many seconds, idle between "
+                                      "rounds, so that they sample the device's fast and slow periods alike "
+                                      "(re-measure passes run back to back); 0 = rounds back to back", minimum=0)
+    whole_model_batch_s: float = setting(30.0, "min_batch_s of the batches of whole models (the evaluation set, "
+                                               "`profile`): few models, so a batch of them would otherwise take "
+                                               "seconds and sit inside one fast or slow period of the device "
+                                               "(docs/measurement.md)", minimum=0)
     clock: str = setting("auto", "how one invocation is timed: 'auto' = the CPU time of the invoking thread "
                                  "where the whole inference runs on it (tflite-local with 1 thread), so that "
                                  "other processes sharing the measuring core do not inflate it, else the wall "
@@ -90,11 +103,17 @@ class MeasurementProtocol:
 
     def key(self) -> str:
         """A short stable id of the settings that change the numbers (the store keys on it)."""
-        significant = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s", "anchors")}
+        paced = ("min_batch_s", "whole_model_batch_s")  # when rounds run, not how: the numbers keep their key
+        significant = {k: v for k, v in asdict(self).items()
+                       if k not in ("batch_size", "cooldown_s", "anchors", *paced)}
         for name, old_default in (("cache", "warm"), ("statistic", "median")):
             if significant[name] == old_default:  # added later: measurements taken before it keep their key
                 del significant[name]
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
+
+    def for_whole_models(self) -> "MeasurementProtocol":
+        """This protocol for a batch of whole models: its rounds spread over at least ``whole_model_batch_s``."""
+        return replace(self, min_batch_s=max(self.min_batch_s, self.whole_model_batch_s))
 
 
 @dataclass(frozen=True)
@@ -257,8 +276,12 @@ def run_round_robin(
             except MeasureError as err:
                 fail(i, err)
 
-    def passes(active: list[int], n_rounds: int) -> None:
-        for _ in range(n_rounds):
+    def passes(active: list[int], n_rounds: int, spread_s: float = 0.0) -> None:
+        started = time.monotonic()
+        for r in range(n_rounds):
+            idle = started + r * spread_s / n_rounds - time.monotonic()
+            if idle > 0:
+                time.sleep(idle)
             for i in active:
                 ensure_loaded([i])  # per model: after a crash the rest of the round goes on in a new session
                 if outcomes[i].error is not None or i not in handles or session is None:
@@ -272,7 +295,7 @@ def run_round_robin(
                     fail(i, err)
 
     active = list(range(len(model_paths)))
-    passes(active, protocol.rounds)
+    passes(active, protocol.rounds, protocol.min_batch_s)  # re-measure passes run back to back
     for _ in range(protocol.max_remeasures):
         active = [i for i in active if outcomes[i].error is None
                   and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci]

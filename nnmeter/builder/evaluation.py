@@ -265,7 +265,7 @@ def evaluate_workspace(ws: Any, backend: Any, models: Sequence[EvaluationModel],
     from nnmeter.predictor.artifact import load_artifact
 
     campaign = ws.campaign
-    protocol = campaign.protocol
+    protocol = campaign.protocol.for_whole_models()
     ready = [m for m in models if not m.error]
     records = [m.record for m in ready]
     first = measure_models(ws.store, backend, records, protocol, workspace_root=ws.root, progress=progress,

@@ -197,8 +197,8 @@ def private_cache_bytes(facts: Mapping[str, str]) -> float:
 
 def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
                        overhead_ms: float, private_cache_mb: float = 0.0) -> list[CalibrationModel]:
-    """Measure the calibration models whole and kernel by kernel (through the store: stored measurements are
-    reused); the models that could be, with their numbers."""
+    """Measure the calibration models whole and kernel by kernel, each model next to its kernels (through the
+    store: stored measurements are reused); the models that could be, with their numbers."""
     from nnmeter.builder.measuring import measure_models
     from nnmeter.builder.models import ModelSpec, kernel_spec, prepare_models
     from nnmeter.builder.zoo import build_zoo_model, evaluation_set
@@ -222,25 +222,28 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
             continue
         if detection.kernels and not detection.unsupported:
             detected.append((p, detection.kernels))
-    wholes = measure_models(ws.store, backend, [p.record for p, _ in detected], protocol, workspace_root=ws.root,
-                            description="measuring calibration models") if detected else []
-    models = [(p.spec.name, weight_bytes(kernels) / 1e6,
-               refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6, whole.latency_ms,
-               [kernel_spec(k.kernel, k.config) for k in kernels])
-              for (p, kernels), whole in zip(detected, wholes) if whole.latency_ms is not None]
-    kernel_specs = [k for *_, ks in models for k in ks]
+    kernel_specs = [[kernel_spec(k.kernel, k.config) for k in kernels] for _, kernels in detected]
     with _bar("converting their kernels") as progress:
-        kernels = prepare_models(ws, backend, kernel_specs, progress=progress)
-    measured = measure_models(ws.store, backend, [k.record for k in kernels if k.ok], protocol,
-                              workspace_root=ws.root, description="measuring their kernels") if kernels else []
-    kernel_ms = {m.model_id: m.latency_ms for m in measured}
-    kernel_ids = iter(k.id for k in kernels)
+        prepared_kernels = iter(prepare_models(ws, backend, [s for specs in kernel_specs for s in specs],
+                                               progress=progress))
+    kernels_of = [[next(prepared_kernels) for _ in specs] for specs in kernel_specs]
+    # Each model is measured next to its kernels, in their batch or (where a batch boundary falls among them) the
+    # one that follows seconds later: the correction is the ratio of the two, and a batch of the models alone
+    # once ran in a slow period of the host, 9 % slower than the same models in another run whose kernels
+    # measured as fast as these (the correction came out x 1.14 and the evaluation +-10 % 52 %).
+    order = [r for (p, _), ks in zip(detected, kernels_of) for r in [p.record, *(k.record for k in ks if k.ok)]]
+    measured = measure_models(ws.store, backend, order, protocol, workspace_root=ws.root,
+                              description="measuring calibration models with their kernels") if order else []
+    latency = {m.model_id: m.latency_ms for m in measured}
     rows = []
-    for name, weight_mb, refetched_mb, whole_ms, ks in models:
-        times = [kernel_ms.get(next(kernel_ids)) for _ in ks]
-        if all(t is not None for t in times):  # each kernel paid the invoke overhead the model pays once
-            rows.append(CalibrationModel(name, weight_mb, whole_ms, sum(times) - (len(times) - 1) * overhead_ms,
-                                         refetched_mb))  # type: ignore[arg-type]
+    for (p, kernels), ks in zip(detected, kernels_of):
+        whole_ms = latency.get(p.record.id)
+        times = [latency.get(k.id) if k.ok else None for k in ks]
+        if whole_ms is not None and all(t is not None for t in times):
+            # each kernel measured alone paid the invoke overhead the model pays once
+            kernels_ms = sum(times) - (len(times) - 1) * overhead_ms  # type: ignore[arg-type]
+            rows.append(CalibrationModel(p.spec.name, weight_bytes(kernels) / 1e6, whole_ms, kernels_ms,
+                                         refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6))
     return rows
 
 
