@@ -18,12 +18,12 @@ bytes read and bytes written), and derived shape features:
   maps, the same weight bytes), which the padding ratio cannot express. XNNPACK
   does that: for a plain matrix product (fc, 1x1 stride-1 conv) it runs the whole
   layer on its narrower second micro-kernel (16 columns for 32) when that pads
-  fewer columns; other convs (indirect GEMM) keep the wide one (on the Intel
-  host, stride-1 1x1 convs of up to 1024 output pixels with 1-16 channels in the last
-  tile ran 18-33 % below the FLOP rate of those with 17-32, stride-2 ones alike; see
-  docs/measurement.md). With the
-  column, the default campaign's conv-bn-relu (3 random 70/30 splits of its samples) went
-  from +-10 % 85.6 % to 90.5 %, fc from 86.3 % to 96.3 % (other kernels did not gain from it);
+  fewer columns; other convs (indirect GEMM) keep the wide one (on the Intel host,
+  stride-1 1x1 convs of up to 1024 output pixels with 1-16 channels in the last tile
+  ran 18-33 % below the FLOP rate of those with 17-32, stride-2 ones alike; see
+  docs/measurement.md). With the column, the default campaign's conv-bn-relu (3 random
+  70/30 splits of its samples) went from +-10 % 85.6 % to 90.5 %, fc from 86.3 % to
+  96.3 % (other kernels did not gain from it);
 * the output size and logs of the costs, and the arithmetic intensity
   (``LOG_INTENSITY``, log FLOPs - log bytes read), which says whether a config is
   compute- or memory-bound and, for pooling, how kernel size and stride relate
