@@ -135,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"(all samples of this kernel in the store, test set included)", markup=False)
             if args.repeat:
                 console.print(_label_agreement(args.workspace, kernel, test_samples), markup=False)
-    console.print("\nkernel,budget,regressor,acc10,rmspe,samples,train_seconds", markup=False)
-    for row in summary:
-        console.print(",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row), markup=False)
+    _print_csv(console, "kernel,budget,regressor,acc10,rmspe,samples,train_seconds", summary)
     return 0
+
+
+def _print_csv(console: Console, header: str, rows) -> None:
+    """The rows under ``header`` as CSV: floats to 4 places, None as an empty field."""
+    console.print("\n" + header, markup=False)
+    for row in rows:
+        console.print(",".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row),
+                      markup=False)
 
 
 def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: Console) -> int:
@@ -183,10 +189,7 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
                 table.add_row(name, f"{100 * m.acc10:.1f} %", f"{m.rmspe:.1f} %", *share)
                 rows.append((kernel, name, folds, m.n, m.acc10, m.rmspe, m.acc10_fast, m.acc10_slow))
             console.print(table)
-    console.print("\nkernel,regressor,folds,samples,acc10,rmspe,acc10_fast,acc10_slow", markup=False)
-    for row in rows:
-        console.print(",".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row),
-                      markup=False)
+    _print_csv(console, "kernel,regressor,folds,samples,acc10,rmspe,acc10_fast,acc10_slow", rows)
     return 0
 
 

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     with Workspace.open(args.workspace) as ws, ws.connect() as backend:
         records = [r for r in ws.store.models(kind="evaluation") if not r.name.startswith("calibration-")]
         fmt = backend.model_format
-        models = [ModelFile(r.id, r.path(fmt, ws.root), fmt) for r in records
-                  if r.path(fmt, ws.root) is not None and r.path(fmt, ws.root).exists()]
+        paths = {r.id: r.path(fmt, ws.root) for r in records}
+        models = [ModelFile(i, path, fmt) for i, path in paths.items() if path is not None and path.exists()]
         if len(models) < 2:
             console.print(f"{args.workspace}: {len(models)} converted evaluation models; run `nnmeter-build "
                           f"evaluate {args.workspace}` first", markup=False)
