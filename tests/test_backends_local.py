@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +249,42 @@ def test_convert_reports_unreadable_user_files(tmp_path):
     backend.close()
     assert "no such file" in results[0].error
     assert "not a model file" in results[1].error
+
+
+_POOL_THEN_WAIT = """
+import multiprocessing, sys, time
+from pathlib import Path
+from nnmeter.backends.base import ConversionJob
+from nnmeter.backends.conversion import ConversionPool
+pool = ConversionPool("tflite", 2, [])
+pool.run([ConversionJob(str(i), Path(sys.argv[1]), source=Path(sys.argv[1]) / "nope.keras") for i in range(4)])
+print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+time.sleep(600)
+"""
+
+
+def test_conversion_workers_exit_when_their_parent_is_killed(tmp_path):
+    """kill -9 of the command alone (not its process group) must not leave its TensorFlow workers behind."""
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 60  # they poll their parent every second
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # an exited orphan waits for init to reap it
 
 
 def test_unknown_backend_names_the_known_ones():

@@ -7,13 +7,16 @@ every core, the measuring one included: the workers are idle while it measures.
 They stay alive across batches: importing TensorFlow costs seconds. A worker
 that dies (TensorFlow can abort on a bad graph) takes its pool down with it; the
 jobs that were in flight are retried one at a time in a fresh single-worker
-pool, so only the job that kills a worker again fails.
+pool, so only the job that kills a worker again fails. A worker whose parent is gone
+(``kill -9`` of ``nnmeter-build``) exits by itself: it would otherwise wait forever
+on its queue, holding TensorFlow's ~2 GB.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -94,14 +97,21 @@ class ConversionPool:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(max_workers=workers or self.workers,
                                                  mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_worker, initargs=(self.cores,))
+                                                 initializer=_init_worker, initargs=(self.cores, os.getpid()))
         return self._executor
 
 
-def _init_worker(cores: list[int]) -> None:
+def _init_worker(cores: list[int], parent: int) -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if cores:
         os.sched_setaffinity(0, cores)
+    threading.Thread(target=_exit_without_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_without_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _convert_job(job: ConversionJob, fmt: str) -> ConversionResult:
