@@ -28,9 +28,10 @@ bytes read and bytes written), and derived shape features:
   ``(GEMM_M - 1) % 7 + 1``, ...): the micro-kernel computes ``mr`` output pixels at once
   (XNNPACK's f32 kernels: 4-8 by architecture, 7 on AVX-512) and reads the packed weights
   once per row tile; XNNPACK picks ``mr`` per layer from M (``xnn_get_heuristic_mr_gemm``:
-  M itself when a kernel of that many rows exists, else the fewest weighted tiles). On the
-  Intel host's conv-bn-relu samples (1,082, 5-fold x3) +-10 % went from 88.5 to 89.4 %, on
-  189 held-out prior configs trained on the other samples from 81.4 to 83.1 % (5 seeds);
+  M itself when a kernel of that many rows exists, else the fewest weighted tiles). With
+  them the Intel host's conv-bn-relu went from +-10 % 88.0 to 88.5 % cross-validated on
+  1,195 samples (``bench/kernel_accuracy.py --stored``), 84.6 to 85.6 % on the 800 of a
+  default campaign, and 82.5 to 83.6 % on 189 held-out prior configs (5 seeds, one-off);
 * the output size and logs of the costs, and the arithmetic intensity
   (``LOG_INTENSITY``, log FLOPs - log bytes read), which says whether a config is
   compute- or memory-bound and, for pooling, how kernel size and stride relate
