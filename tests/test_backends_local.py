@@ -265,11 +265,14 @@ time.sleep(600)
 
 def test_conversion_workers_exit_when_their_parent_is_killed(tmp_path):
     """kill -9 of the command alone (not its process group) must not leave its TensorFlow workers behind."""
-    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+    finally:
+        parent.kill()
+        parent.wait()
     assert len(workers) == 2
-    parent.kill()
-    parent.wait()
     deadline = time.monotonic() + 60  # they poll their parent every second
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.2)
