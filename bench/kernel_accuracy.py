@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from nnmeter.backends.base import MeasureStatus  # noqa: E402
+from nnmeter.backends.base import LATENCY_STATUSES  # noqa: E402
 from nnmeter.builder.regressors import BASELINE_REGRESSOR, DEFAULT_REGRESSOR, latency_metrics  # noqa: E402
 from nnmeter.builder.training import TrainingError, adaptive_training, config_key, workspace_measure  # noqa: E402
 from nnmeter.builder.workspace import Workspace  # noqa: E402
@@ -52,8 +52,6 @@ KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
 BUDGETS = (100, 200, 400, 800, 1600)
 TEST_CONFIGS = 300
 TEST_SEED = 90_001  # never a training seed
-#: The statuses whose measurements the training reads a label from (``unstable``: the median's interval stayed wide).
-LABELLED = [status for status in MeasureStatus if status.has_latency]
 
 
 def budget_settings(base, regressor: str, budget: int):
@@ -172,7 +170,7 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
         setup = setups[-1]  # the device measured last
         for kernel in kernels:
             pairs = ws.store.latest_measurements(setup.device, setup.backend, setup.protocol_key,
-                                                 kind="kernel", name=kernel, statuses=LABELLED)
+                                                 kind="kernel", name=kernel, statuses=LATENCY_STATUSES)
             configs = [dict(record.config) for record, _ in pairs]
             y = np.array([m.latency_ms for _, m in pairs])
             if len(y) < 2 * folds:

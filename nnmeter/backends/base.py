@@ -44,6 +44,10 @@ class MeasureStatus(str, enum.Enum):
         return self in (MeasureStatus.OK, MeasureStatus.UNSTABLE)
 
 
+#: The statuses whose measurements carry a latency: the ones training and evaluation read.
+LATENCY_STATUSES = tuple(status for status in MeasureStatus if status.has_latency)
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """A model in a backend's format, ready to measure. ``id`` is its content hash."""

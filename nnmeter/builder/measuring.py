@@ -31,7 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from nnmeter.backends.base import ConversionJob, MeasureResult, MeasureStatus, ModelFile, ProgressCallback
+from nnmeter.backends.base import (
+    LATENCY_STATUSES, ConversionJob, MeasureResult, MeasureStatus, ModelFile, ProgressCallback,
+)
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.store import MeasurementRecord, ModelRecord, Store, with_drift
 
@@ -61,7 +63,7 @@ def measure_models(store: Store, backend: "Backend", records: Sequence[ModelReco
     unique = list({r.id: r for r in records}.values())  # one measurement per model, even if listed twice
     known = {} if remeasure else {
         m.model_id: m for _, m in store.latest_measurements(
-            info.device, backend.name, protocol.key(), statuses=[s for s in MeasureStatus if s.has_latency],
+            info.device, backend.name, protocol.key(), statuses=LATENCY_STATUSES,
             series=series)}
     ready, failed = convert_models(store, backend, [r for r in unique if r.id not in known], protocol,
                                    workspace_root=workspace_root, progress=progress)

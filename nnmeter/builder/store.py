@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from nnmeter.backends.base import MeasureResult, MeasureStatus, OpTime
+from nnmeter.backends.base import LATENCY_STATUSES, MeasureResult, MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats
 from nnmeter.errors import NnmeterError
 
@@ -446,8 +446,7 @@ class Store:
         """Models (of ``kind`` and ``name``, if given) whose newest measurement under this device/backend/protocol
         and series has a latency."""
         return {m.model_id for _, m in self.latest_measurements(
-            device, backend, protocol_key, kind=kind, name=name, statuses=[s for s in MeasureStatus if s.has_latency],
-            series=series)}
+            device, backend, protocol_key, kind=kind, name=name, statuses=LATENCY_STATUSES, series=series)}
 
     def summary(self) -> StoreSummary:
         models = {r["kind"]: r["n"] for r in self._db.execute(
