@@ -96,6 +96,30 @@ def test_thread_clock_is_used_for_one_thread_and_refused_for_more(tflite):
     assert wall.status.has_latency
 
 
+def test_settling_invokes_untimed_until_the_ramp_flattens(tflite, monkeypatch):
+    """A round settles before it is timed: untimed invocations while each is faster than SETTLED times the one
+    before, at most settle_runs; the real runner takes the field."""
+    now = [0.0]
+    monkeypatch.setitem(litert_runner.CLOCKS, "scripted", lambda: now[0])
+
+    def invoking(durations):
+        steps = iter(durations)
+        return lambda model: now.__setitem__(0, now[0] + next(steps))
+
+    assert litert_runner.settle(invoking([8.0, 6.0, 4.0, 4.1, 9.9]), None, 16, "scripted") == 4
+    assert litert_runner.settle(invoking([10.0, 9.0, 8.0, 7.0, 6.0, 5.0]), None, 5, "scripted") == 5  # the cap
+    assert litert_runner.settle(invoking([]), None, 0, "scripted") == 0
+
+    backend, _, results, _ = tflite
+    process = backend.open_runner()
+    try:
+        handle = process.request("load", path=str(results[0].model.path), threads=1)["handle"]
+        times = process.request("run", handle=handle, runs=3, min_time_ms=0.0, settle_runs=16)["times_ms"]
+        assert len(times) == 3 and all(t > 0 for t in times)
+    finally:
+        process.close()
+
+
 def test_evicting_cache_states_evict_and_rewrites_inputs_before_each_timed_invocation(tflite, tmp_path):
     """cache "evict-private": the runner prepares every invocation (evict, rewrite inputs) outside the timing and
     outside min_time_ms; an unknown state is refused, an unknown field ignored (older runners on boards)."""
@@ -191,12 +215,12 @@ class _KillsRunnerBackend(TFLiteLocalBackend):
             paths[handle] = Path(model_path).name
             return handle
 
-        def killing_run(handle, n, min_ms):
+        def killing_run(handle, n, min_ms, settle_runs=0):
             if paths[handle] == self.victim:
                 runs.append(handle)
                 if len(runs) == 2:
                     os.kill(session.process.pid, signal.SIGKILL)
-            return run(handle, n, min_ms)
+            return run(handle, n, min_ms, settle_runs)
 
         session.load, session.run = tracking_load, killing_run
         return session

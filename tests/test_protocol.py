@@ -71,7 +71,7 @@ class _SyntheticSession:
     def warmup(self, handle, runs):
         pass
 
-    def run(self, handle, runs, min_time_ms):
+    def run(self, handle, runs, min_time_ms, settle_runs=0):
         self.log.append(handle)
         if handle == "noisy":
             return [1.0 + self.log.count("noisy") % 2]
@@ -98,7 +98,7 @@ def test_a_session_that_dies_is_reopened_for_the_rest_of_the_batch():
     opened = []
 
     class Dying(_SyntheticSession):
-        def run(self, handle, runs, min_time_ms):
+        def run(self, handle, runs, min_time_ms, settle_runs=0):
             if handle == "crasher":
                 raise MeasureError("worker died", status="crash", fatal_for_session=True)
             return super().run(handle, runs, min_time_ms)
@@ -119,7 +119,7 @@ def test_rounds_are_spread_over_min_batch_s_and_remeasures_run_back_to_back():
     starts = []
 
     class Clocked(_SyntheticSession):
-        def run(self, handle, runs, min_time_ms):
+        def run(self, handle, runs, min_time_ms, settle_runs=0):
             starts.append((handle, time.monotonic()))
             return super().run(handle, runs, min_time_ms)
 
@@ -146,8 +146,9 @@ def test_protocol_key_ignores_batching_only():
     assert base.key() != MeasurementProtocol(rounds=41).key()
 
 
-def test_protocol_key_changes_with_the_cache_state_and_statistic_and_keeps_older_keys():
+def test_protocol_key_changes_with_the_cache_state_statistic_and_settling_and_keeps_older_keys():
     assert MeasurementProtocol(cache="evict-private").key() != MeasurementProtocol(cache="warm").key()
     assert MeasurementProtocol(statistic="min").key() != MeasurementProtocol(statistic="median").key()
+    assert MeasurementProtocol(settle_runs=16).key() != MeasurementProtocol(settle_runs=0).key()
     # the key before the settings existed
-    assert MeasurementProtocol(cache="warm", statistic="median").key() == "d19b399ba314"
+    assert MeasurementProtocol(cache="warm", statistic="median", settle_runs=0).key() == "d19b399ba314"

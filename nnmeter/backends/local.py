@@ -165,9 +165,9 @@ class RunnerSession:
     def warmup(self, handle: object, runs: int) -> None:
         self.process.request("warmup", handle=handle, runs=runs)
 
-    def run(self, handle: object, runs: int, min_time_ms: float) -> list[float]:
+    def run(self, handle: object, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
         thread = self.clock == "auto" and self._thread_clock.get(handle, False)
-        return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms,
+        return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms, settle_runs=settle_runs,
                                     **({"clock": "thread"} if thread else {}),
                                     **({"cache": self.cache} if self.cache != "warm" else {}))["times_ms"]
 

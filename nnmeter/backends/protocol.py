@@ -65,6 +65,11 @@ class MeasurementProtocol:
     runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1)
     min_round_ms: float = setting(2.0, "keep invoking within a round until this much time has passed, "
                                        "so that sub-millisecond kernels are not timer noise", minimum=0)
+    settle_runs: int = setting(16, "at most this many untimed invocations at the start of every round, until one "
+                                   "is no faster than the one before: after other models ran, a model's first "
+                                   "invocations are slow (up to 2x for megabytes of weights, over several "
+                                   "invocations), and settling times the state its own back-to-back invocations "
+                                   "leave; 0 = time from the first (docs/measurement.md)", minimum=0)
     max_median_ci: float = setting(0.02, "re-measure when the relative half-width of the 95 % confidence "
                                          "interval of the median is above this", minimum=0)
     max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them",
@@ -106,7 +111,7 @@ class MeasurementProtocol:
         paced = ("min_batch_s", "whole_model_batch_s")  # when rounds run, not how: the numbers keep their key
         significant = {k: v for k, v in asdict(self).items()
                        if k not in ("batch_size", "cooldown_s", "anchors", *paced)}
-        for name, old_default in (("cache", "warm"), ("statistic", "median")):
+        for name, old_default in (("cache", "warm"), ("statistic", "median"), ("settle_runs", 0)):
             if significant[name] == old_default:  # added later: measurements taken before it keep their key
                 del significant[name]
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
@@ -199,8 +204,10 @@ def _median_ci_bounds(sorted_values: Sequence[float]) -> tuple[float, float]:
 class DeviceSession(Protocol):
     """What a backend gives the protocol runner for one batch: load models, time invocations.
 
-    ``run`` returns the per-invocation times (ms) of one round. A runtime that
-    only reports an aggregate per call (``benchmark_model``) returns that one value.
+    ``run`` returns the per-invocation times (ms) of one round, timed after at most
+    ``settle_runs`` untimed invocations (see ``MeasurementProtocol.settle_runs``). A runtime
+    that only reports an aggregate per call (``benchmark_model``) returns that one value,
+    and warms up in every call instead of settling.
     Failures raise :class:`MeasureError`; the runner records them per model and
     goes on with the rest of the batch.
     """
@@ -209,7 +216,7 @@ class DeviceSession(Protocol):
 
     def warmup(self, handle: object, runs: int) -> None: ...
 
-    def run(self, handle: object, runs: int, min_time_ms: float) -> list[float]: ...
+    def run(self, handle: object, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]: ...
 
     def close(self) -> None: ...
 
@@ -288,7 +295,8 @@ def run_round_robin(
                     continue
                 try:
                     t0 = time.perf_counter()
-                    times = session.run(handles[i], protocol.runs_per_round, protocol.min_round_ms)
+                    times = session.run(handles[i], protocol.runs_per_round, protocol.min_round_ms,
+                                        protocol.settle_runs)
                     outcomes[i].device_seconds += time.perf_counter() - t0
                     outcomes[i].rounds.append(times)
                 except MeasureError as err:

@@ -326,7 +326,8 @@ class InvocationSession:
             _, profile = self._invoke(handle, runs, max(runs, 1), True, "profiling run")
             self.profiles[handle[0]] = profile
 
-    def run(self, handle: tuple[str, str], runs: int, min_time_ms: float) -> list[float]:
+    def run(self, handle: tuple[str, str], runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
+        # every call of the tool loads the model and warms it up (``warmup_runs``): that is its settling
         ms, _ = self._invoke(handle, self.warmup_runs, runs, False, "round", min_time_ms / 1000.0)
         return [ms]
 

@@ -196,9 +196,10 @@ class RunnerSession:
         self._call(f"warm-up of {Path(handle).name}",
                    lambda: self._runner().request("warmup", handle=self._handle(handle), runs=runs))
 
-    def run(self, handle: str, runs: int, min_time_ms: float) -> list[float]:
+    def run(self, handle: str, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
         return self._call(f"round of {Path(handle).name}", lambda: self._runner().request(
-            "run", handle=self._handle(handle), runs=runs, min_time_ms=min_time_ms)["times_ms"])
+            "run", handle=self._handle(handle), runs=runs, min_time_ms=min_time_ms,
+            settle_runs=settle_runs)["times_ms"])
 
     def close(self) -> None:
         if self.runner is not None:
