@@ -10,6 +10,14 @@ statistic of it, the same for training and evaluation (``statistic``): the
 fastest round (the default; :attr:`LatencyStats.fastest_round_ms`) or the median
 over the rounds' medians.
 
+Why every round settles first (``settle_runs``): interleaving means a model's round
+follows other models (or an idle gap), and its first invocations then run slow, for
+models streaming megabytes of weights over several invocations (MobileNetV1 at 96 px:
+3.5, 3.2, 2.4, 2.1, then 1.9 ms). Rounds timed from the first invocation measured that
+ramp, and their fastest was the one right after the model's own warm-up. Untimed
+invocations until one is no faster than the one before make every round time the
+state the model's own back-to-back invocations leave.
+
 Why a batch of whole models is spread over time (``whole_model_batch_s``): the
 evaluation set is few models, and their rounds back to back took ~10 s, inside one
 fast or slow period; idle time between rounds spreads the same rounds over the
