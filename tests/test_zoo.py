@@ -50,6 +50,14 @@ def test_generated_families_build_with_their_structures(family):
     assert expected <= kinds
 
 
+def test_the_wide_family_climbs_in_weights_for_the_correction_to_see_where_caches_run_out():
+    """The model correction's big calibration models: each one's weights 2-3x the one before, from 10 to 200 MB."""
+    models = zoo.evaluation_set(["nas-resnet-wide"], 4, [64], seed=7919)
+    mb = [zoo.FAMILIES[m.family].build(m.params).count_params() * 4 / 1e6 for m in models]
+    assert 10 < mb[0] and mb[-1] < 200
+    assert all(2.0 < b / a < 3.0 for a, b in zip(mb, mb[1:])), mb
+
+
 def test_build_is_deterministic_including_weights():
     model = zoo.evaluation_set(["nas-mbv2"], 1, [32], seed=1)[0]
     first = zoo.build_zoo_model(model.family, model.name, model.params)
