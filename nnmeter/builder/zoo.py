@@ -180,7 +180,7 @@ def _draw_resnet(rng: random.Random, count: int, resolutions: Sequence[int],
 def _draw_resnet_ladder(rng: random.Random, count: int, resolutions: Sequence[int],
                         widths: Sequence[int] = (36, 56, 84, 128)) -> list[dict[str, Any]]:
     """ResNet stacks of four stages of two basic 3x3 blocks, the i-th model's stem ``widths[i]`` wide: their weights
-    climb in even steps (15, 36, 80 and 187 MB at the default widths), so that a fit over them sees where a
+    climb in even steps (15, 36, 80 and 183 MB at the default widths), so that a fit over them sees where a
     device starts to pay for weights its caches cannot hold (randomly drawn widths left 14-126 MB empty)."""
     return [{"resolution": rng.choice(list(resolutions)), "bottleneck": False, "stem": width,
              "stem_kernel": rng.choice((3, 7)),
