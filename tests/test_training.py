@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from nnmeter.builder.settings import KernelTrainingSettings
-from nnmeter.builder.training import Sample, TrainingError, adaptive_training, held_out, trained_kernels
+from nnmeter.builder.training import (KernelResult, Sample, TrainingError, _Progress, adaptive_training,
+                                      held_out, trained_kernels)
 from nnmeter.builder.workspace import Workspace
 from nnmeter.cli import main
 from nnmeter.predictor.artifact import load_artifact, sha256_file
@@ -56,9 +60,12 @@ def test_loop_trains_a_regressor_from_real_measurements(first_run, workspace):
         assert len(ws.store.models(kind="kernel")) == result.samples
 
 
-def test_second_run_resumes_without_measuring_again(first_run, workspace):
+def test_second_run_resumes_without_measuring_again(first_run, workspace, capsys):
     _, (before,), measurements = first_run
+    capsys.readouterr()
     assert main(["train", str(workspace), "--kernel", KERNEL]) == 0
+    # not a terminal: a line per kernel, not a bar drawn once at the end
+    assert f"{KERNEL}: done: {before.samples} samples, ±10 % " in capsys.readouterr().out
     assert not list((workspace / "models" / "kernel").rglob("*.tflite"))  # nor converting again
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
@@ -66,9 +73,11 @@ def test_second_run_resumes_without_measuring_again(first_run, workspace):
     assert after == before  # the finished kernel is not trained again: same file, same scores
 
 
-def test_other_settings_train_the_kernel_again(first_run, workspace):
+def test_other_settings_train_the_kernel_again(first_run, workspace, capsys):
     _, (before,), measurements = first_run
+    capsys.readouterr()
     assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
+    assert re.search(rf"^{KERNEL}: round 0: \d+ samples, ±10 % [\d.]+ %", capsys.readouterr().out, re.M)
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
         assert sum(s.measurements for s in ws.store.summary().setups) == measurements  # from the store
@@ -135,6 +144,18 @@ def test_package_without_training_says_so(tmp_path, capsys):
     Workspace.create(root, "tflite-local")
     assert main(["package", str(root)]) == 2
     assert "no trained kernel regressors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(terminal):
+    out = io.StringIO()
+    result = KernelResult(kernel=KERNEL, regressor="gbt-cost-ratio", samples=40, train_samples=30,
+                          validation_samples=10, failed=0, device_seconds=90.0, metrics={"acc10": 0.9}, rounds=(),
+                          file="models/regressors/fc.npz", sha256="", feature_schema_version=7, trained_at=0.0)
+    with _Progress(Console(file=out, force_terminal=terminal, width=200), [KERNEL]) as progress:
+        progress.done(KERNEL, result)
+    line = f"{KERNEL}: done: 40 samples, ±10 % 90.0 % of its held-out configs, 1.5 device min"
+    assert (line in out.getvalue()) is not terminal
 
 
 # The two failures below cannot be produced on demand with a healthy local runtime, so the loop is given

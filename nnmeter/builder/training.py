@@ -628,16 +628,23 @@ def results_table(results: Sequence[KernelResult], errors: Mapping[str, str] | N
 class _Progress:
     """A rich progress bar per kernel: its phase, samples measured, current held-out accuracy.
 
-    With ``bars=False`` it shows nothing and lets each step draw its own bar (measuring does).
+    With ``bars=False`` it shows nothing and lets each step draw its own bar (measuring does). On a
+    console that is not a terminal (a log file, CI), where a bar shows only its last state once the
+    whole step is over, hours later for a phone's campaign, it writes one line per round and per
+    kernel instead, and the steps draw their own bars, each written when it ends.
     """
 
     def __init__(self, console: Any, kernels: Sequence[str], bars: bool = True) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self._console = console or Console()
+        live = bars and self._console.is_terminal
+        self._lines = bars and not live
         self._bar = Progress(TextColumn("{task.fields[kernel]:<16}"), TextColumn("{task.description:<32}"),
                              BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[score]}"),
-                             TimeElapsedColumn(), console=console, disable=not bars)
-        self._enabled = bars
+                             TimeElapsedColumn(), console=self._console, disable=not live)
+        self._enabled = live
         self._tasks = {k: self._bar.add_task("waiting", total=None, kernel=k, score="", start=False)
                        for k in kernels}
 
@@ -647,6 +654,10 @@ class _Progress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        if self._lines:
+            self._console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def phase(self, kernel: str, description: str, total: int) -> None:
         task = self._tasks[kernel]
@@ -660,15 +671,21 @@ class _Progress:
         return lambda done, total: self._bar.update(self._tasks[kernel], completed=done, total=total)
 
     def scored(self, kernel: str, score: RoundScore) -> None:
-        self._bar.update(self._tasks[kernel], score=f"round {score.round}: {score.samples} samples, "
-                                                     f"±10 % {100 * score.validation.acc10:.1f} %")
+        text = f"round {score.round}: {score.samples} samples, ±10 % {100 * score.validation.acc10:.1f} %"
+        self._bar.update(self._tasks[kernel], score=text)
+        self._line(f"{kernel}: {text} of its held-out configs")
 
     def done(self, kernel: str, result: KernelResult) -> None:
         self._bar.update(self._tasks[kernel], description="done", total=1, completed=1)
+        family = sum(n for k, n in result.pooled_with.items() if k != kernel)
+        self._line(f"{kernel}: done: {result.samples} samples" + (f" + {family} of its family" if family else "")
+                   + f", ±10 % {100 * result.metrics['acc10']:.1f} % of its held-out configs, "
+                   f"{result.device_seconds / 60:.1f} device min")
 
     def failed(self, kernel: str, message: str) -> None:
         self._bar.update(self._tasks[kernel], description="[red]failed[/red]", total=1, completed=0,
                          score=message.splitlines()[0][:60])
+        self._line(f"{kernel}: failed: {message.splitlines()[0]}", style="red")
 
 
 __all__ = ["KernelResult", "MeasureConfigs", "RoundScore", "Sample", "TrainingError", "TrainingOutcome",
