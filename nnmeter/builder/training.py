@@ -339,6 +339,11 @@ class KernelResult:
     #: measured samples per family kernel it was fitted on (:func:`pooled_fit`); empty: its own samples alone
     pooled_with: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def family_samples(self) -> int:
+        """Samples of the other kernels of its family that its regressor was fitted on, too."""
+        return sum(n for k, n in self.pooled_with.items() if k != self.kernel)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -615,9 +620,8 @@ def results_table(results: Sequence[KernelResult], errors: Mapping[str, str] | N
     for r in results:
         m = r.metrics
         fast = "-" if m["acc10_fast"] is None else f"{100 * m['acc10_fast']:.0f} % of {m['fast']}"
-        family = sum(n for k, n in r.pooled_with.items() if k != r.kernel)
         table.add_row(r.kernel, f"{r.samples}" + (f" ({r.failed} failed)" if r.failed else "")
-                      + (f" + {family} family" if family else ""),
+                      + (f" + {r.family_samples} family" if r.family_samples else ""),
                       f"{m['rmse_ms']:.4f}", f"{m['rmspe']:.1f}", f"{100 * m['acc5']:.1f}",
                       f"{100 * m['acc10']:.1f}", fast, f"{r.device_seconds / 60:.1f}", r.regressor)
     for kernel, message in (errors or {}).items():
@@ -677,7 +681,7 @@ class _Progress:
 
     def done(self, kernel: str, result: KernelResult) -> None:
         self._bar.update(self._tasks[kernel], description="done", total=1, completed=1)
-        family = sum(n for k, n in result.pooled_with.items() if k != kernel)
+        family = result.family_samples
         self._line(f"{kernel}: done: {result.samples} samples" + (f" + {family} of its family" if family else "")
                    + f", ±10 % {100 * result.metrics['acc10']:.1f} % of its held-out configs, "
                    f"{result.device_seconds / 60:.1f} device min")
