@@ -27,6 +27,7 @@ kernel configs. The numbers go to ``WS/reports/additivity.json``.
 
     .venv/bin/python bench/additivity.py WS                       # every evaluation model of WS
     .venv/bin/python bench/additivity.py WS --models 'nas-*' --rounds 15
+    .venv/bin/python bench/additivity.py WS --kind user --models 'efficientnet*'   # of evaluate --models DIR
     .venv/bin/python bench/additivity.py WS --cache warm evict-private evict-all --min-round-ms 0
 
 ``--cache`` measures the model and its kernels in each listed cache state of the
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--artifact", type=Path, help="predictor folder (default: the workspace's)")
     parser.add_argument("--models", nargs="*", default=["*"], help="glob(s) over evaluation model names")
+    parser.add_argument("--kind", default="evaluation", choices=("evaluation", "user"),
+                        help="the campaign's evaluation models, or those of `nnmeter-build evaluate WS --models DIR`")
     parser.add_argument("--rounds", type=int, help="rounds per model (default: the campaign's)")
     parser.add_argument("--min-round-ms", type=float, help="min_round_ms (default: the campaign's; 0 with evict-all, "
                                                              "whose eviction takes ~1.5 ms per invocation)")
@@ -85,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     with Workspace.open(args.workspace) as ws:
         artifact = load_artifact(args.artifact or default_artifact_dir(ws))
         predictor = Predictor(artifact)
-        records = sorted((r for r in ws.store.models(kind="evaluation") if "tflite" in r.files
+        records = sorted((r for r in ws.store.models(kind=args.kind) if "tflite" in r.files
                           and any(fnmatch.fnmatch(r.name, g) for g in args.models)), key=lambda r: r.name)
         if not records:
-            console.print("no evaluation model with a .tflite file matches")
+            console.print(f"no {args.kind} model with a .tflite file matches")
             return 1
         # detect every model's kernels and predict them (the engine's own numbers)
         detected: dict[str, list[tuple[str, dict, float]]] = {}  # kernel, config, predicted standalone ms

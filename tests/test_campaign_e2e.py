@@ -165,6 +165,7 @@ def test_evaluate_remeasure_measures_both_passes_again(workspace: Path):
     again = [r[2] for r in after[len(before):] if r[1] == "evaluation"]
     assert sorted(again) == sorted(m["model_id"] for m in old["models"] for _ in range(2))
     new = {m["model_id"]: m for m in json.loads(report.read_text())["models"]}
-    for m in old["models"]:  # scored on the new measurements (two timings of real runs never agree to the bit)
-        assert new[m["model_id"]]["measured_ms"] != m["measured_ms"], m
-        assert new[m["model_id"]]["repeat_ms"] != m["repeat_ms"], m
+    # scored on the new measurements: a small model's fastest round can repeat to the 0.1 us (0.1757 ms twice),
+    # its four timings (two old, two new) hardly, and those of every model never
+    timings = {m["model_id"]: (m["measured_ms"], m["repeat_ms"]) for m in old["models"]}
+    assert [i for i, t in timings.items() if (new[i]["measured_ms"], new[i]["repeat_ms"]) != t]

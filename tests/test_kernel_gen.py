@@ -15,7 +15,7 @@ from nnmeter import ops
 from nnmeter.backends.converters import keras_to_tflite_bytes
 from nnmeter.kernel_gen import (MON_CASES, TestShapes, UnconnectablePair, build_chain, build_kernel,
                                 build_kernel_model, build_mon, build_pair, build_single, connectable,
-                                pair_input_shapes, sample_configs)
+                                pair_input_shapes, pair_output_channels, sample_configs)
 from nnmeter.kernel_gen.cache import model_id
 
 SMALL = TestShapes(HW=8, CIN=8, COUT=12, FC_SIZE=20)
@@ -149,6 +149,25 @@ def test_pairs_connect_ops_with_consistent_shapes():
     assert pair_input_shapes("conv", "relu", SMALL) == ((8, 8, 8), (8, 8, 12))
     assert pair_input_shapes("global-avgpool", "fc", SMALL) == ((8, 8, 8), (8,))
     assert len(build_pair("relu", "add", SMALL).inputs) == 2  # add gets op1's output and a second input
+
+
+def test_a_conv_in_a_pair_is_1x1_and_light_on_its_side_away_from_the_other_op():
+    shapes = TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=4)
+    # first: 4 input channels, nn-Meter's COUT into the op after it
+    assert pair_input_shapes("conv", "relu", shapes) == ((8, 8, 4), (8, 8, 12))
+    assert tuple(build_pair("conv", "relu", shapes).outputs[0].shape) == (1, 8, 8, 12)
+    # second: nn-Meter's CIN from the op before it, 4 output channels
+    assert pair_input_shapes("relu", "convtrans", shapes) == ((8, 8, 8), (8, 8, 8))
+    model = build_pair("relu", "convtrans", shapes)
+    assert tuple(model.inputs[0].shape) == (1, 8, 8, 8) and tuple(model.outputs[0].shape) == (1, 8, 8, 4)
+    assert pair_output_channels("conv", shapes) == 4 and pair_output_channels("relu", shapes) is None
+    assert [layer.kernel_size for layer in model.layers if hasattr(layer, "kernel_size")] == [(1, 1)]
+    # 0: nn-Meter's shapes
+    nnmeter_shapes = TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=0)
+    assert pair_input_shapes("conv", "relu", nnmeter_shapes) == ((8, 8, 8), (8, 8, 12))
+    model = build_pair("relu", "conv", nnmeter_shapes)
+    assert tuple(model.outputs[0].shape) == (1, 8, 8, 12)
+    assert [layer.kernel_size for layer in model.layers if hasattr(layer, "kernel_size")] == [(3, 3)]
 
 
 def test_unconnectable_pairs_raise_clear_errors():

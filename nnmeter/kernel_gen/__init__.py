@@ -13,8 +13,8 @@ _EXPORTS = {
     "build_kernel": "builders", "build_kernel_model": "builders", "KernelModel": "builders",
     "build_op_layer": "builders", "OpParams": "builders", "OP_BUILDERS": "builders",
     "TestShapes": "pairs", "build_single": "pairs", "build_pair": "pairs", "build_chain": "pairs",
-    "build_mon": "pairs", "connectable": "pairs", "pair_input_shapes": "pairs", "UnconnectablePair": "pairs",
-    "MON_CASES": "pairs",
+    "build_mon": "pairs", "connectable": "pairs", "pair_input_shapes": "pairs", "pair_output_channels": "pairs",
+    "UnconnectablePair": "pairs", "MON_CASES": "pairs",
     "sample_configs": "samplers", "SAMPLERS": "samplers",
     "model_id": "cache",
 }

@@ -7,6 +7,17 @@ In a chain each op gets the previous op's output; add, mul and concat take it
 plus a second model input of the same shape. Two ops that cannot be chained
 (fc then conv: a vector cannot feed a map op) raise :class:`UnconnectablePair`.
 
+One departure from nn-Meter: a conv or convtrans is light, a 1x1 one with only
+``CONV_OUTER_CHANNELS`` channels on its side away from the other op of a pair (its
+input when it comes first, its output when it comes second); the tensor the two ops
+share keeps nn-Meter's size, so the other op does nn-Meter's work. With nn-Meter's
+3x3 conv of 64 -> 128 channels at 28x28 the conv took ~100x the time of a relu or
+swish on its output (0.87 ms against 9-30 us on the Intel host), and the few-percent
+drift of its time between loads was larger than the whole op it was paired with: 13
+of the 15 pairs of a conv with a cheaper op came out uncertain, conv -> swish
+"fused" among them, and the predictor then lacked the swish's cost on EfficientNet's
+large maps. The light conv takes about as long as a relu on its output.
+
 Every function here is module-level and takes picklable arguments, so that it
 can be a :class:`~nnmeter.backends.base.ConversionJob` ``build`` run by a worker
 process, e.g. ``ConversionJob(id, out_dir, build=build_pair, build_args=("conv", "relu", TestShapes()))``.
@@ -14,6 +25,7 @@ process, e.g. ``ConversionJob(id, out_dir, build=build_pair, build_args=("conv",
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,10 +53,16 @@ class TestShapes:
     STRIDES: int = 1
     POOL_STRIDES: int = 2
     FC_SIZE: int = 428
+    CONV_OUTER_CHANNELS: int = 8  # 0: nn-Meter's conv (KERNEL_SIZE, CIN in, COUT out), see the module doc
 
     def params(self) -> OpParams:
         return OpParams(cout=self.COUT, kernel_size=self.KERNEL_SIZE, strides=self.STRIDES,
                         pool_strides=self.POOL_STRIDES)
+
+
+#: Ops whose channel counts on both sides are free: light in a pair (1x1, few channels away from the other op).
+CHANNEL_MAPPING_OPS = frozenset({ops.CONV, ops.CONVTRANS})
+LIGHT_CONV_KERNEL_SIZE = 1
 
 
 def _out_rank(op: str, rank: int) -> int:
@@ -100,12 +118,14 @@ def _input_shape(rank: int, shapes: TestShapes) -> tuple[int, ...]:
 
 
 def build_chain(chain: Sequence[str], shapes: TestShapes = TestShapes(),
-                input_shape: Sequence[int] | None = None) -> keras.Model:
+                input_shape: Sequence[int] | None = None, last_cout: int | None = None) -> keras.Model:
     """The model of ``chain`` applied one op after the other (op names of the vocabulary).
 
     ``input_shape`` (no batch dimension) overrides the shape chosen from
     ``shapes``: the fusion tester builds op2 alone with the shape op2 has inside
-    the pair (see :func:`pair_input_shapes`).
+    the pair (see :func:`pair_input_shapes`). ``last_cout`` overrides ``COUT`` for
+    the last op (see :func:`pair_output_channels`). A conv or convtrans is 1x1 when
+    ``shapes.CONV_OUTER_CHANNELS`` is set (see the module doc).
     """
     chain = tuple(chain)
     if not chain:
@@ -119,13 +139,18 @@ def build_chain(chain: Sequence[str], shapes: TestShapes = TestShapes(),
     inputs = [first]
     extra_outputs = []  # split's second half: an output of the model, the chain goes on with the first
     x = first
-    for op in chain:
+    for position, op in enumerate(chain):
+        op_params = params
+        if op in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS:
+            op_params = dataclasses.replace(op_params, kernel_size=LIGHT_CONV_KERNEL_SIZE)
+        if last_cout and position == len(chain) - 1:
+            op_params = dataclasses.replace(op_params, cout=last_cout)
         if op in TWO_INPUT_OPS:
             other = keras.Input(shape=tuple(int(d) for d in x.shape[1:]), batch_size=1)
             inputs.append(other)
-            x = build_op_layer(op, [x, other], params)
+            x = build_op_layer(op, [x, other], op_params)
         else:
-            x = build_op_layer(op, x, params)
+            x = build_op_layer(op, x, op_params)
         if isinstance(x, (list, tuple)):
             extra_outputs += list(x[1:])
             x = x[0]
@@ -139,18 +164,30 @@ def build_single(op: str, shapes: TestShapes = TestShapes(), input_shape: Sequen
 
 
 def build_pair(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> keras.Model:
-    """The model of op1 then op2; :class:`UnconnectablePair` when op1's output cannot feed op2."""
-    return build_chain((op1, op2), shapes)
+    """The model of op1 then op2 as the fusion test measures it; :class:`UnconnectablePair` when op1's output
+    cannot feed op2."""
+    op1_in, _ = pair_input_shapes(op1, op2, shapes)
+    return build_chain((op1, op2), shapes, op1_in, pair_output_channels(op2, shapes))
 
 
 def pair_input_shapes(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The input shape of op1 and of op2 inside the pair op1 -> op2 (no batch dimension).
 
     The fusion test compares the pair's latency with op1 and op2 alone at these shapes.
+    A conv or convtrans op1 gets ``CONV_OUTER_CHANNELS`` input channels (see the module doc).
     """
-    op1_in = _input_shape(_chain_rank((op1, op2)), shapes)
+    rank = _chain_rank((op1, op2))
+    op1_in = _input_shape(rank, shapes)
+    if rank == 3 and op1 in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS:
+        op1_in = op1_in[:2] + (shapes.CONV_OUTER_CHANNELS,)
     op1_out = build_chain((op1,), shapes, op1_in).outputs[0]
     return op1_in, tuple(int(d) for d in op1_out.shape[1:])
+
+
+def pair_output_channels(op2: str, shapes: TestShapes = TestShapes()) -> int | None:
+    """The output channels of op2 inside a pair when they differ from ``COUT`` (a conv or convtrans op2, see
+    the module doc); None otherwise."""
+    return shapes.CONV_OUTER_CHANNELS if op2 in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS else None
 
 
 # --- MON: one op whose output feeds two ops -------------------------------------

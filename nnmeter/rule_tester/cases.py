@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from nnmeter import ops
-from nnmeter.kernel_gen.pairs import (MON_CASES, TestShapes, UnconnectablePair, build_chain, build_mon,
-                                      pair_input_shapes)
+from nnmeter.kernel_gen.pairs import (CHANNEL_MAPPING_OPS, LIGHT_CONV_KERNEL_SIZE, MON_CASES, TestShapes,
+                                      UnconnectablePair, build_chain, build_mon, pair_input_shapes,
+                                      pair_output_channels)
 from nnmeter.predictor.rules import pair_key
 from nnmeter.rule_tester.settings import RuleTestSettings
 
@@ -118,12 +119,18 @@ def plan_cases(settings: RuleTestSettings) -> CasePlan:
     return CasePlan(pairs=pairs, mon=mon, empty=empty.name, models=models)
 
 
-def chain_model(chain: Sequence[str], input_shape: Sequence[int], shapes: TestShapes) -> TestModel:
-    """The model of ``chain`` (one op or more) applied to an input of ``input_shape``."""
+def chain_model(chain: Sequence[str], input_shape: Sequence[int], shapes: TestShapes,
+                last_cout: int | None = None) -> TestModel:
+    """The model of ``chain`` (one op or more) applied to an input of ``input_shape``, its last op giving
+    ``last_cout`` channels if set (named ``relu>conv@28x28x64>8``)."""
     input_shape = tuple(int(d) for d in input_shape)
-    name = ">".join(chain) + "@" + "x".join(map(str, input_shape))
+    name = ">".join(chain) + "@" + "x".join(map(str, input_shape)) + (f">{last_cout}" if last_cout else "")
     config = {"ops": list(chain), "input_shape": list(input_shape), "shapes": dataclasses.asdict(shapes)}
-    return TestModel(name, config, build_chain, (tuple(chain), shapes, input_shape))
+    if last_cout:
+        config["last_cout"] = last_cout
+    if shapes.CONV_OUTER_CHANNELS and CHANNEL_MAPPING_OPS.intersection(chain):
+        config["conv_kernel_size"] = LIGHT_CONV_KERNEL_SIZE  # the store tells it from nn-Meter's conv
+    return TestModel(name, config, build_chain, (tuple(chain), shapes, input_shape, last_cout))
 
 
 def _pair_case(pair: tuple[str, str] | str, shapes: TestShapes, models: dict[str, TestModel]) -> PairCase:
@@ -139,7 +146,9 @@ def _pair_case(pair: tuple[str, str] | str, shapes: TestShapes, models: dict[str
         return PairCase(op1, op2, error=str(err))
     except ValueError as err:  # e.g. an odd channel count for split/channelshuffle
         return PairCase(op1, op2, error=f"cannot build {op1} -> {op2}: {err}")
-    made = [chain_model((op1,), in1, shapes), chain_model((op2,), in2, shapes), chain_model((op1, op2), in1, shapes)]
+    out2 = pair_output_channels(op2, shapes)
+    made = [chain_model((op1,), in1, shapes), chain_model((op2,), in2, shapes, out2),
+            chain_model((op1, op2), in1, shapes, out2)]
     for m in made:
         models.setdefault(m.name, m)
     return PairCase(op1, op2, made[0].name, made[1].name, made[2].name)

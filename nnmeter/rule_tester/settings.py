@@ -10,7 +10,7 @@ from nnmeter.schema import setting
 
 @dataclass(frozen=True)
 class RuleTestShapes:
-    """Tensor sizes of the fusion test cases (nn-Meter's defaults)."""
+    """Tensor sizes of the fusion test cases (nn-Meter's defaults, but for ``CONV_OUTER_CHANNELS``)."""
 
     HW: int = setting(28, "input height = width of the test cases",
                       minimum=ops.HW_RANGE[0], maximum=ops.HW_RANGE[1])
@@ -22,6 +22,10 @@ class RuleTestShapes:
     POOL_STRIDES: int = setting(2, "stride of pooling ops", choices=ops.POOL_STRIDES_VALUES)
     FC_SIZE: int = setting(428, "size of the 1-D input of fc and softmax",
                            minimum=ops.CHANNELS_RANGE[0], maximum=ops.CHANNELS_RANGE[1])
+    CONV_OUTER_CHANNELS: int = setting(
+        8, "a conv or convtrans is 1x1 with this many channels on its side away from the op it is paired with "
+           "(its input when it comes first, its output when second), so that its time does not drown the other "
+           "op's; 0: nn-Meter's conv (KERNEL_SIZE, CIN in, COUT out)", minimum=0, maximum=ops.CHANNELS_RANGE[1])
 
 
 #: The default op list: nn-Meter's twelve (its 79 basic test cases are pairs of them) plus the activations,
