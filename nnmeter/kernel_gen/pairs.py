@@ -65,6 +65,11 @@ CHANNEL_MAPPING_OPS = frozenset({ops.CONV, ops.CONVTRANS})
 LIGHT_CONV_KERNEL_SIZE = 1
 
 
+def is_light_conv(op: str, shapes: TestShapes) -> bool:
+    """Whether ``op`` is built as the light conv of the module doc with these shapes."""
+    return op in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS > 0
+
+
 def _out_rank(op: str, rank: int) -> int:
     if op in TO_VECTOR_OPS:
         return 1
@@ -141,7 +146,7 @@ def build_chain(chain: Sequence[str], shapes: TestShapes = TestShapes(),
     x = first
     for position, op in enumerate(chain):
         op_params = params
-        if op in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS:
+        if is_light_conv(op, shapes):
             op_params = dataclasses.replace(op_params, kernel_size=LIGHT_CONV_KERNEL_SIZE)
         if last_cout and position == len(chain) - 1:
             op_params = dataclasses.replace(op_params, cout=last_cout)
@@ -178,7 +183,7 @@ def pair_input_shapes(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> 
     """
     rank = _chain_rank((op1, op2))
     op1_in = _input_shape(rank, shapes)
-    if rank == 3 and op1 in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS:
+    if rank == 3 and is_light_conv(op1, shapes):
         op1_in = op1_in[:2] + (shapes.CONV_OUTER_CHANNELS,)
     op1_out = build_chain((op1,), shapes, op1_in).outputs[0]
     return op1_in, tuple(int(d) for d in op1_out.shape[1:])
@@ -187,7 +192,7 @@ def pair_input_shapes(op1: str, op2: str, shapes: TestShapes = TestShapes()) -> 
 def pair_output_channels(op2: str, shapes: TestShapes = TestShapes()) -> int | None:
     """The output channels of op2 inside a pair when they differ from ``COUT`` (a conv or convtrans op2, see
     the module doc); None otherwise."""
-    return shapes.CONV_OUTER_CHANNELS if op2 in CHANNEL_MAPPING_OPS and shapes.CONV_OUTER_CHANNELS else None
+    return shapes.CONV_OUTER_CHANNELS if is_light_conv(op2, shapes) else None
 
 
 # --- MON: one op whose output feeds two ops -------------------------------------

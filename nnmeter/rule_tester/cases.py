@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from nnmeter import ops
-from nnmeter.kernel_gen.pairs import (CHANNEL_MAPPING_OPS, LIGHT_CONV_KERNEL_SIZE, MON_CASES, TestShapes,
-                                      UnconnectablePair, build_chain, build_mon, pair_input_shapes,
+from nnmeter.kernel_gen.pairs import (LIGHT_CONV_KERNEL_SIZE, MON_CASES, TestShapes, UnconnectablePair,
+                                      build_chain, build_mon, is_light_conv, pair_input_shapes,
                                       pair_output_channels)
 from nnmeter.predictor.rules import pair_key
 from nnmeter.rule_tester.settings import RuleTestSettings
@@ -128,7 +128,7 @@ def chain_model(chain: Sequence[str], input_shape: Sequence[int], shapes: TestSh
     config = {"ops": list(chain), "input_shape": list(input_shape), "shapes": dataclasses.asdict(shapes)}
     if last_cout:
         config["last_cout"] = last_cout
-    if shapes.CONV_OUTER_CHANNELS and CHANNEL_MAPPING_OPS.intersection(chain):
+    if any(is_light_conv(op, shapes) for op in chain):
         config["conv_kernel_size"] = LIGHT_CONV_KERNEL_SIZE  # the store tells it from nn-Meter's conv
     return TestModel(name, config, build_chain, (tuple(chain), shapes, input_shape, last_cout))
 
