@@ -331,7 +331,7 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 
     console = Console()
     with Workspace.open(args.workspace) as ws:
-        path = ws.rules_dir / "fusion_rules.json"
+        path = ws.rules_file
         if args.show:
             if not path.is_file():
                 raise NnmeterError(f"{path}: no rules yet", f"measure them with: nnmeter-build rules {ws.root}")
@@ -356,7 +356,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", metavar="WS", help="a workspace folder (or its campaign.yaml)")
     p.add_argument("--kernel", action="append", metavar="K", dest="kernels",
-                   help="train only this kernel (repeat for several); default: the campaign's kernels.kernels")
+                   help="train only this kernel (repeat for several), whether the device's fusion rules form it "
+                        "or not; default: those of the campaign's kernels.kernels that the rules form")
     p.add_argument("--init", type=int, metavar="N",
                    help="prior samples per kernel, family members' too (overrides kernels.init_samples and "
                         "kernels.member_samples)")
@@ -372,7 +373,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from nnmeter.builder.training import results_table, train_workspace_kernels
+    from nnmeter.builder.training import kernels_to_train, results_table, train_workspace_kernels
     from nnmeter.builder.workspace import Workspace
 
     for flag, value in (("--init", args.init), ("--iterations", args.iterations), ("--workers", args.workers)):
@@ -385,6 +386,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         console.print(results_table(results, errors))
         for kernel, message in errors.items():
             console.print(f"{kernel}: {message}", markup=False, highlight=False)
+        for kernel, reason in ({} if args.kernels else kernels_to_train(ws)[1]).items():
+            console.print(f"{kernel}: not trained, the device's fusion rules never form it ({reason}; "
+                          f"train it anyway with --kernel {kernel})", markup=False, highlight=False)
         if results:
             console.print(f"next: nnmeter-build package {ws.root} -o DIR [--install]", markup=False,
                           highlight=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from nnmeter.predictor.detection import unfused_pairs
+from nnmeter.predictor.rules import load_rules
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +36,7 @@ rules:
   mon: false
   max_remeasures: 0
 kernels:
-  kernels: [conv-bn-relu, conv-bn, add, addrelu, relu, maxpool, global-avgpool, fc, conv-block]
+  kernels: [conv-bn-relu, conv-bn, add, addrelu, relu, maxpool, global-avgpool, fc, conv-block, conv-bn-hswish]
   init_samples: 14
   iterations: 0
   min_train_samples: 5
@@ -108,6 +113,14 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
 
     assert (workspace / "predictor" / "manifest.yaml").is_file()
     assert (workspace / "rules" / "fusion_rules.json").is_file()
+    # the kernels the measured rules form are trained and packaged, the others not (conv -> hswish is not
+    # among the tested pairs, so conv-bn-hswish never is)
+    rules = load_rules(workspace / "rules" / "fusion_rules.json")
+    packaged = set(yaml.safe_load((workspace / "predictor" / "manifest.yaml").read_text())["kernels"])
+    campaign = set(yaml.safe_load(TINY_CAMPAIGN)["kernels"]["kernels"])
+    assert packaged == {k for k in campaign if not unfused_pairs(k, rules)}
+    assert "conv-bn-hswish" not in packaged
+    assert re.search(r"not formed by the device's rules, not trained: [a-z0-9, -]*conv-bn-hswish", " ".join(out.split()))
     result = json.loads((workspace / "reports" / "evaluation.json").read_text())
     assert len(result["models"]) == 3
     for model in result["models"]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nnmeter.predictor.detection import detect
+from nnmeter.predictor.detection import detect, unfused_pairs
 from nnmeter.predictor.ir import Graph, Node
 from nnmeter.predictor.patterns import recognise
 from nnmeter.predictor.rules import load_rules
@@ -76,6 +76,18 @@ def test_hand_checked_partition(tmp_path, mon, middle):
     assert conv1.config == {"HW": 28, "CIN": 16, "COUT": 32, "KERNEL_SIZE": 3, "STRIDES": 1}
     dw = next(k for k in det.kernels if k.nodes[0] == "dw")
     assert dw.config == {"HW": 28, "CIN": 32, "KERNEL_SIZE": 3, "STRIDES": 1}
+
+
+def test_a_kernel_type_with_an_unfused_pair_is_never_detected(tmp_path):
+    rules = rules_file(tmp_path, 0)
+    assert unfused_pairs("conv-bn-relu", rules) == []
+    assert unfused_pairs("conv-bn", rules) == []  # serves a bare conv: needs no rule
+    assert unfused_pairs("dwconv-bn-relu6", rules) == [("dwconv", "relu6")]  # the bn is folded
+    assert unfused_pairs("conv-bn-hswish", rules) == [("conv", "hswish")]  # a pair the rules never tested
+    for mon in (0, 1, 2):
+        detected = {k.kernel for k in detect(graph(), rules_file(tmp_path, mon)).kernels}
+        assert detected and all(unfused_pairs(k, rules) == [] for k in detected)
+        assert "dwconv-bn-relu6" not in detected  # the graph has dw -> bn -> relu6, run as two kernels
 
 
 def test_available_kernels_decide_between_equivalent_types(tmp_path):

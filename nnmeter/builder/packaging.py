@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from nnmeter.builder.training import trained_kernels
+from nnmeter.builder.training import kernels_to_train, trained_kernels
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.artifact import KernelPayload, ModelCorrection, sha256_file, write_artifact
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
@@ -40,16 +40,13 @@ from nnmeter.predictor.rules import FusionRules, default_rules, load_rules
 if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
 
-#: Where ``package`` writes when no -o is given.
-RULES_FILE = "fusion_rules.json"
-
 
 @dataclass(frozen=True)
 class PackageResult:
     path: Path
     kernels: tuple[str, ...]
     rules_source: str  # the rules file packaged, or "default" when the workspace has none
-    skipped: tuple[str, ...]  # campaign kernels without a trained regressor
+    skipped: tuple[str, ...]  # campaign kernels the device forms without a trained regressor
     invoke_overhead_ms: float = 0.0
     overhead_error: str = ""  # why the overhead could not be measured (then it is 0)
     model_correction: ModelCorrection | None = None
@@ -266,6 +263,7 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
     if setup is None or not results:
         raise NnmeterError(f"{ws.root}: no trained kernel regressors", f"train them first: nnmeter-build train {ws.root}")
     wanted = list(kernels) if kernels else list(ws.campaign.kernels.kernels)
+    unformed = kernels_to_train(ws)[1]  # not trained unless named: not missing
     by_kernel = {r.kernel: r for r in results}
     missing = [k for k in (kernels or []) if k not in by_kernel]
     if missing:
@@ -285,7 +283,7 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
             raise NnmeterError(f"{path}: missing or changed since kernel {kernel} was trained",
                                f"train it again: nnmeter-build train {ws.root} --kernel {kernel}")
         payloads[kernel] = KernelPayload(load_ensemble(path), samples=result.samples, metrics=result.metrics)
-    rules_path = ws.rules_dir / RULES_FILE
+    rules_path = ws.rules_file
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
     out = Path(out_dir) if out_dir is not None else default_artifact_dir(ws)
@@ -307,8 +305,8 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
                     f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
     return PackageResult(written, tuple(payloads), str(rules_path) if rules_path.is_file() else "default",
-                         tuple(k for k in wanted if k not in payloads), overhead, overhead_error, correction,
-                         correction_error)
+                         tuple(k for k in wanted if k not in payloads and k not in unformed), overhead,
+                         overhead_error, correction, correction_error)
 
 
 def _default_name(backend: str, device: str) -> str:

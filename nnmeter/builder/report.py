@@ -172,7 +172,7 @@ def write_report(ws: "Workspace", evaluation_path: Path | None = None, out: Path
 
     evaluation_path = evaluation_path or ws.reports_dir / EVALUATION_FILE
     evaluation = EvaluationResult.load(evaluation_path) if evaluation_path.is_file() else None
-    rules_path = ws.rules_dir / "fusion_rules.json"
+    rules_path = ws.rules_file
     rules = load_rules(rules_path) if rules_path.is_file() else None
     kernels, device = _predictor_facts(ws)
     if evaluation is not None:

@@ -84,7 +84,7 @@ def _run_rules(ws: "Workspace", _backend: Any, opts: RunOptions) -> tuple[str, b
 
 
 def _run_kernels(ws: "Workspace", _backend: Any, opts: RunOptions) -> tuple[str, bool]:
-    from nnmeter.builder.training import results_table, train_workspace_kernels
+    from nnmeter.builder.training import kernels_to_train, results_table, train_workspace_kernels
 
     results, errors = train_workspace_kernels(ws, console=opts.console)
     if opts.console is not None:
@@ -93,6 +93,9 @@ def _run_kernels(ws: "Workspace", _backend: Any, opts: RunOptions) -> tuple[str,
         raise NnmeterError(f"no kernel could be trained ({len(errors)} failed)",
                            "see the table above; check the device with `nnmeter-build connect WS`")
     detail = f"{len(results)} kernels, {sum(r.samples for r in results)} samples"
+    unformed = kernels_to_train(ws)[1]
+    if unformed:
+        detail += f"; not formed by the device's rules, not trained: {', '.join(unformed)}"
     if errors:
         detail += f"; failed: {', '.join(errors)}"
     return detail, not errors
@@ -137,7 +140,7 @@ def _pct(x: float) -> str:
 
 
 def _has_rules(ws: "Workspace") -> bool:
-    return (ws.rules_dir / "fusion_rules.json").is_file()
+    return ws.rules_file.is_file()
 
 
 def _has_kernels(ws: "Workspace") -> bool:
@@ -162,7 +165,8 @@ def _has_evaluation(ws: "Workspace") -> bool:
 _STEP_LIST = (
     _Step("rules", "fusion test: which op pairs run fused", (),
           lambda ws: {**_setup(ws), "rules": section_to_dict(ws.campaign.rules)}, _has_rules, _run_rules),
-    _Step("kernels", "sample, measure and train one regressor per kernel", (),
+    # the kernels step consumes the rules: it trains only the kernel types they form (kernels_to_train)
+    _Step("kernels", "sample, measure and train one regressor per kernel", ("rules",),
           lambda ws: {**_setup(ws), "kernels": section_to_dict(ws.campaign.kernels)}, _has_kernels, _run_kernels),
     _Step("package", "write the predictor artifact", ("rules", "kernels"), lambda ws: {}, _has_predictor,
           _run_package),

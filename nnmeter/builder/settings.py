@@ -13,8 +13,10 @@ from nnmeter.schema import setting
 class KernelTrainingSettings:
     """The ``kernels`` section: which kernel regressors to build, with how many samples."""
 
-    kernels: list[str] = setting(list(ops.KERNELS), "kernel types to sample, measure and train a regressor for",
-                                 choices=tuple(ops.KERNELS))
+    kernels: list[str] = setting(list(ops.KERNELS),
+                                 "kernel types to sample, measure and train a regressor for (those with an op pair "
+                                 "the device's measured fusion rules do not fuse are left out: no model is cut into "
+                                 "them on this device)", choices=tuple(ops.KERNELS))
     # 500 from the prior + two rounds of at most 15 x 10 fine-grained = 800 per kernel. A prior-heavier split
     # (640 + 2 x 80) was tried on conv-bn-relu at 800 samples (bench/kernel_accuracy.py --seed 0/1/2): 97.0 / 95.0
     # / 94.5 % against 94.5 / 95.5 / 91.5 % in one session, 95.5 / 94.5 / 92.0 % against 96.0 / 96.0 / 92.5 % after

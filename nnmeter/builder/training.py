@@ -476,7 +476,8 @@ def _remove_measured_files(ws: "Workspace", backend: "Backend", records: Sequenc
 def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = None, *, init: int | None = None,
                             iterations: int | None = None, workers: int | None = None, console: Any = None,
                             ) -> tuple[list[KernelResult], dict[str, str]]:
-    """Train the campaign's kernels (or ``kernels``) on its backend; results and errors per kernel.
+    """Train the campaign's kernels that the device forms (:func:`kernels_to_train`), or ``kernels``, on its
+    backend; results and errors per kernel.
 
     A kernel that cannot be trained (:class:`TrainingError`) is reported in the
     errors and the others go on.
@@ -485,6 +486,8 @@ def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = Non
     overrides = {k: v for k, v in (("init_samples", init), ("iterations", iterations)) if v is not None}
     if overrides:  # a budget given on the command line is every named kernel's, family members' too
         settings = dataclasses.replace(settings, **overrides, member_samples=0)
+    if not kernels:  # a family's first kernel that the device forms leads it (kernel_settings)
+        settings = dataclasses.replace(settings, kernels=kernels_to_train(ws)[0])
     names = list(kernels) if kernels else list(settings.kernels)
     for k in names:
         if k not in ops.KERNELS:
@@ -512,6 +515,23 @@ def train_workspace_kernels(ws: "Workspace", kernels: Sequence[str] | None = Non
     finally:
         backend.close()
     return results, errors
+
+
+def kernels_to_train(ws: "Workspace") -> tuple[list[str], dict[str, str]]:
+    """The campaign's kernels that the device's measured fusion rules form, and the others with why not. A model
+    is cut into kernels only across fused op pairs, so a kernel type with an unfused pair in it (conv-bn-hswish
+    where conv -> hswish runs as two kernels) is never predicted on this device, and training it would spend
+    device time on a regressor no prediction uses. Without measured rules every campaign kernel is kept."""
+    from nnmeter.predictor.detection import unfused_pairs
+    from nnmeter.predictor.rules import load_rules
+
+    names = list(ws.campaign.kernels.kernels)
+    if not ws.rules_file.is_file():
+        return names, {}
+    rules = load_rules(ws.rules_file)
+    unformed = {k: ", ".join(f"{a} -> {b}" for a, b in pairs) + " not fused"
+                for k in names if (pairs := unfused_pairs(k, rules))}
+    return [k for k in names if k not in unformed], unformed
 
 
 def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: KernelTrainingSettings, setup: str,
@@ -693,6 +713,6 @@ class _Progress:
 
 
 __all__ = ["KernelResult", "MeasureConfigs", "RoundScore", "Sample", "TrainingError", "TrainingOutcome",
-           "adaptive_training", "held_out", "kernel_settings", "large_error_configs", "finegrained_configs",
-           "pooled_fit", "prior_configs", "results_table", "train_workspace_kernels", "trained_kernels",
-           "workspace_measure"]
+           "adaptive_training", "held_out", "kernel_settings", "kernels_to_train", "large_error_configs",
+           "finegrained_configs", "pooled_fit", "prior_configs", "results_table", "train_workspace_kernels",
+           "trained_kernels", "workspace_measure"]

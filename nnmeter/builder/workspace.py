@@ -114,6 +114,11 @@ class Workspace:
         return self.root / "rules"
 
     @property
+    def rules_file(self) -> Path:
+        """The measured fusion rules (``nnmeter-build rules``); absent until the fusion test ran."""
+        return self.rules_dir / "fusion_rules.json"
+
+    @property
     def predictor_dir(self) -> Path:
         return self.root / "predictor"
 

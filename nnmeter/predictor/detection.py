@@ -98,6 +98,14 @@ class Detection:
         return [k for k in self.kernels if k.problem]
 
 
+def unfused_pairs(kernel: str, rules: FusionRules) -> list[tuple[str, str]]:
+    """The consecutive op pairs of kernel type ``kernel``'s device signature that ``rules`` do not fuse. When there
+    is one, :func:`detect` never forms a kernel of this type: a model's ops only merge across fused pairs (a bn
+    after a conv is folded, so conv-bn-hswish needs conv -> hswish fused, and conv-bn serves a bare conv)."""
+    sig = _signature(ops.kernel_type(kernel).ops)
+    return [(a, b) for a, b in zip(sig, sig[1:]) if not rules.fused(a, b)]
+
+
 def detect(graph: Graph, rules: FusionRules, available: Collection[str] | None = None) -> Detection:
     """Partition ``graph`` into kernels with ``rules``; ``available`` restricts the kernel types to choose
     from (the predictor's regressors); a kernel with no available type is reported with its problem."""

@@ -28,8 +28,6 @@ from nnmeter.rule_tester.detection import MonPass, PairPass, decide_mon, decide_
 if TYPE_CHECKING:
     from nnmeter.builder.workspace import Workspace
 
-#: The rules file of a workspace, relative to its ``rules/`` folder.
-RULES_FILE = "fusion_rules.json"
 #: Models converted per call of prepare_models: what a killed run can lose of its conversion work.
 CONVERSION_CHUNK = 48
 #: Store model kind of the test-case models.
@@ -144,7 +142,7 @@ def run_rule_test(workspace: "Workspace", *, workers: int | None = None, remeasu
         )
     finally:
         backend.close()
-    path = save_rules(rules, workspace.rules_dir / RULES_FILE)
+    path = save_rules(rules, workspace.rules_file)
     return RuleTestReport(rules, path, plan, extra, time.monotonic() - started)
 
 
