@@ -357,6 +357,15 @@ def runs_as_gemm(kernel: str) -> bool:
     return kernel_type(kernel).ops[0] in (CONV, FC)
 
 
+def runs_as_fully_connected(kernel: str, config: Mapping[str, object]) -> bool:
+    """Whether ``kernel`` with ``config`` is a matrix-vector product that runtimes run as a fully connected
+    layer: an fc, or a 1x1 conv on a 1x1 map (the squeeze-excite convs)."""
+    ops_ = kernel_type(kernel).ops
+    if ops_[0] == FC:
+        return True
+    return ops_[0] == CONV and config[HW] == 1 and config[KERNEL_SIZE] == 1  # type: ignore[index]
+
+
 def gemm_shape(kernel: str, config: Mapping[str, object]) -> tuple[int, int, int] | None:
     """``(M, N, K)`` of the matrix product a dense conv or an fc kernel runs as, or None for other kernels.
 

@@ -12,7 +12,9 @@ from nnmeter.builder.regressors import (
     BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, latency_metrics, make_regressor,
 )
 from nnmeter.builder.settings import KernelTrainingSettings
-from nnmeter.predictor.features import feature_matrix, feature_names
+from nnmeter.predictor.features import (
+    feature_matrix, feature_names, half_tile_chosen, half_tile_feature, kernel_features,
+)
 from nnmeter.predictor.regressor_format import RegressorFormatError, load_ensemble, save_ensemble
 
 KERNEL = "conv-bn-relu"
@@ -82,18 +84,44 @@ def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
         load_ensemble(tmp_path / "bad-tile.npz")
 
 
+@pytest.mark.parametrize(("columns", "half"), [
+    (8, True),  # fewer columns than the wide tile
+    (614, True), (673, True), (657, True),  # 6-9 of 16 in the last tile: the half tile pads fewer
+    (683, False), (746, False),  # 11-12 of 16: the wide tile pads fewer
+    (600, True), (824, False), (872, False),  # a multiple of 8: switch only while 8 padded columns are > 1 %
+    (1014, False), (1185, True),  # 10 padded of 1014 is < 1 %, 15 of 1185 is > 1 %
+])
+def test_half_tile_rule_matches_xnnpack_on_measured_layers(columns, half):
+    """On tflite-local (AVX2, 16/8-wide micro-kernels) these 1x1 convs on 1x1 maps ran 1.9x slower per weight
+    exactly where XNNPACK's rule picks the half-width micro-kernel (docs/measurement.md)."""
+    assert half_tile_chosen(columns, 16) is half
+    assert kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=1, KERNEL_SIZE=1, STRIDES=1))[
+        feature_names("conv-bn-relu").index(half_tile_feature(16))] == float(half)
+    assert kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=2, KERNEL_SIZE=1, STRIDES=1))[
+        feature_names("conv-bn-relu").index(half_tile_feature(16))] == 0.0  # a GEMM, not a fully connected layer
+
+
 @pytest.mark.parametrize("kernel", ["conv-bn-relu", "fc"])
-def test_default_learns_a_slow_last_column_tile(kernel):
-    """A layer 1.6x slower when its last 32-wide tile of output channels holds 1-16 of them, as measured on
-    tflite-local: the tail feature lets the trees find that, whatever the channel count."""
+def test_default_learns_the_half_width_tile_of_a_fully_connected_layer(kernel, tmp_path):
+    """A matrix-vector product (an fc, a 1x1 conv on a 1x1 map) whose time follows 1 x 16 tiles, 1 x 8 ones
+    where XNNPACK's rule switches the layer to its half-width micro-kernel, each as slow as a wide one (as
+    measured on tflite-local, AVX2): the base finds the tile and the switch, and the stored regressor keeps
+    them."""
     rng = np.random.default_rng(3)
     configs = [dict(CIN=int(rng.integers(16, 1024)), COUT=int(rng.integers(16, 2048)))
                | (dict(HW=1, KERNEL_SIZE=1, STRIDES=1) if kernel != "fc" else {}) for _ in range(450)]
     X = feature_matrix(kernel, configs)
     cin, cout = (X[:, feature_names(kernel).index(c)] for c in ("CIN", "COUT"))
-    y = (0.001 + cin * cout * 4e-9) * np.where((cout - 1) % 32 < 16, 1.6, 1.0) * rng.lognormal(0, 0.01, len(X))
-    predicted = make_regressor(DEFAULT_REGRESSOR, kernel).fit(X[:250], y[:250]).predict(X[250:])
-    assert latency_metrics(y[250:], predicted).acc10 >= 0.98  # without the feature: 92 %
+    half = np.array([half_tile_chosen(int(n), 16) for n in cout])
+    assert 0.2 < half.mean() < 0.8  # both kinds of layer in the training set
+    y = (0.001 + cin * np.where(half, np.ceil(cout / 8), np.ceil(cout / 16)) * 16 * 4e-9) * rng.lognormal(0, 0.01,
+                                                                                                         len(X))
+    regressor = make_regressor(DEFAULT_REGRESSOR, kernel).fit(X[:250], y[:250])
+    assert regressor.base_.tile[1] == 16
+    assert regressor.base_.half_tile_column == feature_names(kernel).index(half_tile_feature(16))
+    stored = load_ensemble(save_ensemble(regressor.to_ensemble(), tmp_path / "fc.npz"))
+    assert stored.base == regressor.base_
+    assert latency_metrics(y[250:], stored.predict(X[250:])).acc10 >= 0.98
 
 
 def test_default_learns_a_slow_last_row_tile():

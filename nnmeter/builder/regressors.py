@@ -5,8 +5,9 @@
   ``predictor_lib`` table; kernels it has no entry for get its fallback).
 * ``gbt-cost-ratio``: gradient-boosted trees on ``log(latency / base)``, where
   ``base`` is a non-negative linear cost model (fixed overhead + work + bytes
-  read + bytes written) fitted for relative error; the work of a dense conv is
-  counted in whole GEMM tiles of the shape that fits the device best, other
+  read + bytes written) fitted for relative error; the work of a dense conv or an fc
+  is counted in whole GEMM tiles of the shape that fits the device best (half-width
+  tiles for a fully connected layer where the runtime switches to them), other
   kernels' in FLOPs. The cost model carries the
   scale, which trees extrapolate badly (a forest predicts at most its largest
   training latency); the trees learn the efficiency factor (tiling, cache
@@ -39,7 +40,7 @@ from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 
-from nnmeter.predictor.features import GEMM_FEATURES, feature_names, nnmeter_feature_columns
+from nnmeter.predictor.features import GEMM_FEATURES, feature_names, half_tile_feature, nnmeter_feature_columns
 from nnmeter.predictor.regressor_format import LinearBase, TreeEnsemble, from_sklearn, gemm_tile_terms
 
 #: Kernels faster than this are dominated by timer noise; metrics report them apart.
@@ -147,28 +148,34 @@ class _CostRatioRegressor(KernelRegressor):
 
         Terms: a fixed overhead, the bytes read and written, and the work: FLOPs, or for a
         kernel that runs as a matrix product the multiply-adds and tiles counted in whole
-        tiles (:func:`gemm_tile_terms`), with the tile shape that fits best of :data:`GEMM_TILES`:
-        the device's micro-kernel is learned from its measurements, not assumed.
+        tiles (:func:`gemm_tile_terms`), with the tile shape that fits best of :data:`GEMM_TILES`,
+        and with or without fully connected layers switching to the half-width micro-kernel where
+        XNNPACK's rule would: the device's micro-kernels are learned from its measurements, not assumed.
         """
         names = feature_names(self.kernel)
         gemm = tuple(names.index(c) for c in GEMM_FEATURES) if GEMM_FEATURES[0] in names else ()
         columns = tuple(names.index(c) for c in (_BYTES_COLUMNS if gemm else _COST_COLUMNS))
-        best: tuple[float, tuple[int, int], np.ndarray] | None = None
-        for tile in GEMM_TILES if gemm else [(1, 1)]:
-            work = gemm_tile_terms(X, gemm, tile) if gemm else np.zeros((len(y), 0))
+        candidates = [(tile, -1) for tile in GEMM_TILES] if gemm else [((1, 1), -1)]
+        # the same tiles with fully connected layers switching to the half-width micro-kernel, where the
+        # features say when it would (whether the device's runtime does is the fit's to find)
+        candidates += [(tile, names.index(half_tile_feature(tile[1]))) for tile in GEMM_TILES
+                       if gemm and half_tile_feature(tile[1]) in names]
+        best: tuple[float, tuple[int, int], int, np.ndarray] | None = None
+        for tile, half in candidates:
+            work = gemm_tile_terms(X, gemm, tile, half) if gemm else np.zeros((len(y), 0))
             design = np.column_stack([np.ones(len(y)), work, X[:, list(columns)]])
             norm = np.maximum(np.abs(design).max(axis=0), 1e-300)  # unit columns: nnls is then well conditioned
             coef = nnls(design / norm / y[:, None], np.ones(len(y)))[0] / norm
             error = float(np.mean((design @ coef / y - 1) ** 2))
             if best is None or error < best[0]:
-                best = (error, tile, coef)
-        _, tile, coef = best  # type: ignore[misc]
+                best = (error, tile, half, coef)
+        _, tile, half, coef = best  # type: ignore[misc]
         if not np.any(coef[1:] > 0):  # no cost term helps: a constant base, the trees do the rest
             coef = np.concatenate([[np.exp(np.mean(np.log(y)))], np.zeros(len(coef) - 1)])
         n_work = 2 if gemm else 0
         return LinearBase(columns=columns, coef=tuple(float(c) for c in coef[1 + n_work:]),
                           intercept=float(coef[0]), floor=float(y.min()) * 1e-3, gemm_columns=gemm, tile=tile,
-                          tile_coef=(float(coef[1]), float(coef[2])) if gemm else (0.0, 0.0))
+                          tile_coef=(float(coef[1]), float(coef[2])) if gemm else (0.0, 0.0), half_tile_column=half)
 
     def _targets(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         self.base_ = self._fit_base(X, y)

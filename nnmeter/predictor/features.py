@@ -15,10 +15,9 @@ bytes read and bytes written), and derived shape features:
   column tile of 4-32 (``COUT_TAIL32`` = ``(COUT - 1) % 32 + 1``, ...): on tflite-local (AVX-512) a conv
   or fc whose last 32-column tile holds 1-16 channels ran 1.6x slower than its
   neighbours with 17-32, for the whole layer, not the tail (1x1 convs on 1x1
-  maps, the same weight bytes), which the padding ratio cannot express. XNNPACK
-  does that: for a plain matrix product (fc, 1x1 stride-1 conv) it runs the whole
-  layer on its narrower second micro-kernel (16 columns for 32) when that pads
-  fewer columns; other convs (indirect GEMM) keep the wide one (on the Intel host,
+  maps, the same weight bytes), which the padding ratio cannot express (the
+  half-width micro-kernel, below, is what happens there); other convs (indirect GEMM)
+  keep the wide micro-kernel, but ran slower with a short last tile too (on the Intel host,
   stride-1 1x1 convs of up to 1024 output pixels with 1-16 channels in the last tile
   ran 18-33 % below the FLOP rate of those with 17-32, stride-2 ones alike; see
   docs/measurement.md). With the column, the default campaign's conv-bn-relu (3 random
@@ -32,6 +31,18 @@ bytes read and bytes written), and derived shape features:
   them the Intel host's conv-bn-relu went from +-10 % 88.0 to 88.5 % cross-validated on
   1,195 samples (``bench/kernel_accuracy.py --stored``), 84.6 to 85.6 % on the 800 of a
   default campaign, and 82.5 to 83.6 % on 189 held-out prior configs (5 seeds, one-off);
+* for the same kernels, whether a fully connected layer (an fc, or a 1x1 conv on a 1x1 map,
+  which runtimes run as one) runs on the half-width micro-kernel (``FC_HALF_TILE16``, for
+  wide tiles of 8, 16 and 32 columns; :func:`half_tile_chosen` is XNNPACK's rule). That
+  kernel takes about a wide tile's time for half its columns, so the layer is ~2x slower:
+  on tflite-local (AMD host, AVX2, 16/8 columns) 1x1 convs on 1x1 maps ran at 0.15 ns per
+  weight where the rule switches and 0.08 where it does not (1,286 x 673 channels 137 us,
+  1,291 x 683 72 us, the same in fresh processes); the last tile's fill alone misses it
+  because of the rule's 1 % clause (a multiple of 8 switches below 800 columns, not above).
+  The regressors' cost model counts those layers' tiles at half width. With both, the AMD
+  host's default campaign (``bench/kernel_accuracy.py --stored``, 5 folds) went from +-10 %
+  96.1 to 98.0 % on conv-bn-relu's 2,011 samples and from 99.1 to 100 % on fc's 1,010
+  (docs/measurement.md, "Fully connected layers on the half-width micro-kernel");
 * the output size and logs of the costs, and the arithmetic intensity
   (``LOG_INTENSITY``, log FLOPs - log bytes read), which says whether a config is
   compute- or memory-bound and, for pooling, how kernel size and stride relate
@@ -65,7 +76,7 @@ import numpy as np
 from nnmeter import ops
 
 #: Bump when the features of any kernel change meaning or order.
-FEATURE_SCHEMA_VERSION = 7
+FEATURE_SCHEMA_VERSION = 8
 
 _COST_FEATURES = ("FLOPS", "PARAMS", "BYTES_READ", "BYTES_WRITTEN")
 _MAX_CONCAT_INPUTS = ops.CONCAT_INPUTS_RANGE[1]
@@ -73,6 +84,8 @@ _MAX_CONCAT_INPUTS = ops.CONCAT_INPUTS_RANGE[1]
 _CHANNEL_TILES = (4, 8, 16, 32)
 #: Row tiles (output pixels at once) of CPU GEMM micro-kernels.
 _ROW_TILES = (4, 5, 6, 7, 8)
+#: Widths of the wide micro-kernel whose half-width sibling a fully connected layer may switch to.
+_HALF_TILE_WIDTHS = (8, 16, 32)
 _STRIDE_KEYS = (ops.STRIDES, ops.POOL_STRIDES)
 #: Names of the GEMM view's columns, for the kernels that have one.
 GEMM_FEATURES = ("GEMM_M", "GEMM_N", "GEMM_K")
@@ -95,8 +108,26 @@ def feature_names(kernel: str) -> tuple[str, ...]:
         names += GEMM_FEATURES
         names += [f"{ops.COUT}_TAIL{tile}" for tile in _CHANNEL_TILES]
         names += [f"GEMM_M_TAIL{tile}" for tile in _ROW_TILES]
+        names += [half_tile_feature(tile) for tile in _HALF_TILE_WIDTHS]
     names += [_with_column(op) for op in ops.family_tail_ops(kernel)]
     return tuple(names) + ("LOG_FLOPS", "LOG_BYTES", "LOG_INTENSITY")
+
+
+def half_tile_feature(width: int) -> str:
+    """Name of the 0/1 feature: a fully connected layer on ``width``-column tiles switches to half-width ones."""
+    return f"FC_HALF_TILE{width}"
+
+
+def half_tile_chosen(columns: int, width: int) -> bool:
+    """Whether XNNPACK runs a fully connected layer of ``columns`` outputs on the half-width micro-kernel.
+
+    Its rule (``xnn_create_fully_connected_nc_f32``): the layer switches from the ``width``-column
+    micro-kernel to its half-width sibling when it has fewer columns than ``width``, or when the
+    sibling pads fewer columns and the wide one pads more than 1 % of them.
+    """
+    half = width // 2
+    wide_pad, half_pad = (width - columns % width) % width, (half - columns % half) % half
+    return columns < width or (half_pad < wide_pad and wide_pad * 100 > columns)
 
 
 def _with_column(op: str) -> str:
@@ -135,6 +166,8 @@ def kernel_features(kernel: str, config: Mapping[str, object]) -> list[float]:
         values += [float(v) for v in gemm]
         values += [float((gemm[1] - 1) % tile + 1) for tile in _CHANNEL_TILES]
         values += [float((gemm[0] - 1) % tile + 1) for tile in _ROW_TILES]
+        as_fc = ops.runs_as_fully_connected(kernel, cfg)
+        values += [float(as_fc and half_tile_chosen(gemm[1], tile)) for tile in _HALF_TILE_WIDTHS]
     tail = ops.kernel_type(kernel).ops[1:]
     values += [float(op in tail) for op in ops.family_tail_ops(kernel)]
     log_flops = math.log1p(cost.flops)

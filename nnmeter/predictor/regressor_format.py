@@ -6,7 +6,7 @@ gaps). A tree is just arrays; so a regressor file is an ``.npz`` archive of
 numeric arrays plus one JSON header, read with ``np.load(allow_pickle=False)``,
 and evaluated here with numpy alone (no scikit-learn import at prediction time).
 
-Format ``nnmeter-trees`` version 2 (all trees of the ensemble concatenated):
+Format ``nnmeter-trees`` version 3 (all trees of the ensemble concatenated):
 
 ==================  ========  =====================================================
 array               dtype     meaning
@@ -37,7 +37,10 @@ Prediction for a feature matrix ``X`` (one row per kernel config):
    when ``gemm_columns`` names the columns ``m, n, k`` of a matrix product and ``tile``
    is ``[mr, nr]``, ``tiles = ceil(m / mr) * ceil(n / nr)`` and ``T`` has the two columns
    ``tiles * mr * nr * k`` (multiply-adds computed, padding included) and ``tiles``;
-   ``T`` is empty when ``gemm_columns`` is.
+   ``T`` is empty when ``gemm_columns`` is. When ``half_tile_column`` is a column index
+   (not -1), rows where that column is non-zero count their columns in tiles of
+   ``nr // 2``: ``tiles = ceil(m / mr) * ceil(n / (nr // 2))``, each still counted as
+   ``mr * nr * k`` multiply-adds (the half-width micro-kernel takes a wide tile's time).
 
 The result is a latency in milliseconds.
 """
@@ -54,7 +57,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 FORMAT = "nnmeter-trees"
-FORMAT_VERSION = 2  # 2: the base's GEMM tile terms
+FORMAT_VERSION = 3  # 2: the base's GEMM tile terms; 3: its half-width tiles
 AGGREGATIONS = ("mean", "sum")
 TARGETS = ("identity", "log")
 
@@ -78,40 +81,51 @@ class LinearBase:
     gemm_columns: tuple[int, ...] = ()  # the m, n, k columns of a matrix product; empty: no tile terms
     tile: tuple[int, int] = (1, 1)  # mr, nr
     tile_coef: tuple[float, float] = (0.0, 0.0)  # ms per multiply-add computed, ms per tile
+    half_tile_column: int = -1  # the column saying a row runs on the half-width micro-kernel; -1: none does
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         cols = list(self.columns)
         cost = self.intercept + X[:, cols] @ np.asarray(self.coef, dtype=np.float64)
         if self.gemm_columns:
-            cost = cost + gemm_tile_terms(X, self.gemm_columns, self.tile) @ np.asarray(self.tile_coef)
+            cost = cost + gemm_tile_terms(X, self.gemm_columns, self.tile, self.half_tile_column) @ np.asarray(self.tile_coef)
         return np.maximum(cost, self.floor)
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": list(self.columns), "coef": list(self.coef), "intercept": self.intercept,
                 "floor": self.floor, "gemm_columns": list(self.gemm_columns), "tile": list(self.tile),
-                "tile_coef": list(self.tile_coef)}
+                "tile_coef": list(self.tile_coef), "half_tile_column": self.half_tile_column}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LinearBase":
         mr, nr = (int(v) for v in data["tile"])
         a, b = (float(v) for v in data["tile_coef"])
-        if mr < 1 or nr < 1 or len(data["gemm_columns"]) not in (0, 3):
-            raise ValueError(f"base: tile {[mr, nr]} or gemm_columns {data['gemm_columns']} is not valid")
+        half = int(data["half_tile_column"])
+        if mr < 1 or nr < 1 or len(data["gemm_columns"]) not in (0, 3) or half < -1:
+            raise ValueError(f"base: tile {[mr, nr]}, gemm_columns {data['gemm_columns']} or half_tile_column "
+                             f"{half} is not valid")
         return cls(tuple(int(c) for c in data["columns"]), tuple(float(c) for c in data["coef"]),
                    float(data["intercept"]), float(data["floor"]),
-                   tuple(int(c) for c in data["gemm_columns"]), (mr, nr), (a, b))
+                   tuple(int(c) for c in data["gemm_columns"]), (mr, nr), (a, b), half)
 
 
-def gemm_tile_terms(X: np.ndarray, gemm_columns: Sequence[int], tile: tuple[int, int]) -> np.ndarray:
+def gemm_tile_terms(X: np.ndarray, gemm_columns: Sequence[int], tile: tuple[int, int],
+                    half_tile_column: int = -1) -> np.ndarray:
     """Per row of ``X``: the multiply-adds a matrix product computes in whole ``mr x nr`` tiles, and the tiles.
 
     A SIMD micro-kernel computes a whole tile of output rows and columns whatever
     the product's shape, so the work counted in tiles, not in FLOPs, is what the
     time follows (an ``N`` of 17 costs about what 32 does with 16-wide tiles).
+    Rows flagged in ``half_tile_column`` run on the half-width micro-kernel, which
+    takes about a wide tile's time for half its columns (see
+    :func:`nnmeter.predictor.features.half_tile_chosen`): their columns count in
+    tiles of ``nr // 2``, each as a whole ``mr x nr`` tile of work.
     """
     m, n, k = (X[:, c] for c in gemm_columns)
     mr, nr = tile
-    tiles = np.ceil(m / mr) * np.ceil(n / nr)
+    column_tiles = np.ceil(n / nr)
+    if half_tile_column >= 0:
+        column_tiles = np.where(X[:, half_tile_column] != 0, np.ceil(n / max(nr // 2, 1)), column_tiles)
+    tiles = np.ceil(m / mr) * column_tiles
     return np.column_stack([tiles * (mr * nr) * k, tiles])
 
 
