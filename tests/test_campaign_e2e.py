@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nnmeter.builder import training
+from nnmeter.builder.runner import step_status
+from nnmeter.builder.workspace import Workspace
 from nnmeter.predictor.detection import unfused_pairs
 from nnmeter.predictor.rules import load_rules
 
@@ -80,7 +83,7 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
+def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypatch):
     store = workspace / "store.sqlite"
     run = _cli("run", str(workspace))
     deadline = time.monotonic() + 600
@@ -142,6 +145,12 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path):
     assert again.returncode == 0, out
     assert out.count("up to date") >= 4, out
     assert _measurements(store) == after
+
+    # a new nnmeter whose features changed finds the kernels step to run again (then the steps after it)
+    with Workspace.open(workspace) as ws:
+        assert step_status(ws)["kernels"] == "up to date"
+        monkeypatch.setattr(training, "FEATURE_SCHEMA_VERSION", training.FEATURE_SCHEMA_VERSION + 1)
+        assert step_status(ws)["kernels"] == "to run"
 
 
 def test_corrupt_campaign_is_refused_and_store_untouched(workspace: Path):

@@ -139,6 +139,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _kernels_settings(ws: "Workspace") -> dict[str, Any]:
+    """The kernels step's settings, and the trainer's version: a new nnmeter whose features, tree format or
+    regressor changed trains again (from the store, measuring nothing again)."""
+    from nnmeter.builder.training import trainer_version
+
+    return {**_setup(ws), "kernels": section_to_dict(ws.campaign.kernels),
+            "trainer": trainer_version(ws.campaign.kernels)}
+
+
 def _has_rules(ws: "Workspace") -> bool:
     return ws.rules_file.is_file()
 
@@ -166,8 +175,8 @@ _STEP_LIST = (
     _Step("rules", "fusion test: which op pairs run fused", (),
           lambda ws: {**_setup(ws), "rules": section_to_dict(ws.campaign.rules)}, _has_rules, _run_rules),
     # the kernels step consumes the rules: it trains only the kernel types they form (kernels_to_train)
-    _Step("kernels", "sample, measure and train one regressor per kernel", ("rules",),
-          lambda ws: {**_setup(ws), "kernels": section_to_dict(ws.campaign.kernels)}, _has_kernels, _run_kernels),
+    _Step("kernels", "sample, measure and train one regressor per kernel", ("rules",), _kernels_settings,
+          _has_kernels, _run_kernels),
     _Step("package", "write the predictor artifact", ("rules", "kernels"), lambda ws: {}, _has_predictor,
           _run_package),
     _Step("evaluate", "measure and predict the evaluation models; baselines", ("package",),

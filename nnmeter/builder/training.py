@@ -65,6 +65,7 @@ from nnmeter.builder.settings import KernelTrainingSettings
 from nnmeter.builder.store import LATENCY_READING_VERSION
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_matrix
+from nnmeter.predictor.regressor_format import FORMAT_VERSION as TREE_FORMAT_VERSION
 from nnmeter.predictor.regressor_format import save_ensemble
 
 if TYPE_CHECKING:
@@ -569,16 +570,22 @@ def _train_one(ws: "Workspace", backend: "Backend", kernel: str, settings: Kerne
     return result
 
 
-def _result_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
-    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), its
-    prior list, the regressor's parameters and how measurements are read into labels: a new version of nnmeter
-    that samples, fits or reads differently trains the kernels again (what the store holds is not measured
+def trainer_version(settings: KernelTrainingSettings) -> dict[str, Any]:
+    """What trained regressors depend on besides the campaign's settings and the store: the regressor's
+    parameters, how measurements are read into labels, the feature schema and the tree format. A new version
+    of nnmeter that changes any of them trains the kernels again (what the store holds is not measured
     again)."""
     params = regressor_class(settings.regressor)(kernel="").get_params()
     del params["kernel"]
+    return {"regressor_params": params, "latency_reading": LATENCY_READING_VERSION,
+            "feature_schema": FEATURE_SCHEMA_VERSION, "tree_format": TREE_FORMAT_VERSION}
+
+
+def _result_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
+    """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), its
+    prior list and :func:`trainer_version`."""
     return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
-            "regressor_params": params, "latency_reading": LATENCY_READING_VERSION,
-            "prior": _prior_digest(kernel, settings)}
+            **trainer_version(settings), "prior": _prior_digest(kernel, settings)}
 
 
 def _up_to_date(ws: "Workspace", result: KernelResult, kernel: str, settings: KernelTrainingSettings) -> bool:
