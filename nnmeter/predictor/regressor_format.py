@@ -87,7 +87,8 @@ class LinearBase:
         cols = list(self.columns)
         cost = self.intercept + X[:, cols] @ np.asarray(self.coef, dtype=np.float64)
         if self.gemm_columns:
-            cost = cost + gemm_tile_terms(X, self.gemm_columns, self.tile, self.half_tile_column) @ np.asarray(self.tile_coef)
+            tiles = gemm_tile_terms(X, self.gemm_columns, self.tile, self.half_tile_column)
+            cost = cost + tiles @ np.asarray(self.tile_coef)
         return np.maximum(cost, self.floor)
 
     def to_dict(self) -> dict[str, Any]:
