@@ -86,8 +86,8 @@ def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
 
 @pytest.mark.parametrize(("columns", "half"), [
     (8, True),  # fewer columns than the wide tile
-    (614, True), (673, True), (657, True),  # 6-9 of 16 in the last tile: the half tile pads fewer
-    (683, False), (746, False),  # 11-12 of 16: the wide tile pads fewer
+    (614, True), (673, True), (657, True),  # 1-6 of 16 in the last tile: the half tile pads fewer
+    (683, False), (746, False),  # 10-11 of 16: the wide tile pads fewer
     (600, True), (824, False), (872, False),  # a multiple of 8: switch only while 8 padded columns are > 1 %
     (1014, False), (1185, True),  # 10 padded of 1014 is < 1 %, 15 of 1185 is > 1 %
 ])
