@@ -65,8 +65,7 @@ from nnmeter.builder.settings import KernelTrainingSettings
 from nnmeter.builder.store import LATENCY_READING_VERSION
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_matrix
-from nnmeter.predictor.regressor_format import FORMAT_VERSION as TREE_FORMAT_VERSION
-from nnmeter.predictor.regressor_format import save_ensemble
+from nnmeter.predictor.regressor_format import FORMAT_VERSION as TREE_FORMAT_VERSION, save_ensemble
 
 if TYPE_CHECKING:
     from nnmeter.backends.base import Backend
