@@ -1,10 +1,22 @@
-"""Errors that reach users: one line that says what is wrong, and a hint on what to do."""
+"""Errors that reach users: one line that says what is wrong, a hint on what to do, and the exit code.
+
+Exit codes of ``nnmeter-build``: 0 the work was done; 1 the work failed (a device that cannot be
+reached, a measurement or a kernel that failed); 2 bad input or usage (a wrong argument, file, key or
+value); 130 interrupted.
+"""
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
 
 class NnmeterError(Exception):
-    """An error the CLI prints as one line (plus its hint) and exits non-zero for."""
+    """Bad input: a one-line message (plus its hint) that the CLI prints before exiting with 2."""
+
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -13,6 +25,12 @@ class NnmeterError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class WorkFailed(NnmeterError):
+    """The input was fine but the work could not be done (exit 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(NnmeterError):
@@ -25,9 +43,9 @@ class ConfigError(NnmeterError):
         self.key_path = key_path
 
 
-class BackendError(NnmeterError):
+class BackendError(WorkFailed):
     """A backend cannot be created, reached or used (not a failed measurement: those are data)."""
 
 
 class ModelFileError(NnmeterError):
-    """A model file that does not exist, or is not a model nnmeter can read."""
+    """A model file that does not exist, or is not a model nnmeter reads."""

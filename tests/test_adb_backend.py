@@ -138,8 +138,7 @@ def kill_after(phone, calls: int) -> threading.Thread:
 def test_device_lost_mid_campaign_then_resume_measures_only_failures(loopback_phone, tiny_models, tmp_path):
     from dataclasses import replace
 
-    from nnmeter.builder.measuring import measure_models
-    from nnmeter.builder.store import ModelRecord, Store
+    from nnmeter.measurement import MeasuringSession, ModelRecord, Store
 
     phone = loopback_phone()
     protocol = replace(QUICK, batch_size=2, anchors=False)  # no drift anchors: it counts its models' invocations
@@ -149,7 +148,8 @@ def test_device_lost_mid_campaign_then_resume_measures_only_failures(loopback_ph
     records = store.add_models(records)
     with backend_for(phone) as backend:
         watcher = kill_after(phone, 2 * per_model + 1)  # during the second batch
-        first = measure_models(store, backend, records, protocol, workspace_root=tmp_path, progress=lambda *a: None)
+        session = MeasuringSession(store, tmp_path, backend, protocol)
+        first = session.measure(records)
         watcher.join()
         assert [m.status for m in first[:2]] == [MeasureStatus.OK] * 2
         assert [m.status for m in first[2:]] == [MeasureStatus.UNREACHABLE] * 2
@@ -157,7 +157,7 @@ def test_device_lost_mid_campaign_then_resume_measures_only_failures(loopback_ph
         done_before = len(invocations(phone.sandbox))
 
         phone.start()  # the phone is back: the same backend object measures only what failed
-        second = measure_models(store, backend, records, protocol, workspace_root=tmp_path, progress=lambda *a: None)
+        second = session.measure(records)
     assert [m.status for m in second] == [MeasureStatus.OK] * 4
     assert [m.id for m in second[:2]] == [m.id for m in first[:2]]  # kept, not measured again
     assert len(invocations(phone.sandbox)) - done_before == 2 * per_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nnmeter.builder.regressors import latency_metrics, make_regressor
+from nnmeter.training import latency_metrics, make_regressor
 from nnmeter.predictor import registry
 from nnmeter.predictor.artifact import (
     MANIFEST, ArtifactError, KernelPayload, load_artifact, read_manifest, write_artifact,

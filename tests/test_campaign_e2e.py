@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnmeter.builder import training
-from nnmeter.builder.runner import step_status
+from nnmeter.builder import kernels as training
+from nnmeter.builder.steps import step_status
 from nnmeter.builder.workspace import Workspace
 from nnmeter.predictor.detection import unfused_pairs
 from nnmeter.predictor.rules import load_rules

@@ -10,7 +10,7 @@ import yaml
 
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.campaign import SECTIONS, load_campaign, render_campaign
-from nnmeter.builder.settings import KernelTrainingSettings
+from nnmeter.training.settings import KernelTrainingSettings
 from nnmeter.builder.workspace import Workspace
 from nnmeter.errors import ConfigError, NnmeterError
 from nnmeter.rule_tester.settings import RuleTestSettings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnmeter.builder.store import Store
+from nnmeter.measurement.store import Store
 from nnmeter.builder.workspace import tiny_model_path
 
 

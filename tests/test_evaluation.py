@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nnmeter.builder.evaluation import (
+from nnmeter.evaluation import (
     FLOPS_LINEAR, NNMETER, EvaluationResult, Metrics, ModelEvaluation, flops_linear_predictions, spearman,
 )
 

@@ -210,21 +210,22 @@ def test_model_id_depends_on_every_part_and_only_on_them():
 
 def test_prepare_models_converts_once_and_reuses_the_file(tmp_path):
     from nnmeter.backends import create_backend
-    from nnmeter.builder.models import ModelSpec, kernel_spec, prepare_models
     from nnmeter.builder.workspace import Workspace
+    from nnmeter.measurement import ModelSpec, kernel_spec
 
     ws = Workspace.create(tmp_path / "ws", "tflite-local")
     configs = [{"HW": 7, "CIN": c, "KERNEL_SIZE": 3, "STRIDES": 1} for c in (4, 6)]
     specs = [kernel_spec("dwconv-bn-relu", c) for c in configs] + [kernel_spec("dwconv-bn-relu", configs[0])]
     bad = ModelSpec("kernel", "split", {"HW": 3, "CIN": 5}, build_kernel_model, ("split", {"HW": 3, "CIN": 5}))
     with create_backend("tflite-local") as backend:
-        first = prepare_models(ws, backend, specs + [bad], workers=1)
+        session = ws.session(backend, workers=1)
+        first = session.prepare(specs + [bad])
         assert [p.ok for p in first] == [True, True, True, False]
         assert "even" in first[3].error and first[3].record is None
         assert first[0].id == first[2].id and first[0].file.path == first[2].file.path
         assert not any(p.reused for p in first)
         stamp = first[0].file.path.stat().st_mtime_ns
-        second = prepare_models(ws, backend, specs[:2], workers=1)
+        second = session.prepare(specs[:2])
     assert all(p.reused for p in second)
     assert [p.file.path for p in second] == [p.file.path for p in first[:2]]
     assert second[0].file.path.stat().st_mtime_ns == stamp

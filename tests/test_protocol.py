@@ -146,9 +146,8 @@ def test_protocol_key_ignores_batching_only():
     assert base.key() != MeasurementProtocol(rounds=41).key()
 
 
-def test_protocol_key_changes_with_the_cache_state_statistic_and_settling_and_keeps_older_keys():
-    assert MeasurementProtocol(cache="evict-private").key() != MeasurementProtocol(cache="warm").key()
+def test_protocol_key_changes_with_the_statistic_and_settling_and_keeps_the_default_key():
     assert MeasurementProtocol(statistic="min").key() != MeasurementProtocol(statistic="median").key()
     assert MeasurementProtocol(settle_runs=16).key() != MeasurementProtocol(settle_runs=0).key()
-    # the key before the settings existed
-    assert MeasurementProtocol(cache="warm", statistic="median", settle_runs=0).key() == "d19b399ba314"
+    # the default protocol's key, under which stores hold their measurements
+    assert MeasurementProtocol().key() == "3f5a0ddf4d2d"

@@ -8,10 +8,9 @@ import pickle
 import numpy as np
 import pytest
 
-from nnmeter.builder.regressors import (
-    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, latency_metrics, make_regressor,
+from nnmeter.training import (
+    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, KernelTrainingSettings, latency_metrics, make_regressor,
 )
-from nnmeter.builder.settings import KernelTrainingSettings
 from nnmeter.predictor.features import (
     feature_matrix, feature_names, half_tile_chosen, half_tile_feature, kernel_features,
 )

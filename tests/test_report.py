@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nnmeter.builder.evaluation import FLOPS_LINEAR, NNMETER, NO_FUSION, EvaluationResult, ModelEvaluation
+from nnmeter.evaluation import FLOPS_LINEAR, NNMETER, NO_FUSION, EvaluationResult, ModelEvaluation
 from nnmeter.builder.report import KernelRow, KernelSamples, StepCost, render_report
 from nnmeter.predictor.rules import FusionRules, Measured, MonRule, PairRule
 

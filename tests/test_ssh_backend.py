@@ -114,8 +114,7 @@ def test_myriad_without_the_plugin_says_what_to_install(sshd_server, tmp_path):
 
 
 def test_sshd_killed_mid_batch_then_resume_measures_only_failures(sshd_server, tiny_models, tmp_path):
-    from nnmeter.builder.measuring import measure_models
-    from nnmeter.builder.store import ModelRecord, Store
+    from nnmeter.measurement import MeasuringSession, ModelRecord, Store
 
     # long enough batches that the kill lands inside the second one
     # no drift anchors: the test counts the invocations of its own models
@@ -131,13 +130,13 @@ def test_sshd_killed_mid_batch_then_resume_measures_only_failures(sshd_server, t
             threading.Timer(0.5, sshd_server.kill).start()
 
     with litert_backend(sshd_server, tmp_path) as backend:
-        first = measure_models(store, backend, records, protocol, workspace_root=tmp_path, progress=on_progress)
+        session = MeasuringSession(store, tmp_path, backend, protocol)
+        first = session.measure(records, progress=on_progress)
         assert [m.status for m in first[:2]] == [MeasureStatus.OK] * 2
         assert [m.status for m in first[2:]] == [MeasureStatus.UNREACHABLE] * 2, [m.error for m in first]
         assert any("device unreachable" in m.error and "attempts" in m.error for m in first[2:]), [m.error for m in first]
         sshd_server.start()
-        second = measure_models(store, backend, records, protocol, workspace_root=tmp_path,
-                                progress=lambda *a: None)
+        second = session.measure(records)
     assert [m.status for m in second] == [MeasureStatus.OK] * 4
     assert [m.id for m in second[:2]] == [m.id for m in first[:2]]  # kept, not measured again
     assert all(m.id != f.id for m, f in zip(second[2:], first[2:]))  # new measurements of the failures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from nnmeter.backends.base import MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats, MeasurementProtocol
-from nnmeter.builder.store import MIGRATIONS, SCHEMA_VERSION, MeasurementRecord, ModelRecord, Store, StoreError
+from nnmeter.measurement.store import MIGRATIONS, SCHEMA_VERSION, MeasurementRecord, ModelRecord, Store, StoreError
 
 STATS = LatencyStats.from_rounds([[1.0, 1.2, 1.1], [1.3, 1.25, 1.4], [0.9, 1.0, 1.05]])
 
@@ -53,29 +54,36 @@ def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
         assert got.latency_ms == STATS.median_ms
 
 
-def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> None:
-    """Batch 'slow' ran every anchor 25 % slower than its median over batches: its models are scaled back."""
-    def at(ms: float) -> LatencyStats:
-        return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
+def at(ms: float) -> LatencyStats:
+    """Statistics of a measurement whose every invocation took ``ms``."""
+    return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
 
-    speeds = {"fast": 0.9, "typical": 1.0, "slow": 1.25, "typical2": 1.0}
+
+def test_a_batch_is_scaled_by_its_anchors_when_stored_and_reads_the_same_forever(tmp_path: Path) -> None:
+    """The 4th batch ran every anchor 25 % slower than their median so far: its models are scaled back; batches
+    stored later, however slow, do not move what was stored before."""
     with Store(tmp_path / "s.sqlite") as store:
         for mid in ("anchor-a", "anchor-b"):
             store.add_model(ModelRecord(id=mid, kind="anchor", name="conv-bn-relu"))
         store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
-        for batch, speed in speeds.items():
-            store.add_measurements([dataclasses.replace(measurement(mid, batch=batch), stats=at(base * speed))
-                                    for mid, base in (("anchor-a", 0.1), ("anchor-b", 0.4))])
-        store.add_measurement(dataclasses.replace(measurement("k", batch="slow"), stats=at(2.5)))
-        factors = store.drift_factors("local:test", "tflite-local", "p1")
-        assert factors["typical"] == pytest.approx(1.0) and factors["slow"] == pytest.approx(1 / 1.25)
-        assert factors["fast"] == pytest.approx(1 / 0.9)
-        [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
+
+        def batch(name: str, speed: float, *models: MeasurementRecord) -> list[MeasurementRecord]:
+            anchors = [dataclasses.replace(measurement(mid), stats=at(base * speed))
+                       for mid, base in (("anchor-a", 0.1), ("anchor-b", 0.4))]
+            return store.add_batch([*models, *anchors], batch=name)
+
+        for name in ("b1", "b2", "b3"):
+            assert {m.drift_factor for m in batch(name, 1.0)} == {1.0}
+        k = batch("slow", 1.25, dataclasses.replace(measurement("k"), stats=at(2.5)))[0]
         assert k.stats.median_ms == pytest.approx(2.5) and k.latency_ms == pytest.approx(2.0)
-        store.add_measurement(dataclasses.replace(measurement("k", batch="no-anchors"), stats=at(2.5)))
-        [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
-        assert k.drift_factor == 1.0 and k.latency_ms == pytest.approx(2.5)  # a batch without anchors: as measured
-        assert store.drift_factors("local:test", "tflite-local", "other-protocol") == {}
+        for name in ("s1", "s2", "s3", "s4"):  # the typical speed moves: what was stored does not
+            batch(name, 1.25)
+        [(_, stored)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
+        assert stored == k and stored.latency_ms == pytest.approx(2.0)
+        [plain] = store.add_batch([dataclasses.replace(measurement("k"), stats=at(2.5))], batch="no-anchors")
+        assert plain.drift_factor == 1.0 and plain.latency_ms == pytest.approx(2.5)  # as measured
+    with pytest.raises(ValueError, match="one device, backend and protocol"):
+        Store(tmp_path / "s.sqlite").add_batch([measurement("k"), measurement("k", protocol_key="p2")], batch="x")
 
 
 @pytest.mark.parametrize("models_follow, pairs, weight", [
@@ -86,29 +94,27 @@ def test_drift_anchors_scale_each_batch_to_the_typical_speed(tmp_path: Path) -> 
 ])
 def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_closest(
         tmp_path: Path, models_follow: float, pairs: int, weight: float) -> None:
-    def at(ms: float) -> LatencyStats:
-        return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
-
     slowdown = {"first": 1.0, "second": 1.2}  # of the anchors, batch by batch
     with Store(tmp_path / "s.sqlite") as store:
         store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
-        for batch, factor in slowdown.items():
-            store.add_measurement(dataclasses.replace(measurement("anchor", batch=batch), stats=at(0.1 * factor)))
         for i in range(pairs):
             store.add_model(ModelRecord(id=f"k{i}", kind="rule-case", name="conv-relu"))
-            noise = 1 + 0.01 * ((i % 5) - 2)  # the second measurement also differs by up to +-2 %, drift aside
-            for series, (batch, factor) in zip(("pass1", "pass2"), slowdown.items()):
+        for series, (batch, factor) in zip(("pass1", "pass2"), slowdown.items()):
+            models = []
+            for i in range(pairs):
+                noise = 1 + 0.01 * ((i % 5) - 2)  # the second measurement also differs by up to +-2 %, drift aside
                 ms = (1.0 + i) * factor ** models_follow * (noise if batch == "second" else 1)
-                store.add_measurement(dataclasses.replace(measurement(f"k{i}", batch=batch, series=series),
-                                                          stats=at(ms)))
+                models.append(dataclasses.replace(measurement(f"k{i}", series=series), stats=at(ms)))
+            store.add_batch([*models, dataclasses.replace(measurement("anchor"), stats=at(0.1 * factor))], batch)
         check = store.drift_check("local:test", "tflite-local", "p1")
         assert check.pairs == pairs and check.weight == pytest.approx(weight, abs=0.02)
         if pairs >= 30:
             assert check.weighted_spread <= min(check.measured_spread, check.anchored_spread)
             assert f"weight {weight:.2f}" in check.describe()
-        second = store.latest_measurements("local:test", "tflite-local", "p1", kind="rule-case", series="pass2")[0][1]
-        # the anchor's median over the two batches is 0.11 ms; the second batch ran it at 0.12
-        assert second.drift_factor == pytest.approx((0.11 / 0.12) ** check.weight)
+        # the next batch, as slow as the second, gets the anchor's factor at the weight fitted on what was stored
+        [third, _] = store.add_batch([dataclasses.replace(measurement("k0", series="pass3"), stats=at(1.0)),
+                                      dataclasses.replace(measurement("anchor"), stats=at(0.12))], "third")
+        assert third.drift_factor == pytest.approx((0.12 / 0.12) ** check.weight)  # median of 0.1, 0.12, 0.12
 
 
 def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median(tmp_path: Path) -> None:
@@ -121,13 +127,14 @@ def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median
     with Store(tmp_path / "s.sqlite") as store:
         store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
         store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
-        for batch, fastest, typical in (("a", 0.10, 0.3), ("b", 0.25, 0.3), ("c", 0.10, 0.6)):  # b: a fast round
-            store.add_measurement(dataclasses.replace(measurement("anchor", batch=batch, protocol=protocol),
-                                                      stats=runs(fastest, typical)))
-        store.add_measurement(dataclasses.replace(measurement("k", batch="c", protocol=protocol), stats=runs(1.0, 4.0)))
-        factors = store.drift_factors("local:test", "tflite-local", "p1")
-        assert factors["a"] == pytest.approx(1.0) and factors["b"] == pytest.approx(1.0)
-        assert factors["c"] == pytest.approx(0.5)
+        factors = {}
+        for batch, fastest, typical in (("a", 0.10, 0.3), ("b", 0.25, 0.3), ("a2", 0.10, 0.3), ("c", 0.10, 0.6)):
+            records = [dataclasses.replace(measurement("anchor", protocol=protocol), stats=runs(fastest, typical))]
+            if batch == "c":
+                records.append(dataclasses.replace(measurement("k", protocol=protocol), stats=runs(1.0, 4.0)))
+            factors[batch] = store.add_batch(records, batch)[0].drift_factor
+        assert factors["b"] == pytest.approx(1.0)  # a fast round of the anchor moves nothing
+        assert factors["c"] == pytest.approx(0.5)  # its median doubled: median so far 0.3 / 0.6
         [(_, k)] = store.latest_measurements("local:test", "tflite-local", "p1", kind="kernel")
         assert k.statistic == "min" and k.latency_ms == pytest.approx(0.5)
         older = dataclasses.replace(measurement("k"), stats=runs(1.0, 4.0))  # no statistic recorded: the median
@@ -217,6 +224,37 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
         assert store.schema_version == SCHEMA_VERSION
 
 
+def test_a_store_from_before_stored_drift_factors_gets_them_as_they_would_have_been_decided(tmp_path: Path) -> None:
+    """A version-4 store (drift factors computed on every read) migrates to factors decided batch by batch, from
+    what was stored before each: the same as a store that decided them as it was written."""
+    batches = [("b1", 1.0, 1.0), ("b2", 1.0, 1.1), ("b3", 1.25, 1.3)]  # batch, anchor speed, model speed
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (4)")
+    for step in MIGRATIONS[:4]:
+        db.executescript(step)
+    db.execute("INSERT INTO models VALUES ('a', 'anchor', 'conv-bn-relu', '{}', '{}', 1.0)")
+    db.execute("INSERT INTO models VALUES ('k', 'kernel', 'conv-bn-relu', '{}', '{}', 1.0)")
+    for batch, anchor, model in batches:
+        for mid, ms in (("k", 2.0 * model), ("a", 0.1 * anchor)):
+            db.execute("INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
+                       "finished_at, batch) VALUES (?, 'd', 'b', 'p', 'ok', ?, 1.0, 2.0, ?)",
+                       (mid, json.dumps(dataclasses.asdict(at(ms))), batch))
+    db.commit()
+    db.close()
+    with Store(path) as migrated, Store(tmp_path / "new.sqlite") as fresh:
+        fresh.add_models([ModelRecord("a", "anchor", "conv-bn-relu"), ModelRecord("k", "kernel", "conv-bn-relu")])
+        for batch, anchor, model in batches:
+            fresh.add_batch([MeasurementRecord("k", "d", "b", "p", "ok", at(2.0 * model)),
+                             MeasurementRecord("a", "d", "b", "p", "ok", at(0.1 * anchor))], batch)
+        old = migrated._db.execute("SELECT model_id, batch, drift_factor FROM measurements ORDER BY id").fetchall()
+        new = fresh._db.execute("SELECT model_id, batch, drift_factor FROM measurements ORDER BY id").fetchall()
+        assert [tuple(r)[:2] for r in old] == [tuple(r)[:2] for r in new]
+        assert [r["drift_factor"] for r in old] == pytest.approx([r["drift_factor"] for r in new])
+        assert old[-1]["drift_factor"] == pytest.approx(1 / 1.25)  # b3: anchors at 0.125 against a median of 0.1
+
+
 def test_refuses_newer_schemas_and_non_stores(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     Store(path).close()
@@ -236,7 +274,7 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     writer = textwrap.dedent(f"""
         import sys
-        from nnmeter.builder.store import Store, ModelRecord, MeasurementRecord
+        from nnmeter.measurement.store import Store, ModelRecord, MeasurementRecord
         store = Store({str(path)!r})
         store.add_model(ModelRecord(id="m", kind="kernel", name="fc"))
         i = 0
@@ -271,8 +309,7 @@ def local_backend():
         yield backend
 
 
-def test_measure_models_skips_measured_and_retries_failures(tmp_path: Path, local_backend) -> None:
-    from nnmeter.builder.measuring import measure_models
+def test_a_session_skips_measured_models_and_retries_failures(tmp_path: Path, local_backend) -> None:
     from nnmeter.builder.workspace import Workspace, tiny_model_path
 
     ws = Workspace.create(tmp_path / "ws", "tflite-local")
@@ -281,9 +318,9 @@ def test_measure_models_skips_measured_and_retries_failures(tmp_path: Path, loca
     records = ws.add_user_models([tiny_model_path(), broken])
     protocol = MeasurementProtocol(warmup_runs=1, rounds=6, runs_per_round=2, min_round_ms=0.0,
                                    max_remeasures=0, batch_size=1)
+    session = ws.session(local_backend, protocol=protocol)
     calls = []
-    first = measure_models(ws.store, local_backend, records, protocol, workspace_root=ws.root,
-                           progress=lambda done, total: calls.append((done, total)))
+    first = session.measure(records, progress=lambda done, total: calls.append((done, total)))
     assert [m.model_id for m in first] == [r.id for r in records]
     ok, failed = first
     assert ok.status is MeasureStatus.OK or ok.status is MeasureStatus.UNSTABLE
@@ -293,12 +330,10 @@ def test_measure_models_skips_measured_and_retries_failures(tmp_path: Path, loca
     assert failed.status is MeasureStatus.ERROR and failed.error and failed.stats is None
     assert calls[-1] == (2, 2)
 
-    second = measure_models(ws.store, local_backend, records, protocol, workspace_root=ws.root,
-                            progress=lambda done, total: None)
+    second = session.measure(records)
     assert second[0].id == ok.id  # the stored measurement, not a new one
     assert second[1].id != failed.id and second[1].status is MeasureStatus.ERROR  # failures are retried
-    again = measure_models(ws.store, local_backend, records[:1], protocol, workspace_root=ws.root,
-                           remeasure=True, progress=lambda done, total: None)
+    again = session.measure(records[:1], remeasure=True)
     assert again[0].id not in (ok.id, None)
     rows = ws.store._db.execute("SELECT batch, kind FROM measurements JOIN models ON models.id = model_id "
                                 "ORDER BY measurements.id").fetchall()

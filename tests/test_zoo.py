@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnmeter.builder import zoo
+from nnmeter.evaluation import zoo
 from nnmeter.errors import ConfigError
 
 GENERATED = [name for name, fam in zoo.FAMILIES.items() if fam.generated]

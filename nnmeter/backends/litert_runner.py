@@ -12,7 +12,7 @@ Protocol (version 1). One JSON object per line each way, one reply per request::
     -> {"id": 1, "cmd": "info", "probe": true}
     <- {"id": 1, "ok": true, "runtime": "ai-edge-litert", "versions": {...}, "cpu": "...",
         "affinity": [1], "cores": 2, "os": "...", "machine": "x86_64", "pid": 123,
-        "evict_bytes": {...}, "private_cache_bytes": 2097152,  # null when sysfs does not say
+        "private_cache_bytes": 2097152,     # null when sysfs does not say
         "xnnpack": true}                    # "xnnpack" only with "probe": true
     -> {"id": 2, "cmd": "load", "path": "/abs/m.tflite", "threads": 1}
     <- {"id": 2, "ok": true, "handle": 1, "inputs": [[1, 28, 28, 64]],
@@ -20,7 +20,7 @@ Protocol (version 1). One JSON object per line each way, one reply per request::
     -> {"id": 3, "cmd": "warmup", "handle": 1, "runs": 5}
     <- {"id": 3, "ok": true}
     -> {"id": 4, "cmd": "run", "handle": 1, "runs": 3, "min_time_ms": 2.0, "clock": "thread",
-        "cache": "evict-private", "settle_runs": 16}  # "evict_bytes": 2097152 to override the size
+        "settle_runs": 16}
     <- {"id": 4, "ok": true, "times_ms": [0.81, 0.79, 0.80]}
     -> {"id": 5, "cmd": "unload", "handle": 1}
     <- {"id": 5, "ok": true}
@@ -38,18 +38,6 @@ process sharing the measuring core, which stretches the wall time of every
 invocation longer than a scheduler slice (up to 2x here with 7 tenants on 2
 cores), does not change the time. Inputs are set once, at load, with random
 data.
-
-``"cache"`` says in which cache state each timed invocation starts. ``"warm"`` (the
-default): invocations back to back, so a kernel's weights stay in the caches from the
-previous one. The others approach the state a kernel has inside a whole model, where its
-input was just written by its producer while its weights were evicted by the rest of
-the model: before each invocation the runner reads a buffer of ``evict_bytes`` and then
-writes the inputs again. ``"evict-private"``: twice the largest cache private to the core
-it runs on (L2 here), so the weights come from the shared last-level cache;
-``"evict-all"``: twice the largest cache the core uses (the last level), so they come from
-memory. Sizes are read from ``/sys/devices/system/cpu`` (the info reply gives them).
-Only ``invoke()`` is timed, and ``min_time_ms`` counts the time spent invoking, not the
-preparation.
 
 Why settle: a model's first invocations after anything else ran on the core (another
 model, an idle gap of 50 ms) are slow, and for models that stream megabytes of weights
@@ -102,10 +90,6 @@ class Engine:
     def invoke(self, model: object) -> None:
         raise NotImplementedError
 
-    def rewrite_inputs(self, model: object) -> None:
-        """Write the model's inputs again (the same data), so that they are in the cache as a producer left them."""
-        raise CommandError(f"{self.runtime} cannot rewrite inputs; use \"cache\": \"warm\"")
-
     def runs_on_calling_thread(self, threads: int) -> bool:
         """Whether an inference with ``threads`` runs entirely on the thread that invokes it."""
         return False
@@ -136,10 +120,6 @@ class LiteRTEngine(Engine):
     def invoke(self, model: object) -> None:
         model.invoke()
 
-    def rewrite_inputs(self, model: object) -> None:
-        for index, data in model.nnmeter_inputs:
-            model.set_tensor(index, data)
-
     def runs_on_calling_thread(self, threads: int) -> bool:
         return threads == 1  # XNNPACK and the built-in kernels start no thread pool for one thread
 
@@ -155,13 +135,11 @@ class LiteRTEngine(Engine):
     def _prepare(interpreter) -> dict:
         interpreter.allocate_tensors()
         rng = np.random.default_rng(0)
-        shapes, inputs = [], []
+        shapes = []
         for detail in interpreter.get_input_details():
             shape = [int(d) for d in detail["shape"]]
-            inputs.append((detail["index"], _random(rng, shape, detail["dtype"])))
-            interpreter.set_tensor(*inputs[-1])
+            interpreter.set_tensor(detail["index"], _random(rng, shape, detail["dtype"]))
             shapes.append(shape)
-        interpreter.nnmeter_inputs = inputs  # kept for rewrite_inputs
         xnnpack, fallback = _delegation(interpreter)
         return {"inputs": shapes, "xnnpack": xnnpack, "fallback_ops": fallback}
 
@@ -285,27 +263,7 @@ def _first_cpu() -> int:
     return (_affinity() or [0])[0]
 
 
-def default_evict_bytes() -> dict[str, int]:
-    """Per cache state, twice the cache it evicts on the first core this process runs on (when sysfs does not
-    say: 1 MiB private, 32 MiB in all)."""
-    cpu = _first_cpu()
-    return {"evict-private": 2 * (cache_bytes(cpu, True) or 1 << 20),
-            "evict-all": 2 * (cache_bytes(cpu, False) or 32 << 20)}
-
-
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-CACHE_STATES = ("warm", "evict-private", "evict-all")
-
-
-class CacheEvictor:
-    """Reads a buffer larger than the cache to empty, so that what an invocation left there is gone."""
-
-    def __init__(self, size_bytes: int) -> None:
-        # one int64 per 64-byte line is read; the buffer is written once so that its pages exist
-        self.lines = np.ones(max(size_bytes, 64) // 8, dtype=np.int64)[::8]
-
-    def evict(self) -> None:
-        self.lines.sum()
 
 
 def settle(invoke, model: object, max_runs: int, clock: str = "wall") -> int:
@@ -323,19 +281,13 @@ def settle(invoke, model: object, max_runs: int, clock: str = "wall") -> int:
     return max_runs
 
 
-def timed_runs(invoke, model: object, runs: int, min_time_ms: float, clock: str = "wall",
-               prepare=None) -> list[float]:
+def timed_runs(invoke, model: object, runs: int, min_time_ms: float, clock: str = "wall") -> list[float]:
     """Per-invocation times (ms) on ``clock`` (see :data:`CLOCKS`): at least ``runs`` of them, and at least
-    ``min_time_ms`` (wall clock spent invoking) in total. ``prepare(model)``, when given, runs untimed before
-    each invocation and does not count towards ``min_time_ms``."""
+    ``min_time_ms`` (wall clock) in total."""
     times: list[float] = []
     wall, timer = time.perf_counter, CLOCKS[clock]
     deadline = wall() + min_time_ms / 1000.0
     while len(times) < runs or (wall() < deadline and len(times) < MAX_RUNS_PER_ROUND):
-        if prepare is not None:
-            p0 = wall()
-            prepare(model)
-            deadline += wall() - p0
         t0 = timer()
         invoke(model)
         times.append((timer() - t0) * 1000.0)
@@ -350,7 +302,6 @@ def serve(engine: Engine, stdin=None) -> int:
     stdin = stdin or sys.stdin
     models: dict[int, object] = {}
     thread_clock: dict[int, bool] = {}  # handle -> whether "clock": "thread" times it fully
-    evictors: dict[int, CacheEvictor] = {}  # by size in bytes, made on first use
     next_handle = 1
 
     def reply(payload: dict) -> None:
@@ -375,7 +326,7 @@ def serve(engine: Engine, stdin=None) -> int:
                 result = {"runtime": engine.runtime, "protocol": PROTOCOL_VERSION,
                           "versions": {**engine.versions(), "python": platform.python_version()},
                           "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
-                          "cores": os.cpu_count(), "pid": os.getpid(), "evict_bytes": default_evict_bytes(),
+                          "cores": os.cpu_count(), "pid": os.getpid(),
                           "private_cache_bytes": cache_bytes(_first_cpu(), True),
                           "affinity": _affinity()}
                 if request.get("probe"):
@@ -405,21 +356,9 @@ def serve(engine: Engine, stdin=None) -> int:
                     if clock == "thread" and not thread_clock[handle]:
                         raise CommandError("the thread clock misses work this model does on other threads; "
                                            "use the wall clock")
-                    cache = request.get("cache", "warm")
-                    if cache not in CACHE_STATES:
-                        raise CommandError(f"unknown cache state {cache!r}; known: {', '.join(CACHE_STATES)}")
-                    prepare = None
-                    if cache != "warm":
-                        size = int(request.get("evict_bytes") or default_evict_bytes()[cache])
-                        if size not in evictors:
-                            evictors[size] = CacheEvictor(size)
-
-                        def prepare(model: object, evictor: CacheEvictor = evictors[size]) -> None:
-                            evictor.evict()
-                            engine.rewrite_inputs(model)
                     settle(engine.invoke, models[handle], int(request.get("settle_runs", 0)), clock)
                     result = {"times_ms": timed_runs(engine.invoke, models[handle], int(request.get("runs", 1)),
-                                                     float(request.get("min_time_ms", 0.0)), clock, prepare)}
+                                                     float(request.get("min_time_ms", 0.0)), clock)}
             else:
                 raise CommandError(f"unknown command {cmd!r}; known: info, load, warmup, run, unload, quit")
         except KeyError as err:

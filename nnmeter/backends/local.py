@@ -148,12 +148,11 @@ class RunnerSession:
     """A :class:`~nnmeter.backends.protocol.DeviceSession` over a :class:`RunnerProcess`."""
 
     def __init__(self, process: RunnerProcess, threads: int, load_options: dict[str, Any],
-                 clock: str = "wall", cache: str = "warm") -> None:
+                 clock: str = "wall") -> None:
         self.process = process
         self.threads = threads
         self.load_options = load_options
         self.clock = clock  # the protocol's: "auto" times on the thread clock the models the runner offers it for
-        self.cache = cache  # the protocol's; "warm" is the runner's default and is not sent
         self._thread_clock: dict[int, bool] = {}
 
     def load(self, model_path: str) -> int:
@@ -168,8 +167,7 @@ class RunnerSession:
     def run(self, handle: object, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
         thread = self.clock == "auto" and self._thread_clock.get(handle, False)
         return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms, settle_runs=settle_runs,
-                                    **({"clock": "thread"} if thread else {}),
-                                    **({"cache": self.cache} if self.cache != "warm" else {}))["times_ms"]
+                                    **({"clock": "thread"} if thread else {}))["times_ms"]
 
     def close(self) -> None:
         self.process.close()
@@ -295,7 +293,7 @@ class LocalBackend(Backend):
             if progress:
                 progress(done + len(refused), len(models))
 
-        measured = iter(measure_in_batches(lambda: self.open_session(protocol.clock, protocol.cache), measurable,
+        measured = iter(measure_in_batches(lambda: self.open_session(protocol.clock), measurable,
                                            protocol, on_progress))
         return [MeasureResult(m.id, MeasureStatus.ERROR, error=refused[i]) if i in refused else next(measured)
                 for i, m in enumerate(models)]
@@ -310,16 +308,16 @@ class LocalBackend(Backend):
     def open_runner(self) -> RunnerProcess:
         return RunnerProcess(self.runner_script, self.measure_cores, self.config.command_timeout_s)
 
-    def open_session(self, clock: str = "wall", cache: str = "warm") -> RunnerSession:
+    def open_session(self, clock: str = "wall") -> RunnerSession:
         """A new runner process, checked to answer, as a session for :func:`run_round_robin` timing on
-        ``clock`` from the cache state ``cache`` (the protocol's settings)."""
+        ``clock`` (the protocol's setting)."""
         process = self.open_runner()
         try:
             process.request("info", timeout_s=max(STARTUP_TIMEOUT_S, self.config.command_timeout_s))
         except MeasureError:
             process.kill()
             raise
-        return RunnerSession(process, self.config.threads, self.load_options(), clock, cache)
+        return RunnerSession(process, self.config.threads, self.load_options(), clock)
 
     def _refusal(self, model: ModelFile) -> str:
         if model.format not in self.measured_formats:

@@ -32,13 +32,6 @@ no longer adds up to the model. The CPU time of the invoking thread does not cou
 the slices other processes take (mobilenetv2 at 160 px: 7.9 ms wall, 3.9 ms CPU
 on a shared core; 3.85 ms both alone).
 
-Why ``cache: warm`` is the default: evicting the private caches before each invocation
-(``evict-private``) changes a standalone kernel by a few percent and leaves the gap
-between a whole model and the sum of its kernels as it was (9.8 % -> 9.7 % on 10 models);
-evicting the last-level cache too (``evict-all``) overshoots (+8 % on average). Inside a
-model, weights come from memory or from the last-level cache depending on the model's
-size (docs/measurement.md, "Additivity and the cache state").
-
 Why the re-measure criterion is the confidence interval of the median and not
 the spread: on a bimodal host the inter-quartile range of the rounds stays
 large however long one measures (it reflects the two states), while the
@@ -106,22 +99,12 @@ class MeasurementProtocol:
                                  "where the whole inference runs on it (tflite-local with 1 thread), so that "
                                  "other processes sharing the measuring core do not inflate it, else the wall "
                                  "clock; 'wall' = always the wall clock", choices=("auto", "wall"))
-    cache: str = setting("warm", "the cache state each timed invocation starts in (tflite-local): 'warm' = "
-                                 "invocations back to back, weights stay in the caches; 'evict-private' = the "
-                                 "core's private caches (L2) evicted, then the inputs written, as a kernel inside a "
-                                 "model that fits the last-level cache; 'evict-all' = the last-level cache evicted "
-                                 "too (weights from memory, as inside a model larger than it; ~1.5 ms of "
-                                 "eviction per invocation here: use min_round_ms 0)",
-                         choices=("warm", "evict-private", "evict-all"))
 
     def key(self) -> str:
         """A short stable id of the settings that change the numbers (the store keys on it)."""
         paced = ("min_batch_s", "whole_model_batch_s")  # when rounds run, not how: the numbers keep their key
         significant = {k: v for k, v in asdict(self).items()
                        if k not in ("batch_size", "cooldown_s", "anchors", *paced)}
-        for name, old_default in (("cache", "warm"), ("statistic", "median"), ("settle_runs", 0)):
-            if significant[name] == old_default:  # added later: measurements taken before it keep their key
-                del significant[name]
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
 
     def for_whole_models(self) -> "MeasurementProtocol":

@@ -17,7 +17,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Mapping
 
 from nnmeter.backends.base import Backend
-from nnmeter.errors import BackendError, ConfigError
+from nnmeter.errors import BackendError, ConfigError, NnmeterError
 from nnmeter.schema import load_section
 
 GROUP = "nnmeter.backends"
@@ -48,10 +48,10 @@ def backend_names() -> list[str]:
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The class registered as ``name``; BackendError if unknown or if it cannot be imported."""
+    """The class registered as ``name``; NnmeterError if unknown, BackendError if it cannot be imported."""
     points = _entry_points()
     if name not in points:
-        raise BackendError(f"{name!r} is not a backend; known: {', '.join(points)}",
+        raise NnmeterError(f"{name!r} is not a backend; known: {', '.join(points)}",
                            hint="`nnmeter-build backends` lists them and whether each is usable here")
     try:
         cls = points[name].load()
@@ -82,7 +82,7 @@ def load_backend_config(name: str, options: Mapping[str, Any] | None, *, source:
     """The backend's ``Config`` from its YAML section (``name`` is skipped); ConfigError at the bad key."""
     try:
         cls = backend_class(name)
-    except BackendError as err:
+    except NnmeterError as err:  # unknown, or its package cannot be imported: the key to change is the name
         raise ConfigError(source, f"{key_path}.name", err.message, err.hint) from err
     options = {k: v for k, v in (options or {}).items() if k != "name"}
     config = load_section(cls.Config, options, source=source, path=key_path)

@@ -37,7 +37,7 @@ from nnmeter.backends.base import (Backend, ConversionJob, ConversionResult, Mea
                                    OpTime, ProgressCallback, measure_in_batches)
 from nnmeter.backends.conversion import ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
-from nnmeter.errors import BackendError
+from nnmeter.errors import BackendError, NnmeterError
 from nnmeter.schema import setting
 
 T = TypeVar("T")
@@ -509,7 +509,7 @@ class SSHTransport(Transport):
 
         cfg = self.config
         if not cfg.host:
-            raise BackendError("backend.host is empty", hint="set backend.host to the board's name or address")
+            raise NnmeterError("backend.host is empty", hint="set backend.host to the board's name or address")
         known_hosts = Path(os.path.expanduser(cfg.known_hosts))
         client = paramiko.SSHClient()
         if known_hosts.exists():
@@ -520,7 +520,7 @@ class SSHTransport(Transport):
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         key_file = os.path.expanduser(cfg.key_file) if cfg.key_file else None
         if key_file and not Path(key_file).is_file():
-            raise BackendError(f"backend.key_file: {key_file} does not exist",
+            raise NnmeterError(f"backend.key_file: {key_file} does not exist",
                                hint="point backend.key_file at the private key, or leave it empty to use the agent")
         try:
             client.connect(cfg.host, port=cfg.port, username=self.user, key_filename=key_file,

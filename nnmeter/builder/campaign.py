@@ -16,13 +16,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 
+from nnmeter.backends import backend_class, backend_names, load_backend_config
 from nnmeter.backends.protocol import MeasurementProtocol
-from nnmeter.builder.settings import EvaluationSettings, KernelTrainingSettings
 from nnmeter.errors import ConfigError
-from nnmeter.rule_tester.settings import RuleTestSettings
+from nnmeter.evaluation import EvaluationSettings
+from nnmeter.rule_tester import RuleTestSettings
 from nnmeter.schema import load_section
+from nnmeter.training import KernelTrainingSettings
 
 #: The sections of campaign.yaml other than ``backend``, and the settings class of each.
 SECTIONS: dict[str, type] = {
@@ -32,6 +35,15 @@ SECTIONS: dict[str, type] = {
     "evaluation": EvaluationSettings,
 }
 TOP_LEVEL_KEYS = ("backend", *SECTIONS)
+
+#: Keys (section, key) and values (section, key, value) that earlier versions took and this one refuses, with
+#: what to do instead: experiments that did not become features.
+REMOVED_KEYS = {
+    ("protocol", "cache"): "removed (an experiment); invocations are timed warm, back to back: delete the key",
+}
+REMOVED_VALUES = {
+    ("kernels", "regressor", "et-cost-ratio"): "removed (an experiment); use gbt-cost-ratio, the default",
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,6 @@ class Campaign:
 
 def load_campaign(path: Path | str) -> Campaign:
     """Read and validate ``path``; :class:`ConfigError` names the file, key path, bad value and what is valid."""
-    from nnmeter.backends import backend_names, load_backend_config
-
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -75,8 +85,19 @@ def load_campaign(path: Path | str) -> Campaign:
                           "list them with: nnmeter-build backends")
     options = load_backend_config(name, {k: v for k, v in backend.items() if k != "name"},
                                   source=source, key_path="backend")
+    _refuse_removed(data, source)
     sections = {key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()}
     return Campaign(source=path, backend_name=name, backend_options=options, **sections)
+
+
+def _refuse_removed(data: dict, source: str) -> None:
+    """A ConfigError naming the first key or value that an earlier version took and this one removed."""
+    for (section, key), why in REMOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(source, f"{section}.{key}", why)
+    for (section, key, value), why in REMOVED_VALUES.items():
+        if isinstance(data.get(section), dict) and data[section].get(key) == value:
+            raise ConfigError(source, f"{section}.{key}", f"{value!r} was {why}")
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -93,10 +114,6 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def render_campaign(backend_name: str) -> str:
     """The text of a campaign.yaml for ``backend_name`` with every key at its default, each commented."""
-    import jinja2
-
-    from nnmeter.backends import backend_class, backend_names
-
     names = backend_names()
     if backend_name not in names:
         raise ConfigError("--backend", "", f"{backend_name!r} is not a backend; known: {', '.join(names)}",

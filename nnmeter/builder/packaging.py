@@ -1,6 +1,6 @@
 """``nnmeter-build package``: a workspace's trained kernel regressors and fusion rules as a predictor artifact.
 
-Reads what :mod:`nnmeter.builder.training` recorded for the latest training setup
+Reads what :mod:`nnmeter.builder.kernels` recorded for the latest training setup
 (device, backend, protocol), checks each regressor file against the checksum
 recorded when it was trained, and writes the folder of
 :mod:`nnmeter.predictor.artifact` (by default ``ws/predictor``).
@@ -23,22 +23,27 @@ artifact records an overhead of 0 and no model correction, and the result says s
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import nnls
 
-from nnmeter.builder.training import kernels_to_train, trained_kernels
+from nnmeter.builder.kernels import kernels_to_train, trained_kernels
+from nnmeter.builder.workspace import Workspace
 from nnmeter.errors import NnmeterError
+from nnmeter.evaluation import build_zoo_model, evaluation_set
+from nnmeter.measurement import MeasuringSession, ModelSpec, kernel_spec
 from nnmeter.predictor.artifact import KernelPayload, ModelCorrection, sha256_file, write_artifact
+from nnmeter.predictor.converters import to_graph
+from nnmeter.predictor.detection import detect
+from nnmeter.predictor.engine import refetched_weight_bytes, weight_bytes
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
 from nnmeter.predictor.regressor_format import load_ensemble
 from nnmeter.predictor.rules import FusionRules, default_rules, load_rules
-
-if TYPE_CHECKING:
-    from nnmeter.builder.workspace import Workspace
+from nnmeter.progress import SILENT, Reporter
 
 
 @dataclass(frozen=True)
@@ -62,27 +67,19 @@ class PackageResult:
         return f"{overhead}; {correction}"
 
 
-def default_artifact_dir(ws: "Workspace") -> Path:
-    return ws.predictor_dir
-
-
 #: The trivial model whose latency is the device's fixed cost of one invocation: a one-element add.
 OVERHEAD_KERNEL = ("add", {"HW": 1, "CIN": 1})
 
 
-def invoke_overhead_ms(ws: "Workspace", backend: Any) -> float:
-    """The fixed cost of one invocation on the campaign's device and protocol: the latency of
+def invoke_overhead_ms(session: MeasuringSession) -> float:
+    """The fixed cost of one invocation on the session's device and protocol: the latency of
     :data:`OVERHEAD_KERNEL`, converted and measured through the store like every kernel (a stored
     measurement is reused). Raises NnmeterError when the device cannot measure it."""
-    from nnmeter.builder.measuring import measure_models
-    from nnmeter.builder.models import kernel_spec, prepare_models
-
-    prepared = prepare_models(ws, backend, [kernel_spec(*OVERHEAD_KERNEL)])[0]
-    if not prepared.ok:
+    prepared = session.prepare([kernel_spec(*OVERHEAD_KERNEL)], progress=lambda *_: None)[0]
+    if prepared.record is None or not prepared.ok:
         raise NnmeterError(f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: "
                            f"{prepared.error}")
-    record = measure_models(ws.store, backend, [prepared.record], ws.campaign.protocol,
-                            workspace_root=ws.root, progress=lambda *_: None)[0]
+    record = session.measure([prepared.record], progress=lambda *_: None)[0]
     if record.latency_ms is None:
         raise NnmeterError(f"the trivial model could not be measured: {record.status.value}: {record.error}")
     return record.latency_ms
@@ -136,8 +133,6 @@ def _fitted_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, r: np.ndarra
                        weight: bool, private_cache_mb: float) -> ModelCorrection:
     """One form of :func:`fit_model_correction`: the factor (else 1), the refetch term and the weight term (each
     else 0) that fit best on relative error, for the weight term at the best of the candidate thresholds."""
-    from scipy.optimize import nnls
-
     if not (scale or refetch or weight):
         return ModelCorrection(0.0, 0.0)
     best: tuple[float, np.ndarray, float] | None = None
@@ -170,11 +165,12 @@ class CalibrationModel:
     refetched_mb: float = 0.0  # see :func:`nnmeter.predictor.engine.refetched_weight_bytes`
 
 
-def calibrate_model_correction(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
+def calibrate_model_correction(session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules,
                                overhead_ms: float) -> ModelCorrection:
     """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
-    private_cache_mb = private_cache_bytes(backend.device_info.facts) / 1e6
-    rows = calibration_models(ws, backend, kernel_types, rules, overhead_ms, private_cache_mb)
+    info = session.backend.device_info
+    private_cache_mb = private_cache_bytes(info.facts if info is not None else {}) / 1e6
+    rows = calibration_models(session, kernel_types, rules, overhead_ms, private_cache_mb)
     if len(rows) < MIN_CALIBRATION_MODELS:
         planned = CALIBRATION_PER_FAMILY * sum(len(families) for families, _ in CALIBRATION_SETS)
         raise NnmeterError(f"only {len(rows)} of {planned} calibration "
@@ -193,25 +189,16 @@ def private_cache_bytes(facts: Mapping[str, str]) -> float:
         return 0.0
 
 
-def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str], rules: FusionRules,
+def calibration_models(session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules,
                        overhead_ms: float, private_cache_mb: float = 0.0) -> list[CalibrationModel]:
     """Measure the calibration models whole and kernel by kernel, each model next to its kernels (through the
     store: stored measurements are reused); the models that could be, with their numbers."""
-    from nnmeter.builder.measuring import measure_models
-    from nnmeter.builder.models import ModelSpec, kernel_spec, prepare_models
-    from nnmeter.builder.zoo import build_zoo_model, evaluation_set
-    from nnmeter.predictor.converters import to_graph
-    from nnmeter.predictor.detection import detect
-    from nnmeter.predictor.engine import refetched_weight_bytes, weight_bytes
-
-    protocol = ws.campaign.protocol
     zoo = [m for families, resolutions in CALIBRATION_SETS
            for m in evaluation_set(families, CALIBRATION_PER_FAMILY, resolutions, CALIBRATION_SEED)]
     specs = [ModelSpec("evaluation", f"calibration-{m.name}", {"family": m.family, "purpose": "calibration",
                                                                **m.params},
                        build_zoo_model, (m.family, f"calibration-{m.name}", dict(m.params))) for m in zoo]
-    with _bar("converting calibration models") as progress:
-        prepared = [p for p in prepare_models(ws, backend, specs, progress=progress) if p.ok]
+    prepared = [p for p in session.prepare(specs, description="converting calibration models") if p.ok]
     detected = []  # the models the packaged kernels predict entirely, with their kernels
     for p in prepared:
         try:
@@ -221,17 +208,13 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
         if detection.kernels and not detection.unsupported:
             detected.append((p, detection.kernels))
     kernel_specs = [[kernel_spec(k.kernel, k.config) for k in kernels] for _, kernels in detected]
-    with _bar("converting their kernels") as progress:
-        prepared_kernels = iter(prepare_models(ws, backend, [s for specs in kernel_specs for s in specs],
-                                               progress=progress))
+    prepared_kernels = iter(session.prepare([s for specs in kernel_specs for s in specs],
+                                            description="converting their kernels"))
     kernels_of = [[next(prepared_kernels) for _ in specs] for specs in kernel_specs]
-    # Each model is measured next to its kernels, in their batch or (where a batch boundary falls among them) the
-    # one that follows seconds later: the correction is the ratio of the two, and a batch of the models alone
-    # once ran in a slow period of the host, 9 % slower than the same models in another run whose kernels
-    # measured as fast as these (the correction came out x 1.14 and the evaluation +-10 % 52 %).
+    # each model is measured next to its kernels, in their batch or the one that follows seconds later: the
+    # correction is the ratio of the two, and a batch of the models alone can sit in a slow period of the host
     order = [r for (p, _), ks in zip(detected, kernels_of) for r in [p.record, *(k.record for k in ks if k.ok)]]
-    measured = measure_models(ws.store, backend, order, protocol, workspace_root=ws.root,
-                              description="measuring calibration models with their kernels") if order else []
+    measured = session.measure(order, description="measuring calibration models with their kernels") if order else []
     latency = {m.model_id: m.latency_ms for m in measured}
     rows = []
     for (p, kernels), ks in zip(detected, kernels_of):
@@ -245,19 +228,9 @@ def calibration_models(ws: "Workspace", backend: Any, kernel_types: Sequence[str
     return rows
 
 
-@contextmanager
-def _bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar fed by ``progress(done, total)`` callbacks."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str | None = None,
+def package_workspace(ws: Workspace, out_dir: Path | None = None, *, name: str | None = None,
                       version: str = "1.0", kernels: Sequence[str] | None = None,
-                      overwrite: bool = False) -> PackageResult:
+                      overwrite: bool = False, reporter: Reporter = SILENT) -> PackageResult:
     """Write the predictor artifact of ``ws``; NnmeterError when nothing (valid) is trained."""
     setup, results = trained_kernels(ws)
     if setup is None or not results:
@@ -282,17 +255,19 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
         if not path.is_file() or sha256_file(path) != result.sha256:
             raise NnmeterError(f"{path}: missing or changed since kernel {kernel} was trained",
                                f"train it again: nnmeter-build train {ws.root} --kernel {kernel}")
-        payloads[kernel] = KernelPayload(load_ensemble(path), samples=result.samples, metrics=result.metrics)
+        payloads[kernel] = KernelPayload(load_ensemble(path), samples=result.samples,
+                                         metrics=result.metrics.to_dict())
     rules_path = ws.rules_file
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
-    out = Path(out_dir) if out_dir is not None else default_artifact_dir(ws)
+    out = Path(out_dir) if out_dir is not None else ws.predictor_dir
     overhead, overhead_error, correction, correction_error = 0.0, "", None, ""
     try:
         with ws.connect() as backend:
-            overhead = invoke_overhead_ms(ws, backend)
+            session = ws.session(backend, reporter=reporter)
+            overhead = invoke_overhead_ms(session)
             try:
-                correction = calibrate_model_correction(ws, backend, list(payloads), rules, overhead)
+                correction = calibrate_model_correction(session, list(payloads), rules, overhead)
             except NnmeterError as err:
                 correction_error = str(err)
     except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit off
@@ -311,6 +286,4 @@ def package_workspace(ws: "Workspace", out_dir: Path | None = None, *, name: str
 
 def _default_name(backend: str, device: str) -> str:
     """``<backend>-<device>`` made safe as a folder and registry name."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{backend}-{device}").strip("-")

@@ -13,15 +13,17 @@ import datetime as _dt
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import jinja2
 
 from nnmeter import __version__
-from nnmeter.builder import svg
-from nnmeter.builder.evaluation import EVALUATION_FILE, METHODS, NNMETER, EvaluationResult
-
-if TYPE_CHECKING:
-    from nnmeter.builder.workspace import Workspace
-    from nnmeter.predictor.rules import FusionRules
+from nnmeter.builder import state, svg
+from nnmeter.builder.evaluate import EVALUATION_FILE
+from nnmeter.builder.workspace import Workspace
+from nnmeter.evaluation import METHODS, NNMETER, EvaluationResult
+from nnmeter.predictor.artifact import MANIFEST, read_manifest
+from nnmeter.predictor.rules import MON_NAMES, FusionRules, load_rules
 
 REPORT_FILE = "index.html"
 
@@ -65,8 +67,6 @@ def render_report(*, title: str, workspace: str, evaluation: EvaluationResult | 
                   steps: Sequence[StepCost] = (), samples: Sequence[KernelSamples] = (),
                   device: Mapping[str, Any] | None = None, generated_at: str | None = None) -> str:
     """The report's HTML from plain values (no workspace needed: tests render synthetic data)."""
-    import jinja2
-
     template = resources.files("nnmeter.builder").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     total = sum(s.device_minutes for s in steps)
@@ -115,8 +115,6 @@ def _evaluation_context(result: EvaluationResult) -> dict[str, Any]:
 
 
 def _rules_context(rules: FusionRules) -> dict[str, Any]:
-    from nnmeter.predictor.rules import MON_NAMES
-
     rows = []
     for rule in sorted(rules.pairs.values(), key=lambda r: (r.op1, r.op2)):
         fused = "undecided" if rule.obey is None else ("fused" if rule.obey else "separate")
@@ -133,7 +131,7 @@ def _rules_context(rules: FusionRules) -> dict[str, Any]:
 # --- gathering from a workspace ----------------------------------------------
 
 
-def campaign_cost(ws: "Workspace") -> tuple[list[StepCost], list[KernelSamples]]:
+def campaign_cost(ws: Workspace) -> tuple[list[StepCost], list[KernelSamples]]:
     """Device minutes per step and samples per kernel, from the newest measurement of each model.
 
     Counts every device/backend/protocol setup the store holds; an evaluation model measured
@@ -154,10 +152,10 @@ def campaign_cost(ws: "Workspace") -> tuple[list[StepCost], list[KernelSamples]]
                 k = per_kernel.setdefault(str(model.config.get("kernel", model.name)), [0, 0.0])
                 k[0] += 1 if meas.status.has_latency else 0
                 k[1] += meas.device_seconds
-    first_pass = store.get_state("evaluation/first-pass", {}) or {}
-    if first_pass and "evaluation" in per_step:
-        per_step["evaluation"][1] += len(first_pass.get("latency_ms", {}))
-        per_step["evaluation"][3] += float(first_pass.get("device_seconds", 0.0))
+    if "evaluation" in per_step:  # the first of the evaluation's two passes, per setup
+        for first_pass in (store.get_state(state.EVALUATION_FIRST_PASS, {}) or {}).values():
+            per_step["evaluation"][1] += len(first_pass.get("latency_ms", {}))
+            per_step["evaluation"][3] += float(first_pass.get("device_seconds", 0.0))
     order = list(STEP_OF_KIND.values())
     steps = [StepCost(step, int(v[0]), int(v[1]), int(v[2]), v[3] / 60)
              for step, v in sorted(per_step.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
@@ -165,11 +163,9 @@ def campaign_cost(ws: "Workspace") -> tuple[list[StepCost], list[KernelSamples]]
     return steps, samples
 
 
-def write_report(ws: "Workspace", evaluation_path: Path | None = None, out: Path | None = None) -> Path:
+def write_report(ws: Workspace, evaluation_path: Path | None = None, out: Path | None = None) -> Path:
     """Render ``out`` (default ``ws/reports/index.html``) from what the workspace holds, with the evaluation
     at ``evaluation_path`` (default ``ws/reports/evaluation.json``); its path."""
-    from nnmeter.predictor.rules import load_rules
-
     evaluation_path = evaluation_path or ws.reports_dir / EVALUATION_FILE
     evaluation = EvaluationResult.load(evaluation_path) if evaluation_path.is_file() else None
     rules_path = ws.rules_file
@@ -189,15 +185,12 @@ def write_report(ws: "Workspace", evaluation_path: Path | None = None, out: Path
     return out
 
 
-def _predictor_facts(ws: "Workspace") -> tuple[list[KernelRow], dict[str, Any]]:
+def _predictor_facts(ws: Workspace) -> tuple[list[KernelRow], dict[str, Any]]:
     """Kernel rows and device facts from the packaged predictor's manifest (none before packaging).
 
     The kernel metrics are the builder's held-out scores (``LatencyMetrics``: rmse_ms, rmspe, acc5, acc10).
     """
-    from nnmeter.builder.packaging import default_artifact_dir
-    from nnmeter.predictor.artifact import MANIFEST, read_manifest
-
-    folder = default_artifact_dir(ws)
+    folder = ws.predictor_dir
     if not (folder / MANIFEST).is_file():
         return [], {}
     manifest = read_manifest(folder)

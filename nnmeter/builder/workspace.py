@@ -4,7 +4,7 @@
 
     ws/
       campaign.yaml   what to build and how (validated on every open)
-      store.sqlite    every model and measurement (see :mod:`nnmeter.builder.store`)
+      store.sqlite    every model and measurement (see :mod:`nnmeter.measurement.store`)
       models/         generated, converted and user models, named by content hash
       rules/          fusion rules
       predictor/      the built predictor artifact
@@ -17,15 +17,16 @@ import shutil
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from nnmeter.backends import connect_backend
+from nnmeter.backends.base import Backend
+from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.campaign import Campaign, load_campaign, render_campaign
-from nnmeter.builder.store import ModelRecord, Store, hash_file
 from nnmeter.errors import ModelFileError, NnmeterError
+from nnmeter.measurement import MeasuringSession, ModelRecord, Store, hash_file
+from nnmeter.progress import SILENT, Reporter
 from nnmeter.schema import section_to_dict
-
-if TYPE_CHECKING:
-    from nnmeter.backends.base import Backend
 
 CAMPAIGN_FILE = "campaign.yaml"
 STORE_FILE = "store.sqlite"
@@ -138,12 +139,17 @@ class Workspace:
             self._store = Store(self.store_path)
         return self._store
 
-    def connect(self) -> "Backend":
+    def connect(self) -> Backend:
         """The campaign's backend, connected (its ``device_info`` filled in)."""
-        from nnmeter.backends import connect_backend
-
         return connect_backend(self.campaign.backend_name, section_to_dict(self.campaign.backend_options),
                                source=str(self.campaign_path), key_path="backend")
+
+    def session(self, backend: Backend, *, protocol: MeasurementProtocol | None = None, workers: int | None = None,
+                reporter: Reporter = SILENT) -> MeasuringSession:
+        """A measuring session on ``backend`` (connected) that keeps models and measurements in this workspace,
+        with the campaign's protocol unless ``protocol`` is given."""
+        return MeasuringSession(self.store, self.root, backend, protocol or self.campaign.protocol, workers,
+                                reporter)
 
     def add_user_models(self, paths: Sequence[Path | str]) -> list[ModelRecord]:
         """Copy user model files into models/user/ and record them (kind 'user'), one record per path.
@@ -205,7 +211,7 @@ def model_file_format(path: Path) -> str:
 
 def _is_onnx(path: Path) -> bool:
     """An ONNX protobuf with a graph (protobuf parses much garbage without error, so look for nodes)."""
-    import onnx
+    import onnx  # 0.8 s to import: only when an .onnx file is given
 
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -4,12 +4,9 @@
 on first use, so that sampling configs does not import TensorFlow.
 """
 
-from __future__ import annotations
+from nnmeter.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "build_kernel": "builders", "build_kernel_model": "builders", "KernelModel": "builders",
     "build_op_layer": "builders", "OpParams": "builders", "OP_BUILDERS": "builders",
     "TestShapes": "pairs", "build_single": "pairs", "build_pair": "pairs", "build_chain": "pairs",
@@ -17,12 +14,4 @@ _EXPORTS = {
     "UnconnectablePair": "pairs", "MON_CASES": "pairs",
     "sample_configs": "samplers", "SAMPLERS": "samplers",
     "model_id": "cache",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+})

@@ -1,11 +1,11 @@
-"""Run the fusion test on a workspace: plan the cases, build and measure their models, decide, write the rules.
+"""Run the fusion test in a measuring session: plan the cases, build and measure their models, decide the rules.
 
 Every case is measured in ``rules.passes`` independent passes: in each pass the
 cases are packed into batches (a case's models always together, their rounds
 interleaved, so a slow period of the host hits them alike), every batch loads its
 models anew, and consecutive passes run the batches in opposite orders. A pass of a
 case is stored as its own measurement series (``rules:pass<N>:<batch digest>``, see
-:mod:`nnmeter.builder.store`), so a killed run resumes where it stopped and a second
+:mod:`nnmeter.measurement.store`), so a killed run resumes where it stopped and a second
 run reuses every pass (``remeasure=True`` takes new ones). The decision's interval
 covers the spread between passes (:mod:`nnmeter.rule_tester.detection`); a case
 whose interval contains 0 gets one more pass at a time, up to
@@ -18,15 +18,14 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from nnmeter.predictor.rules import FusionRules, MonRule, PairRule, save_rules
+from nnmeter.backends.protocol import MeasurementProtocol
+from nnmeter.measurement import MeasuringSession, ModelRecord, ModelSpec
+from nnmeter.predictor.rules import FusionRules, MonRule, PairRule
 from nnmeter.rule_tester.cases import MON_DEPENDENCY, CasePlan, MonCase, PairCase, describe_plan, plan_cases
 from nnmeter.rule_tester.detection import MonPass, PairPass, decide_mon, decide_pair
-
-if TYPE_CHECKING:
-    from nnmeter.builder.workspace import Workspace
+from nnmeter.rule_tester.settings import RuleTestSettings
 
 #: Models converted per call of prepare_models: what a killed run can lose of its conversion work.
 CONVERSION_CHUNK = 48
@@ -36,8 +35,9 @@ KIND = "rule-case"
 
 @dataclass(frozen=True)
 class RuleTestReport:
+    """The decided rules and how they were reached."""
+
     rules: FusionRules
-    path: Path
     plan: CasePlan
     remeasure_passes: int  # extra passes measured for cases inside the noise
     seconds: float
@@ -98,77 +98,67 @@ def decide_mon_case(case: MonCase, evidence: Evidence, empty: str, dependency: P
                        for p in passes])
 
 
-def run_rule_test(workspace: "Workspace", *, workers: int | None = None, remeasure: bool = False,
-                  console=None) -> RuleTestReport:
-    """Measure the campaign's fusion test cases on its backend and write ``rules/fusion_rules.json``."""
+def run_rule_test(session: MeasuringSession, settings: RuleTestSettings, *, remeasure: bool = False,
+                  ) -> RuleTestReport:
+    """Measure the fusion test cases of ``settings`` in ``session`` (its store, backend and protocol) and decide
+    the rules; ``remeasure`` takes new passes instead of reusing the store's."""
     started = time.monotonic()
-    campaign = workspace.campaign
-    settings, protocol = campaign.rules, campaign.protocol
+    reporter, protocol = session.reporter, session.protocol
     plan = plan_cases(settings)
-    _say(console, f"fusion test: {describe_plan(plan)}, {settings.passes} passes each")
-    backend = workspace.connect()
-    try:
-        prepared = _prepare(workspace, backend, plan, workers)
-        evidence = Evidence(errors=dict(prepared.errors))
-        cases = [((c.op1, c.op2), c.models + (plan.empty,)) for c in plan.pairs if not c.error]
-        if plan.mon is not None:
-            cases.append((MON, plan.mon.models + (plan.empty,)))
-        # a case's models must fit one batch (batch_size does not change the protocol key)
-        largest = max([len(models) for _, models in cases], default=1)
-        batch_protocol = dataclasses.replace(protocol, batch_size=max(protocol.batch_size, largest))
+    reporter.note(f"fusion test: {describe_plan(plan)}, {settings.passes} passes each")
+    prepared = _prepare(session, plan)
+    evidence = Evidence(errors=dict(prepared.errors))
+    cases = [((c.op1, c.op2), c.models + (plan.empty,)) for c in plan.pairs if not c.error]
+    if plan.mon is not None:
+        cases.append((MON, plan.mon.models + (plan.empty,)))
+    # a case's models must fit one batch (batch_size does not change the protocol key)
+    largest = max([len(models) for _, models in cases], default=1)
+    batch_protocol = dataclasses.replace(protocol, batch_size=max(protocol.batch_size, largest))
 
-        def measure_pass(index: int, cases: list[CaseModels], description: str) -> None:
-            _measure_pass(workspace, backend, prepared, evidence, batch_protocol, index, cases, remeasure,
-                          description)
+    def measure_pass(index: int, cases: list[CaseModels], description: str) -> None:
+        _measure_pass(session, prepared, evidence, batch_protocol, index, cases, remeasure, description)
 
-        for index in range(1, settings.passes + 1):
-            measure_pass(index, cases, f"pass {index} of {settings.passes}")
+    for index in range(1, settings.passes + 1):
+        measure_pass(index, cases, f"pass {index} of {settings.passes}")
+    pairs, mon = decide(plan, evidence, settings.alpha)
+    extra = 0
+    while extra < settings.max_remeasures:
+        uncertain = _uncertain_cases(plan, pairs, mon)
+        if not uncertain:
+            break
+        extra += 1
+        reporter.note(f"{len(uncertain)} cases inside the noise: one more pass "
+                      f"({extra} of at most {settings.max_remeasures})")
+        measure_pass(settings.passes + extra, uncertain, f"extra pass {extra}")
         pairs, mon = decide(plan, evidence, settings.alpha)
-        extra = 0
-        while extra < settings.max_remeasures:
-            uncertain = _uncertain_cases(plan, pairs, mon)
-            if not uncertain:
-                break
-            extra += 1
-            _say(console, f"{len(uncertain)} cases inside the noise: one more pass "
-                          f"({extra} of at most {settings.max_remeasures})")
-            measure_pass(settings.passes + extra, uncertain, f"extra pass {extra}")
-            pairs, mon = decide(plan, evidence, settings.alpha)
-        info = backend.device_info
-        rules = FusionRules(
-            pairs=pairs, mon=mon, device=info.device, backend=backend.name, runtime=info.runtime,
-            protocol={"key": protocol.key(), **dataclasses.asdict(protocol)}, alpha=settings.alpha,
-            source="measured",
-        )
-    finally:
-        backend.close()
-    path = save_rules(rules, workspace.rules_file)
-    return RuleTestReport(rules, path, plan, extra, time.monotonic() - started)
+    info = session.backend.device_info
+    assert info is not None
+    rules = FusionRules(
+        pairs=pairs, mon=mon, device=info.device, backend=session.backend.name, runtime=info.runtime,
+        protocol={"key": protocol.key(), **dataclasses.asdict(protocol)}, alpha=settings.alpha,
+        source="measured",
+    )
+    return RuleTestReport(rules, plan, extra, time.monotonic() - started)
 
 
-def _measure_pass(workspace: "Workspace", backend, prepared: "_Prepared", evidence: Evidence, protocol,
-                  index: int, cases: list[CaseModels], remeasure: bool, description: str) -> None:
+def _measure_pass(session: MeasuringSession, prepared: "_Prepared", evidence: Evidence,
+                  protocol: MeasurementProtocol, index: int, cases: list[CaseModels], remeasure: bool,
+                  description: str) -> None:
     """Measure pass ``index`` of ``cases``: one batch per pack of cases, each stored as its own series."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from nnmeter.builder.measuring import measure_models
-
     packs = list(_packs(cases, protocol.batch_size))
     backwards = index % 2 == 0  # even passes run the batches, and the models in them, in the opposite order
     if backwards:
         packs.reverse()
     sizes = [len({m for _, models in pack for m in models}) for pack in packs]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(f"measuring rule cases, {description}", total=sum(sizes))
+    with session.reporter.task(f"measuring rule cases, {description}", sum(sizes)) as task:
         for done, pack in zip([sum(sizes[:i]) for i in range(len(sizes))], packs):
             names = list(dict.fromkeys(m for _, models in pack for m in models))
             if backwards:
                 names.reverse()
             records = [prepared.records[n] for n in names if n in prepared.records]
             series = f"rules:pass{index}:" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
-            results = measure_models(workspace.store, backend, records, protocol, workspace_root=workspace.root,
-                                     remeasure=remeasure, series=series,
-                                     progress=lambda n, _t, done=done: bar.update(task, completed=done + n))
+            results = session.measure(records, protocol=protocol, remeasure=remeasure, series=series,
+                                      progress=lambda n, _t, done=done: task.update(done + n))
             measured: dict[str, list[float]] = {}
             for record, result in zip(records, results):
                 if result.stats is not None and result.status.has_latency:
@@ -181,29 +171,23 @@ def _measure_pass(workspace: "Workspace", backend, prepared: "_Prepared", eviden
 
 @dataclass
 class _Prepared:
-    records: dict = field(default_factory=dict)  # model name -> ModelRecord
+    records: dict[str, ModelRecord] = field(default_factory=dict)  # model name -> its record
     errors: dict[str, str] = field(default_factory=dict)  # model name -> conversion error
 
 
-def _prepare(workspace: "Workspace", backend, plan: CasePlan, workers: int | None) -> _Prepared:
+def _prepare(session: MeasuringSession, plan: CasePlan) -> _Prepared:
     """Build and convert every model of the plan (reusing what the store has), in chunks so a kill loses little."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from nnmeter.builder.models import ModelSpec, prepare_models
-
     specs = [ModelSpec(KIND, m.name, m.config, m.build, m.build_args) for m in plan.models.values()]
     out = _Prepared()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task("building and converting rule cases", total=len(specs))
+    with session.reporter.task("building and converting rule cases", len(specs)) as task:
         for start in range(0, len(specs), CONVERSION_CHUNK):
             chunk = specs[start:start + CONVERSION_CHUNK]
-            for p in prepare_models(workspace, backend, chunk, workers,
-                                    progress=lambda done, _t: bar.update(task, completed=start + done)):
-                if p.ok:
+            for p in session.prepare(chunk, progress=lambda done, _t: task.update(start + done)):
+                if p.record is not None and p.ok:
                     out.records[p.spec.name] = p.record
                 else:
                     out.errors[p.spec.name] = f"conversion failed: {p.error}"
-            bar.update(task, completed=start + len(chunk))
+            task.update(start + len(chunk))
     return out
 
 
@@ -230,7 +214,3 @@ def _packs(cases: list[CaseModels], batch_size: int):
     if pack:
         yield pack
 
-
-def _say(console, text: str) -> None:
-    if console is not None:
-        console.print(text)

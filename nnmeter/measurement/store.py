@@ -15,12 +15,11 @@ batch) names each one with a series of its own, so they sit side by side and a
 run resumes and reuses each of them.
 
 A measurement also records the ``batch`` it was taken in (the models measured
-together). Batches hold the drift anchors (kind 'anchor', see
-:mod:`nnmeter.builder.measuring`); :meth:`Store.drift_factors` compares each batch's
-anchors with their median over all batches, and the records the store returns carry
-that factor, so ``latency_ms`` is the latency at the device's typical speed. How much of
-the factor applies is fitted on the workspace's repeated measurements
-(:meth:`Store.drift_check`): all of it where the anchors' drift is the other models'.
+together, with the drift anchors: :mod:`nnmeter.measurement.drift`). A batch is
+stored whole by :meth:`Store.add_batch`, which decides its drift factor there and
+then from the anchors and the repeated measurements stored before it; the factor is
+written with every measurement of the batch and never recomputed, so a stored
+measurement reads the same forever.
 """
 
 from __future__ import annotations
@@ -28,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import sqlite3
-import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from nnmeter.backends.base import LATENCY_STATUSES, MeasureResult, MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats
+from nnmeter.measurement import drift
 from nnmeter.errors import NnmeterError
 
 #: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model,
@@ -95,13 +93,32 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE measurements ADD COLUMN batch TEXT NOT NULL DEFAULT '';
     """,
+    # 5: each batch's drift factor, decided when it is stored and kept with its measurements
+    """
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        protocol_key TEXT NOT NULL,
+        anchor_level REAL,
+        anchor_factor REAL,
+        weight REAL NOT NULL,
+        weight_pairs INTEGER NOT NULL,
+        drift_factor REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX batches_by_setup ON batches (device, backend, protocol_key, created_at);
+    ALTER TABLE measurements ADD COLUMN drift_factor REAL NOT NULL DEFAULT 1.0;
+    """,
 )
+#: Migration steps after which stored batches get their drift factors (step 5 replays how they would have been
+#: decided, batch by batch in storing order, from what was stored before each).
+_REPLAY_DRIFT_AFTER = 5
 
 SCHEMA_VERSION = len(MIGRATIONS)
-#: How a stored measurement becomes ``MeasurementRecord.latency_ms``; bump when that changes (2: drift anchors
-#: read by their median, ``min`` the fastest round; 3: the anchors' factors at the weight DriftCheck fits).
-#: What was trained on older labels is trained again.
-LATENCY_READING_VERSION = 3
+#: How a stored measurement becomes ``MeasurementRecord.latency_ms``; bump when that changes (4: the drift factor
+#: decided when the batch is stored). What was trained on older labels is trained again.
+LATENCY_READING_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,8 @@ class MeasurementRecord:
     """One measurement of one model on one device/backend under one protocol.
 
     ``series`` names a measurement meant to be independent of the model's others (see the module
-    doc); "" is the ordinary one. ``batch`` names the models measured together; ``drift_factor``
-    is not stored but derived from the batch's anchors when the store returns the record."""
+    doc); "" is the ordinary one. ``batch`` names the models measured together; ``drift_factor`` is the
+    batch's, decided when the batch was stored (:meth:`Store.add_batch`)."""
 
     model_id: str
     device: str
@@ -149,7 +166,7 @@ class MeasurementRecord:
     device_seconds: float = 0.0
     series: str = ""
     batch: str = ""
-    drift_factor: float = 1.0  # from Store.drift_factors; 1.0 for a batch without anchors
+    drift_factor: float = 1.0  # 1.0 for a batch without anchors
     id: int | None = None  # set by the store
 
     def __post_init__(self) -> None:
@@ -228,8 +245,6 @@ class Store:
 
     def __init__(self, path: Path | str, *, timeout: float = 60.0) -> None:
         self.path = Path(path)
-        # drift factors by (device, backend, protocol key), with the newest measurement id they were read at
-        self._drift_cache: dict[tuple[str, str, str], tuple[int, dict[str, float]]] = {}
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -277,7 +292,21 @@ class Store:
             for step in MIGRATIONS[version:]:
                 for statement in _statements(step):
                     self._db.execute(statement)
+            if version < _REPLAY_DRIFT_AFTER <= SCHEMA_VERSION:
+                self._replay_drift()
             self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _replay_drift(self) -> None:
+        """Give the batches of a store written before batches had stored drift factors the factors
+        :meth:`add_batch` would have decided, in storing order (inside the migration's transaction)."""
+        batches = self._db.execute("""
+            SELECT device, backend, protocol_key, batch, MIN(id) AS first, MAX(finished_at) AS at
+            FROM measurements WHERE batch != '' GROUP BY device, backend, protocol_key, batch ORDER BY first""")
+        for row in batches.fetchall():
+            setup = (row["device"], row["backend"], row["protocol_key"])
+            current = self._anchor_readings(*setup, where="me.batch = ?", args=(row["batch"],))
+            self._record_batch(setup, row["batch"], {a: ms[-1] for a, ms in current.items()}, row["first"],
+                               row["at"])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -332,20 +361,95 @@ class Store:
         return self.add_measurements([record])[0]
 
     def add_measurements(self, records: Sequence[MeasurementRecord]) -> list[MeasurementRecord]:
-        """:meth:`add_measurement` for many records in one transaction."""
-        stored = []
+        """:meth:`add_measurement` for many records in one transaction (their drift factors as given)."""
+        with self._write():
+            return self._insert(records)
+
+    def add_batch(self, records: Sequence[MeasurementRecord], batch: str) -> list[MeasurementRecord]:
+        """Store the measurements of one batch (one device, backend and protocol) in one transaction, each with
+        the batch's drift factor, decided now from its anchors' measurements among ``records`` and what the store
+        held before (:mod:`nnmeter.measurement.drift`); the stored records."""
+        setups = {(r.device, r.backend, r.protocol_key) for r in records}
+        if len(setups) != 1:
+            raise ValueError(f"a batch is measured on one device, backend and protocol; got {len(setups)}")
+        setup = setups.pop()
         with self._write() as db:
-            for rec in records:
-                cur = db.execute(
-                    "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, "
-                    "protocol, status, stats, error, op_profile, started_at, finished_at, device_seconds, series, batch) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
-                     _dump(rec.protocol), MeasureStatus(rec.status).value,
-                     None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
-                     _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
-                     rec.finished_at, rec.device_seconds, rec.series, rec.batch))
-                stored.append(dataclasses.replace(rec, id=cur.lastrowid))
+            anchors = {row[0] for row in db.execute(
+                f"SELECT id FROM models WHERE kind = 'anchor' AND id IN ({', '.join('?' * len(records))})",
+                [r.model_id for r in records])}
+            current = {r.model_id: r.stats.median_ms for r in records
+                       if r.model_id in anchors and r.status == MeasureStatus.OK and r.stats is not None}
+            first = (db.execute("SELECT MAX(id) FROM measurements").fetchone()[0] or 0) + 1
+            factor = self._record_batch(setup, batch, current, first, time.time())
+            return self._insert([dataclasses.replace(r, batch=batch, drift_factor=factor) for r in records])
+
+    def _record_batch(self, setup: tuple[str, str, str], batch: str, current: Mapping[str, float],
+                      first_id: int, created_at: float) -> float:
+        """Decide the drift factor of ``batch`` (its anchors read ``current``) from the measurements stored before
+        ``first_id``, write its row and set it on measurements already stored in it; the factor."""
+        history = self._anchor_readings(*setup, where="me.id < ?", args=(first_id,))
+        level = drift.anchor_level({anchor: ms[0] for anchor, ms in history.items()}, current)
+        raw = drift.anchor_factor(history, current)
+        check = drift.drift_check(self._repeats(*setup, before_id=first_id))
+        factor = 1.0 if raw is None else raw ** check.weight
+        self._db.execute("INSERT INTO batches (id, device, backend, protocol_key, anchor_level, anchor_factor, "
+                         "weight, weight_pairs, drift_factor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (batch, *setup, level, raw, check.weight, check.pairs, factor, created_at))
+        self._db.execute("UPDATE measurements SET drift_factor = ? WHERE batch = ?", (factor, batch))
+        return factor
+
+    def _anchor_readings(self, device: str, backend: str, protocol_key: str, *, where: str,
+                         args: Sequence[Any]) -> dict[str, list[float]]:
+        """Median latency (ms) of each drift anchor measured under this setup, per batch in storing order."""
+        readings: dict[str, list[float]] = {}
+        for r in self._db.execute(f"""
+                SELECT me.model_id, me.stats FROM measurements me JOIN models mo ON mo.id = me.model_id
+                WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
+                  AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL AND {where} ORDER BY me.id""",
+                (device, backend, protocol_key, MeasureStatus.OK.value, *args)):
+            ms = json.loads(r["stats"])["median_ms"]
+            if ms > 0:
+                readings.setdefault(r["model_id"], []).append(ms)
+        return readings
+
+    def _repeats(self, device: str, backend: str, protocol_key: str, before_id: int) -> list[drift.Repeat]:
+        """The measurements (before ``before_id``) of models measured in several batches of this setup, with
+        their latency as measured and their batch's anchor level, in storing order."""
+        statuses = [s.value for s in LATENCY_STATUSES]
+        rows = self._db.execute(f"""
+            SELECT me.*, ba.anchor_level FROM measurements me JOIN models mo ON mo.id = me.model_id
+            LEFT JOIN batches ba ON ba.id = me.batch
+            WHERE mo.kind != 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ? AND me.id < ?
+              AND me.batch != '' AND me.stats IS NOT NULL AND me.status IN ({', '.join('?' * len(statuses))})
+              AND me.model_id IN (
+                SELECT model_id FROM measurements WHERE device = ? AND backend = ? AND protocol_key = ? AND id < ?
+                  AND batch != '' AND stats IS NOT NULL GROUP BY model_id HAVING COUNT(DISTINCT batch) > 1)
+            ORDER BY me.id""", (device, backend, protocol_key, before_id, *statuses,
+                                device, backend, protocol_key, before_id)).fetchall()
+        out = []
+        for row in rows:
+            rec = _measurement(row)
+            out.append(drift.Repeat(rec.model_id, rec.batch, rec.stats.value(rec.statistic),  # type: ignore[union-attr]
+                                    row["anchor_level"]))
+        return out
+
+    def drift_check(self, device: str, backend: str, protocol_key: str) -> drift.DriftCheck:
+        """The drift check of everything stored under this setup: the weight the next batch would get."""
+        return drift.drift_check(self._repeats(device, backend, protocol_key, before_id=2 ** 62))
+
+    def _insert(self, records: Sequence[MeasurementRecord]) -> list[MeasurementRecord]:
+        stored = []
+        for rec in records:
+            cur = self._db.execute(
+                "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, protocol, "
+                "status, stats, error, op_profile, started_at, finished_at, device_seconds, series, batch, "
+                "drift_factor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
+                 _dump(rec.protocol), MeasureStatus(rec.status).value,
+                 None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
+                 _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
+                 rec.finished_at, rec.device_seconds, rec.series, rec.batch, rec.drift_factor))
+            stored.append(dataclasses.replace(rec, id=cur.lastrowid))
         return stored
 
     def latest_measurements(self, device: str, backend: str, protocol_key: str, kind: str | None = None,
@@ -369,77 +473,7 @@ class Store:
               ON me.id = n.newest
             {where} ORDER BY me.id"""
         rows = self._db.execute(sql, [device, backend, protocol_key, series, *args]).fetchall()
-        factors = self.drift_factors(device, backend, protocol_key)
-        return [(_model(r, id_column="mo_id"), with_drift(_measurement(r), factors)) for r in rows]
-
-    def drift_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
-        """The factors ``latency_ms`` applies per batch: :meth:`anchor_factors` raised to the weight
-        :meth:`drift_check` fits on the workspace's repeated measurements (1: the anchors' drift is the
-        models'; 0: every batch as measured)."""
-        newest = self._db.execute("SELECT MAX(id) FROM measurements").fetchone()[0] or 0
-        cached = self._drift_cache.get((device, backend, protocol_key))
-        if cached is not None and cached[0] == newest:  # read again only when something was measured since
-            return dict(cached[1])
-        factors = self.anchor_factors(device, backend, protocol_key)
-        weight = self.drift_check(device, backend, protocol_key, factors).weight
-        factors = {batch: factor ** weight for batch, factor in factors.items()}
-        self._drift_cache[(device, backend, protocol_key)] = (newest, factors)
-        return dict(factors)
-
-    def anchor_factors(self, device: str, backend: str, protocol_key: str) -> dict[str, float]:
-        """Per batch, how much faster than its typical speed the device ran then: for each anchor model,
-        the median over all batches of its median latency divided by its median latency in the batch; the
-        factor is the geometric mean of these over the batch's anchors. Batches without a measured anchor
-        are absent.
-
-        The anchors' median, whatever the protocol's statistic: the fastest invocation of a 50 us anchor
-        is one timer glitch away from being 20 % low (two batches of a bench run here had all three anchors'
-        fastest invocations 16-25 % under their medians, where the batch's other models' were 3-7 % under,
-        and the factor made those 72 models 19-28 % slow), while anchors' fastest-to-median ratio is
-        otherwise steady (0.97), so the median tracks the same drift."""
-        readings: dict[str, dict[str, float]] = {}  # anchor model -> batch -> ms
-        for r in self._db.execute("""
-                SELECT me.* FROM measurements me JOIN models mo ON mo.id = me.model_id
-                WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
-                  AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL""",
-                (device, backend, protocol_key, MeasureStatus.OK.value)):
-            stats = _measurement(r).stats
-            ms = stats.median_ms if stats is not None else None
-            if ms is not None and ms > 0:
-                readings.setdefault(r["model_id"], {})[r["batch"]] = ms
-        logs: dict[str, list[float]] = {}
-        for by_batch in readings.values():
-            typical = math.log(statistics.median(by_batch.values()))
-            for batch, ms in by_batch.items():
-                logs.setdefault(batch, []).append(typical - math.log(ms))
-        return {batch: math.exp(statistics.fmean(values)) for batch, values in logs.items()}
-
-    def drift_check(self, device: str, backend: str, protocol_key: str,
-                    factors: Mapping[str, float] | None = None) -> "DriftCheck":
-        """How far the anchors' ``factors`` (default: :meth:`anchor_factors`) bring together the models measured
-        more than once, in different batches (the rule test's passes, the evaluation's repeat,
-        re-measurements), and the weight that brings them closest (see :class:`DriftCheck`)."""
-        if factors is None:
-            factors = self.anchor_factors(device, backend, protocol_key)
-        rows = self._db.execute("""
-            SELECT me.* FROM measurements me JOIN models mo ON mo.id = me.model_id
-            WHERE mo.kind != 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
-              AND me.batch != '' AND me.stats IS NOT NULL AND me.model_id IN (
-                SELECT model_id FROM measurements WHERE device = ? AND backend = ? AND protocol_key = ?
-                  AND batch != '' AND stats IS NOT NULL GROUP BY model_id HAVING COUNT(DISTINCT batch) > 1)
-            ORDER BY me.model_id, me.id""", (device, backend, protocol_key) * 2).fetchall()
-        model_logs: list[float] = []  # log ratio of a model's measurement to its previous one in another batch
-        factor_logs: list[float] = []  # log ratio of the two batches' anchor factors
-        previous: MeasurementRecord | None = None
-        for row in rows:
-            rec = _measurement(row)
-            if rec.latency_ms is None:
-                continue
-            if previous is not None and previous.model_id == rec.model_id and previous.batch != rec.batch:
-                model_logs.append(math.log(rec.latency_ms / previous.latency_ms))  # type: ignore[operator]
-                factor_logs.append(math.log(factors.get(rec.batch, 1.0) / factors.get(previous.batch, 1.0)))
-            previous = rec
-        return DriftCheck.fit(model_logs, factor_logs)
+        return [(_model(r, id_column="mo_id"), _measurement(r)) for r in rows]
 
     def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "", kind: str | None = None,
                      name: str | None = None) -> set[str]:
@@ -490,52 +524,6 @@ class Store:
                        (key, _dump(value), time.time()))
 
 
-@dataclass(frozen=True)
-class DriftCheck:
-    """How much of the drift anchors' factors to apply on this device, fitted on repeated measurements.
-
-    A pair is two consecutive measurements of one model in different batches: ``m`` the log ratio of its
-    latencies, ``a`` the log ratio of the two batches' anchor factors. The factors raised to ``weight``
-    leave ``m + weight * a``; the weight is the least-squares one, ``-sum(m * a) / sum(a^2)``, kept in
-    [0, 1]. 1 where the anchors' drift is the models' (every model slows down with them); near 0 where it
-    is not (on a host whose tenants take memory bandwidth, small cache-resident anchors and bigger models
-    slow down by different amounts, and the full factors add the anchors' own noise). With fewer than
-    :data:`DRIFT_CHECK_MIN_PAIRS` pairs the weight is 1 (the anchors' design). The spreads are root mean
-    squares of the log ratios, in %: as measured, with the full factors, with the weighted ones."""
-
-    pairs: int
-    weight: float
-    measured_spread: float
-    anchored_spread: float
-    weighted_spread: float
-
-    @classmethod
-    def fit(cls, model_logs: Sequence[float], factor_logs: Sequence[float]) -> "DriftCheck":
-        """The check of pairs with log ratios ``model_logs`` (``m``) and ``factor_logs`` (``a``)."""
-        m, a = list(model_logs), list(factor_logs)
-        moved = sum(x * x for x in a)
-        weight = 1.0
-        if len(m) >= DRIFT_CHECK_MIN_PAIRS and moved > 0:
-            weight = min(1.0, max(0.0, -sum(x * y for x, y in zip(m, a)) / moved))
-        return cls(len(m), weight, _rms(m), _rms([x + y for x, y in zip(m, a)]),
-                   _rms([x + weight * y for x, y in zip(m, a)]))
-
-    def describe(self) -> str:
-        if self.pairs < DRIFT_CHECK_MIN_PAIRS:
-            return f"anchors' factors applied in full (only {self.pairs} repeated measurements to weigh them on)"
-        return (f"anchors' factors at weight {self.weight:.2f}, fitted on {self.pairs} repeated measurements: "
-                f"they differ by {self.measured_spread:.1f} % as measured, {self.anchored_spread:.1f} % with the "
-                f"full factors, {self.weighted_spread:.1f} % with the weighted ones (rms of the log ratio)")
-
-
-#: Repeated measurements needed before the drift check weighs the anchors' factors.
-DRIFT_CHECK_MIN_PAIRS = 30
-
-
-def _rms(logs: Sequence[float]) -> float:
-    return 100 * math.sqrt(statistics.fmean(v * v for v in logs)) if logs else 0.0
-
-
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
@@ -556,12 +544,6 @@ def _model(row: sqlite3.Row, id_column: str = "id") -> ModelRecord:
                        files=json.loads(row["files"]), created_at=row["created_at"])
 
 
-def with_drift(record: MeasurementRecord, factors: Mapping[str, float]) -> MeasurementRecord:
-    """``record`` with the drift factor of its batch (from :meth:`Store.drift_factors`)."""
-    factor = factors.get(record.batch, 1.0)
-    return record if factor == record.drift_factor else dataclasses.replace(record, drift_factor=factor)
-
-
 def _measurement(row: sqlite3.Row) -> MeasurementRecord:
     stats = None
     if row["stats"] is not None:
@@ -574,5 +556,5 @@ def _measurement(row: sqlite3.Row) -> MeasurementRecord:
         runtime_versions=json.loads(row["runtime_versions"]), protocol=json.loads(row["protocol"]),
         op_profile=tuple(OpTime(**op) for op in json.loads(row["op_profile"])),
         started_at=row["started_at"], finished_at=row["finished_at"], device_seconds=row["device_seconds"],
-        series=row["series"], batch=row["batch"],
+        series=row["series"], batch=row["batch"], drift_factor=row["drift_factor"],
     )

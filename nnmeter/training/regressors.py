@@ -1,50 +1,36 @@
-"""Kernel latency regressors (scikit-learn estimator style) and the accuracy metrics they are judged by.
+"""Kernel latency regressors, in scikit-learn's estimator style (configure, ``fit``, ``predict``).
 
 * ``nn-meter-rf``: nn-Meter's choice, the baseline. A random forest on the raw
   latency with nn-Meter's per-kernel settings for mobile CPUs (its
   ``predictor_lib`` table; kernels it has no entry for get its fallback).
-* ``gbt-cost-ratio``: gradient-boosted trees on ``log(latency / base)``, where
-  ``base`` is a non-negative linear cost model (fixed overhead + work + bytes
+* ``gbt-cost-ratio`` (the default): gradient-boosted trees on ``log(latency / base)``,
+  where ``base`` is a non-negative linear cost model (fixed overhead + work + bytes
   read + bytes written) fitted for relative error; the work of a dense conv or an fc
   is counted in whole GEMM tiles of the shape that fits the device best (half-width
   tiles for a fully connected layer where the runtime switches to them), other
-  kernels' in FLOPs. The cost model carries the
-  scale, which trees extrapolate badly (a forest predicts at most its largest
-  training latency); the trees learn the efficiency factor (tiling, cache
-  effects), which varies far less; and squared error in log space is relative
-  error, the measure the predictor is judged by. The trees' loss is Huber's: squared
-  below the 90th percentile of the residuals, linear above, so that a pocket of erratic
-  measurements (7x7 depthwise convs at 224 px, 1.5-2x slower per element at some channel
-  counts) does not pull the predictions of configs near it in feature space: the default
-  campaign's 41 evaluation models (labels then the fastest invocation, see
-  :attr:`nnmeter.backends.protocol.LatencyStats.fastest_round_ms`) went from +-10 % 92.7 % /
-  RMSPE 5.8 % to 95.1 % / 5.0 %
-  (a 7x7 depthwise conv at 112 px predicted 23.2 -> 19.1 ms, its model +19.9 -> +5.2 %);
-  kernels' own held-out scores moved both ways (mean +-10 % over 38 kernels 93.6 -> 93.7 %).
-* ``et-cost-ratio``: extra-trees on the same target, a lower-variance alternative.
+  kernels' in FLOPs. The cost model carries the scale, which trees extrapolate badly;
+  the trees learn the efficiency factor, and squared error in log space is relative
+  error, the measure the predictor is judged by. Huber's loss keeps a pocket of
+  erratic measurements from pulling the configs near it (docs/design-notes.md).
 
 Every regressor has ``fit(X, y)``, ``predict(X)`` and ``to_ensemble()``, the
 portable form written to a predictor artifact (see
 :mod:`nnmeter.predictor.regressor_format`), which reproduces ``predict`` exactly.
 ``X`` is :func:`nnmeter.predictor.features.feature_matrix` of the kernel; ``y``
-is the median latency in ms.
+is the latency in ms.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
 from nnmeter.predictor.features import GEMM_FEATURES, feature_names, half_tile_feature, nnmeter_feature_columns
 from nnmeter.predictor.regressor_format import LinearBase, TreeEnsemble, from_sklearn, gemm_tile_terms
-
-#: Kernels faster than this are dominated by timer noise; metrics report them apart.
-FAST_KERNEL_MS = 0.05
 
 #: nn-Meter's random-forest settings per kernel for mobile CPUs (max_depth, n_estimators, max_features),
 #: from its predictor builder's model table. ``oob_score`` is left out: it does not change the trees.
@@ -229,44 +215,11 @@ class CostRatioBoosting(_CostRatioRegressor):
                             regressor=self.name)
 
 
-class CostRatioForest(_CostRatioRegressor):
-    """Extra-trees on the log latency relative to a linear cost model."""
-
-    name = "et-cost-ratio"
-
-    def __init__(self, kernel: str, n_estimators: int = 200, min_samples_leaf: int = 1,
-                 max_features: float = 1.0, random_state: int = 0) -> None:
-        self.kernel = kernel
-        self.n_estimators = n_estimators
-        self.min_samples_leaf = min_samples_leaf
-        self.max_features = max_features
-        self.random_state = random_state
-
-    def fit(self, X: Any, y: Any) -> "CostRatioForest":
-        X, y = _check_training_data(X, y, self._n_features())
-        target = self._targets(X, y)
-        self.forest_ = ExtraTreesRegressor(
-            n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
-            max_features=self.max_features, random_state=self.random_state,
-        ).fit(X, target)
-        return self
-
-    def _raw(self, X: np.ndarray) -> np.ndarray:
-        return self.forest_.predict(X)
-
-    def to_ensemble(self) -> TreeEnsemble:
-        return from_sklearn(self.forest_.estimators_, self.forest_.n_features_in_, aggregation="mean",
-                            offset=self.offset_, target="log", base=self.base_, regressor=self.name)
-
-
 #: Regressors by name; the campaign's ``kernels.regressor`` picks one.
 REGRESSORS: dict[str, type[KernelRegressor]] = {
-    cls.name: cls for cls in (NnMeterForest, CostRatioBoosting, CostRatioForest)
+    cls.name: cls for cls in (NnMeterForest, CostRatioBoosting)
 }
-#: The default, chosen by bench/kernel_accuracy.py: on tflite-local it beat nn-meter-rf at every budget tried
-#: (+-10 % on 200 held-out configs at 800 samples: conv-bn-relu 93.0 vs 47.5 % (HW grid of 96-256 px inputs),
-#: 96.0 vs 48.0-49.0 % (the 224 px grid); earlier
-#: dwconv-bn-relu 82.0 vs 51.5 %), and et-cost-ratio on the same data (5-fold, conv-bn-relu: 83.9 vs 82.1 %).
+#: The default: on tflite-local it beat nn-meter-rf at every budget tried (bench/kernel_accuracy.py).
 DEFAULT_REGRESSOR = CostRatioBoosting.name
 BASELINE_REGRESSOR = NnMeterForest.name
 
@@ -284,57 +237,3 @@ def make_regressor(name: str, kernel: str, random_state: int | None = None) -> K
     cls = regressor_class(name)
     feature_names(kernel)  # validates the kernel name
     return cls(kernel) if random_state is None else cls(kernel, random_state=random_state)
-
-
-# --- metrics -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatencyMetrics:
-    """Accuracy of predicted against measured latencies (nn-Meter's measures, plus the fast-kernel split).
-
-    ``acc5`` / ``acc10``: share of configs predicted within +-5 % / +-10 %.
-    ``fast`` counts configs measured under :data:`FAST_KERNEL_MS`, where timer
-    noise alone approaches 10 %; ``acc10_fast`` / ``acc10_slow`` are the
-    +-10 % accuracy on each side (None when a side is empty), so that noise on
-    tiny kernels is visible instead of hidden in the overall figure.
-    """
-
-    n: int
-    rmse_ms: float
-    rmspe: float  # root mean squared percentage error, in %
-    mape: float  # mean absolute percentage error, in %
-    acc5: float
-    acc10: float
-    fast: int
-    acc10_fast: float | None
-    acc10_slow: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def latency_metrics(measured: Any, predicted: Any) -> LatencyMetrics:
-    """Metrics of ``predicted`` against ``measured`` latencies (ms, same order)."""
-    y = np.asarray(measured, dtype=np.float64)
-    p = np.asarray(predicted, dtype=np.float64)
-    if y.shape != p.shape or y.ndim != 1 or len(y) == 0:
-        raise ValueError(f"need two equal non-empty 1-D arrays, got shapes {y.shape} and {p.shape}")
-    rel = np.abs(p - y) / y
-    within10 = rel <= 0.10
-    fast = y < FAST_KERNEL_MS
-
-    def share(mask: np.ndarray) -> float | None:
-        return float(within10[mask].mean()) if mask.any() else None
-
-    return LatencyMetrics(
-        n=len(y),
-        rmse_ms=float(np.sqrt(np.mean((p - y) ** 2))),
-        rmspe=float(100 * np.sqrt(np.mean(rel ** 2))),
-        mape=float(100 * rel.mean()),
-        acc5=float((rel <= 0.05).mean()),
-        acc10=float(within10.mean()),
-        fast=int(fast.sum()),
-        acc10_fast=share(fast),
-        acc10_slow=share(~fast),
-    )

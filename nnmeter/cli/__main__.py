@@ -1,0 +1,5 @@
+import sys
+
+from nnmeter.cli.main import main
+
+sys.exit(main())
