@@ -1,16 +1,21 @@
 # The two commands of the README:
-#   make demo   sets up and runs the quickstart campaign on this machine's CPU
-#   make test   sets up and runs the whole test suite
-# Both create their own virtual environment (.venv) and install what they need,
-# Debian packages included (tests need sshd, adb and a headless browser).
+#   make demo       sets up and runs the quickstart campaign on this machine's CPU
+#   make test       sets up and runs the whole test suite (the import contract and linters first)
+# and for contributors:
+#   make test-fast  the unit tier (under a minute)
+#   make lint       the import contract, ruff (lint + format) and mypy
+#   make bench      the quick benchmarks: quickstart accuracy, kernel accuracy, prediction speed (about 40 min)
+# Every target creates its virtual environment (.venv) and installs what it needs, Debian packages included
+# (the tests need sshd, adb and a headless browser).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := openssh-server adb chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BENCH_DIR ?= bench-accuracy
 
-.PHONY: demo test venv system-packages bench clean
+.PHONY: demo test test-fast lint bench venv system-packages clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +37,22 @@ system-packages:
 demo: venv
 	$(BIN)/nnmeter-build quickstart $(DIR)
 
-test: venv system-packages
+lint: venv
+	$(BIN)/lint-imports
+	$(BIN)/ruff check nnmeter tests bench lab
+	$(BIN)/ruff format --check nnmeter tests bench lab
+	$(BIN)/mypy
+
+test: lint system-packages
 	$(BIN)/python -m pytest -q
 
+test-fast: venv
+	$(BIN)/python -m pytest -q -m unit
+
+bench: venv
+	$(BIN)/python bench/accuracy.py --quick --dir $(BENCH_DIR)
+	$(BIN)/python bench/predict_speed.py --predictor $(BENCH_DIR)/quickstart/predictor
+	$(BIN)/python bench/kernel_accuracy.py --kernels conv-bn-relu --stored $(BENCH_DIR)/quickstart
+
 clean:
-	rm -rf $(VENV) nnmeter-quickstart
+	rm -rf $(VENV) nnmeter-quickstart $(BENCH_DIR)

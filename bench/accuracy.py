@@ -24,10 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from nnmeter.builder.evaluation import NNMETER, EvaluationResult
-from nnmeter.builder.report import EVALUATION_FILE, campaign_cost
-from nnmeter.builder.runner import quickstart_workspace, run_campaign
-from nnmeter.builder.workspace import CAMPAIGN_FILE, Workspace
+from nnmeter.builder import (
+    CAMPAIGN_FILE, EVALUATION_FILE, Workspace, campaign_cost, quickstart_workspace, run_campaign,
+)
+from nnmeter.cli.render import ConsoleReporter, Output
+from nnmeter.evaluation import NNMETER, EvaluationResult
 
 
 def _default_workspace(root: Path) -> Workspace:
@@ -37,9 +38,10 @@ def _default_workspace(root: Path) -> Workspace:
     return Workspace.open(root)
 
 
-def _campaign(name: str, ws: Workspace, console: Console) -> dict:
+def _campaign(name: str, ws: Workspace, reporter: ConsoleReporter) -> dict:
     started = time.monotonic()
-    run_campaign(ws, console=console)
+    with reporter:
+        run_campaign(ws, reporter=reporter)
     wall = time.monotonic() - started
     result = EvaluationResult.load(ws.reports_dir / EVALUATION_FILE)
     steps, _ = campaign_cost(ws)
@@ -85,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the workspaces live (default ./bench-accuracy; reused to resume)")
     args = parser.parse_args(argv)
     console = Console()
+    reporter = Output().reporter()
     rows = []
-    with quickstart_workspace(args.dir / "quickstart", console) as ws:
-        rows.append(_campaign("quickstart", ws, console))
+    with quickstart_workspace(args.dir / "quickstart", reporter) as ws:
+        rows.append(_campaign("quickstart", ws, reporter))
     if not args.quick:
         with _default_workspace(args.dir / "default") as ws:
-            rows.append(_campaign("default", ws, console))
+            rows.append(_campaign("default", ws, reporter))
     _print(rows, console)
     return 0
 

@@ -1,7 +1,7 @@
 """Kernel models generated + converted per minute, through the path campaigns use.
 
 For each kernel and worker count: a fresh workspace, the ``tflite-local`` backend,
-``prepare_models`` on ``-n`` prior-sampled configs (build in Keras, convert to
+``MeasuringSession.prepare`` on ``-n`` prior-sampled configs (build in Keras, convert to
 .tflite, record in the store). The worker pool is started first with one warm-up
 model per worker (a process pool starts its workers on demand), so the rate is the
 steady state; the start-up is printed apart.
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from nnmeter.backends import create_backend
-from nnmeter.builder.models import kernel_spec, prepare_models
-from nnmeter.builder.workspace import Workspace
-from nnmeter.kernel_gen.samplers import sample_configs
+from nnmeter.builder import Workspace
+from nnmeter.kernel_gen import sample_configs
+from nnmeter.measurement import kernel_spec
 
 KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "add")
 
@@ -34,11 +34,12 @@ def measure(kernel: str, n: int, workers: int, seed: int) -> tuple[float, float,
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.create(Path(tmp) / "ws", "tflite-local")
         with create_backend("tflite-local", {"convert_workers": workers}) as backend:
+            session = ws.session(backend, workers=workers)
             t0 = time.perf_counter()
-            prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs[:workers]], workers)
+            session.prepare([kernel_spec(kernel, c) for c in configs[:workers]])
             startup = time.perf_counter() - t0
             t0 = time.perf_counter()
-            prepared = prepare_models(ws, backend, [kernel_spec(kernel, c) for c in configs[workers:]], workers)
+            prepared = session.prepare([kernel_spec(kernel, c) for c in configs[workers:]])
             seconds = time.perf_counter() - t0
         ws.close()
     return startup, len(prepared) / seconds * 60, sum(not p.ok for p in prepared)

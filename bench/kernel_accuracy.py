@@ -1,6 +1,6 @@
 """Kernel regressor accuracy against the number of measured samples, on tflite-local (real measurements).
 
-For each kernel and training budget, the adaptive loop of nnmeter.builder.training runs twice on the
+For each kernel and training budget, the adaptive loop of nnmeter.training runs twice on the
 same measured data where the two share it (the prior samples, by seed): once with nn-Meter's random
 forest (``nn-meter-rf``), once with the default regressor; each regressor drives its own error-driven
 fine-grained rounds. Both are then scored on one fixed held-out set of prior-sampled configs per kernel
@@ -41,12 +41,14 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from nnmeter.backends.base import LATENCY_STATUSES  # noqa: E402
-from nnmeter.builder.regressors import BASELINE_REGRESSOR, DEFAULT_REGRESSOR, latency_metrics  # noqa: E402
-from nnmeter.builder.training import TrainingError, adaptive_training, config_key, workspace_measure  # noqa: E402
-from nnmeter.builder.workspace import Workspace  # noqa: E402
-from nnmeter.kernel_gen.samplers import sample_configs  # noqa: E402
+from nnmeter.builder import Workspace, workspace_measure  # noqa: E402
+from nnmeter.kernel_gen import sample_configs  # noqa: E402
 from nnmeter.ops import kernel_type  # noqa: E402
 from nnmeter.predictor.features import feature_matrix  # noqa: E402
+from nnmeter.training import (  # noqa: E402
+    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, FAST_KERNEL_MS, TrainingError, adaptive_training, config_key,
+    latency_metrics, make_regressor,
+)
 
 KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
 BUDGETS = (100, 200, 400, 800, 1600)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{backend.device_info.description}, {backend.device_info.runtime}; "
                       f"protocol {ws.campaign.protocol.key()}; workspace {ws.root}", markup=False)
         for kernel in args.kernels:
-            measure = workspace_measure(ws, backend, kernel)
+            measure = workspace_measure(ws, ws.session(backend), kernel)
             test = sample_configs(kernel, n_test, "prior", seed=TEST_SEED)
             test_samples = [s for s in measure(test, "held-out test set") if s.latency_ms is not None]
             test_keys = {config_key(s.config) for s in test_samples}
@@ -153,8 +155,6 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
     """k-fold cross-validated accuracy of each regressor on the kernels' samples stored in ``workspace``."""
     import numpy as np
     from sklearn.model_selection import KFold
-
-    from nnmeter.builder.regressors import FAST_KERNEL_MS, make_regressor
 
     if not (workspace / "campaign.yaml").is_file():
         console.print(f"{workspace}: not a workspace (no campaign.yaml)", markup=False)
@@ -212,7 +212,8 @@ def _label_agreement(workspace: Path, kernel: str, test_samples) -> str:
         Workspace.create(root, "tflite-local")
     with Workspace.open(root) as ws, ws.connect() as backend:
         again = {config_key(s.config): s.latency_ms
-                 for s in workspace_measure(ws, backend, kernel)([s.config for s in test_samples], "held-out again")}
+                 for s in workspace_measure(ws, ws.session(backend), kernel)([s.config for s in test_samples],
+                                                                            "held-out again")}
     pairs = np.array([(s.latency_ms, again[config_key(s.config)]) for s in test_samples
                       if again.get(config_key(s.config)) is not None])
     ratio = pairs[:, 1] / pairs[:, 0]

@@ -25,13 +25,12 @@ Per model it prints:
 then, per kernel type over all models, the measured and predicted sums and the worst
 kernel configs. The numbers go to ``WS/reports/additivity.json``.
 
-    .venv/bin/python bench/additivity.py WS                       # every evaluation model of WS
-    .venv/bin/python bench/additivity.py WS --models 'nas-*' --rounds 15
-    .venv/bin/python bench/additivity.py WS --kind user --models 'efficientnet*'   # of evaluate --models DIR
-    .venv/bin/python bench/additivity.py WS --cache warm evict-private evict-all --min-round-ms 0
+    .venv/bin/python lab/additivity.py WS                       # every evaluation model of WS
+    .venv/bin/python lab/additivity.py WS --models 'nas-*' --rounds 15
+    .venv/bin/python lab/additivity.py WS --kind user --models 'efficientnet*'   # of evaluate --models DIR
 
-``--cache`` measures the model and its kernels in each listed cache state of the
-protocol (``MeasurementProtocol.cache``), one batch after the other per model.
+The model and its kernels are measured warm, back to back in one batch (the only cache
+state the runner has).
 
 The kernel models go into WS's store (kind 'kernel', shared with training); the
 measurements here are not stored (they are a diagnostic, taken with a protocol of
@@ -53,9 +52,9 @@ from rich.table import Table
 
 from nnmeter import ops
 from nnmeter.backends.base import ModelFile
-from nnmeter.builder.models import kernel_spec, prepare_models
-from nnmeter.builder.packaging import default_artifact_dir
 from nnmeter.builder.workspace import Workspace
+from nnmeter.cli.render import Output
+from nnmeter.measurement import kernel_spec
 from nnmeter.predictor.artifact import load_artifact
 from nnmeter.predictor.converters import to_graph
 from nnmeter.predictor.detection import detect
@@ -77,16 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", default="evaluation", choices=("evaluation", "user"),
                         help="the campaign's evaluation models, or those of `nnmeter-build evaluate WS --models DIR`")
     parser.add_argument("--rounds", type=int, help="rounds per model (default: the campaign's)")
-    parser.add_argument("--min-round-ms", type=float, help="min_round_ms (default: the campaign's; 0 with evict-all, "
-                                                             "whose eviction takes ~1.5 ms per invocation)")
+    parser.add_argument("--min-round-ms", type=float, help="min_round_ms (default: the campaign's)")
     parser.add_argument("--out", type=Path, help="JSON output (default WS/reports/additivity.json)")
-    parser.add_argument("--cache", nargs="+", choices=("warm", "evict-private", "evict-all"),
-                        help="cache state(s) to measure in (default: the campaign protocol's)")
     args = parser.parse_args(argv)
     console = Console()
 
     with Workspace.open(args.workspace) as ws:
-        artifact = load_artifact(args.artifact or default_artifact_dir(ws))
+        artifact = load_artifact(args.artifact or ws.predictor_dir)
         predictor = Predictor(artifact)
         records = sorted((r for r in ws.store.models(kind=args.kind) if "tflite" in r.files
                           and any(fnmatch.fnmatch(r.name, g) for g in args.models)), key=lambda r: r.name)
@@ -111,79 +107,73 @@ def main(argv: list[str] | None = None) -> int:
         specs = {key: kernel_spec(k, c) for key, (k, c) in unique.items()}
         console.print(f"{len(records)} models, {sum(map(len, detected.values()))} kernels, "
                       f"{len(unique)} distinct kernel models (converting those not in the store)")
-        backend = ws.connect()
-        prepared = dict(zip(specs, prepare_models(ws, backend, list(specs.values()))))
-        failed = {key: p.error for key, p in prepared.items() if not p.ok}
-        for key, err in list(failed.items())[:5]:
-            console.print(f"kernel model failed: {key}: {err.splitlines()[0] if err else ''}")
+        with ws.connect() as backend:
+            with Output().reporter() as reporter:
+                prepared = dict(zip(specs, ws.session(backend, reporter=reporter).prepare(list(specs.values()))))
+            failed = {key: p.error for key, p in prepared.items() if not p.ok}
+            for key, err in list(failed.items())[:5]:
+                console.print(f"kernel model failed: {key}: {err.splitlines()[0] if err else ''}")
 
-        protocol = ws.campaign.protocol
-        if args.rounds:
-            protocol = dataclasses.replace(protocol, rounds=args.rounds)
-        if args.min_round_ms is not None:
-            protocol = dataclasses.replace(protocol, min_round_ms=args.min_round_ms)
-        modes = args.cache or [protocol.cache]
-        rows_out = []
-        per_kernel: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "measured": 0.0, "predicted": 0.0})
-        worst: list[tuple[float, str, dict, float, float]] = []
-        for rec, mode in ((rec, mode) for rec in records for mode in modes):
-            keys = sorted({_key(k, c) for k, c, _ in detected[rec.name]} | {_key(*TRIVIAL)})
-            keys = [k for k in keys if k not in failed]
-            files = [ModelFile(rec.id, rec.path("tflite", ws.root), "tflite")]
-            files += [prepared[k].file for k in keys]
-            batch = dataclasses.replace(protocol, batch_size=len(files), cache=mode)
-            results = {r.model_id: r for r in backend.measure(files, batch)}
-            model_res = results[rec.id]
-            kernel_ms = {k: results[prepared[k].id].stats.value(protocol.statistic) for k in keys
-                         if results[prepared[k].id].stats is not None}
-            if model_res.stats is None or _key(*TRIVIAL) not in kernel_ms:
-                console.print(f"{rec.name}: measurement failed: {model_res.error}")
-                continue
-            trivial = kernel_ms[_key(*TRIVIAL)]
-            n = len(detected[rec.name])
-            missing = sum(1 for k, c, _ in detected[rec.name] if _key(k, c) not in kernel_ms)
-            sum_meas = sum(kernel_ms.get(_key(k, c), 0.0) for k, c, _ in detected[rec.name])
-            sum_pred = sum(ms for _, _, ms in detected[rec.name])
-            model_ms = model_res.stats.value(protocol.statistic)
-            for k, c, p in detected[rec.name]:
-                m = kernel_ms.get(_key(k, c))
-                if m is None:
+            protocol = ws.campaign.protocol
+            if args.rounds:
+                protocol = dataclasses.replace(protocol, rounds=args.rounds)
+            if args.min_round_ms is not None:
+                protocol = dataclasses.replace(protocol, min_round_ms=args.min_round_ms)
+            rows_out = []
+            per_kernel: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "measured": 0.0, "predicted": 0.0})
+            worst: list[tuple[float, str, dict, float, float]] = []
+            for rec in records:
+                keys = sorted({_key(k, c) for k, c, _ in detected[rec.name]} | {_key(*TRIVIAL)})
+                keys = [k for k in keys if k not in failed]
+                files = [ModelFile(rec.id, rec.path("tflite", ws.root), "tflite")]
+                files += [prepared[k].file for k in keys]
+                batch = dataclasses.replace(protocol, batch_size=len(files))
+                results = {r.model_id: r for r in backend.measure(files, batch)}
+                model_res = results[rec.id]
+                kernel_ms = {k: results[prepared[k].id].stats.value(protocol.statistic) for k in keys
+                             if results[prepared[k].id].stats is not None}
+                if model_res.stats is None or _key(*TRIVIAL) not in kernel_ms:
+                    console.print(f"{rec.name}: measurement failed: {model_res.error}")
                     continue
-                label = k if len(modes) == 1 else f"{k} ({mode})"
-                per_kernel[label]["n"] += 1
-                per_kernel[label]["measured"] += m
-                per_kernel[label]["predicted"] += p
-                worst.append((p - m, label, c, m, p))
-            rows_out.append({"model": rec.name, "cache": mode, "model_ms": model_ms, "kernels": n,
-                             "kernels_not_measured": missing,
-                             "sum_measured_ms": sum_meas, "sum_predicted_ms": sum_pred, "trivial_ms": trivial,
-                             "predicted_ms": engine_ms[rec.name],
-                             "sum_measured_overhead_once_ms": sum_meas - (n - 1) * trivial})
-            console.print(f"{rec.name} ({mode}): model {model_ms:.3f} ms, {n} kernels, sum measured {sum_meas:.3f}, "
-                          f"sum predicted {sum_pred:.3f}, trivial {trivial * 1000:.1f} us")
-        backend.close()
+                trivial = kernel_ms[_key(*TRIVIAL)]
+                n = len(detected[rec.name])
+                missing = sum(1 for k, c, _ in detected[rec.name] if _key(k, c) not in kernel_ms)
+                sum_meas = sum(kernel_ms.get(_key(k, c), 0.0) for k, c, _ in detected[rec.name])
+                sum_pred = sum(ms for _, _, ms in detected[rec.name])
+                model_ms = model_res.stats.value(protocol.statistic)
+                for k, c, p in detected[rec.name]:
+                    m = kernel_ms.get(_key(k, c))
+                    if m is None:
+                        continue
+                    per_kernel[k]["n"] += 1
+                    per_kernel[k]["measured"] += m
+                    per_kernel[k]["predicted"] += p
+                    worst.append((p - m, k, c, m, p))
+                rows_out.append({"model": rec.name, "model_ms": model_ms, "kernels": n,
+                                 "kernels_not_measured": missing,
+                                 "sum_measured_ms": sum_meas, "sum_predicted_ms": sum_pred, "trivial_ms": trivial,
+                                 "predicted_ms": engine_ms[rec.name],
+                                 "sum_measured_overhead_once_ms": sum_meas - (n - 1) * trivial})
+                console.print(f"{rec.name}: model {model_ms:.3f} ms, {n} kernels, sum measured {sum_meas:.3f}, "
+                              f"sum predicted {sum_pred:.3f}, trivial {trivial * 1000:.1f} us")
 
     table = Table(title="additivity: whole model vs its kernels measured standalone (ms; errors in %)")
-    for col in ("model", "cache", "kernels", "model", "sum meas", "add. err", "sum - (n-1) x0", "err", "sum pred",
+    for col in ("model", "kernels", "model", "sum meas", "add. err", "sum - (n-1) x0", "err", "sum pred",
                 "regr. err", "pred err"):
         table.add_column(col, justify="left" if col == "model" and not table.columns else "right")
     for r in rows_out:
         def pct(a: float, b: float) -> str:
             return f"{100 * (a / b - 1):+.1f}"
-        table.add_row(r["model"], r["cache"], str(r["kernels"]), f"{r['model_ms']:.3f}", f"{r['sum_measured_ms']:.3f}",
+        table.add_row(r["model"], str(r["kernels"]), f"{r['model_ms']:.3f}", f"{r['sum_measured_ms']:.3f}",
                       pct(r["sum_measured_ms"], r["model_ms"]), f"{r['sum_measured_overhead_once_ms']:.3f}",
                       pct(r["sum_measured_overhead_once_ms"], r["model_ms"]), f"{r['sum_predicted_ms']:.3f}",
                       pct(r["sum_predicted_ms"], r["sum_measured_ms"]), pct(r["predicted_ms"], r["model_ms"]))
     console.print(table)
-    for mode in modes:
-        rows = [r for r in rows_out if r["cache"] == mode]
-        if not rows:
-            continue
-
+    if rows_out:
         def mean_abs(key: str, ref: str) -> float:
-            return 100 * sum(abs(r[key] / r[ref] - 1) for r in rows) / len(rows)
-        signed = 100 * sum(r["sum_measured_overhead_once_ms"] / r["model_ms"] - 1 for r in rows) / len(rows)
-        console.print(f"cache {mode}: mean |error| over {len(rows)} models: additivity (overhead once) "
+            return 100 * sum(abs(r[key] / r[ref] - 1) for r in rows_out) / len(rows_out)
+        signed = 100 * sum(r["sum_measured_overhead_once_ms"] / r["model_ms"] - 1 for r in rows_out) / len(rows_out)
+        console.print(f"mean |error| over {len(rows_out)} models: additivity (overhead once) "
                       f"{mean_abs('sum_measured_overhead_once_ms', 'model_ms'):.1f} % (mean signed {signed:+.1f} %), "
                       f"regressor {mean_abs('sum_predicted_ms', 'sum_measured_ms'):.1f} %, prediction "
                       f"{mean_abs('predicted_ms', 'model_ms'):.1f} %; artifact invoke overhead "
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(ktable)
     distinct = {(_key(k, c)): (d, k, c, m, p) for d, k, c, m, p in worst}
     console.print("largest kernel misses (predicted - measured, ms, per occurrence):")
-    for d, k, c, m, p in sorted(distinct.values(), key=lambda t: -abs(t[0]))[:15]:
+    for _, k, c, m, p in sorted(distinct.values(), key=lambda t: -abs(t[0]))[:15]:
         console.print(f"  {k:18s} {json.dumps(c)}: measured {m:.4f}, predicted {p:.4f} ({100 * (p / m - 1):+.0f} %)")
     out = args.out or args.workspace / "reports" / "additivity.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ and the per-model standard deviation over passes (model sd). A pass of ~20 model
 ~10 s here, inside one of the host's fast or slow periods; that is what ``protocol.whole_model_batch_s``
 is for.
 
-    python bench/pacing.py WS                   # 4 cycles, spread over 30 s (about 6 minutes)
-    python bench/pacing.py WS --cycles 6 --spread 60
+    python lab/pacing.py WS                   # 4 cycles, spread over 30 s (about 6 minutes)
+    python lab/pacing.py WS --cycles 6 --spread 60
 """
 
 from __future__ import annotations

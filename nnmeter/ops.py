@@ -67,9 +67,8 @@ POOL_STRIDES = "POOL_STRIDES"
 CINS = "CINS"  # concat: the channel counts of its 2-4 inputs
 
 #: The feature-map sizes samplers draw: those of networks with inputs of 96-256 px in steps of 32 (a
-#: 160 px input gives 80, 40, 20, 10, 5). nn-Meter's grid had only 224 px's (1, 3, 7, 14, ..., 224); on it,
-#: conv kernels of models at 160 or 192 px (HW 5, 10, 20, 40, 80; 6, 12, 24, 48, 96) were predicted within
-#: +-10 % for 79 % of them, against 98-100 % for those on the grid.
+#: 160 px input gives 80, 40, 20, 10, 5). nn-Meter's grid has only 224 px's (1, 3, 7, 14, ..., 224), off which
+#: kernels of models at 160 or 192 px are predicted worse (docs/design-notes.md).
 HW_VALUES = (1, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224)
 KERNEL_SIZE_VALUES = (1, 3, 5, 7)
 POOL_KERNEL_SIZE_VALUES = (1, 2, 3, 5, 7)  # 2x2 pools are common (DenseNet transitions, VGG)

@@ -25,7 +25,7 @@ class Task:
     def finish(self, text: str = "", failed: bool = False) -> None:
         """The step ended, with a one-line summary of how."""
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         return self
 
     def __exit__(self, *exc: object) -> None:

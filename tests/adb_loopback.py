@@ -44,7 +44,7 @@ FEATURES = "shell_v2,cmd"
 class Stream:
     """One ADB stream: our id, the host's id, an ack event for flow control, an inbox for WRTE payloads."""
 
-    def __init__(self, conn: "Connection", local_id: int, remote_id: int) -> None:
+    def __init__(self, conn: Connection, local_id: int, remote_id: int) -> None:
         self.conn = conn
         self.local_id = local_id
         self.remote_id = remote_id
@@ -101,7 +101,7 @@ class Stream:
 class Connection:
     """One transport from the adb server."""
 
-    def __init__(self, sock: socket.socket, device: "Device") -> None:
+    def __init__(self, sock: socket.socket, device: Device) -> None:
         self.sock = sock
         self.device = device
         self.lock = threading.Lock()

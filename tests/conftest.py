@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny Keras model builders (module-level, so conversion workers can import them)."""
+"""Shared fixtures: tiny Keras model builders (module-level, so conversion workers can import them), and the
+test tiers: every test is marked ``unit``, ``integration`` or ``e2e`` (pyproject.toml says what each means)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import pytest
 import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that is in no tier or in several: ``make test-fast`` must know what it leaves out."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked {sorted(tiers) or 'with no tier'}; mark it with "
+                                    f"exactly one of {', '.join(TIERS)}")
 
 
 def tiny_conv_model(hw: int = 8, cin: int = 4, cout: int = 8):

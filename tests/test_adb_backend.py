@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
 from conftest_remote import QUICK, invocations
-from nnmeter.backends.base import MeasureStatus
+
 from nnmeter.backends import litert_runner
+from nnmeter.backends.base import MeasureStatus
 from nnmeter.backends.tflite_adb import TFLiteADBBackend
 from nnmeter.errors import BackendError
+
+pytestmark = pytest.mark.integration
 
 
 def backend_for(phone, **overrides) -> TFLiteADBBackend:

@@ -9,17 +9,24 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import synthetic_latency
 
-from nnmeter.training import latency_metrics, make_regressor
 from nnmeter.predictor import registry
 from nnmeter.predictor.artifact import (
-    MANIFEST, ArtifactError, KernelPayload, load_artifact, read_manifest, write_artifact,
+    MANIFEST,
+    ArtifactError,
+    KernelPayload,
+    load_artifact,
+    read_manifest,
+    write_artifact,
 )
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_matrix, feature_names
 from nnmeter.predictor.rules import default_rules
-from conftest import synthetic_latency
+from nnmeter.training import latency_metrics, make_regressor
 
 DEVICE = {"id": "local:test-host", "description": "test CPU", "runtime": "ai-edge-litert (XNNPACK)"}
+
+pytestmark = pytest.mark.unit
 
 
 def _fc_configs(rng: np.random.Generator, n: int) -> list[dict]:

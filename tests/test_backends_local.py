@@ -11,19 +11,28 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import failing_model, tiny_conv_model, tiny_two_input_model
-from nnmeter.backends import backend_class, backend_names, connect_backend, create_backend, list_backends, \
-    litert_runner, load_backend_config
+
+from nnmeter.backends import (
+    backend_class,
+    backend_names,
+    connect_backend,
+    create_backend,
+    list_backends,
+    litert_runner,
+    load_backend_config,
+)
 from nnmeter.backends.base import ConversionJob, MeasureStatus, ModelFile
 from nnmeter.backends.converters import converter_version
 from nnmeter.backends.local import RunnerSession
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.backends.remote import parse_facts
 from nnmeter.backends.tflite_local import TFLiteLocalBackend
-from nnmeter.errors import BackendError, ConfigError, NnmeterError
+from nnmeter.errors import ConfigError, NnmeterError
 
 QUICK = MeasurementProtocol(warmup_runs=1, rounds=4, runs_per_round=2, min_round_ms=0.0, max_remeasures=0)
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from nnmeter.builder.workspace import Workspace
 from nnmeter.predictor.detection import unfused_pairs
 from nnmeter.predictor.rules import load_rules
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 # A campaign small enough for a test: two rule ops, the kernels a tiny ResNet-style net needs, a few
 # samples each, short measurements, three tiny evaluation models.

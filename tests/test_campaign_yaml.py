@@ -10,10 +10,12 @@ import yaml
 
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.campaign import SECTIONS, load_campaign, render_campaign
-from nnmeter.training.settings import KernelTrainingSettings
 from nnmeter.builder.workspace import Workspace
 from nnmeter.errors import ConfigError, NnmeterError
 from nnmeter.rule_tester.settings import RuleTestSettings
+from nnmeter.training.settings import KernelTrainingSettings
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("backend", ["tflite-local", "openvino-local"])
@@ -85,6 +87,10 @@ def test_unknown_backend_is_named_with_the_known_ones(tmp_path: Path) -> None:
     ("backend: {name: tflite-local}\nevaluation: {seed: -1}\n", "evaluation.seed: -1 is below the minimum 0"),
     ("backend: {name: tflite-local}\nprotocl: {}\n", "protocl: unknown section; known: backend, protocol"),
     ("backend: {name: tflite-local}\nprotocol: [1, 2]\n", "protocol: expected a mapping of keys"),
+    # experiment switches of earlier versions: refused by name, with what to do
+    ("backend: {name: tflite-local}\nprotocol: {cache: evict-all}\n", "protocol.cache: removed (an experiment)"),
+    ("backend: {name: tflite-local}\nkernels: {regressor: et-cost-ratio}\n",
+     "kernels.regressor: 'et-cost-ratio' was removed (an experiment); use gbt-cost-ratio"),
 ])
 def test_bad_keys_and_values_name_their_path(tmp_path: Path, text: str, expected: str) -> None:
     message = load_error(tmp_path, text)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnmeter.measurement.store import Store
 from nnmeter.builder.workspace import tiny_model_path
+from nnmeter.measurement.store import Store
+
+pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from nnmeter.evaluation import (
-    FLOPS_LINEAR, NNMETER, EvaluationResult, Metrics, ModelEvaluation, flops_linear_predictions, spearman,
+    FLOPS_LINEAR,
+    NNMETER,
+    EvaluationResult,
+    Metrics,
+    ModelEvaluation,
+    flops_linear_predictions,
+    spearman,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def test_metrics_on_known_numbers():

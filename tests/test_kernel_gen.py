@@ -13,12 +13,26 @@ import pytest
 
 from nnmeter import ops
 from nnmeter.backends.converters import keras_to_tflite_bytes
-from nnmeter.kernel_gen import (MON_CASES, TestShapes, UnconnectablePair, build_chain, build_kernel,
-                                build_kernel_model, build_mon, build_pair, build_single, connectable,
-                                pair_input_shapes, pair_output_channels, sample_configs)
+from nnmeter.kernel_gen import (
+    MON_CASES,
+    TestShapes,
+    UnconnectablePair,
+    build_chain,
+    build_kernel,
+    build_kernel_model,
+    build_mon,
+    build_pair,
+    build_single,
+    connectable,
+    pair_input_shapes,
+    pair_output_channels,
+    sample_configs,
+)
 from nnmeter.kernel_gen.cache import model_id
 
 SMALL = TestShapes(HW=8, CIN=8, COUT=12, FC_SIZE=20)
+
+pytestmark = pytest.mark.integration
 
 
 def _shrink(config: dict) -> dict:

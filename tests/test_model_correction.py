@@ -22,6 +22,7 @@ KERNELS = ("conv-bn-relu6", "dwconv-bn-relu6", "global-avgpool", "fc")
 TINY_WEIGHT_BYTES = 4 * (3 * 3 * 8 * 16 + 16 + 3 * 3 * 16 + 16 + 16 * 10 + 10)
 
 
+@pytest.mark.unit
 def test_fit_recovers_slope_and_threshold_of_noise_free_models():
     rng = np.random.default_rng(0)
     weight_mb = np.array([0.5, 1.2, 2.5, 4.0, 7.0, 11.0, 16.0, 23.0, 30.0])
@@ -32,6 +33,7 @@ def test_fit_recovers_slope_and_threshold_of_noise_free_models():
     assert fit.fitted_on == weight_mb.size and fit.residual == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.unit
 def test_fit_recovers_slope_within_noise():
     rng = np.random.default_rng(1)
     weight_mb = rng.uniform(0.5, 30.0, 40)
@@ -42,6 +44,7 @@ def test_fit_recovers_slope_within_noise():
     assert 0.005 < fit.residual < 0.05
 
 
+@pytest.mark.unit
 def test_fit_takes_a_factor_when_models_are_their_kernels_times_a_constant():
     rng = np.random.default_rng(2)
     weight_mb = rng.uniform(0.5, 30.0, 16)
@@ -52,6 +55,7 @@ def test_fit_takes_a_factor_when_models_are_their_kernels_times_a_constant():
     assert fit.residual < 0.02
 
 
+@pytest.mark.unit
 def test_fit_takes_factor_and_weight_term_when_big_models_pay_for_their_weights():
     rng = np.random.default_rng(4)
     weight_mb = np.concatenate([rng.uniform(0.5, 14.0, 16), rng.uniform(40.0, 150.0, 4)])
@@ -62,6 +66,7 @@ def test_fit_takes_factor_and_weight_term_when_big_models_pay_for_their_weights(
     assert fit.residual < 0.02
 
 
+@pytest.mark.unit
 def test_fit_takes_no_correction_when_none_predicts_better_out_of_sample():
     rng = np.random.default_rng(3)
     weight_mb = rng.uniform(0.5, 30.0, 12)
@@ -73,6 +78,7 @@ def test_fit_takes_no_correction_when_none_predicts_better_out_of_sample():
         fit_model_correction(weight_mb[:4], [1.0, 0.0, 1.0, 1.0], kernels_ms[:4])
 
 
+@pytest.mark.unit
 def test_fit_takes_the_refetch_term_when_small_kernels_pay_for_their_weights_inside_a_model():
     rng = np.random.default_rng(5)
     weight_mb = np.concatenate([rng.uniform(0.5, 14.0, 16), rng.uniform(40.0, 150.0, 4)])
@@ -89,6 +95,7 @@ def test_fit_takes_the_refetch_term_when_small_kernels_pay_for_their_weights_ins
     assert blind.ms_per_refetched_mb == 0.0 and blind.private_cache_mb == 0.0 and blind.residual > fit.residual
 
 
+@pytest.mark.unit
 def test_fit_leaves_the_refetch_term_out_when_it_does_not_predict():
     rng = np.random.default_rng(6)
     weight_mb = rng.uniform(0.5, 14.0, 16)
@@ -134,6 +141,7 @@ def tflite_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp_path):
     correction = ModelCorrection(ms_per_mb=100.0, threshold_mb=0.002, fitted_on=12, residual=0.03, scale=1.1)
     plain = load_predictor(_write(payloads, tmp_path / "plain", invoke_overhead_ms=0.001)).predict(tflite_file)
@@ -149,6 +157,7 @@ def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp
     assert above.extra_ms(TINY_WEIGHT_BYTES) == 0.0
 
 
+@pytest.mark.integration
 def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache(payloads, tflite_file, tmp_path):
     plain = load_predictor(_write(payloads, tmp_path / "plain")).predict(tflite_file)
     # every kernel of the tiny model reads and writes less than 1 MB: all its weights are refetched
@@ -162,6 +171,7 @@ def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache
     assert refetched_weight_bytes(plain.kernels, 10e3) == weight_bytes(small) < TINY_WEIGHT_BYTES
 
 
+@pytest.mark.unit
 def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp_path):
     old = load_artifact(_write(payloads, tmp_path / "old"))
     assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
@@ -184,6 +194,7 @@ def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp
         load_artifact(tmp_path / "new")
 
 
+@pytest.mark.unit
 def test_weight_bytes_are_the_kernel_cost_params():
     config = {"HW": 8, "CIN": 4, "COUT": 6, "KERNEL_SIZE": 3, "STRIDES": 1}
     row = type("Row", (), {"kernel": "conv-bn-relu", "config": config})()

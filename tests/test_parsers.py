@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
+
 from nnmeter.backends.parsers import BenchmarkOutputError, parse_benchmark_app, parse_benchmark_model
+
+pytestmark = pytest.mark.unit
 
 TFLITE_2X = """STARTING!
 Log parameter values verbosely: [0]

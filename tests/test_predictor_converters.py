@@ -16,6 +16,8 @@ from nnmeter.predictor.detection import detect
 from nnmeter.predictor.ir import Graph
 from nnmeter.predictor.rules import default_rules
 
+pytestmark = pytest.mark.integration
+
 NNMETER_IR = Path("/work/shared/testdata/nnmeter-ir/mobilenetv3small_0.json")
 HW, C, EXPAND = 16, 8, 24
 

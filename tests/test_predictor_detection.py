@@ -12,6 +12,8 @@ from nnmeter.predictor.ir import Graph, Node
 from nnmeter.predictor.patterns import recognise
 from nnmeter.predictor.rules import load_rules
 
+pytestmark = pytest.mark.unit
+
 
 def rules_file(tmp_path, mon):
     # nn-Meter's format: BF_<op1>_<op2> with obey, plus MON

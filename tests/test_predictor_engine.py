@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_latency
 
 import nnmeter
 from nnmeter import ops
@@ -18,7 +19,8 @@ from nnmeter.errors import NnmeterError
 from nnmeter.kernel_gen import sample_configs
 from nnmeter.predictor.engine import UnsupportedModelError, load_predictor
 from nnmeter.predictor.features import feature_matrix
-from conftest import synthetic_latency
+
+pytestmark = pytest.mark.integration
 
 NNMETER_IR = Path("/work/shared/testdata/nnmeter-ir/mobilenetv3small_0.json")
 LEFT_OUT = "hswish"  # the artifact has no regressor for a lone hswish

@@ -10,6 +10,8 @@ import pytest
 from nnmeter.backends.base import MeasureResult, MeasureStatus
 from nnmeter.backends.protocol import LatencyStats, MeasureError, MeasurementProtocol, run_round_robin
 
+pytestmark = pytest.mark.unit
+
 
 def test_stats_from_rounds_use_round_medians():
     stats = LatencyStats.from_rounds([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])

@@ -8,13 +8,24 @@ import pickle
 import numpy as np
 import pytest
 
-from nnmeter.training import (
-    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, REGRESSORS, KernelTrainingSettings, latency_metrics, make_regressor,
-)
 from nnmeter.predictor.features import (
-    feature_matrix, feature_names, half_tile_chosen, half_tile_feature, kernel_features,
+    feature_matrix,
+    feature_names,
+    half_tile_chosen,
+    half_tile_feature,
+    kernel_features,
 )
 from nnmeter.predictor.regressor_format import RegressorFormatError, load_ensemble, save_ensemble
+from nnmeter.training import (
+    BASELINE_REGRESSOR,
+    DEFAULT_REGRESSOR,
+    REGRESSORS,
+    KernelTrainingSettings,
+    latency_metrics,
+    make_regressor,
+)
+
+pytestmark = pytest.mark.unit
 
 KERNEL = "conv-bn-relu"
 
@@ -92,7 +103,7 @@ def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
 ])
 def test_half_tile_rule_matches_xnnpack_on_measured_layers(columns, half):
     """On tflite-local (AVX2, 16/8-wide micro-kernels) these 1x1 convs on 1x1 maps ran 1.9x slower per weight
-    exactly where XNNPACK's rule picks the half-width micro-kernel (docs/measurement.md)."""
+    exactly where XNNPACK's rule picks the half-width micro-kernel (docs/design-notes.md)."""
     assert half_tile_chosen(columns, 16) is half
     assert kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=1, KERNEL_SIZE=1, STRIDES=1))[
         feature_names("conv-bn-relu").index(half_tile_feature(16))] == float(half)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nnmeter.evaluation import FLOPS_LINEAR, NNMETER, NO_FUSION, EvaluationResult, ModelEvaluation
 from nnmeter.builder.report import KernelRow, KernelSamples, StepCost, render_report
+from nnmeter.evaluation import FLOPS_LINEAR, NNMETER, NO_FUSION, EvaluationResult, ModelEvaluation
 from nnmeter.predictor.rules import FusionRules, Measured, MonRule, PairRule
 
 
@@ -35,6 +35,7 @@ def _synthetic_report() -> str:
         generated_at="2026-01-01 00:00 UTC")
 
 
+@pytest.mark.unit
 def test_report_contains_every_section_and_escapes_names():
     html = _synthetic_report()
     for text in ("Predicted vs measured", "Error distribution", "Per family", "Kernel regressors",
@@ -50,6 +51,7 @@ def test_report_contains_every_section_and_escapes_names():
     assert "<script" not in html
 
 
+@pytest.mark.unit
 def test_report_renders_before_any_step_ran():
     html = render_report(title="t", workspace="/tmp/ws", evaluation=None)
     assert "The evaluation has not run yet" in html
@@ -60,6 +62,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium package (apt-get install chromium)")
 def test_report_displays_in_headless_chromium(tmp_path):
     page = tmp_path / "index.html"

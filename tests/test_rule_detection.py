@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 
 from nnmeter.errors import ConfigError
-from nnmeter.predictor.rules import (MON_FIRST, MON_NONE, FusionRules, PairRule, default_rules, load_rules,
-                                     rules_to_dict, save_rules)
+from nnmeter.predictor.rules import (
+    MON_FIRST,
+    MON_NONE,
+    FusionRules,
+    PairRule,
+    default_rules,
+    load_rules,
+    rules_to_dict,
+    save_rules,
+)
 from nnmeter.rule_tester.detection import MonPass, PairPass, decide_mon, decide_pair
+
+pytestmark = pytest.mark.unit
 
 
 def rounds(median_ms: float, rel_noise: float, n: int = 40, seed: int = 0) -> list[float]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_workspace
 
+from nnmeter.builder.rules import run_workspace_rules
 from nnmeter.builder.workspace import Workspace
 from nnmeter.cli import main
 from nnmeter.predictor.rules import MON_VALUES, load_rules
-from nnmeter.builder.rules import run_workspace_rules
-from conftest import make_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,16 @@ import pytest
 
 from nnmeter import ops
 from nnmeter.kernel_gen.priors import family_of, load_priors, prior_rows
-from nnmeter.kernel_gen.samplers import (COVERAGE_SHARE, FINEGRAINED_RANGE, MAX_FLOPS, PRIOR_JITTER, SAMPLERS,
-                                         sample_configs)
+from nnmeter.kernel_gen.samplers import (
+    COVERAGE_SHARE,
+    FINEGRAINED_RANGE,
+    MAX_FLOPS,
+    PRIOR_JITTER,
+    SAMPLERS,
+    sample_configs,
+)
+
+pytestmark = pytest.mark.unit
 
 CONV = {"HW": 28, "CIN": 64, "COUT": 128, "KERNEL_SIZE": 3, "STRIDES": 1}
 

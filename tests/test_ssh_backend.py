@@ -11,14 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
 from conftest_remote import QUICK, free_port, install_fake_benchmark_model
+
 from nnmeter.backends import litert_runner
 from nnmeter.backends.base import ConversionJob, MeasureStatus
 from nnmeter.backends.openvino_ssh import OpenVINOSSHBackend, OpenVINOSSHConfig
 from nnmeter.backends.tflite_ssh import TFLiteSSHBackend, TFLiteSSHConfig
 from nnmeter.errors import BackendError
+
+pytestmark = pytest.mark.integration
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -26,6 +26,7 @@ def measurement(model_id: str, status: str = "ok", protocol_key: str = "p1", **k
                              error="" if has_stats else "boom", **kw)
 
 
+@pytest.mark.unit
 def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         kid = "conv-bn-relu-28-16"
@@ -59,6 +60,7 @@ def at(ms: float) -> LatencyStats:
     return LatencyStats.from_rounds([[ms, ms, ms]] * 3)
 
 
+@pytest.mark.unit
 def test_a_batch_is_scaled_by_its_anchors_when_stored_and_reads_the_same_forever(tmp_path: Path) -> None:
     """The 4th batch ran every anchor 25 % slower than their median so far: its models are scaled back; batches
     stored later, however slow, do not move what was stored before."""
@@ -92,6 +94,7 @@ def test_a_batch_is_scaled_by_its_anchors_when_stored_and_reads_the_same_forever
     (0.5, 40, 0.5),   # the models share half the anchors' drift (in the log)
     (0.0, 10, 1.0),   # too few repeated measurements to weigh: the anchors' design holds
 ])
+@pytest.mark.unit
 def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_closest(
         tmp_path: Path, models_follow: float, pairs: int, weight: float) -> None:
     slowdown = {"first": 1.0, "second": 1.2}  # of the anchors, batch by batch
@@ -117,6 +120,7 @@ def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_cl
         assert third.drift_factor == pytest.approx((0.12 / 0.12) ** check.weight)  # median of 0.1, 0.12, 0.12
 
 
+@pytest.mark.unit
 def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median(tmp_path: Path) -> None:
     """Under ``statistic: min`` a record's latency is its fastest round; the drift anchors are read by their
     median, so a fast round of an anchor does not move its batch, a slower median does."""
@@ -143,6 +147,7 @@ def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median
         STATS.value("mean")
 
 
+@pytest.mark.unit
 def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         for mid in ("a", "b", "c"):
@@ -175,6 +180,7 @@ def test_newest_measurement_per_model_decides(tmp_path: Path) -> None:
         assert setups["p1"].statuses == {"ok": 1, "crash": 1, "unstable": 1}
 
 
+@pytest.mark.unit
 def test_series_keep_independent_measurements_side_by_side(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         store.add_model(ModelRecord(id="a", kind="rule-case", name="relu@8", files={"tflite": "a.tflite"}))
@@ -188,6 +194,7 @@ def test_series_keep_independent_measurements_side_by_side(tmp_path: Path) -> No
         assert store.latest_measurements("local:test", "tflite-local", "p1", series="pass2")[0][1].id == second.id
 
 
+@pytest.mark.unit
 def test_state_and_bad_records(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         assert store.get_state("rules", default={}) == {}
@@ -201,6 +208,7 @@ def test_state_and_bad_records(tmp_path: Path) -> None:
         assert store.latest_measurements("local:test", "tflite-local", "p1") == []
 
 
+@pytest.mark.unit
 def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)  # a store as the first schema version wrote it
@@ -224,6 +232,7 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
         assert store.schema_version == SCHEMA_VERSION
 
 
+@pytest.mark.unit
 def test_a_store_from_before_stored_drift_factors_gets_them_as_they_would_have_been_decided(tmp_path: Path) -> None:
     """A version-4 store (drift factors computed on every read) migrates to factors decided batch by batch, from
     what was stored before each: the same as a store that decided them as it was written."""
@@ -255,6 +264,7 @@ def test_a_store_from_before_stored_drift_factors_gets_them_as_they_would_have_b
         assert old[-1]["drift_factor"] == pytest.approx(1 / 1.25)  # b3: anchors at 0.125 against a median of 0.1
 
 
+@pytest.mark.unit
 def test_refuses_newer_schemas_and_non_stores(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite"
     Store(path).close()
@@ -270,6 +280,7 @@ def test_refuses_newer_schemas_and_non_stores(tmp_path: Path) -> None:
         Store(junk)
 
 
+@pytest.mark.unit
 def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     writer = textwrap.dedent(f"""
@@ -309,6 +320,7 @@ def local_backend():
         yield backend
 
 
+@pytest.mark.integration
 def test_a_session_skips_measured_models_and_retries_failures(tmp_path: Path, local_backend) -> None:
     from nnmeter.builder.workspace import Workspace, tiny_model_path
 

@@ -7,13 +7,13 @@ import re
 
 import numpy as np
 import pytest
+from conftest import make_workspace
 
 from nnmeter.builder import Workspace, trained_kernels
 from nnmeter.cli import main
-from nnmeter.training import KernelTrainingSettings, Sample, TrainingError, adaptive_training, held_out
 from nnmeter.predictor.artifact import load_artifact, sha256_file
-from nnmeter.predictor.features import feature_matrix, feature_names
-from conftest import make_workspace
+from nnmeter.predictor.features import feature_matrix
+from nnmeter.training import KernelTrainingSettings, Sample, TrainingError, adaptive_training, held_out
 
 KERNEL = "fc"  # converts and measures in a fraction of a second per model
 
@@ -37,6 +37,7 @@ def first_run(workspace):
     return setup, results, measurements
 
 
+@pytest.mark.e2e
 def test_loop_trains_a_regressor_from_real_measurements(first_run, workspace):
     setup, results, _ = first_run
     assert setup["backend"] == "tflite-local" and setup["device"]["id"]
@@ -56,6 +57,7 @@ def test_loop_trains_a_regressor_from_real_measurements(first_run, workspace):
         assert len(ws.store.models(kind="kernel")) == result.samples
 
 
+@pytest.mark.e2e
 def test_second_run_resumes_without_measuring_again(first_run, workspace, capsys):
     _, (before,), measurements = first_run
     capsys.readouterr()
@@ -69,6 +71,22 @@ def test_second_run_resumes_without_measuring_again(first_run, workspace, capsys
     assert after == before  # the finished kernel is not trained again: same file, same scores
 
 
+@pytest.mark.e2e
+def test_a_kernel_trained_again_after_other_batches_is_the_same_file(first_run, workspace):
+    """Measurements never change once stored: after more batches were measured (with their drift anchors),
+    training the kernel again from the store writes the very same regressor file, byte for byte."""
+    from nnmeter.builder import tiny_model_path
+
+    _, (before,), _ = first_run
+    path = workspace / before.file
+    original = path.read_bytes()
+    assert main(["profile", str(workspace), str(tiny_model_path()), "--runs", "6", "--remeasure"]) == 0
+    path.unlink()  # its result is stale without the file: the kernel is trained again, measuring nothing
+    assert main(["train", str(workspace), "--kernel", KERNEL]) == 0
+    assert path.read_bytes() == original
+
+
+@pytest.mark.e2e
 def test_other_settings_train_the_kernel_again(first_run, workspace, capsys):
     _, (before,), measurements = first_run
     capsys.readouterr()
@@ -81,6 +99,7 @@ def test_other_settings_train_the_kernel_again(first_run, workspace, capsys):
     assert [r.round for r in after.rounds] == [0]
 
 
+@pytest.mark.e2e
 def test_a_new_reading_of_the_measurements_trains_the_kernel_again(first_run, workspace, monkeypatch):
     """Same settings as the run before (iterations 0), but labels read another way (the store's
     LATENCY_READING_VERSION bumped): trained again, from the store."""
@@ -99,6 +118,7 @@ def test_a_new_reading_of_the_measurements_trains_the_kernel_again(first_run, wo
     assert after.settings["latency_reading"] == before.settings["latency_reading"] + 1
 
 
+@pytest.mark.e2e
 def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     out = tmp_path / "pred"
@@ -118,6 +138,7 @@ def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, m
     assert load_artifact(find_predictor("test-device")).manifest.name == "test-device"
 
 
+@pytest.mark.e2e
 def test_a_new_prior_samples_and_trains_the_kernel_again(first_run, workspace, monkeypatch):
     """Same settings, but the prior sampler draws other configs (a new nnmeter): the kernel's saved result and
     fine-grained plan are stale, so its new prior is measured and it is trained on that, not kept."""
@@ -135,6 +156,7 @@ def test_a_new_prior_samples_and_trains_the_kernel_again(first_run, workspace, m
     assert after.settings["prior"] != before.settings["prior"] and after.trained_at > before.trained_at
 
 
+@pytest.mark.unit
 def test_package_without_training_says_so(tmp_path, capsys):
     root = tmp_path / "empty"
     Workspace.create(root, "tflite-local")
@@ -148,6 +170,7 @@ def test_package_without_training_says_so(tmp_path, capsys):
 SMALL = KernelTrainingSettings(kernels=[KERNEL], init_samples=12, iterations=0, min_train_samples=20)
 
 
+@pytest.mark.unit
 def test_too_small_training_set_is_a_clear_error():
     def measure(configs, _what):
         return [Sample(c, 0.01 + c["CIN"] * c["COUT"] * 1e-7) for c in configs]
@@ -156,6 +179,7 @@ def test_too_small_training_set_is_a_clear_error():
         adaptive_training(KERNEL, SMALL, measure)
 
 
+@pytest.mark.unit
 def test_all_measurements_failed_is_a_clear_error():
     def measure(configs, _what):
         return [Sample(c, None, error="XNNPACK delegate refused the model") for c in configs]
@@ -164,6 +188,7 @@ def test_all_measurements_failed_is_a_clear_error():
         adaptive_training(KERNEL, SMALL, measure)
 
 
+@pytest.mark.unit
 def test_held_out_split_is_stable_and_near_its_fraction():
     configs = [{"CIN": c, "COUT": 64} for c in range(1, 2001)]
     picked = [held_out(c, 0.2, seed=0) for c in configs]
@@ -172,6 +197,7 @@ def test_held_out_split_is_stable_and_near_its_fraction():
     assert picked != [held_out(c, 0.2, seed=1) for c in configs]
 
 
+@pytest.mark.e2e
 def test_bad_kernel_name_is_refused(workspace, capsys):
     assert main(["train", str(workspace), "--kernel", "convv"]) == 2
     assert "'convv' is not a kernel" in capsys.readouterr().err
@@ -184,6 +210,7 @@ def _noisy_fc_latencies(configs, _what, calls=[]):
     return [Sample(c, (0.002 + c["CIN"] * c["COUT"] * 2e-7) * rng.uniform(0.85, 1.15)) for c in configs]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("target, rounds", [(0.5, [0]), (1.0, [0, 1, 2])])
 def test_adaptive_rounds_stop_once_the_target_accuracy_is_reached(target, rounds):
     settings = KernelTrainingSettings(kernels=[KERNEL], init_samples=80, iterations=2, finegrained_samples=2,
@@ -197,14 +224,16 @@ def test_adaptive_rounds_stop_once_the_target_accuracy_is_reached(target, rounds
         assert outcome.samples == outcome.rounds[0].samples
 
 
+@pytest.mark.unit
 def test_pooled_fit_learns_from_the_family_and_scores_on_the_kernels_own_held_out_configs(monkeypatch):
     """conv-bn (60 own samples) with two siblings (400 each) 1.5x and 2x slower, on latencies the cost model
     fits exactly: the WITH_<op> columns keep the members apart, and the scored fit sees no sample of conv-bn's
     held-out configs, its own or a sibling's copy."""
+    from conftest import synthetic_latency
+
     import nnmeter.training.adaptive as adaptive
     from nnmeter.kernel_gen.samplers import sample_configs
     from nnmeter.training import pooled_fit, prior_configs
-    from conftest import synthetic_latency
 
     kernel, factors = "conv-bn", {"conv-bn": 1.0, "conv-bn-relu": 1.5, "conv-hswish": 2.0}
     settings = KernelTrainingSettings(kernels=list(factors), init_samples=60, iterations=0, min_train_samples=20)
@@ -241,6 +270,7 @@ def test_pooled_fit_learns_from_the_family_and_scores_on_the_kernels_own_held_ou
         assert np.all(np.abs(ratio - 1) < 0.1), (member, ratio)
 
 
+@pytest.mark.e2e
 def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
     """add and addrelu (one family): addrelu, its first kernel, gets the full budget and add member_samples;
     after the loop each regressor is fitted on both kernels' measurements, a second run fits nothing again, and
@@ -264,6 +294,7 @@ def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
         assert {r.kernel: r.samples for r in trained_kernels(ws)[1]}["add"] == 24
 
 
+@pytest.mark.unit
 def test_family_members_after_the_first_get_member_samples_and_no_rounds():
     from nnmeter.training import kernel_settings
 
@@ -281,12 +312,14 @@ def test_family_members_after_the_first_get_member_samples_and_no_rounds():
     assert kernel_settings("conv-bn", small).init_samples == 100
 
 
+@pytest.mark.unit
 def test_large_error_configs_are_the_planted_misses_worst_first():
     """120 fc configs whose latency the cost model fits exactly, 3 of them measured 4x, 2.5x and 1.6x slow: those
     3 are the large errors, worst first, and no other config is."""
+    from conftest import synthetic_latency
+
     from nnmeter.kernel_gen import sample_configs
     from nnmeter.training import large_error_configs
-    from conftest import synthetic_latency
 
     settings = KernelTrainingSettings(error_threshold=0.25, max_refined_points=10)
     configs = sample_configs("fc", 120, sampler="uniform", seed=3)

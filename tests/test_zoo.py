@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnmeter.evaluation import zoo
 from nnmeter.errors import ConfigError
+from nnmeter.evaluation import zoo
+
+pytestmark = pytest.mark.integration
 
 GENERATED = [name for name, fam in zoo.FAMILIES.items() if fam.generated]
 

@@ -33,21 +33,12 @@ invokes at least ``runs`` times and keeps invoking until ``min_time_ms``
 has passed; each time is ``time.perf_counter`` around one ``invoke()``, or, with
 ``"clock": "thread"``, the CPU time of the invoking thread (``time.thread_time``).
 The thread clock is only offered where the whole inference runs on the calling
-thread (LiteRT with 1 thread: the load reply says ``"thread_clock": true``): then a
-process sharing the measuring core, which stretches the wall time of every
-invocation longer than a scheduler slice (up to 2x here with 7 tenants on 2
-cores), does not change the time. Inputs are set once, at load, with random
-data.
-
-Why settle: a model's first invocations after anything else ran on the core (another
-model, an idle gap of 50 ms) are slow, and for models that stream megabytes of weights
-they get faster over several invocations, not one. Here (Intel Xeon VM) MobileNetV1 at
-96 px took 3.0-4.0, 3.1, 2.4, 2.1 ms and then 1.9 ms, its steady state; a conv kernel of
-4 ms took 2x its steady time first and reached it at the 9th invocation. A round of 3 timed
-invocations right after another model measures that ramp, not the model. Settling lets each
-round start from the state the model's own invocations leave, as ``benchmark_model``'s
-back-to-back runs do. Unknown ``run`` fields are ignored. ``load`` options other than ``path``
-and ``threads`` are engine-specific (OpenVINO: ``device``).
+thread (LiteRT with 1 thread: the load reply says ``"thread_clock": true``): then
+other processes sharing the measuring core do not change the time. Inputs are set
+once, at load, with random data. Settling exists because a model's first invocations
+after anything else ran on the core are slow, over several invocations for megabytes
+of weights (docs/design-notes.md). Unknown ``run`` fields are ignored. ``load`` options
+other than ``path`` and ``threads`` are engine-specific (OpenVINO: ``device``).
 
 Any failure of a command is a reply ``{"id": n, "ok": false, "error": "one line"}``
 and the process goes on; only a crash of the runtime itself ends it (the client

@@ -1,43 +1,19 @@
 """The measurement protocol shared by every backend, and the statistics of a measurement.
 
-Why rounds: the hosts and phones nnmeter measures flip between fast and slow
-states every few seconds. Repeatability depends on the number of rounds, not on
-runs per round (60 rounds of 3 runs repeated within +-10 % for every one of 60
-models here; 7 rounds of 10 runs for 65 %). So a measurement is many short
-rounds, interleaved round-robin across the models of a batch so that a slow
-period of the device hits all models alike. A measurement's latency is one
-statistic of it, the same for training and evaluation (``statistic``): the
-fastest round (the default; :attr:`LatencyStats.fastest_round_ms`) or the median
-over the rounds' medians.
+A model is measured in a batch: loaded and warmed up, then timed in ``rounds`` short rounds
+interleaved round-robin across the batch, each round settled first (untimed invocations until one
+is no faster than the one before, at most ``settle_runs``) and then at least ``runs_per_round``
+invocations and ``min_round_ms`` long. Models whose median is not pinned down (``median_ci`` above
+``max_median_ci``) get up to ``max_remeasures`` more passes of rounds, then the status ``unstable``.
+A measurement's latency is one statistic of it, the same for training and evaluation
+(``statistic``): the fastest round (the default; :attr:`LatencyStats.fastest_round_ms`) or the
+median over the rounds' medians.
 
-Why every round settles first (``settle_runs``): interleaving means a model's round
-follows other models (or an idle gap), and its first invocations then run slow, for
-models streaming megabytes of weights over several invocations (MobileNetV1 at 96 px:
-3.5, 3.2, 2.4, 2.1, then 1.9 ms). Rounds timed from the first invocation measured that
-ramp, and their fastest was the one right after the model's own warm-up. Untimed
-invocations until one is no faster than the one before make every round time the
-state the model's own back-to-back invocations leave.
+``clock: auto`` times the invoking thread's CPU time where the whole inference runs on it, else the
+wall clock.
 
-Why a batch of whole models is spread over time (``whole_model_batch_s``): the
-evaluation set is few models, and their rounds back to back took ~10 s, inside one
-fast or slow period; idle time between rounds spreads the same rounds over the
-periods (two passes of 21 models agreed within +-10 % for 90-93 % of them instead of
-87-90 %; docs/measurement.md). Kernel batches are longer and many.
-
-Why the invoking thread's CPU time (``clock: auto``) where the runtime allows it:
-the measuring core is not the model's alone (here 7 tenants share 2 cores). An
-invocation longer than a scheduler slice is preempted in every run, so its wall
-time doubles under load while a short kernel's barely moves: a kernel sum that
-no longer adds up to the model. The CPU time of the invoking thread does not count
-the slices other processes take (mobilenetv2 at 160 px: 7.9 ms wall, 3.9 ms CPU
-on a shared core; 3.85 ms both alone).
-
-Why the re-measure criterion is the confidence interval of the median and not
-the spread: on a bimodal host the inter-quartile range of the rounds stays
-large however long one measures (it reflects the two states), while the
-uncertainty of the median shrinks with more rounds. ``spread`` (relative IQR) is
-reported; ``median_ci`` (relative half-width of a distribution-free 95 %
-confidence interval of the median) decides whether to measure again.
+Why: devices switch between fast and slow states every few seconds, and many short interleaved rounds
+repeat where a few long ones do not (the measurements: docs/design-notes.md).
 """
 
 from __future__ import annotations
@@ -157,7 +133,7 @@ class LatencyStats:
             mean_ms=statistics.fmean(medians),
             std_ms=statistics.pstdev(medians) if len(medians) > 1 else 0.0,
             # a time of 0 is a clock that did not advance (CPU-time accounting on a VM, ~1 in 10^5 invocations of
-            # 1 us kernels here), not a run: it would make the minimum 0
+            # 1 us kernels), not a run: it would make the minimum 0
             min_ms=min((t for t in all_runs if t > 0), default=0.0),
             p90_ms=_quantile(medians, 0.9),
             runs=len(all_runs),

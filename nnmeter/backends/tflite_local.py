@@ -1,8 +1,8 @@
 """``tflite-local``: float32 .tflite models timed with the LiteRT interpreter on this machine's CPU.
 
-Keras models are converted in a pool of worker processes on the cores that do
-not measure; measurement runs ``litert_runner.py`` in a subprocess pinned to the
-measuring core(s), so the timing process never runs TensorFlow.
+Keras models are converted in a pool of worker processes on every core, in turns with the
+measurements; measurement runs ``litert_runner.py`` in a subprocess pinned to the measuring
+core(s), so the timing process never runs TensorFlow.
 """
 
 from __future__ import annotations

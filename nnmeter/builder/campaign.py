@@ -140,7 +140,7 @@ class _Entry:
     key: str
     comment: list[str]
     text: str = ""  # "key: value" (may span lines)
-    children: list["_Entry"] | None = None
+    children: list[_Entry] | None = None
     required: bool = False
 
 

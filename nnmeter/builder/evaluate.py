@@ -18,7 +18,13 @@ from nnmeter.builder import state
 from nnmeter.builder.workspace import USER_MODEL_SUFFIXES, Workspace
 from nnmeter.errors import NnmeterError
 from nnmeter.evaluation import (
-    NOTES, EvaluationResult, ModelEvaluation, build_zoo_model, check_families, evaluation_set, predict_model,
+    NOTES,
+    EvaluationResult,
+    ModelEvaluation,
+    build_zoo_model,
+    check_families,
+    evaluation_set,
+    predict_model,
     with_flops_baseline,
 )
 from nnmeter.measurement import ModelRecord, ModelSpec

@@ -27,12 +27,24 @@ from nnmeter.measurement import LATENCY_READING_VERSION, MeasuringSession, Model
 from nnmeter.predictor.artifact import sha256_file
 from nnmeter.predictor.detection import unfused_pairs
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
-from nnmeter.predictor.regressor_format import FORMAT_VERSION as TREE_FORMAT_VERSION, save_ensemble
+from nnmeter.predictor.regressor_format import FORMAT_VERSION as TREE_FORMAT_VERSION
+from nnmeter.predictor.regressor_format import save_ensemble
 from nnmeter.predictor.rules import load_rules
 from nnmeter.progress import SILENT, Reporter, Task
 from nnmeter.training import (
-    KernelTrainingSettings, LatencyMetrics, MeasureConfigs, RoundScore, Sample, TrainingError, adaptive_training,
-    config_key, kernel_settings, pools_families, pooled_fit, prior_configs, regressor_class,
+    KernelTrainingSettings,
+    LatencyMetrics,
+    MeasureConfigs,
+    RoundScore,
+    Sample,
+    TrainingError,
+    adaptive_training,
+    config_key,
+    kernel_settings,
+    pooled_fit,
+    pools_families,
+    prior_configs,
+    regressor_class,
 )
 
 #: Folder of a workspace's models/ that holds the trained regressors until they are packaged.
@@ -71,7 +83,7 @@ class KernelResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "KernelResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> KernelResult:
         """From :meth:`to_dict`; a result stored before a field existed gets the field's default."""
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         values["metrics"] = LatencyMetrics.from_dict(data["metrics"])
@@ -168,10 +180,13 @@ def trainer_version(settings: KernelTrainingSettings) -> dict[str, Any]:
             "feature_schema": FEATURE_SCHEMA_VERSION, "tree_format": TREE_FORMAT_VERSION}
 
 
-def workspace_measure(ws: Workspace, session: MeasuringSession, kernel: str, task: Task) -> MeasureConfigs:
+def workspace_measure(ws: Workspace, session: MeasuringSession, kernel: str, task: Task | None = None,
+                      ) -> MeasureConfigs:
     """Measure configs of ``kernel`` in ``session``: build, convert, measure, all kept in the workspace's store;
-    converted files are deleted once measured unless ``kernels.keep_models``."""
+    converted files are deleted once measured unless ``kernels.keep_models``. ``task`` shows each call's
+    phase and counts."""
     keep_files = ws.campaign.kernels.keep_models
+    task = task or Task()
 
     def measure(configs: Sequence[Mapping[str, Any]], what: str) -> list[Sample]:
         specs = [kernel_spec(kernel, c) for c in configs]

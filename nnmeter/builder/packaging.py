@@ -234,7 +234,8 @@ def package_workspace(ws: Workspace, out_dir: Path | None = None, *, name: str |
     """Write the predictor artifact of ``ws``; NnmeterError when nothing (valid) is trained."""
     setup, results = trained_kernels(ws)
     if setup is None or not results:
-        raise NnmeterError(f"{ws.root}: no trained kernel regressors", f"train them first: nnmeter-build train {ws.root}")
+        raise NnmeterError(f"{ws.root}: no trained kernel regressors",
+                           f"train them first: nnmeter-build train {ws.root}")
     wanted = list(kernels) if kernels else list(ws.campaign.kernels.kernels)
     unformed = kernels_to_train(ws)[1]  # left out on purpose, not missing (packaged if trained anyway)
     by_kernel = {r.kernel: r for r in results}

@@ -70,7 +70,7 @@ class _Step:
     depends: tuple[str, ...]  # steps whose outputs it consumes
     settings: Callable[[Workspace], Any]  # the campaign settings its output depends on
     output_exists: Callable[[Workspace], bool]
-    run: Callable[[Workspace, "Backend | None", "_Options"], tuple[str, bool]]  # -> (detail, complete)
+    run: Callable[[Workspace, Backend | None, _Options], tuple[str, bool]]  # -> (detail, complete)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def scatter_log(series: Mapping[str, Sequence[tuple[float, float, str]]], *, wid
         " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in corridor))
     svg += _log_axes(sx, sy, lo, hi, left, width - right, top, height - bottom)
     svg += f'<line x1="{sx(lo):.1f}" y1="{sy(lo):.1f}" x2="{sx(hi):.1f}" y2="{sy(hi):.1f}" stroke="#888"/>'
-    for i, (label, pts) in enumerate(series.items()):
+    for i, pts in enumerate(series.values()):
         colour = PALETTE[(first_colour + i) % len(PALETTE)]
         for x, y, tip in pts:
             if x > 0 and y > 0:

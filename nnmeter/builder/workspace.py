@@ -48,7 +48,7 @@ class Workspace:
     # --- making and opening ---------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path | str, backend_name: str, overwrite: bool = False) -> "Workspace":
+    def create(cls, root: Path | str, backend_name: str, overwrite: bool = False) -> Workspace:
         """Write campaign.yaml for ``backend_name``, an empty store and the folders.
 
         With ``overwrite``, an existing workspace gets a fresh campaign.yaml; its store
@@ -73,7 +73,7 @@ class Workspace:
         return cls(root)
 
     @classmethod
-    def open(cls, root: Path | str) -> "Workspace":
+    def open(cls, root: Path | str) -> Workspace:
         """The workspace at ``root`` (the folder or its campaign.yaml), its campaign validated."""
         root = Path(root)
         if root.is_file() and root.name == CAMPAIGN_FILE:
@@ -82,7 +82,7 @@ class Workspace:
             what = "does not exist" if not root.exists() else f"is not a workspace (no {CAMPAIGN_FILE})"
             raise NnmeterError(f"{root}: {what}", f"create one with: nnmeter-build init {root} --backend NAME")
         ws = cls(root)
-        ws.campaign  # validate the YAML before the store is opened
+        ws._campaign = load_campaign(ws.campaign_path)  # validated before the store is opened
         return ws
 
     def close(self) -> None:
@@ -90,7 +90,7 @@ class Workspace:
             self._store.close()
             self._store = None
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, *exc: object) -> None:

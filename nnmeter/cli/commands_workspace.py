@@ -23,6 +23,7 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("init", "make a workspace: a commented campaign.yaml, an empty store and its folders", _init_arguments)
 def _cmd_init(args: argparse.Namespace) -> int:
+    from nnmeter.builder.campaign import load_campaign
     from nnmeter.builder.workspace import Workspace
 
     out = Output()
@@ -30,7 +31,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     out.line(f"workspace {ws.root}: {ws.campaign_path.name} ({args.backend}), {ws.store_path.name}, "
              "models/, rules/, predictor/, reports/")
     try:
-        ws.campaign
+        load_campaign(ws.campaign_path)
     except ConfigError as err:  # e.g. a backend that needs a device address: the user fills it in
         out.line(f"before connecting, edit {ws.campaign_path}: {err}")
         return EXIT_OK
@@ -201,9 +202,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         around = json.loads(args.around) if args.around else None
         configs = sample_configs(args.kernel, args.n, args.sampler, seed=args.seed, around=around)
     except json.JSONDecodeError as err:
-        raise NnmeterError(f"--around: not JSON ({err})", 'give a JSON object, e.g. \'{"HW": 28, "CIN": 64}\'')
+        raise NnmeterError(f"--around: not JSON ({err})",
+                           'give a JSON object, e.g. \'{"HW": 28, "CIN": 64}\'') from None
     except ValueError as err:
-        raise NnmeterError(str(err), "see `nnmeter-build kernels` for kernel types and valid values")
+        raise NnmeterError(str(err), "see `nnmeter-build kernels` for kernel types and valid values") from None
     out = Output()
     with Workspace.open(args.workspace) as ws, out.reporter() as reporter, \
             backend_class(ws.campaign.backend_name)(ws.campaign.backend_options) as backend:  # no device needed

@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table as RichTable
 
 from nnmeter.progress import Reporter, Task
@@ -37,10 +44,11 @@ class Table:
 
 
 class Output:
-    """Where a command writes: standard output (or ``file``), a terminal or not."""
+    """Where a command writes: standard output (or ``file``, or standard error), a terminal or not (``terminal``
+    None: as detected)."""
 
-    def __init__(self, file: TextIO | None = None, *, stderr: bool = False) -> None:
-        self.console = Console(file=file, stderr=stderr, highlight=False)
+    def __init__(self, file: TextIO | None = None, *, stderr: bool = False, terminal: bool | None = None) -> None:
+        self.console = Console(file=file, stderr=stderr, highlight=False, force_terminal=terminal)
         self.terminal = self.console.is_terminal
 
     def line(self, text: str = "", *, warning: bool = False) -> None:
@@ -75,7 +83,7 @@ class Output:
         for r in table.rows:
             self.line(row(r))
 
-    def reporter(self) -> "ConsoleReporter":
+    def reporter(self) -> ConsoleReporter:
         return ConsoleReporter(self)
 
 
@@ -130,7 +138,7 @@ class ConsoleReporter(Reporter):
             self._bars.stop()
             self._bars = None
 
-    def __enter__(self) -> "ConsoleReporter":
+    def __enter__(self) -> ConsoleReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:

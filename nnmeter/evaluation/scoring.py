@@ -41,7 +41,7 @@ class Metrics:
     mean_error: float  # mean signed relative error: > 0 means the method over-predicts
 
     @classmethod
-    def of(cls, measured: Sequence[float], predicted: Sequence[float]) -> "Metrics":
+    def of(cls, measured: Sequence[float], predicted: Sequence[float]) -> Metrics:
         """Metrics of ``predicted`` against ``measured`` (both ms, same order; pairs with a NaN are dropped)."""
         m = np.asarray(measured, dtype=float)
         p = np.asarray(predicted, dtype=float)
@@ -155,7 +155,7 @@ class EvaluationResult:
                 "predictor": dict(self.predictor), "notes": dict(self.notes)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "EvaluationResult":
+    def from_json(cls, data: Mapping[str, Any]) -> EvaluationResult:
         models = tuple(ModelEvaluation(**{**m, "unsupported": tuple(m.get("unsupported", ()))})
                        for m in data["models"])
         return cls(models, data.get("device", {}), data.get("predictor", {}), data.get("notes", {}))
@@ -167,7 +167,7 @@ class EvaluationResult:
         tmp.replace(path)  # a kill never leaves half a file
 
     @classmethod
-    def load(cls, path: Path) -> "EvaluationResult":
+    def load(cls, path: Path) -> EvaluationResult:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 

@@ -10,13 +10,10 @@ plus a second model input of the same shape. Two ops that cannot be chained
 One departure from nn-Meter: a conv or convtrans is light, a 1x1 one with only
 ``CONV_OUTER_CHANNELS`` channels on its side away from the other op of a pair (its
 input when it comes first, its output when it comes second); the tensor the two ops
-share keeps nn-Meter's size, so the other op does nn-Meter's work. With nn-Meter's
-3x3 conv of 64 -> 128 channels at 28x28 the conv took ~100x the time of a relu or
-swish on its output (0.87 ms against 9-30 us on the Intel host), and the few-percent
-drift of its time between loads was larger than the whole op it was paired with: 13
-of the 15 pairs of a conv with a cheaper op came out uncertain, conv -> swish
-"fused" among them, and the predictor then lacked the swish's cost on EfficientNet's
-large maps. The light conv takes about as long as a relu on its output.
+share keeps nn-Meter's size, so the other op does nn-Meter's work. The light conv takes
+about as long as a relu on its output, where nn-Meter's 3x3 conv of 64 -> 128 channels
+takes ~100x and drifts between loads by more than the whole op it is paired with
+(docs/design-notes.md).
 
 Every function here is module-level and takes picklable arguments, so that it
 can be a :class:`~nnmeter.backends.base.ConversionJob` ``build`` run by a worker

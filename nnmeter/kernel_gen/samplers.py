@@ -15,15 +15,9 @@ than ``n`` when its space is smaller (fine-grained around a tiny channel count).
   spaces use 7x7 depthwise convs, which LiteRT runs ~7x slower per FLOP than 3x3), and
   HW moved to a member of ``ops.HW_VALUES`` within a factor two with the channels kept
   (another input resolution; the grid holds the sizes of 96-256 px inputs, so models at
-  160 or 192 px are sampled where they are, not between samples). An earlier version
-  redrew HW over the whole grid and scaled the channels by the HW ratio: that made layers
-  no network has (1x1 convs of 1 channel at 224x224, 7x7 convs of 3,000 channels on a 1x1
-  map), spent 40 % of a budget on them, and they were the hardest configs to learn. A 1x1
-  map keeps kernel size 1 and stride 1.
-  (Scaling HW off the grid by 0.5-2x instead was tried: at the quickstart's 70 samples
-  per kernel it spread the 7x7 depthwise samples too thin, and one model's prediction
-  fell 56 % short. Moving HW within a factor two on the grid of real sizes, as now, scored
-  100 % of the quickstart's models within +-10 % in its one run.)
+  160 or 192 px are sampled where they are, not between samples). Staying near real layers
+  matters: layers no network has are the hardest to learn and would take budget from the
+  real ones (docs/design-notes.md). A 1x1 map keeps kernel size 1 and stride 1.
 * ``finegrained``: nn-Meter's adaptive rule: every key of ``around`` fixed but the
   channels, each drawn uniformly from the integers in ``[0.4 c, 1.2 c]``; with
   ``vary_hw``, HW is also drawn from the members of ``ops.HW_VALUES`` within a factor

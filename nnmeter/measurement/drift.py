@@ -74,7 +74,7 @@ class DriftCheck:
     weighted_spread: float
 
     @classmethod
-    def fit(cls, model_logs: Sequence[float], factor_logs: Sequence[float]) -> "DriftCheck":
+    def fit(cls, model_logs: Sequence[float], factor_logs: Sequence[float]) -> DriftCheck:
         """The check of pairs with log ratios ``model_logs`` (``m``) and ``factor_logs`` (``a``)."""
         m, a = list(model_logs), list(factor_logs)
         moved = sum(x * x for x in a)

@@ -2,8 +2,8 @@
 measurements that the rule tester, the kernel training and the evaluation all use.
 
 * :meth:`MeasuringSession.prepare` builds and converts generated models (specs), reusing a model whose store
-  record still has its file; conversions run as one batch on the backend's workers, off the measuring cores,
-  and a failed conversion is a result with its error, not an exception.
+  record still has its file; conversions run as one batch on the backend's worker processes, never while it
+  measures, and a failed conversion is a result with its error, not an exception.
 * :meth:`MeasuringSession.convert` gives stored models (a user's .keras, ...) a file in the backend's format.
 * :meth:`MeasuringSession.measure` skips what is already measured under the same device, backend and protocol,
   measures the rest in batches of ``protocol.batch_size`` with the drift anchors in every batch
@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Sequence
 
 from nnmeter.backends.base import (
-    LATENCY_STATUSES, Backend, ConversionJob, MeasureResult, MeasureStatus, ModelFile, ProgressCallback,
+    LATENCY_STATUSES,
+    Backend,
+    ConversionJob,
+    MeasureResult,
+    MeasureStatus,
+    ModelFile,
+    ProgressCallback,
 )
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.kernel_gen.cache import model_dir
@@ -197,7 +203,7 @@ class MeasuringSession:
     def _measured_format(self, record: ModelRecord) -> str | None:
         return next((f for f in measured_formats(self.backend) if f in record.files), None)
 
-    def _task(self, progress: ProgressCallback | None, description: str, total: int) -> "_Updates":
+    def _task(self, progress: ProgressCallback | None, description: str, total: int) -> _Updates:
         return _Updates(progress, self.reporter, description, total)
 
 
@@ -216,7 +222,7 @@ class _Updates:
         elif self._task is not None:
             self._task.update(done, total)
 
-    def __enter__(self) -> "_Updates":
+    def __enter__(self) -> _Updates:
         return self
 
     def __exit__(self, *exc: object) -> None:

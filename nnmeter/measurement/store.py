@@ -36,8 +36,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from nnmeter.backends.base import LATENCY_STATUSES, MeasureResult, MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats
-from nnmeter.measurement import drift
 from nnmeter.errors import NnmeterError
+from nnmeter.measurement import drift
 
 #: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model,
 #: a drift anchor (measured in every batch).
@@ -188,7 +188,7 @@ class MeasurementRecord:
     @classmethod
     def from_result(cls, result: MeasureResult, *, device: str, backend: str,
                     runtime_versions: Mapping[str, str], protocol: Any, series: str = "",
-                    batch: str = "") -> "MeasurementRecord":
+                    batch: str = "") -> MeasurementRecord:
         """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
         return cls(
             model_id=result.model_id, device=device, backend=backend, protocol_key=protocol.key(),
@@ -257,13 +257,13 @@ class Store:
                              "restore the file from a backup, or move it away and run the campaign again") from err
 
     @classmethod
-    def open(cls, path: Path | str) -> "Store":
+    def open(cls, path: Path | str) -> Store:
         return cls(path)
 
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

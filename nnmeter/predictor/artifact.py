@@ -18,8 +18,8 @@ scikit-learn and Python that built it), ``feature_schema_version``, ``rules``
 ``invoke_overhead_ms``: the fixed cost of one invocation on the device, measured
 on a trivial model (a one-element add). Every kernel regressor learned it once per
 kernel (each kernel was measured as a model of its own); a model pays it once, so
-the engine takes it off every kernel and adds it once per model. 0 (the default,
-for artifacts that predate it) changes nothing. ``model_correction`` (optional;
+the engine takes it off every kernel and adds it once per model; 0 (the default)
+changes nothing. ``model_correction`` (optional;
 absent reads as none): what a whole model pays beyond the sum of its standalone
 kernels (see :class:`ModelCorrection`), fitted on the device on calibration
 models.

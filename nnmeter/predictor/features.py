@@ -1,69 +1,37 @@
-"""Regressor features of a kernel: defined once, used by training (builder) and prediction (engine).
+"""Regressor features of a kernel: defined once, used by training (:mod:`nnmeter.training`) and prediction (engine).
 
-A kernel's features are its config (``CINS`` of concat expanded to four slots
-and a count), its costs from :func:`nnmeter.ops.kernel_cost` (FLOPs, params,
-bytes read and bytes written), and derived shape features:
+A kernel's feature vector (:func:`kernel_features`, names from :func:`feature_names`) holds, in order:
 
-* memory traffic, which nn-Meter's features lack; bandwidth-bound kernels
-  (depthwise, element-wise, pooling) need it;
-* tile padding of the channel counts (``CIN_PAD8`` = ``ceil(CIN / 8) * 8 / CIN``):
-  SIMD kernels work on channel tiles, so a count just above a multiple of the
-  tile costs nearly a whole extra tile; trees cannot derive a ceiling from the
-  raw count with few samples (on tflite-local conv-bn-relu, 5-fold +-10 %
-  accuracy 73 % -> 84 %, dwconv-bn-relu 85 % -> 92 %);
-* for kernels that run as a matrix product, the output channels in the last
-  column tile of 4-32 (``COUT_TAIL32`` = ``(COUT - 1) % 32 + 1``, ...): on tflite-local (AVX-512) a conv
-  or fc whose last 32-column tile holds 1-16 channels ran 1.6x slower than its
-  neighbours with 17-32, for the whole layer, not the tail (1x1 convs on 1x1
-  maps, the same weight bytes), which the padding ratio cannot express (the
-  half-width micro-kernel, below, is what happens there); other convs (indirect GEMM)
-  keep the wide micro-kernel, but ran slower with a short last tile too (on the Intel host,
-  stride-1 1x1 convs of up to 1024 output pixels with 1-16 channels in the last tile
-  ran 18-33 % below the FLOP rate of those with 17-32, stride-2 ones alike; see
-  docs/measurement.md). With the column, the default campaign's conv-bn-relu (3 random
-  70/30 splits of its samples) went from +-10 % 85.6 % to 90.5 %, fc from 86.3 % to
-  96.3 % (other kernels did not gain from it);
-* for the same kernels, the output pixels in the last row tile of 4-8 (``GEMM_M_TAIL7`` =
-  ``(GEMM_M - 1) % 7 + 1``, ...): the micro-kernel computes ``mr`` output pixels at once
-  (XNNPACK's f32 kernels: 4-8 by architecture, 7 on AVX-512) and reads the packed weights
-  once per row tile; XNNPACK picks ``mr`` per layer from M (``xnn_get_heuristic_mr_gemm``:
-  M itself when a kernel of that many rows exists, else the fewest weighted tiles). With
-  them the Intel host's conv-bn-relu went from +-10 % 88.0 to 88.5 % cross-validated on
-  1,195 samples (``bench/kernel_accuracy.py --stored``), 84.6 to 85.6 % on the 800 of a
-  default campaign, and 82.5 to 83.6 % on 189 held-out prior configs (5 seeds, one-off);
-* for the same kernels, whether a fully connected layer (an fc, or a 1x1 conv on a 1x1 map,
-  which runtimes run as one) runs on the half-width micro-kernel (``FC_HALF_TILE16``, for
-  wide tiles of 8, 16 and 32 columns; :func:`half_tile_chosen` is XNNPACK's rule). That
-  kernel takes about a wide tile's time for half its columns, so the layer is ~2x slower:
-  on tflite-local (AMD host, AVX2, 16/8 columns) 1x1 convs on 1x1 maps ran at 0.15 ns per
-  weight where the rule switches and 0.08 where it does not (1,286 x 673 channels 137 us,
-  1,291 x 683 72 us, the same in fresh processes); the last tile's fill alone misses it
-  because of the rule's 1 % clause (a multiple of 8 switches below 800 columns, not above).
-  The regressors' cost model counts those layers' tiles at half width. With both, the AMD
-  host's default campaign (``bench/kernel_accuracy.py --stored``, 5 folds) went from +-10 %
-  96.1 to 98.0 % on conv-bn-relu's 2,011 samples and from 99.1 to 100 % on fc's 1,010
-  (docs/measurement.md, "Fully connected layers on the half-width micro-kernel");
-* the output size and logs of the costs, and the arithmetic intensity
-  (``LOG_INTENSITY``, log FLOPs - log bytes read), which says whether a config is
-  compute- or memory-bound and, for pooling, how kernel size and stride relate
-  (``k^2 / s^2``), neither of which trees build from the separate columns with few
-  samples: the default campaign's samples, 3 random 70/30 splits, +-10 % avgpool
-  70.4 -> 87.7 %, maxpool 79.9 -> 92.9 %, dwconv-bn 86.7 -> 89.3 %, conv-bn-relu
-  90.6 -> 92.0 %, add 95.6 -> 95.1 %;
-* for dense conv and fc kernels, the shape of the matrix product they run as
-  (``GEMM_M``, ``GEMM_N``, ``GEMM_K``, see :func:`nnmeter.ops.gemm_shape`), from
-  which the regressors' cost model counts the work in whole tiles;
-* for a kernel with a family (:func:`nnmeter.ops.kernel_family`: ``conv-*``,
-  ``dwconv-*``, ``add``/``addrelu``, ``bn``/``bnrelu``), a 0/1 column per op
-  that follows the main op in any of them (``WITH_BN``, ``WITH_RELU``, ...):
-  constant within one kernel, they let one regressor be trained on the whole
-  family's measurements and still tell its members apart.
+* the config (``CINS`` of concat as four slots and a count): what nn-Meter's features start from;
+* costs from :func:`nnmeter.ops.kernel_cost` (``FLOPS``, ``PARAMS``, ``BYTES_READ``,
+  ``BYTES_WRITTEN``): the work, and the memory traffic nn-Meter lacks, which bandwidth-bound kernels
+  (depthwise, element-wise, pooling) need;
+* channel padding to SIMD tiles (``CIN_PAD<t>``, ``COUT_PAD<t>``; ``CIN_PAD8`` = ``ceil(CIN / 8) * 8 / CIN``): a count
+  just above a multiple of the tile costs nearly a whole extra tile, a ceiling trees do not derive
+  from the raw count;
+* for strided kernels, the output size (``HW_OUT``, ``OUT_PIXELS``);
+* for kernels that run as a matrix product (dense conv, fc; :func:`nnmeter.ops.runs_as_gemm`):
+  - its shape (``GEMM_M``, ``GEMM_N``, ``GEMM_K``, :func:`nnmeter.ops.gemm_shape`), from which the
+    regressors' cost model counts the work in whole tiles;
+  - the output channels in the last column tile (``COUT_TAIL32`` = ``(COUT - 1) % 32 + 1``, tiles of
+    4-32): a layer whose last tile is short can run slower as a whole, not just in its tail;
+  - the output pixels in the last row tile (``GEMM_M_TAIL7``, tiles of 4-8): the micro-kernel computes
+    ``mr`` pixels at once and the runtime picks ``mr`` per layer from the pixel count;
+  - whether a fully connected layer (an fc, or a 1x1 conv on a 1x1 map) runs on XNNPACK's half-width
+    micro-kernel (``FC_HALF_TILE8/16/32``, :func:`half_tile_chosen`): such a layer is about 2x slower,
+    and the regressors' cost model counts its tiles at half width;
+* for a kernel with a family (:func:`nnmeter.ops.kernel_family`: ``conv-*``, ``dwconv-*``,
+  ``add``/``addrelu``, ``bn``/``bnrelu``), a 0/1 column per op that follows the main op in any member
+  (``WITH_BN``, ``WITH_RELU``, ...): one regressor trained on the family's measurements tells the members apart;
+* logs of FLOPs and bytes moved, and the arithmetic intensity (``LOG_INTENSITY``, log FLOPs - log bytes
+  read): whether a config is compute- or memory-bound, and for pooling how kernel size and stride relate.
 
-nn-Meter's own features are the config plus FLOPs and params
-(:func:`nnmeter_feature_columns`), which its baseline regressor uses.
+Why computed features at all: trees fitted on a few hundred samples do not build ceilings, ratios or
+tile remainders from raw columns (the gains, measured: docs/design-notes.md).
 
-The artifact records :data:`FEATURE_SCHEMA_VERSION` and each kernel's feature
-names; the engine refuses an artifact whose schema differs.
+nn-Meter's own features are the config plus FLOPs and params (:func:`nnmeter_feature_columns`), which
+its baseline regressor uses. The artifact records :data:`FEATURE_SCHEMA_VERSION` and each kernel's
+feature names; the engine refuses an artifact whose schema differs.
 """
 
 from __future__ import annotations

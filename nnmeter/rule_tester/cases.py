@@ -22,9 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from nnmeter import ops
-from nnmeter.kernel_gen.pairs import (LIGHT_CONV_KERNEL_SIZE, MON_CASES, TestShapes, UnconnectablePair,
-                                      build_chain, build_mon, is_light_conv, pair_input_shapes,
-                                      pair_output_channels)
+from nnmeter.kernel_gen.pairs import (
+    LIGHT_CONV_KERNEL_SIZE,
+    MON_CASES,
+    TestShapes,
+    UnconnectablePair,
+    build_chain,
+    build_mon,
+    is_light_conv,
+    pair_input_shapes,
+    pair_output_channels,
+)
 from nnmeter.predictor.rules import pair_key
 from nnmeter.rule_tester.settings import RuleTestSettings
 

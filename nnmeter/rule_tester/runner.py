@@ -141,7 +141,7 @@ def run_rule_test(session: MeasuringSession, settings: RuleTestSettings, *, reme
     return RuleTestReport(rules, plan, extra, time.monotonic() - started)
 
 
-def _measure_pass(session: MeasuringSession, prepared: "_Prepared", evidence: Evidence,
+def _measure_pass(session: MeasuringSession, prepared: _Prepared, evidence: Evidence,
                   protocol: MeasurementProtocol, index: int, cases: list[CaseModels], remeasure: bool,
                   description: str) -> None:
     """Measure pass ``index`` of ``cases``: one batch per pack of cases, each stored as its own series."""
@@ -182,7 +182,7 @@ def _prepare(session: MeasuringSession, plan: CasePlan) -> _Prepared:
     with session.reporter.task("building and converting rule cases", len(specs)) as task:
         for start in range(0, len(specs), CONVERSION_CHUNK):
             chunk = specs[start:start + CONVERSION_CHUNK]
-            for p in session.prepare(chunk, progress=lambda done, _t: task.update(start + done)):
+            for p in session.prepare(chunk, progress=lambda done, _t, start=start: task.update(start + done)):
                 if p.record is not None and p.ok:
                     out.records[p.spec.name] = p.record
                 else:

@@ -36,7 +36,7 @@ class LatencyMetrics:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LatencyMetrics":
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyMetrics:
         """From :meth:`to_dict` (a mapping with every field)."""
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 

@@ -106,7 +106,7 @@ class NnMeterForest(KernelRegressor):
         self.kernel = kernel
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> "NnMeterForest":
+    def fit(self, X: Any, y: Any) -> NnMeterForest:
         X, y = _check_training_data(X, y, self._n_features())
         X = X[:, list(nnmeter_feature_columns(self.kernel))]  # nn-Meter's features only
         max_depth, n_estimators, max_features = NNMETER_RF_SETTINGS.get(self.kernel, NNMETER_RF_FALLBACK)
@@ -195,7 +195,7 @@ class CostRatioBoosting(_CostRatioRegressor):
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> "CostRatioBoosting":
+    def fit(self, X: Any, y: Any) -> CostRatioBoosting:
         X, y = _check_training_data(X, y, self._n_features())
         target = self._targets(X, y)
         self.boosting_ = GradientBoostingRegressor(
