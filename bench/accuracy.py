@@ -25,7 +25,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nnmeter.builder import (
-    CAMPAIGN_FILE, EVALUATION_FILE, Workspace, campaign_cost, quickstart_workspace, run_campaign,
+    CAMPAIGN_FILE,
+    EVALUATION_FILE,
+    Workspace,
+    campaign_cost,
+    quickstart_workspace,
+    run_campaign,
 )
 from nnmeter.cli.render import ConsoleReporter, Output
 from nnmeter.evaluation import NNMETER, EvaluationResult
@@ -56,12 +61,24 @@ def _print(rows: list[dict], console: Console) -> None:
         result: EvaluationResult = row["result"]
         for method in result.methods:
             m = result.metrics(method)
-            table.add_row(row["name"], method, str(m.n), f"{100 * m.within_10:.1f}", f"{m.rmspe:.1f}",
-                          "-" if m.spearman is None else f"{m.spearman:.3f}")
+            table.add_row(
+                row["name"],
+                method,
+                str(m.n),
+                f"{100 * m.within_10:.1f}",
+                f"{m.rmspe:.1f}",
+                "-" if m.spearman is None else f"{m.spearman:.3f}",
+            )
         rep = result.repeatability()
         if rep.n:
-            table.add_row(row["name"], "2nd measurement", str(rep.n), f"{100 * rep.within_10:.1f}",
-                          f"{rep.rmspe:.1f}", "-" if rep.spearman is None else f"{rep.spearman:.3f}")
+            table.add_row(
+                row["name"],
+                "2nd measurement",
+                str(rep.n),
+                f"{100 * rep.within_10:.1f}",
+                f"{rep.rmspe:.1f}",
+                "-" if rep.spearman is None else f"{rep.spearman:.3f}",
+            )
         table.add_section()
     console.print(table)
     cost = Table(title="campaign cost")
@@ -70,21 +87,31 @@ def _print(rows: list[dict], console: Console) -> None:
     for row in rows:
         for step in row["steps"]:
             cost.add_row(row["name"], step.step, str(step.models), f"{step.device_minutes:.1f}")
-        cost.add_row(row["name"], "total (wall minutes of this run)", "",
-                     f"{sum(s.device_minutes for s in row['steps']):.1f} ({row['wall_minutes']:.1f})")
+        cost.add_row(
+            row["name"],
+            "total (wall minutes of this run)",
+            "",
+            f"{sum(s.device_minutes for s in row['steps']):.1f} ({row['wall_minutes']:.1f})",
+        )
         cost.add_section()
     console.print(cost)
     if len(rows) == 2:
         quick, full = (r["result"].metrics(NNMETER).within_10 for r in rows)
-        console.print(f"quickstart vs default campaign, ±10 % accuracy: {100 * quick:.1f} % vs {100 * full:.1f} % "
-                      f"({100 * (full - quick):+.1f} points)")
+        console.print(
+            f"quickstart vs default campaign, ±10 % accuracy: {100 * quick:.1f} % vs {100 * full:.1f} % "
+            f"({100 * (full - quick):+.1f} points)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quickstart campaign only")
-    parser.add_argument("--dir", type=Path, default=Path("bench-accuracy"),
-                        help="where the workspaces live (default ./bench-accuracy; reused to resume)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("bench-accuracy"),
+        help="where the workspaces live (default ./bench-accuracy; reused to resume)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     reporter = Output().reporter()

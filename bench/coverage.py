@@ -16,9 +16,25 @@ import os
 import tempfile
 from pathlib import Path
 
-ARCHITECTURES = ("Xception", "VGG16", "ResNet50V2", "ResNet101", "InceptionV3", "InceptionResNetV2", "DenseNet169",
-                 "NASNetMobile", "EfficientNetB1", "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny",
-                 "MobileNetV3Large", "MobileNetV3Small", "MobileNet", "MobileNetV2", "DenseNet121")
+ARCHITECTURES = (
+    "Xception",
+    "VGG16",
+    "ResNet50V2",
+    "ResNet101",
+    "InceptionV3",
+    "InceptionResNetV2",
+    "DenseNet169",
+    "NASNetMobile",
+    "EfficientNetB1",
+    "EfficientNetV2B0",
+    "EfficientNetV2S",
+    "ConvNeXtTiny",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
+    "MobileNet",
+    "MobileNetV2",
+    "DenseNet121",
+)
 
 
 def main() -> None:
@@ -42,8 +58,11 @@ def main() -> None:
                 path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(net).convert())
             result = predictor.predict(str(path), strict=False)
             reasons = sorted({item.reason for item in result.unsupported})
-            print(f"{name:18s} coverage {100 * result.coverage:5.1f} %  {result.latency_ms:8.2f} ms  "
-                  + "; ".join(reasons)[:300], flush=True)
+            print(
+                f"{name:18s} coverage {100 * result.coverage:5.1f} %  {result.latency_ms:8.2f} ms  "
+                + "; ".join(reasons)[:300],
+                flush=True,
+            )
             path.unlink()
 
 

@@ -19,10 +19,22 @@ import os
 from pathlib import Path
 
 #: (keras.applications constructor, input resolution)
-MODELS = (("Xception", 160), ("ResNet50V2", 160), ("ResNet101", 160), ("DenseNet169", 160),
-          ("EfficientNetB1", 192), ("EfficientNetV2B0", 192), ("EfficientNetV2B1", 160),
-          ("MobileNetV3Large", 160), ("ResNet152V2", 128), ("DenseNet201", 128), ("EfficientNetB2", 160),
-          ("MobileNetV2", 128), ("InceptionV3", 160), ("InceptionResNetV2", 128))
+MODELS = (
+    ("Xception", 160),
+    ("ResNet50V2", 160),
+    ("ResNet101", 160),
+    ("DenseNet169", 160),
+    ("EfficientNetB1", 192),
+    ("EfficientNetV2B0", 192),
+    ("EfficientNetV2B1", 160),
+    ("MobileNetV3Large", 160),
+    ("ResNet152V2", 128),
+    ("DenseNet201", 128),
+    ("EfficientNetB2", 160),
+    ("MobileNetV2", 128),
+    ("InceptionV3", 160),
+    ("InceptionResNetV2", 128),
+)
 
 
 def main() -> None:

@@ -46,8 +46,14 @@ from nnmeter.kernel_gen import sample_configs  # noqa: E402
 from nnmeter.ops import kernel_type  # noqa: E402
 from nnmeter.predictor.features import feature_matrix  # noqa: E402
 from nnmeter.training import (  # noqa: E402
-    BASELINE_REGRESSOR, DEFAULT_REGRESSOR, FAST_KERNEL_MS, TrainingError, adaptive_training, config_key,
-    latency_metrics, make_regressor,
+    BASELINE_REGRESSOR,
+    DEFAULT_REGRESSOR,
+    FAST_KERNEL_MS,
+    TrainingError,
+    adaptive_training,
+    config_key,
+    latency_metrics,
+    make_regressor,
 )
 
 KERNELS = ("conv-bn-relu", "dwconv-bn-relu", "fc", "add", "avgpool")
@@ -65,26 +71,45 @@ def budget_settings(base, regressor: str, budget: int):
     init = int(budget * base.init_samples / (base.init_samples + refined))
     per_point, rounds = max(base.finegrained_samples, 1), max(base.iterations, 1)
     return dataclasses.replace(
-        base, regressor=regressor, init_samples=init, max_refined_points=max(1, (budget - init) // rounds // per_point),
-        min_train_samples=min(base.min_train_samples, init // 2), target_accuracy=1.0,
+        base,
+        regressor=regressor,
+        init_samples=init,
+        max_refined_points=max(1, (budget - init) // rounds // per_point),
+        min_train_samples=min(base.min_train_samples, init // 2),
+        target_accuracy=1.0,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path(__file__).parent / ".ws-kernel-accuracy",
-                        help="tflite-local workspace to measure in (made if missing; reused across runs)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(__file__).parent / ".ws-kernel-accuracy",
+        help="tflite-local workspace to measure in (made if missing; reused across runs)",
+    )
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS))
     parser.add_argument("--budgets", nargs="+", type=int)
     parser.add_argument("--test", type=int, help=f"held-out configs per kernel (default {TEST_CONFIGS})")
     parser.add_argument("--regressors", nargs="+", default=[BASELINE_REGRESSOR, DEFAULT_REGRESSOR])
     parser.add_argument("--quick", action="store_true", help="budgets 50 and 100, 40 test configs")
-    parser.add_argument("--seed", type=int, help="training seed (sampling and fitting; default: the campaign's "
-                        "kernels.seed); the held-out set stays the same")
-    parser.add_argument("--repeat", action="store_true",
-                        help="measure the held-out set again in <workspace>-repeat and print the labels' agreement")
-    parser.add_argument("--stored", type=Path, metavar="WS",
-                        help="measure nothing: cross-validate the regressors on the samples in WS's store")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="training seed (sampling and fitting; default: the campaign's "
+        "kernels.seed); the held-out set stays the same",
+    )
+    parser.add_argument(
+        "--repeat",
+        action="store_true",
+        help="measure the held-out set again in <workspace>-repeat and print the labels' agreement",
+    )
+    parser.add_argument(
+        "--stored",
+        type=Path,
+        metavar="WS",
+        help="measure nothing: cross-validate the regressors on the samples in WS's store",
+    )
     parser.add_argument("--folds", type=int, default=5, help="folds of --stored (default 5)")
     args = parser.parse_args(argv)
     if args.folds < 2:
@@ -103,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         Workspace.create(args.workspace, "tflite-local")
     summary = []
     with Workspace.open(args.workspace) as ws, ws.connect() as backend:
-        console.print(f"{backend.device_info.description}, {backend.device_info.runtime}; "
-                      f"protocol {ws.campaign.protocol.key()}; workspace {ws.root}", markup=False)
+        console.print(
+            f"{backend.device_info.description}, {backend.device_info.runtime}; "
+            f"protocol {ws.campaign.protocol.key()}; workspace {ws.root}",
+            markup=False,
+        )
         for kernel in args.kernels:
             measure = workspace_measure(ws, ws.session(backend), kernel)
             test = sample_configs(kernel, n_test, "prior", seed=TEST_SEED)
@@ -112,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             test_keys = {config_key(s.config) for s in test_samples}
             X_test = feature_matrix(kernel, [s.config for s in test_samples])
             y_test = [s.latency_ms for s in test_samples]
-            table = Table(title=f"{kernel}: ±10 % accuracy on {len(y_test)} held-out prior configs "
-                                f"(median {sorted(y_test)[len(y_test) // 2]:.3f} ms)")
+            table = Table(
+                title=f"{kernel}: ±10 % accuracy on {len(y_test)} held-out prior configs "
+                f"(median {sorted(y_test)[len(y_test) // 2]:.3f} ms)"
+            )
             table.add_column("budget", justify="right")
             for name in args.regressors:
                 table.add_column(f"{name}\n±10 % / RMSPE / samples", justify="right")
@@ -131,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     m = latency_metrics(y_test, outcome.regressor.predict(X_test))
                     row.append(f"{100 * m.acc10:.1f} % / {m.rmspe:.1f} % / {outcome.samples}")
-                    summary.append((kernel, budget, name, m.acc10, m.rmspe, outcome.samples,
-                                    time.monotonic() - started))
+                    summary.append(
+                        (kernel, budget, name, m.acc10, m.rmspe, outcome.samples, time.monotonic() - started)
+                    )
                 table.add_row(*row)
             console.print(table)
-            console.print(f"{kernel}: {_device_minutes(ws, backend, kernel):.1f} device minutes measuring "
-                          f"(all samples of this kernel in the store, test set included)", markup=False)
+            console.print(
+                f"{kernel}: {_device_minutes(ws, backend, kernel):.1f} device minutes measuring "
+                f"(all samples of this kernel in the store, test set included)",
+                markup=False,
+            )
             if args.repeat:
                 console.print(_label_agreement(args.workspace, kernel, test_samples), markup=False)
     _print_csv(console, "kernel,budget,regressor,acc10,rmspe,samples,train_seconds", summary)
@@ -147,8 +181,9 @@ def _print_csv(console: Console, header: str, rows) -> None:
     """The rows under ``header`` as CSV: floats to 4 places, None as an empty field."""
     console.print("\n" + header, markup=False)
     for row in rows:
-        console.print(",".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row),
-                      markup=False)
+        console.print(
+            ",".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row), markup=False
+        )
 
 
 def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: Console) -> int:
@@ -162,24 +197,31 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
     rows = []
     with Workspace.open(workspace) as ws:  # no connection: the device may be a phone that is not attached
         campaign = ws.campaign
-        setups = [s for s in ws.store.summary().setups
-                  if s.backend == campaign.backend_name and s.protocol_key == campaign.protocol.key()]
+        setups = [
+            s
+            for s in ws.store.summary().setups
+            if s.backend == campaign.backend_name and s.protocol_key == campaign.protocol.key()
+        ]
         if not setups:
             console.print(f"{workspace}: nothing measured with its campaign's backend and protocol", markup=False)
             return 2
         setup = setups[-1]  # the device measured last
         for kernel in kernels:
-            pairs = ws.store.latest_measurements(setup.device, setup.backend, setup.protocol_key,
-                                                 kind="kernel", name=kernel, statuses=LATENCY_STATUSES)
+            pairs = ws.store.latest_measurements(
+                setup.device, setup.backend, setup.protocol_key, kind="kernel", name=kernel, statuses=LATENCY_STATUSES
+            )
             configs = [dict(record.config) for record, _ in pairs]
             y = np.array([m.latency_ms for _, m in pairs])
             if len(y) < 2 * folds:
-                console.print(f"{kernel}: {len(y)} stored samples in {workspace}, too few for {folds} folds",
-                              markup=False)
+                console.print(
+                    f"{kernel}: {len(y)} stored samples in {workspace}, too few for {folds} folds", markup=False
+                )
                 continue
             X = feature_matrix(kernel, configs)
-            table = Table(title=f"{kernel}: {folds}-fold cross-validation on {len(y)} stored samples "
-                                f"({int(np.sum(y < FAST_KERNEL_MS))} under {FAST_KERNEL_MS} ms)")
+            table = Table(
+                title=f"{kernel}: {folds}-fold cross-validation on {len(y)} stored samples "
+                f"({int(np.sum(y < FAST_KERNEL_MS))} under {FAST_KERNEL_MS} ms)"
+            )
             for column in ("regressor", "±10 %", "RMSPE", f"±10 % < {FAST_KERNEL_MS} ms", "±10 % other"):
                 table.add_column(column, justify="right")
             for name in regressors:
@@ -197,9 +239,11 @@ def _cross_validate(workspace: Path, kernels, regressors, folds: int, console: C
 
 def _excluding(measure, test_keys):
     """The measure function, with test configs dropped from training (a prior draw may repeat one)."""
+
     def wrapped(configs, what):
         kept = [c for c in configs if config_key(c) not in test_keys]
         return measure(kept, what)
+
     return wrapped
 
 
@@ -211,24 +255,35 @@ def _label_agreement(workspace: Path, kernel: str, test_samples) -> str:
     if not (root / "campaign.yaml").is_file():
         Workspace.create(root, "tflite-local")
     with Workspace.open(root) as ws, ws.connect() as backend:
-        again = {config_key(s.config): s.latency_ms
-                 for s in workspace_measure(ws, ws.session(backend), kernel)([s.config for s in test_samples],
-                                                                            "held-out again")}
-    pairs = np.array([(s.latency_ms, again[config_key(s.config)]) for s in test_samples
-                      if again.get(config_key(s.config)) is not None])
+        again = {
+            config_key(s.config): s.latency_ms
+            for s in workspace_measure(ws, ws.session(backend), kernel)(
+                [s.config for s in test_samples], "held-out again"
+            )
+        }
+    pairs = np.array(
+        [
+            (s.latency_ms, again[config_key(s.config)])
+            for s in test_samples
+            if again.get(config_key(s.config)) is not None
+        ]
+    )
     ratio = pairs[:, 1] / pairs[:, 0]
     ratio /= np.median(ratio)  # the two workspaces' anchors set their own typical speed
     diff = np.abs(ratio - 1)
     slow = pairs[:, 0] >= 0.2
-    return (f"{kernel}: held-out labels measured twice ({len(pairs)} configs): agree within ±10 % for "
-            f"{100 * np.mean(diff <= 0.1):.1f} % (kernels >= 0.2 ms: {100 * np.mean(diff[slow] <= 0.1):.1f} % of "
-            f"{slow.sum()}), median |difference| {100 * np.median(diff):.1f} %")
+    return (
+        f"{kernel}: held-out labels measured twice ({len(pairs)} configs): agree within ±10 % for "
+        f"{100 * np.mean(diff <= 0.1):.1f} % (kernels >= 0.2 ms: {100 * np.mean(diff[slow] <= 0.1):.1f} % of "
+        f"{slow.sum()}), median |difference| {100 * np.median(diff):.1f} %"
+    )
 
 
 def _device_minutes(ws: Workspace, backend, kernel: str) -> float:
     info = backend.device_info
-    pairs = ws.store.latest_measurements(info.device, backend.name, ws.campaign.protocol.key(), kind="kernel",
-                                         name=kernel)
+    pairs = ws.store.latest_measurements(
+        info.device, backend.name, ws.campaign.protocol.key(), kind="kernel", name=kernel
+    )
     return sum(m.device_seconds for _, m in pairs) / 60
 
 

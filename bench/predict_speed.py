@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnmeter.predictor.engine import load_predictor
-from nnmeter.predictor.ir import Graph, Node
+from nnmeter.predictor import Graph, Node, load_predictor
 
 
 class _Net:
@@ -33,8 +32,15 @@ class _Net:
         self.g = Graph(name, inputs={"x": [1, hw, hw, c]})
         self.last, self.shape, self.n = "x", [1, hw, hw, c], 0
 
-    def op(self, op: str, out_c: int | None = None, stride: int = 1, src: str | None = None,
-           extra: list[str] | None = None, **attrs) -> str:
+    def op(
+        self,
+        op: str,
+        out_c: int | None = None,
+        stride: int = 1,
+        src: str | None = None,
+        extra: list[str] | None = None,
+        **attrs,
+    ) -> str:
         src = src or self.last
         shape = self.g.inputs.get(src) or self.g.nodes[src].output_shapes[0]
         hw = -(-shape[1] // stride)
@@ -131,9 +137,11 @@ def main() -> None:
     kernels = sum(len(r.kernels) for r in results)
     coverage = np.mean([r.coverage for r in results])
     # CPU time too: on a shared host the wall time counts the other tenants
-    print(f"predict_many over {len(graphs)} IR graphs: {len(graphs) / elapsed:,.0f} models/s wall, "
-          f"{len(graphs) / cpu:,.0f} models/s of CPU time ({elapsed:.2f} s, {kernels:,} kernels, "
-          f"mean coverage {100 * coverage:.1f} %)  target >= 1,000")
+    print(
+        f"predict_many over {len(graphs)} IR graphs: {len(graphs) / elapsed:,.0f} models/s wall, "
+        f"{len(graphs) / cpu:,.0f} models/s of CPU time ({elapsed:.2f} s, {kernels:,} kernels, "
+        f"mean coverage {100 * coverage:.1f} %)  target >= 1,000"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -148,23 +156,29 @@ def main() -> None:
         (folder / "mbv2.onnx").write_bytes(onnx_proto.SerializeToString())
         for label, path in (("tflite", tflite), ("onnx", folder / "mbv2.onnx"), ("keras", folder / "mbv2.keras")):
             result = predictor.predict(path, strict=False)
-            ms = timed(lambda: predictor.predict(path, strict=False))
-            print(f"one {label:6s} MobileNetV2 end to end: {ms:8.1f} ms  (predicted {result.latency_ms:.2f} ms, "
-                  f"coverage {100 * result.coverage:.1f} %)" + ("  target <= 100 ms" if label == "tflite" else ""))
+            ms = timed(lambda path=path: predictor.predict(path, strict=False))
+            print(
+                f"one {label:6s} MobileNetV2 end to end: {ms:8.1f} ms  (predicted {result.latency_ms:.2f} ms, "
+                f"coverage {100 * result.coverage:.1f} %)" + ("  target <= 100 ms" if label == "tflite" else "")
+            )
         ms = timed(lambda: predictor.predict(model, strict=False))
         print(f"one keras.Model (in memory) end to end: {ms:8.1f} ms")
 
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from this (TensorFlow-sized) parent
-        code = ("import re, sys, nnmeter\n"
-                f"r = nnmeter.load_predictor({args.predictor!r}).predict({str(tflite)!r}, strict=False)\n"
-                "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-                "print(int(hwm) / 1024, 'tensorflow' in sys.modules)\n")
+        code = (
+            "import re, sys, nnmeter\n"
+            f"r = nnmeter.load_predictor({args.predictor!r}).predict({str(tflite)!r}, strict=False)\n"
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "print(int(hwm) / 1024, 'tensorflow' in sys.modules)\n"
+        )
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t
         rss, tf_loaded = out.stdout.split()
-        print(f"cold start (import, load predictor, predict .tflite): {wall:.2f} s, peak RSS {float(rss):.0f} MB, "
-              f"tensorflow imported: {tf_loaded}  target <= 3 s, <= 400 MB")
+        print(
+            f"cold start (import, load predictor, predict .tflite): {wall:.2f} s, peak RSS {float(rss):.0f} MB, "
+            f"tensorflow imported: {tf_loaded}  target <= 3 s, <= 400 MB"
+        )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def _keras():
     import keras
+
     return keras
 
 
@@ -133,13 +134,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, connect_backend("tflite-local") as backend:
         out_dir = args.models_dir or Path(tmp)
         info = backend.device_info
-        console.print(f"[bold]{info.device}[/]: {info.description}; {info.runtime}; "
-                      f"measuring on cores {info.facts['measure_cores']}; protocol {protocol}")
+        console.print(
+            f"[bold]{info.device}[/]: {info.description}; {info.runtime}; "
+            f"measuring on cores {info.facts['measure_cores']}; protocol {protocol}"
+        )
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("converting", total=len(models))
-            converted = backend.convert([ConversionJob(mid, out_dir, build, build_args)
-                                         for mid, build, build_args, _ in models],
-                                        progress=lambda done, total: bar.update(task, completed=done))
+            converted = backend.convert(
+                [ConversionJob(mid, out_dir, build, build_args) for mid, build, build_args, _ in models],
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
         failed = [c for c in converted if not c.ok]
         for c in failed:
             console.print(f"[red]{c.job_id}: conversion failed: {c.error}")
@@ -152,8 +156,9 @@ def main() -> int:
             task = bar.add_task("measuring", total=repeats * len(files))
             for r in range(repeats):
                 t0 = time.perf_counter()
-                results = backend.measure(files, protocol, progress=lambda done, total: bar.update(
-                    task, completed=r * len(files) + done))
+                results = backend.measure(
+                    files, protocol, progress=lambda done, total, r=r: bar.update(task, completed=r * len(files) + done)
+                )
                 measure_seconds += time.perf_counter() - t0
                 measured_count += len(results)
                 for result in results:
@@ -177,19 +182,23 @@ def main() -> int:
             table.add_row(mid, f"{med:.4f}", f"{rng:.1f}", f"{dev:.1f}", str(len(values)))
         console.print(table)
         if deviations:
-            console.print(f"max deviation from the median of the {repeats}: median over models "
-                          f"{statistics.median(deviations):.1f} %, worst {max(deviations):.1f} % "
-                          f"(target: median <= 2 %, worst <= 5 %); relative range: median "
-                          f"{statistics.median(ranges):.1f} %, worst {max(ranges):.1f} %")
+            console.print(
+                f"max deviation from the median of the {repeats}: median over models "
+                f"{statistics.median(deviations):.1f} %, worst {max(deviations):.1f} % "
+                f"(target: median <= 2 %, worst <= 5 %); relative range: median "
+                f"{statistics.median(ranges):.1f} %, worst {max(ranges):.1f} %"
+            )
 
         small_files = [m for m in files if m.id in small]
         t0 = time.perf_counter()
         backend.measure(small_files, protocol)
         rate = len(small_files) / (time.perf_counter() - t0) * 60
-        console.print(f"rate on {len(small_files)} small kernel models: {rate:.0f} measurements per minute "
-                      f"(protocol: {protocol.rounds} rounds x {protocol.runs_per_round} runs, "
-                      f"min {protocol.min_round_ms} ms per round; conversion excluded); "
-                      f"all models: {measured_count / measure_seconds * 60:.0f} per minute")
+        console.print(
+            f"rate on {len(small_files)} small kernel models: {rate:.0f} measurements per minute "
+            f"(protocol: {protocol.rounds} rounds x {protocol.runs_per_round} runs, "
+            f"min {protocol.min_round_ms} ms per round; conversion excluded); "
+            f"all models: {measured_count / measure_seconds * 60:.0f} per minute"
+        )
     return 1 if failed else 0
 
 

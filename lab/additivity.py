@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--artifact", type=Path, help="predictor folder (default: the workspace's)")
     parser.add_argument("--models", nargs="*", default=["*"], help="glob(s) over evaluation model names")
-    parser.add_argument("--kind", default="evaluation", choices=("evaluation", "user"),
-                        help="the campaign's evaluation models, or those of `nnmeter-build evaluate WS --models DIR`")
+    parser.add_argument(
+        "--kind",
+        default="evaluation",
+        choices=("evaluation", "user"),
+        help="the campaign's evaluation models, or those of `nnmeter-build evaluate WS --models DIR`",
+    )
     parser.add_argument("--rounds", type=int, help="rounds per model (default: the campaign's)")
     parser.add_argument("--min-round-ms", type=float, help="min_round_ms (default: the campaign's)")
     parser.add_argument("--out", type=Path, help="JSON output (default WS/reports/additivity.json)")
@@ -84,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     with Workspace.open(args.workspace) as ws:
         artifact = load_artifact(args.artifact or ws.predictor_dir)
         predictor = Predictor(artifact)
-        records = sorted((r for r in ws.store.models(kind=args.kind) if "tflite" in r.files
-                          and any(fnmatch.fnmatch(r.name, g) for g in args.models)), key=lambda r: r.name)
+        records = sorted(
+            (
+                r
+                for r in ws.store.models(kind=args.kind)
+                if "tflite" in r.files and any(fnmatch.fnmatch(r.name, g) for g in args.models)
+            ),
+            key=lambda r: r.name,
+        )
         if not records:
             console.print(f"no {args.kind} model with a .tflite file matches")
             return 1
@@ -105,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         unique = {_key(k, c): (k, c) for rows in detected.values() for k, c, _ in rows}
         unique[_key(*TRIVIAL)] = TRIVIAL
         specs = {key: kernel_spec(k, c) for key, (k, c) in unique.items()}
-        console.print(f"{len(records)} models, {sum(map(len, detected.values()))} kernels, "
-                      f"{len(unique)} distinct kernel models (converting those not in the store)")
+        console.print(
+            f"{len(records)} models, {sum(map(len, detected.values()))} kernels, "
+            f"{len(unique)} distinct kernel models (converting those not in the store)"
+        )
         with ws.connect() as backend:
             with Output().reporter() as reporter:
                 prepared = dict(zip(specs, ws.session(backend, reporter=reporter).prepare(list(specs.values()))))
@@ -130,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                 batch = dataclasses.replace(protocol, batch_size=len(files))
                 results = {r.model_id: r for r in backend.measure(files, batch)}
                 model_res = results[rec.id]
-                kernel_ms = {k: results[prepared[k].id].stats.value(protocol.statistic) for k in keys
-                             if results[prepared[k].id].stats is not None}
+                kernel_ms = {
+                    k: results[prepared[k].id].stats.value(protocol.statistic)
+                    for k in keys
+                    if results[prepared[k].id].stats is not None
+                }
                 if model_res.stats is None or _key(*TRIVIAL) not in kernel_ms:
                     console.print(f"{rec.name}: measurement failed: {model_res.error}")
                     continue
@@ -149,41 +164,80 @@ def main(argv: list[str] | None = None) -> int:
                     per_kernel[k]["measured"] += m
                     per_kernel[k]["predicted"] += p
                     worst.append((p - m, k, c, m, p))
-                rows_out.append({"model": rec.name, "model_ms": model_ms, "kernels": n,
-                                 "kernels_not_measured": missing,
-                                 "sum_measured_ms": sum_meas, "sum_predicted_ms": sum_pred, "trivial_ms": trivial,
-                                 "predicted_ms": engine_ms[rec.name],
-                                 "sum_measured_overhead_once_ms": sum_meas - (n - 1) * trivial})
-                console.print(f"{rec.name}: model {model_ms:.3f} ms, {n} kernels, sum measured {sum_meas:.3f}, "
-                              f"sum predicted {sum_pred:.3f}, trivial {trivial * 1000:.1f} us")
+                rows_out.append(
+                    {
+                        "model": rec.name,
+                        "model_ms": model_ms,
+                        "kernels": n,
+                        "kernels_not_measured": missing,
+                        "sum_measured_ms": sum_meas,
+                        "sum_predicted_ms": sum_pred,
+                        "trivial_ms": trivial,
+                        "predicted_ms": engine_ms[rec.name],
+                        "sum_measured_overhead_once_ms": sum_meas - (n - 1) * trivial,
+                    }
+                )
+                console.print(
+                    f"{rec.name}: model {model_ms:.3f} ms, {n} kernels, sum measured {sum_meas:.3f}, "
+                    f"sum predicted {sum_pred:.3f}, trivial {trivial * 1000:.1f} us"
+                )
 
     table = Table(title="additivity: whole model vs its kernels measured standalone (ms; errors in %)")
-    for col in ("model", "kernels", "model", "sum meas", "add. err", "sum - (n-1) x0", "err", "sum pred",
-                "regr. err", "pred err"):
+    for col in (
+        "model",
+        "kernels",
+        "model",
+        "sum meas",
+        "add. err",
+        "sum - (n-1) x0",
+        "err",
+        "sum pred",
+        "regr. err",
+        "pred err",
+    ):
         table.add_column(col, justify="left" if col == "model" and not table.columns else "right")
     for r in rows_out:
+
         def pct(a: float, b: float) -> str:
             return f"{100 * (a / b - 1):+.1f}"
-        table.add_row(r["model"], str(r["kernels"]), f"{r['model_ms']:.3f}", f"{r['sum_measured_ms']:.3f}",
-                      pct(r["sum_measured_ms"], r["model_ms"]), f"{r['sum_measured_overhead_once_ms']:.3f}",
-                      pct(r["sum_measured_overhead_once_ms"], r["model_ms"]), f"{r['sum_predicted_ms']:.3f}",
-                      pct(r["sum_predicted_ms"], r["sum_measured_ms"]), pct(r["predicted_ms"], r["model_ms"]))
+
+        table.add_row(
+            r["model"],
+            str(r["kernels"]),
+            f"{r['model_ms']:.3f}",
+            f"{r['sum_measured_ms']:.3f}",
+            pct(r["sum_measured_ms"], r["model_ms"]),
+            f"{r['sum_measured_overhead_once_ms']:.3f}",
+            pct(r["sum_measured_overhead_once_ms"], r["model_ms"]),
+            f"{r['sum_predicted_ms']:.3f}",
+            pct(r["sum_predicted_ms"], r["sum_measured_ms"]),
+            pct(r["predicted_ms"], r["model_ms"]),
+        )
     console.print(table)
     if rows_out:
+
         def mean_abs(key: str, ref: str) -> float:
             return 100 * sum(abs(r[key] / r[ref] - 1) for r in rows_out) / len(rows_out)
+
         signed = 100 * sum(r["sum_measured_overhead_once_ms"] / r["model_ms"] - 1 for r in rows_out) / len(rows_out)
-        console.print(f"mean |error| over {len(rows_out)} models: additivity (overhead once) "
-                      f"{mean_abs('sum_measured_overhead_once_ms', 'model_ms'):.1f} % (mean signed {signed:+.1f} %), "
-                      f"regressor {mean_abs('sum_predicted_ms', 'sum_measured_ms'):.1f} %, prediction "
-                      f"{mean_abs('predicted_ms', 'model_ms'):.1f} %; artifact invoke overhead "
-                      f"{1000 * overhead:.1f} us")
+        console.print(
+            f"mean |error| over {len(rows_out)} models: additivity (overhead once) "
+            f"{mean_abs('sum_measured_overhead_once_ms', 'model_ms'):.1f} % (mean signed {signed:+.1f} %), "
+            f"regressor {mean_abs('sum_predicted_ms', 'sum_measured_ms'):.1f} %, prediction "
+            f"{mean_abs('predicted_ms', 'model_ms'):.1f} %; artifact invoke overhead "
+            f"{1000 * overhead:.1f} us"
+        )
     ktable = Table(title="per kernel type, over all models (each kernel counted as often as models hold it)")
     for col in ("kernel", "count", "measured ms", "predicted ms", "pred/meas - 1 %"):
         ktable.add_column(col, justify="left" if col == "kernel" else "right")
     for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1]["measured"]):
-        ktable.add_row(k, str(v["n"]), f"{v['measured']:.3f}", f"{v['predicted']:.3f}",
-                       f"{100 * (v['predicted'] / v['measured'] - 1):+.1f}" if v["measured"] else "-")
+        ktable.add_row(
+            k,
+            str(v["n"]),
+            f"{v['measured']:.3f}",
+            f"{v['predicted']:.3f}",
+            f"{100 * (v['predicted'] / v['measured'] - 1):+.1f}" if v["measured"] else "-",
+        )
     console.print(ktable)
     distinct = {(_key(k, c)): (d, k, c, m, p) for d, k, c, m, p in worst}
     console.print("largest kernel misses (predicted - measured, ms, per occurrence):")
@@ -191,9 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"  {k:18s} {json.dumps(c)}: measured {m:.4f}, predicted {p:.4f} ({100 * (p / m - 1):+.0f} %)")
     out = args.out or args.workspace / "reports" / "additivity.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"models": rows_out, "per_kernel": per_kernel,
-                               "kernels": [{"kernel": k, "config": c, "measured_ms": m, "predicted_ms": p}
-                                           for _, k, c, m, p in distinct.values()]}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "models": rows_out,
+                "per_kernel": per_kernel,
+                "kernels": [
+                    {"kernel": k, "config": c, "measured_ms": m, "predicted_ms": p}
+                    for _, k, c, m, p in distinct.values()
+                ],
+            },
+            indent=1,
+        )
+    )
     console.print(f"written {out}")
     return 0
 

@@ -34,10 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from rich.table import Table  # noqa: E402
-
 from nnmeter.builder.workspace import Workspace  # noqa: E402
-from nnmeter.cli.render import Output  # noqa: E402
+from nnmeter.cli.render import Output, Table  # noqa: E402
 from nnmeter.evaluation.zoo import build_zoo_model, evaluation_set  # noqa: E402
 from nnmeter.kernel_gen.samplers import sample_configs  # noqa: E402
 from nnmeter.measurement import MeasurementRecord, ModelSpec, kernel_spec  # noqa: E402
@@ -68,8 +66,11 @@ def read_batches(store: Path, ids: set[str]) -> dict[str, Batch]:
     """The ``batches`` rows of ``ids``, read-only (the store has no reader for them)."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
-        rows = db.execute(f"SELECT id, anchor_level, anchor_factor, weight, weight_pairs, drift_factor FROM batches "
-                          f"WHERE id IN ({', '.join('?' * len(ids))})", sorted(ids)).fetchall()
+        rows = db.execute(
+            f"SELECT id, anchor_level, anchor_factor, weight, weight_pairs, drift_factor FROM batches "
+            f"WHERE id IN ({', '.join('?' * len(ids))})",
+            sorted(ids),
+        ).fetchall()
     finally:
         db.close()
     return {row[0]: Batch(*row[1:]) for row in rows}
@@ -97,17 +98,25 @@ def main() -> int:
     if args.sessions < 2:
         parser.error(f"--sessions must be at least 2 (a spread needs two measurements), got {args.sessions}")
     out = Output()
-    console = out.console
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workspace or Path(tmp) / "ws"
         ws = Workspace.open(root) if (root / "campaign.yaml").exists() else Workspace.create(root, "tflite-local")
         with ws, ws.connect() as backend, out.reporter() as reporter:
             session = ws.session(backend, reporter=reporter)
-            zoo = evaluation_set(FAMILIES, 2, [96, 128], seed=7)[:args.models]
-            specs = [ModelSpec("evaluation", m.name, {"family": m.family, **m.params}, build_zoo_model,
-                               (m.family, m.name, dict(m.params))) for m in zoo]
-            specs += [kernel_spec("conv-bn-relu", c) for c in sample_configs("conv-bn-relu", args.kernels, "prior",
-                                                                             seed=11)]
+            zoo = evaluation_set(FAMILIES, 2, [96, 128], seed=7)[: args.models]
+            specs = [
+                ModelSpec(
+                    "evaluation",
+                    m.name,
+                    {"family": m.family, **m.params},
+                    build_zoo_model,
+                    (m.family, m.name, dict(m.params)),
+                )
+                for m in zoo
+            ]
+            specs += [
+                kernel_spec("conv-bn-relu", c) for c in sample_configs("conv-bn-relu", args.kernels, "prior", seed=11)
+            ]
             records = [p.record for p in session.prepare(specs) if p.ok and p.record is not None]
             whole = {r.id for r in records if r.kind == "evaluation"}
             base = session.protocol
@@ -116,9 +125,13 @@ def main() -> int:
             with reporter.task("sessions", args.sessions * len(sizes)) as task:
                 for n in range(args.sessions):
                     for name, size in sizes.items():
-                        measured[name] += session.measure(records, protocol=dataclasses.replace(base, batch_size=size),
-                                                          remeasure=True, series=f"drift-bench-{name}-{n}",
-                                                          progress=lambda *_: None)
+                        measured[name] += session.measure(
+                            records,
+                            protocol=dataclasses.replace(base, batch_size=size),
+                            remeasure=True,
+                            series=f"drift-bench-{name}-{n}",
+                            progress=lambda *_: None,
+                        )
                         task.update(n * len(sizes) + list(sizes).index(name) + 1)
             check = ws.store.drift_check(session.device, backend.name, base.key())
         # each batch's factors as the store decided them when it was stored
@@ -130,27 +143,35 @@ def main() -> int:
                     for way, latency in readings(m, batches).items():
                         values[(name, way)][m.model_id].append(latency)
 
-        table = Table(title=f"spread of the latency across {args.sessions} sessions (sd of log)")
-        for column in ("batches", "", *(f"{group}, {way}" if way == "measured" else way
-                                        for group in ("whole models", "kernels") for way in WAYS)):
-            table.add_column(column, justify="left" if not column or column == "batches" else "right")
+        numbers = [
+            f"{group}, {way}" if way == "measured" else way for group in ("whole models", "kernels") for way in WAYS
+        ]
+        table = Table(
+            f"spread of the latency across {args.sessions} sessions (sd of log)",
+            ["batches", "", *numbers],
+            right=numbers,
+        )
         for name, size in sizes.items():
             cells = []
             for group in (whole, {r.id for r in records} - whole):
                 for way in WAYS:
                     spreads = [spread(v) for mid, v in values[(name, way)].items() if mid in group]
                     cells.append(f"{100 * statistics.median(spreads):.1f} %" if spreads else "-")
-            table.add_row(name, f"{size} models", *cells)
-        console.print(table)
+            table.add(name, f"{size} models", *cells)
+        out.table(table)
         for name in sizes:
             rows = [batches[b] for b in dict.fromkeys(m.batch for m in measured[name]) if b in batches]
-            out.line(f"{name} batches ({len(rows)}): anchor factor "
-                     f"{span([b.anchor_factor for b in rows if b.anchor_factor is not None])}, "
-                     f"weight {span([b.weight for b in rows])} (last fitted on {rows[-1].weight_pairs if rows else 0} "
-                     f"pairs), drift factor {span([b.drift_factor for b in rows])}")
-        out.line(f"{len(whole)} whole models ({', '.join(sorted(m.name for m in zoo))}), "
-                 f"{len(records) - len(whole)} kernels; protocol {base.rounds} rounds x "
-                 f"{base.runs_per_round} runs, min {base.min_round_ms} ms per round, statistic {base.statistic}")
+            out.line(
+                f"{name} batches ({len(rows)}): anchor factor "
+                f"{span([b.anchor_factor for b in rows if b.anchor_factor is not None])}, "
+                f"weight {span([b.weight for b in rows])} (last fitted on {rows[-1].weight_pairs if rows else 0} "
+                f"pairs), drift factor {span([b.drift_factor for b in rows])}"
+            )
+        out.line(
+            f"{len(whole)} whole models ({', '.join(sorted(m.name for m in zoo))}), "
+            f"{len(records) - len(whole)} kernels; protocol {base.rounds} rounds x "
+            f"{base.runs_per_round} runs, min {base.min_round_ms} ms per round, statistic {base.statistic}"
+        )
         out.line(f"drift check of the workspace: {check.describe()}")
     return 0
 

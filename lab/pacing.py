@@ -47,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         paths = {r.id: r.path(fmt, ws.root) for r in records}
         models = [ModelFile(i, path, fmt) for i, path in paths.items() if path is not None and path.exists()]
         if len(models) < 2:
-            console.print(f"{args.workspace}: {len(models)} converted evaluation models; run `nnmeter-build "
-                          f"evaluate {args.workspace}` first", markup=False)
+            console.print(
+                f"{args.workspace}: {len(models)} converted evaluation models; run `nnmeter-build "
+                f"evaluate {args.workspace}` first",
+                markup=False,
+            )
             return 2
         base = dataclasses.replace(ws.campaign.protocol, min_batch_s=0.0)
-        ways = {"back to back": base, "2x rounds": dataclasses.replace(base, rounds=2 * base.rounds),
-                f"spread {args.spread:g} s": dataclasses.replace(base, min_batch_s=args.spread)}
+        ways = {
+            "back to back": base,
+            "2x rounds": dataclasses.replace(base, rounds=2 * base.rounds),
+            f"spread {args.spread:g} s": dataclasses.replace(base, min_batch_s=args.spread),
+        }
         logs: dict[str, list[np.ndarray]] = {name: [] for name in ways}
         seconds: dict[str, list[float]] = {name: [] for name in ways}
         console.print(f"{len(models)} models of {args.workspace}, {args.cycles} cycles", markup=False)
@@ -74,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [(i, j) for i in range(len(L)) for j in range(i + 1, len(L))]
         within = np.nanmean([np.abs(np.expm1(L[i] - L[j])) <= 0.10 for i, j in pairs])
         rms = np.nanmean([np.sqrt(np.nanmean((L[i] - L[j]) ** 2)) for i, j in pairs])
-        table.add_row(name, f"{np.mean(seconds[name]):.1f}", f"{100 * np.std(levels):.2f} %",
-                      f"{100 * within:.1f} %", f"{100 * rms:.2f} %", f"{100 * np.nanmean(np.nanstd(L, axis=0)):.2f} %")
+        table.add_row(
+            name,
+            f"{np.mean(seconds[name]):.1f}",
+            f"{100 * np.std(levels):.2f} %",
+            f"{100 * within:.1f} %",
+            f"{100 * rms:.2f} %",
+            f"{100 * np.nanmean(np.nanstd(L, axis=0)):.2f} %",
+        )
     console.print(table)
     return 0
 

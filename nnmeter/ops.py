@@ -51,9 +51,31 @@ ACTIVATIONS = (RELU, RELU6, HSWISH, HSIGMOID, SIGMOID, SWISH)
 
 #: Every op name of the vocabulary, in a stable order.
 OPS: tuple[str, ...] = (
-    CONV, DWCONV, CONVTRANS, BN, RELU, RELU6, HSWISH, HSIGMOID, SIGMOID, SWISH,
-    MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, SE, FC, ADD, MUL, CONCAT, SPLIT,
-    CHANNELSHUFFLE, RESHAPE, FLATTEN, PAD, CROP, SOFTMAX,
+    CONV,
+    DWCONV,
+    CONVTRANS,
+    BN,
+    RELU,
+    RELU6,
+    HSWISH,
+    HSIGMOID,
+    SIGMOID,
+    SWISH,
+    MAXPOOL,
+    AVGPOOL,
+    GLOBAL_AVGPOOL,
+    SE,
+    FC,
+    ADD,
+    MUL,
+    CONCAT,
+    SPLIT,
+    CHANNELSHUFFLE,
+    RESHAPE,
+    FLATTEN,
+    PAD,
+    CROP,
+    SOFTMAX,
 )
 
 # --- config keys and valid values -----------------------------------------
@@ -159,8 +181,13 @@ _KERNEL_LIST = [
     _k("swish", (SWISH,), _ELEMENTWISE_KEYS, "swish (x * sigmoid(x)) alone"),
     _k("mul", (MUL,), _ELEMENTWISE_KEYS, "element-wise multiply of two tensors", inputs=2),
     _k("pad", (PAD,), _ELEMENTWISE_KEYS, "zero padding by one pixel on each side"),
-    _k("crop", (CROP,), _ELEMENTWISE_KEYS, "the feature map without its first row and column (NASNet's crop; "
-       "other windows and strided slices of a map are predicted as the crop copying the same bytes)"),
+    _k(
+        "crop",
+        (CROP,),
+        _ELEMENTWISE_KEYS,
+        "the feature map without its first row and column (NASNet's crop; "
+        "other windows and strided slices of a map are predicted as the crop copying the same bytes)",
+    ),
     _k("softmax", (SOFTMAX,), (CIN,), "softmax over a 1-D input"),
 ]
 
@@ -181,8 +208,9 @@ def kernel_family(name: str) -> tuple[str, ...]:
     :data:`KERNELS` order: ``conv-bn-relu``'s family is every ``conv-*`` kernel. They differ only in what
     follows the main op, so one family's measurements inform each other's regressors."""
     ktype = kernel_type(name)
-    return tuple(k.name for k in _KERNEL_LIST
-                 if (k.ops[0], k.keys, k.inputs) == (ktype.ops[0], ktype.keys, ktype.inputs))
+    return tuple(
+        k.name for k in _KERNEL_LIST if (k.ops[0], k.keys, k.inputs) == (ktype.ops[0], ktype.keys, ktype.inputs)
+    )
 
 
 def family_tail_ops(name: str) -> tuple[str, ...]:
@@ -399,4 +427,3 @@ def describe_range(key: str) -> str:
         CINS: f"{CONCAT_INPUTS_RANGE[0]}-{CONCAT_INPUTS_RANGE[1]} channel counts, each "
         f"{CHANNELS_RANGE[0]}-{CHANNELS_RANGE[1]}",
     }[key]
-

@@ -25,14 +25,24 @@ from nnmeter.errors import ConfigError
 T = TypeVar("T")
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: typing.Iterable[Any] | None = None,
-            minimum: float | None = None, maximum: float | None = None) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    choices: typing.Iterable[Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
     """A dataclass field with documentation and constraints for :func:`load_section`.
 
     A list default is copied per instance (``default_factory``).
     """
-    meta = {"doc": doc, "choices": tuple(choices) if choices is not None else None,
-            "minimum": minimum, "maximum": maximum}
+    meta = {
+        "doc": doc,
+        "choices": tuple(choices) if choices is not None else None,
+        "minimum": minimum,
+        "maximum": maximum,
+    }
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -66,6 +76,7 @@ def load_section(cls: type[T], data: Any, *, source: str, path: str) -> T:
 
 def section_to_dict(section: Any) -> dict[str, Any]:
     """A plain mapping of a section (nested sections and tuples become dicts and lists)."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -74,6 +85,7 @@ def section_to_dict(section: Any) -> dict[str, Any]:
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(section)
 
 
@@ -102,8 +114,7 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key_path:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(source, key_path, f"expected a mapping, got {_show(value)}", _doc_hint(f))
-        return {str(k): _convert(args[1] if args else Any, v, f, source, _join(key_path, k))
-                for k, v in value.items()}
+        return {str(k): _convert(args[1] if args else Any, v, f, source, _join(key_path, k)) for k, v in value.items()}
     if hint is Any:
         return value
     value = _scalar(hint, value, f, source, key_path)

@@ -60,7 +60,7 @@ class Stream:
             if self.closed:
                 return False
             self.acked.clear()
-            self.conn.send("WRTE", self.local_id, self.remote_id, data[i:i + self.conn.max_payload])
+            self.conn.send("WRTE", self.local_id, self.remote_id, data[i : i + self.conn.max_payload])
             while not self.acked.wait(0.5):
                 if self.closed:
                     return False
@@ -186,8 +186,9 @@ class Device:
     def __init__(self, sandbox: Path, quota_bytes: int = 0) -> None:
         self.sandbox = sandbox.resolve()
         self.quota_bytes = quota_bytes
-        self.env = dict(os.environ, PATH=f"{self.sandbox / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                        HOME=str(self.sandbox))
+        self.env = dict(
+            os.environ, PATH=f"{self.sandbox / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}", HOME=str(self.sandbox)
+        )
 
     def handler(self, service: str):
         if service.startswith("shell"):
@@ -201,10 +202,15 @@ class Device:
     def shell(self, stream: Stream, service: str) -> None:
         options, _, command = service.partition(":")
         v2 = "v2" in options.split(",")
-        stream.process = subprocess.Popen(["sh", "-c", command or "true"], cwd=self.sandbox, env=self.env,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
-                                          start_new_session=True)
+        stream.process = subprocess.Popen(
+            ["sh", "-c", command or "true"],
+            cwd=self.sandbox,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
+            start_new_session=True,
+        )
         lock = threading.Lock()
 
         def send(packet_id: int, data: bytes) -> None:
@@ -304,8 +310,11 @@ class Device:
             for entry in sorted(os.listdir(folder)):
                 st = os.lstat(folder / entry)
                 name = entry.encode()
-                stream.write(b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF,
-                                                   int(st.st_mtime), len(name)) + name)
+                stream.write(
+                    b"DENT"
+                    + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(name))
+                    + name
+                )
         except OSError:
             pass
         stream.write(b"DONE" + struct.pack("<IIII", 0, 0, 0, 0))

@@ -19,13 +19,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
         if len(tiers) != 1:
-            raise pytest.UsageError(f"{item.nodeid}: marked {sorted(tiers) or 'with no tier'}; mark it with "
-                                    f"exactly one of {', '.join(TIERS)}")
+            raise pytest.UsageError(
+                f"{item.nodeid}: marked {sorted(tiers) or 'with no tier'}; mark it with "
+                f"exactly one of {', '.join(TIERS)}"
+            )
 
 
 def tiny_conv_model(hw: int = 8, cin: int = 4, cout: int = 8):
     """conv 3x3 + relu on a hw x hw x cin input: a model that converts and runs in milliseconds."""
     import keras
+
     inputs = keras.Input((hw, hw, cin), batch_size=1)
     outputs = keras.layers.Conv2D(cout, 3, padding="same", activation="relu")(inputs)
     return keras.Model(inputs, outputs)
@@ -34,6 +37,7 @@ def tiny_conv_model(hw: int = 8, cin: int = 4, cout: int = 8):
 def tiny_two_input_model(hw: int = 8, cin: int = 4):
     """Two inputs concatenated on channels: checks multi-input conversion."""
     import keras
+
     a = keras.Input((hw, hw, cin), batch_size=1)
     b = keras.Input((hw, hw, cin), batch_size=1)
     return keras.Model([a, b], keras.layers.Concatenate()([a, b]))

@@ -29,12 +29,23 @@ TESTS = Path(__file__).resolve().parent
 PYTHON = sys.executable
 SSHD = "/usr/sbin/sshd"
 
-__all__ = ["tiny_models", "adb_server", "loopback_phone", "sshd_server", "QUICK", "LoopbackPhone", "SSHServer",
-           "free_port", "invocations", "build_tiny_conv"]
+__all__ = [
+    "tiny_models",
+    "adb_server",
+    "loopback_phone",
+    "sshd_server",
+    "QUICK",
+    "LoopbackPhone",
+    "SSHServer",
+    "free_port",
+    "invocations",
+    "build_tiny_conv",
+]
 
 #: a protocol small enough for tests: each benchmark_model round is a process start
-QUICK = MeasurementProtocol(warmup_runs=1, rounds=2, runs_per_round=2, min_round_ms=0.0, max_median_ci=10.0,
-                            max_remeasures=0, batch_size=8)
+QUICK = MeasurementProtocol(
+    warmup_runs=1, rounds=2, runs_per_round=2, min_round_ms=0.0, max_median_ci=10.0, max_remeasures=0, batch_size=8
+)
 
 
 def free_port() -> int:
@@ -57,6 +68,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 def build_tiny_conv(channels: int):
     """A Keras model small enough to convert and run in a moment (a module-level function for the pool)."""
     import keras
+
     inputs = keras.Input((8, 8, 4), batch_size=1)
     return keras.Model(inputs, keras.layers.Conv2D(channels, 3, padding="same", activation="relu")(inputs))
 
@@ -84,9 +96,19 @@ def install_fake_benchmark_model(folder: Path, output_format: str, fault_file: P
     """A ``benchmark_model`` wrapper script running the LiteRT stand-in."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "benchmark_model"
-    script.write_text("#!/bin/sh\nexec " + shlex.join([
-        PYTHON, str(TESTS / "fake_benchmark_model.py"), f"--output_format={output_format}",
-        f"--fault_file={fault_file}", f"--log_file={log_file}"]) + ' "$@"\n')
+    script.write_text(
+        "#!/bin/sh\nexec "
+        + shlex.join(
+            [
+                PYTHON,
+                str(TESTS / "fake_benchmark_model.py"),
+                f"--output_format={output_format}",
+                f"--fault_file={fault_file}",
+                f"--log_file={log_file}",
+            ]
+        )
+        + ' "$@"\n'
+    )
     script.chmod(0o755)
     return script
 
@@ -96,6 +118,7 @@ def install_fake_benchmark_model(folder: Path, output_format: str, fault_file: P
 
 def adb_binary() -> str:
     import adbutils
+
     return os.environ.get("NNMETER_TEST_ADB") or adbutils.adb_path()
 
 
@@ -105,8 +128,7 @@ class ADBServer:
     port: int
 
     def adb(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run([self.binary, "-P", str(self.port), *args], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run([self.binary, "-P", str(self.port), *args], capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             raise RuntimeError(f"adb {' '.join(args)}: {result.stdout} {result.stderr}")
         return result.stdout
@@ -155,8 +177,9 @@ class LoopbackPhone:
         (bin_dir / "getprop").write_text(GETPROP)
         (bin_dir / "getprop").chmod(0o755)
         self.fault_file = self.sandbox / "fault"
-        self.benchmark_model = install_fake_benchmark_model(bin_dir, output_format, self.fault_file,
-                                                            self.sandbox / "invocations.log")
+        self.benchmark_model = install_fake_benchmark_model(
+            bin_dir, output_format, self.fault_file, self.sandbox / "invocations.log"
+        )
         self.remote_dir = str(self.sandbox / "data/local/tmp/nn meter;models")
         self.process: subprocess.Popen | None = None
         self.start()
@@ -185,8 +208,17 @@ class LoopbackPhone:
 
     def config(self, **overrides):
         from nnmeter.backends.tflite_adb import TFLiteADBConfig
-        values = dict(serial=self.serial, adb_port=self.server.port, benchmark_model=str(self.benchmark_model),
-                      remote_dir=self.remote_dir, cpu_mask="1", command_timeout_s=60.0, retries=2, backoff_s=0.2)
+
+        values = dict(
+            serial=self.serial,
+            adb_port=self.server.port,
+            benchmark_model=str(self.benchmark_model),
+            remote_dir=self.remote_dir,
+            cpu_mask="1",
+            command_timeout_s=60.0,
+            retries=2,
+            backoff_s=0.2,
+        )
         values.update(overrides)
         return TFLiteADBConfig(**values)
 
@@ -198,6 +230,7 @@ def loopback_phone(adb_server, tmp_path):
     def make(**kwargs) -> LoopbackPhone:
         phones.append(LoopbackPhone(adb_server, tmp_path, **kwargs))
         return phones[-1]
+
     yield make
     for phone in phones:
         adb_server.adb("disconnect", phone.serial, check=False)
@@ -242,26 +275,41 @@ class SSHServer:
         self.authorized_keys = root / "authorized_keys"
         shutil.copy(str(self.client_key) + ".pub", self.authorized_keys)
         self.known_hosts = root / "known_hosts"
-        host_pub = (Path(str(self.host_key) + ".pub").read_text().split())
+        host_pub = Path(str(self.host_key) + ".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
         self.config_file = root / "sshd_config"
-        self.config_file.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            f"AuthorizedKeysFile {self.authorized_keys}", "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", f"PidFile {root / 'sshd.pid'}", "LogLevel ERROR",
-            "Subsystem sftp internal-sftp",
-            # bash run by sshd sources ~/.bashrc unless SHLVL says it is nested; this machine's .bashrc runs
-            # `pyenv rehash`, whose lock a test that kills sshd would leave behind
-            "SetEnv SHLVL=1", ""]))
+        self.config_file.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    f"PidFile {root / 'sshd.pid'}",
+                    "LogLevel ERROR",
+                    "Subsystem sftp internal-sftp",
+                    # bash run by sshd sources ~/.bashrc unless SHLVL says it is nested; this machine's .bashrc runs
+                    # `pyenv rehash`, whose lock a test that kills sshd would leave behind
+                    "SetEnv SHLVL=1",
+                    "",
+                ]
+            )
+        )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.log = root / "sshd.log"
         self.process: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config_file)],
-                                        stderr=open(self.log, "a"), start_new_session=True)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config_file)], stderr=open(self.log, "a"), start_new_session=True
+        )
         wait_port(self.port)
 
     def kill(self) -> None:
@@ -276,8 +324,15 @@ class SSHServer:
         self.process.wait()
 
     def config(self, cls, **overrides):
-        values = dict(host="127.0.0.1", port=self.port, key_file=str(self.client_key),
-                      known_hosts=str(self.known_hosts), command_timeout_s=60.0, retries=2, backoff_s=0.2)
+        values = dict(
+            host="127.0.0.1",
+            port=self.port,
+            key_file=str(self.client_key),
+            known_hosts=str(self.known_hosts),
+            command_timeout_s=60.0,
+            retries=2,
+            backoff_s=0.2,
+        )
         values.update(overrides)
         return cls(**values)
 

@@ -61,11 +61,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def count_line(times: list[float], litert: bool) -> str:
     std = statistics.pstdev(times) if len(times) > 1 else 0.0
-    line = (f"count={len(times)} first={times[0]:.0f} curr={times[-1]:.0f} min={min(times):.0f} "
-            f"max={max(times):.0f} avg={statistics.fmean(times):.1f} std={std:.0f}")
+    line = (
+        f"count={len(times)} first={times[0]:.0f} curr={times[-1]:.0f} min={min(times):.0f} "
+        f"max={max(times):.0f} avg={statistics.fmean(times):.1f} std={std:.0f}"
+    )
     if litert:
-        line += (f" p5={percentile(times, 0.05):.0f} median={statistics.median(times):.0f} "
-                 f"p95={percentile(times, 0.95):.0f}")
+        line += (
+            f" p5={percentile(times, 0.05):.0f} median={statistics.median(times):.0f} p95={percentile(times, 0.95):.0f}"
+        )
     return line
 
 
@@ -122,35 +125,50 @@ def main(argv: list[str]) -> int:
     init_us = (time.perf_counter() - t0) * 1e6
     emit(f"Loaded model {graph}")
     emit(f"Initialized session in {init_us / 1000:.3f}ms.")
-    emit(f"Running benchmark for at least {warmup_runs} iterations and at least {warmup_min_secs} seconds "
-         f"but terminate if exceeding {max_secs} seconds.")
+    emit(
+        f"Running benchmark for at least {warmup_runs} iterations and at least {warmup_min_secs} seconds "
+        f"but terminate if exceeding {max_secs} seconds."
+    )
     warm = timed(interpreter, warmup_runs, warmup_min_secs, max_secs) if warmup_runs or warmup_min_secs else []
     if warm:
         emit(count_line(warm, litert))
         emit()
-    emit(f"Running benchmark for at least {num_runs} iterations and at least {min_secs} seconds but "
-         f"terminate if exceeding {max_secs} seconds.")
+    emit(
+        f"Running benchmark for at least {num_runs} iterations and at least {min_secs} seconds but "
+        f"terminate if exceeding {max_secs} seconds."
+    )
     runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs)
     emit(count_line(runs, litert))
     emit()
     avg = statistics.fmean(runs)
     warm_avg = statistics.fmean(warm) if warm else 0.0
     first = warm[0] if warm else runs[0]
-    emit(f"Inference timings in us: Init: {init_us:.0f}, First inference: {first:.0f}, "
-         f"Warmup (avg): {warm_avg:.1f}, Inference (avg): {avg:.1f}")
+    emit(
+        f"Inference timings in us: Init: {init_us:.0f}, First inference: {first:.0f}, "
+        f"Warmup (avg): {warm_avg:.1f}, Inference (avg): {avg:.1f}"
+    )
     if profiling:
         emit("Operator-wise Profiling Info for Regular Benchmark Runs:")
         emit("============================== Run Order ==============================")
         ms = avg / 1000
         if litert:
-            emit("\t             [node type]\t  [first]\t [avg ms]\t     [%]\t  [cdf%]\t  [mem KB]\t[times called]\t[Name]")
-            emit(f"\t   TfLiteXNNPackDelegate\t {first / 1000:8.3f}\t {ms:8.3f}\t100.000%\t100.000%\t     0.000\t"
-                 f"        1\t[Delegate/XNNPACK]:0")
+            emit(
+                "\t             [node type]\t  [first]\t [avg ms]\t     [%]\t  [cdf%]\t  [mem KB]"
+                "\t[times called]\t[Name]"
+            )
+            emit(
+                f"\t   TfLiteXNNPackDelegate\t {first / 1000:8.3f}\t {ms:8.3f}\t100.000%\t100.000%\t     0.000\t"
+                f"        1\t[Delegate/XNNPACK]:0"
+            )
         else:
-            emit("\t             [node type]\t          [start]\t  [first]\t [avg ms]\t     [%]\t  [cdf%]\t"
-                 "  [mem KB]\t[times called]\t[Name]")
-            emit(f"\t   TfLiteXNNPackDelegate\t            0.000\t {first / 1000:8.3f}\t {ms:8.3f}\t100.000%\t"
-                 f"100.000%\t     0.000\t        1\t[Delegate/XNNPACK]:0")
+            emit(
+                "\t             [node type]\t          [start]\t  [first]\t [avg ms]\t     [%]\t  [cdf%]\t"
+                "  [mem KB]\t[times called]\t[Name]"
+            )
+            emit(
+                f"\t   TfLiteXNNPackDelegate\t            0.000\t {first / 1000:8.3f}\t {ms:8.3f}\t100.000%\t"
+                f"100.000%\t     0.000\t        1\t[Delegate/XNNPACK]:0"
+            )
         emit()
     if litert:
         print("\n".join(out))

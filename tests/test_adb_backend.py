@@ -1,4 +1,5 @@
-"""tflite-adb end to end: adbutils -> a real adb server -> the loopback ADB device -> benchmark_model stand-in (LiteRT)."""
+"""tflite-adb end to end: adbutils -> a real adb server -> the loopback ADB device -> a benchmark_model
+stand-in (LiteRT)."""
 
 from __future__ import annotations
 
@@ -127,11 +128,13 @@ def test_reconnects_after_the_adb_server_restarts(loopback_phone, adb_server, ti
 
 def kill_after(phone, calls: int) -> threading.Thread:
     """Kill the phone once the fake has been started ``calls`` times (in the middle of a batch)."""
+
     def watch() -> None:
         deadline = time.monotonic() + 300
         while len(invocations(phone.sandbox)) < calls and time.monotonic() < deadline:
             time.sleep(0.02)
         phone.kill()
+
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread

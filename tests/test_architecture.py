@@ -19,9 +19,14 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def lint_imports(package_parent: Path) -> subprocess.CompletedProcess:
     """lint-imports with the project's contracts on the ``nnmeter`` package found in ``package_parent``."""
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-                          capture_output=True, text=True, timeout=300, cwd=package_parent,
-                          env={**os.environ, "PYTHONPATH": str(package_parent)})
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=package_parent,
+        env={**os.environ, "PYTHONPATH": str(package_parent)},
+    )
 
 
 @pytest.fixture
@@ -38,8 +43,10 @@ def test_the_parts_keep_the_contract():
 
 def test_a_back_edge_inside_a_function_breaks_it(copy: Path):
     session = copy / "nnmeter" / "measurement" / "session.py"
-    session.write_text(session.read_text() + "\n\ndef _back_edge():\n    from nnmeter.builder import workspace\n\n"
-                                             "    return workspace\n")
+    session.write_text(
+        session.read_text() + "\n\ndef _back_edge():\n    from nnmeter.builder import workspace\n\n"
+        "    return workspace\n"
+    )
     done = lint_imports(copy)
     assert done.returncode != 0
     assert "nnmeter.measurement.session -> nnmeter.builder.workspace" in done.stdout

@@ -39,8 +39,11 @@ def trained():
     rng = np.random.default_rng(3)
     out = {}
     for kernel, name in (("fc", "gbt-cost-ratio"), ("add", "nn-meter-rf")):
-        configs = _fc_configs(rng, 120) if kernel == "fc" else [
-            {"HW": int(rng.choice([7, 14, 28, 56])), "CIN": int(rng.integers(8, 512))} for _ in range(120)]
+        configs = (
+            _fc_configs(rng, 120)
+            if kernel == "fc"
+            else [{"HW": int(rng.choice([7, 14, 28, 56])), "CIN": int(rng.integers(8, 512))} for _ in range(120)]
+        )
         X = feature_matrix(kernel, configs)
         y = synthetic_latency(kernel, X, per_flop=1e-10, per_byte=2e-10)
         regressor = make_regressor(name, kernel).fit(X, y)
@@ -49,10 +52,19 @@ def trained():
 
 
 def _write(trained, path, **kw):
-    kernels = {k: KernelPayload(r.to_ensemble(), samples=len(y), metrics=latency_metrics(y, r.predict(X)).to_dict())
-               for k, (r, X, y) in trained.items()}
-    args = dict(name="test-cpu", version="1.0", device=DEVICE, backend="tflite-local",
-                protocol={"key": "abc123", "rounds": 40}, rules=default_rules(), kernels=kernels)
+    kernels = {
+        k: KernelPayload(r.to_ensemble(), samples=len(y), metrics=latency_metrics(y, r.predict(X)).to_dict())
+        for k, (r, X, y) in trained.items()
+    }
+    args = dict(
+        name="test-cpu",
+        version="1.0",
+        device=DEVICE,
+        backend="tflite-local",
+        protocol={"key": "abc123", "rounds": 40},
+        rules=default_rules(),
+        kernels=kernels,
+    )
     args.update(kw)
     return write_artifact(path, **args)
 

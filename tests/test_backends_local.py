@@ -40,10 +40,12 @@ def tflite(tmp_path_factory):
     """A tflite-local backend and its conversions of a small batch (one TensorFlow worker for the module)."""
     out = tmp_path_factory.mktemp("models")
     backend = connect_backend("tflite-local", {"convert_workers": 1})
-    jobs = [ConversionJob("conv8", out, tiny_conv_model, (8, 4, 8)),
-            ConversionJob("conv6", out, tiny_conv_model, (6, 3, 5)),
-            ConversionJob("two", out, tiny_two_input_model),
-            ConversionJob("broken", out, failing_model)]
+    jobs = [
+        ConversionJob("conv8", out, tiny_conv_model, (8, 4, 8)),
+        ConversionJob("conv6", out, tiny_conv_model, (6, 3, 5)),
+        ConversionJob("two", out, tiny_two_input_model),
+        ConversionJob("broken", out, failing_model),
+    ]
     progress = []
     results = backend.convert(jobs, progress=lambda done, total: progress.append((done, total)))
     yield backend, jobs, results, progress
@@ -132,8 +134,12 @@ def test_settling_invokes_untimed_until_the_ramp_flattens(tflite, monkeypatch):
 
 
 def test_private_cache_size_is_the_largest_cache_the_core_does_not_share(tmp_path):
-    caches = {"index0": ("Data", "48K", "1"), "index1": ("Instruction", "64K", "1"),
-              "index2": ("Unified", "1024K", "1"), "index3": ("Unified", "32768K", "0-1")}
+    caches = {
+        "index0": ("Data", "48K", "1"),
+        "index1": ("Instruction", "64K", "1"),
+        "index2": ("Unified", "1024K", "1"),
+        "index3": ("Unified", "32768K", "0-1"),
+    }
     for name, (kind, size, shared) in caches.items():
         folder = tmp_path / "cpu1" / "cache" / name
         folder.mkdir(parents=True)
@@ -165,9 +171,12 @@ def test_bad_models_in_a_batch_are_errors_and_the_rest_is_measured(tflite, tmp_p
     backend, _, results, _ = tflite
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"not a flatbuffer")
-    models = [ModelFile("garbage", garbage, "tflite"), results[0].model,
-              ModelFile("missing", tmp_path / "missing.tflite", "tflite"),
-              ModelFile("keras", tmp_path / "m.keras", "keras")]
+    models = [
+        ModelFile("garbage", garbage, "tflite"),
+        results[0].model,
+        ModelFile("missing", tmp_path / "missing.tflite", "tflite"),
+        ModelFile("keras", tmp_path / "m.keras", "keras"),
+    ]
     garbage_r, good, missing, keras_r = backend.measure(models, QUICK)
     assert garbage_r.status == MeasureStatus.ERROR and "flatbuffer" in garbage_r.error.lower()
     assert good.status.has_latency and good.stats.rounds == QUICK.rounds
@@ -224,9 +233,12 @@ def test_openvino_local_converts_and_measures_ir_and_tflite(tflite, tmp_path):
     backend = connect_backend("openvino-local", {"convert_workers": 1})
     try:
         assert backend.device_info.runtime.startswith("openvino")
-        from_keras, from_file = backend.convert([
-            ConversionJob("conv8", tmp_path, tiny_conv_model, (8, 4, 8)),
-            ConversionJob("user", tmp_path, source=tflite_results[1].model.path)])
+        from_keras, from_file = backend.convert(
+            [
+                ConversionJob("conv8", tmp_path, tiny_conv_model, (8, 4, 8)),
+                ConversionJob("user", tmp_path, source=tflite_results[1].model.path),
+            ]
+        )
         assert from_keras.ok and from_keras.model.path.suffix == ".xml", from_keras.error
         assert from_keras.model.path.with_suffix(".bin").exists()
         assert from_file.ok and from_file.model.input_shapes == ((1, 6, 6, 3),)
@@ -243,8 +255,12 @@ def test_convert_reports_unreadable_user_files(tmp_path):
     backend = create_backend("tflite-local", {"convert_workers": 1})
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    results = backend.convert([ConversionJob("missing", tmp_path, source=tmp_path / "nope.keras"),
-                               ConversionJob("text", tmp_path, source=text)])
+    results = backend.convert(
+        [
+            ConversionJob("missing", tmp_path, source=tmp_path / "nope.keras"),
+            ConversionJob("text", tmp_path, source=text),
+        ]
+    )
     backend.close()
     assert "no such file" in results[0].error
     assert "not a model file" in results[1].error
@@ -264,8 +280,7 @@ time.sleep(600)
 
 def test_conversion_workers_exit_when_their_parent_is_killed(tmp_path):
     """kill -9 of the command alone (not its process group) must not leave its TensorFlow workers behind."""
-    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         workers = [int(pid) for pid in parent.stdout.readline().split()]
     finally:
@@ -296,13 +311,16 @@ def test_unknown_backend_names_the_known_ones():
         load_backend_config("tflite-locl", {})
 
 
-@pytest.mark.parametrize("options, key, message", [
-    ({"thread": 2}, "backend.thread", "did you mean 'threads'"),
-    ({"threads": 0}, "backend.threads", "below the minimum"),
-    ({"measure_cores": "fast"}, "backend.measure_cores", "'auto' or a list"),
-    ({"measure_cores": [4096]}, "backend.measure_cores", "not all cores"),
-    ({"convert_workers": "many"}, "backend.convert_workers", "'auto' or a number"),
-])
+@pytest.mark.parametrize(
+    "options, key, message",
+    [
+        ({"thread": 2}, "backend.thread", "did you mean 'threads'"),
+        ({"threads": 0}, "backend.threads", "below the minimum"),
+        ({"measure_cores": "fast"}, "backend.measure_cores", "'auto' or a list"),
+        ({"measure_cores": [4096]}, "backend.measure_cores", "not all cores"),
+        ({"convert_workers": "many"}, "backend.convert_workers", "'auto' or a number"),
+    ],
+)
 def test_config_errors_point_at_the_key(options, key, message):
     with pytest.raises(ConfigError) as caught:
         load_backend_config("tflite-local", {"name": "tflite-local", **options}, source="ws/campaign.yaml")

@@ -53,16 +53,24 @@ evaluation:
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nnmeter.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnmeter.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def _measurements(store: Path) -> list[tuple]:
     """(row id, model kind, model id, protocol key, status, series, model name) of every measurement row."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
-        return db.execute("SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status, me.series, mo.name "
-                          "FROM measurements me JOIN models mo ON mo.id = me.model_id ORDER BY me.id").fetchall()
+        return db.execute(
+            "SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status, me.series, mo.name "
+            "FROM measurements me JOIN models mo ON mo.id = me.model_id ORDER BY me.id"
+        ).fetchall()
     except sqlite3.OperationalError:  # the store's tables are not made yet
         return []
     finally:
@@ -76,8 +84,11 @@ def _file_state(path: Path) -> tuple[str, int]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("campaign") / "ws"
-    init = subprocess.run([sys.executable, "-m", "nnmeter.cli", "init", str(ws), "--backend", "tflite-local"],
-                          capture_output=True, text=True)
+    init = subprocess.run(
+        [sys.executable, "-m", "nnmeter.cli", "init", str(ws), "--backend", "tflite-local"],
+        capture_output=True,
+        text=True,
+    )
     assert init.returncode == 0, init.stdout + init.stderr
     (ws / "campaign.yaml").write_text(TINY_CAMPAIGN)
     return ws
@@ -106,7 +117,7 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
     assert resumed.returncode == 0, out
     after = _measurements(store)
     # nothing stored is lost or changed, and nothing measured is measured again
-    assert after[:len(before)] == before
+    assert after[: len(before)] == before
     # (the rule tester measures each case in several independent passes, each its own series)
     once = [(r[2], r[3], r[5]) for r in after if r[1] in ("kernel", "rule-case") and r[4] == "ok"]
     assert len(once) == len(set(once)), "a kernel or rule-case model was measured twice"
@@ -123,7 +134,9 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
     campaign = set(yaml.safe_load(TINY_CAMPAIGN)["kernels"]["kernels"])
     assert packaged == {k for k in campaign if not unfused_pairs(k, rules)}
     assert "conv-bn-hswish" not in packaged
-    assert re.search(r"not formed by the device's rules, not trained: [a-z0-9, -]*conv-bn-hswish", " ".join(out.split()))
+    assert re.search(
+        r"not formed by the device's rules, not trained: [a-z0-9, -]*conv-bn-hswish", " ".join(out.split())
+    )
     result = json.loads((workspace / "reports" / "evaluation.json").read_text())
     assert len(result["models"]) == 3
     for model in result["models"]:
@@ -179,12 +192,16 @@ def test_evaluate_remeasure_measures_both_passes_again(workspace: Path):
     store = workspace / "store.sqlite"
     report = workspace / "reports" / "evaluation.json"
     before, old = _measurements(store), json.loads(report.read_text())
-    run = subprocess.run([sys.executable, "-m", "nnmeter.cli", "evaluate", str(workspace), "--remeasure"],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "nnmeter.cli", "evaluate", str(workspace), "--remeasure"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     after = _measurements(store)
-    assert after[:len(before)] == before  # the old measurements are kept
-    again = [r[2] for r in after[len(before):] if r[1] == "evaluation"]
+    assert after[: len(before)] == before  # the old measurements are kept
+    again = [r[2] for r in after[len(before) :] if r[1] == "evaluation"]
     assert sorted(again) == sorted(m["model_id"] for m in old["models"] for _ in range(2))
     new = {m["model_id"]: m for m in json.loads(report.read_text())["models"]}
     # scored on the new measurements: a small model's fastest round can repeat to the 0.1 us (0.1757 ms twice),

@@ -40,7 +40,7 @@ def test_every_key_has_a_comment_from_its_setting_doc() -> None:
         if not stripped or stripped.startswith("#") or ":" not in stripped or line.startswith(" " * 4 + "  "):
             continue
         if not line.startswith(" "):  # a section: its comment is the banner above it
-            assert any(ln.startswith("# ---") for ln in lines[i - 3:i]), line
+            assert any(ln.startswith("# ---") for ln in lines[i - 3 : i]), line
             continue
         keys += 1
         assert lines[i - 1].strip().startswith("#"), f"no comment above {line!r}"
@@ -63,35 +63,47 @@ def load_error(tmp_path: Path, text: str) -> str:
 
 def test_unknown_backend_is_named_with_the_known_ones(tmp_path: Path) -> None:
     message = load_error(tmp_path, "backend:\n  name: tflite-locl\n")
-    assert message.startswith(f"{tmp_path / 'campaign.yaml'}: backend.name: 'tflite-locl' is not a backend; "
-                              "known: ")
+    assert message.startswith(f"{tmp_path / 'campaign.yaml'}: backend.name: 'tflite-locl' is not a backend; known: ")
     assert "tflite-local" in message and "openvino-local" in message
     assert "backend.name: is required" in load_error(tmp_path, "backend:\n  threads: 1\n")
     assert "backend: expected a mapping" in load_error(tmp_path, "backend: tflite-local\n")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("backend: {name: tflite-local, thread: 2}\n", "backend.thread: unknown key (did you mean 'threads'?)"),
-    ("backend: {name: tflite-local, threads: two}\n", "backend.threads: 'two' is not an integer"),
-    ("backend: {name: tflite-local, threads: 0}\n", "backend.threads: 0 is below the minimum 1"),
-    ("backend: {name: tflite-local}\nprotocol: {rounds: 0}\n", "protocol.rounds: 0 is below the minimum 1"),
-    ("backend: {name: tflite-local}\nprotocol: {rounds: many}\n", "protocol.rounds: 'many' is not an integer"),
-    ("backend: {name: tflite-local}\nprotocol: {round: 3}\n", "protocol.round: unknown key (did you mean 'rounds'?)"),
-    ("backend: {name: tflite-local}\nrules: {shapes: {HW: 0}}\n", "rules.shapes.HW: 0 is below the minimum 1"),
-    ("backend: {name: tflite-local}\nrules: {shapes: {KERNEL_SIZE: 4}}\n",
-     "rules.shapes.KERNEL_SIZE: 4 is not valid; valid: 1, 3, 5, 7"),
-    ("backend: {name: tflite-local}\nkernels: {kernels: [fc, fcc]}\n", "kernels.kernels[1]: 'fcc' is not valid; valid: "),
-    ("backend: {name: tflite-local}\nrules: {alpha: 2}\n", "rules.alpha: 2.0 is above the maximum 1.0"),
-    ("backend: {name: tflite-local}\nkernels: {kernels: conv-bn-relu}\n", "kernels.kernels: expected a list"),
-    ("backend: {name: tflite-local}\nkernels: {regressor: svm}\n", "kernels.regressor: 'svm' is not valid"),
-    ("backend: {name: tflite-local}\nevaluation: {seed: -1}\n", "evaluation.seed: -1 is below the minimum 0"),
-    ("backend: {name: tflite-local}\nprotocl: {}\n", "protocl: unknown section; known: backend, protocol"),
-    ("backend: {name: tflite-local}\nprotocol: [1, 2]\n", "protocol: expected a mapping of keys"),
-    # experiment switches of earlier versions: refused by name, with what to do
-    ("backend: {name: tflite-local}\nprotocol: {cache: evict-all}\n", "protocol.cache: removed (an experiment)"),
-    ("backend: {name: tflite-local}\nkernels: {regressor: et-cost-ratio}\n",
-     "kernels.regressor: 'et-cost-ratio' was removed (an experiment); use gbt-cost-ratio"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("backend: {name: tflite-local, thread: 2}\n", "backend.thread: unknown key (did you mean 'threads'?)"),
+        ("backend: {name: tflite-local, threads: two}\n", "backend.threads: 'two' is not an integer"),
+        ("backend: {name: tflite-local, threads: 0}\n", "backend.threads: 0 is below the minimum 1"),
+        ("backend: {name: tflite-local}\nprotocol: {rounds: 0}\n", "protocol.rounds: 0 is below the minimum 1"),
+        ("backend: {name: tflite-local}\nprotocol: {rounds: many}\n", "protocol.rounds: 'many' is not an integer"),
+        (
+            "backend: {name: tflite-local}\nprotocol: {round: 3}\n",
+            "protocol.round: unknown key (did you mean 'rounds'?)",
+        ),
+        ("backend: {name: tflite-local}\nrules: {shapes: {HW: 0}}\n", "rules.shapes.HW: 0 is below the minimum 1"),
+        (
+            "backend: {name: tflite-local}\nrules: {shapes: {KERNEL_SIZE: 4}}\n",
+            "rules.shapes.KERNEL_SIZE: 4 is not valid; valid: 1, 3, 5, 7",
+        ),
+        (
+            "backend: {name: tflite-local}\nkernels: {kernels: [fc, fcc]}\n",
+            "kernels.kernels[1]: 'fcc' is not valid; valid: ",
+        ),
+        ("backend: {name: tflite-local}\nrules: {alpha: 2}\n", "rules.alpha: 2.0 is above the maximum 1.0"),
+        ("backend: {name: tflite-local}\nkernels: {kernels: conv-bn-relu}\n", "kernels.kernels: expected a list"),
+        ("backend: {name: tflite-local}\nkernels: {regressor: svm}\n", "kernels.regressor: 'svm' is not valid"),
+        ("backend: {name: tflite-local}\nevaluation: {seed: -1}\n", "evaluation.seed: -1 is below the minimum 0"),
+        ("backend: {name: tflite-local}\nprotocl: {}\n", "protocl: unknown section; known: backend, protocol"),
+        ("backend: {name: tflite-local}\nprotocol: [1, 2]\n", "protocol: expected a mapping of keys"),
+        # experiment switches of earlier versions: refused by name, with what to do
+        ("backend: {name: tflite-local}\nprotocol: {cache: evict-all}\n", "protocol.cache: removed (an experiment)"),
+        (
+            "backend: {name: tflite-local}\nkernels: {regressor: et-cost-ratio}\n",
+            "kernels.regressor: 'et-cost-ratio' was removed (an experiment); use gbt-cost-ratio",
+        ),
+    ],
+)
 def test_bad_keys_and_values_name_their_path(tmp_path: Path, text: str, expected: str) -> None:
     message = load_error(tmp_path, text)
     assert message.startswith(str(tmp_path / "campaign.yaml") + ": ")
@@ -111,8 +123,11 @@ def test_missing_malformed_and_non_mapping_files(tmp_path: Path) -> None:
 
 
 def test_partial_file_takes_defaults(tmp_path: Path) -> None:
-    campaign = load_campaign(write(tmp_path, "backend: {name: tflite-local, threads: 2}\n"
-                                              "protocol: {rounds: 60}\nrules: {shapes: {HW: 14}}\n"))
+    campaign = load_campaign(
+        write(
+            tmp_path, "backend: {name: tflite-local, threads: 2}\nprotocol: {rounds: 60}\nrules: {shapes: {HW: 14}}\n"
+        )
+    )
     assert campaign.backend_options.threads == 2
     assert campaign.protocol == dataclasses.replace(MeasurementProtocol(), rounds=60)
     assert campaign.rules.shapes.HW == 14 and campaign.rules.shapes.CIN == 64
@@ -124,8 +139,14 @@ def test_workspace_open_validates_before_the_store(tmp_path: Path) -> None:
         Workspace.open(tmp_path)
     assert "is not a workspace" in info.value.message and "nnmeter-build init" in info.value.hint
     ws = Workspace.create(tmp_path / "ws", "tflite-local")
-    assert {p.name for p in ws.root.iterdir()} == {"campaign.yaml", "store.sqlite", "models", "rules",
-                                                  "predictor", "reports"}
+    assert {p.name for p in ws.root.iterdir()} == {
+        "campaign.yaml",
+        "store.sqlite",
+        "models",
+        "rules",
+        "predictor",
+        "reports",
+    }
     data = yaml.safe_load(ws.campaign_path.read_text())
     data["protocol"]["rounds"] = -3
     ws.campaign_path.write_text(yaml.safe_dump(data))

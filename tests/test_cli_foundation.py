@@ -17,8 +17,14 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnmeter.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env={**__import__("os").environ, "COLUMNS": "120"})
+    return subprocess.run(
+        [sys.executable, "-m", "nnmeter.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**__import__("os").environ, "COLUMNS": "120"},
+    )
 
 
 def quick_protocol(ws: Path) -> None:
@@ -33,9 +39,12 @@ def store_rows(ws: Path) -> tuple[int, int]:
     """Models and measurements in the store, the drift anchors (measured in every batch) left out."""
     with Store(ws / "store.sqlite") as store:
         assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return (store._db.execute("SELECT COUNT(*) FROM models WHERE kind != 'anchor'").fetchone()[0],
-                store._db.execute("SELECT COUNT(*) FROM measurements JOIN models ON models.id = model_id "
-                                  "WHERE kind != 'anchor'").fetchone()[0])
+        return (
+            store._db.execute("SELECT COUNT(*) FROM models WHERE kind != 'anchor'").fetchone()[0],
+            store._db.execute(
+                "SELECT COUNT(*) FROM measurements JOIN models ON models.id = model_id WHERE kind != 'anchor'"
+            ).fetchone()[0],
+        )
 
 
 def digest(path: Path) -> str:
@@ -46,8 +55,14 @@ def test_init_backends_status(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     done = cli("init", ws, "--backend", "tflite-local")
     assert done.returncode == 0, done.stderr
-    assert {p.name for p in ws.iterdir()} == {"campaign.yaml", "store.sqlite", "models", "rules", "predictor",
-                                              "reports"}
+    assert {p.name for p in ws.iterdir()} == {
+        "campaign.yaml",
+        "store.sqlite",
+        "models",
+        "rules",
+        "predictor",
+        "reports",
+    }
     assert "name: tflite-local" in (ws / "campaign.yaml").read_text()
 
     again = cli("init", ws)
@@ -62,8 +77,11 @@ def test_init_backends_status(tmp_path: Path) -> None:
 
     listing = cli("backends")
     assert listing.returncode == 0
-    rows = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines()
-            if line.strip().startswith(("tflite-", "openvino-"))}
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in listing.stdout.splitlines()
+        if line.strip().startswith(("tflite-", "openvino-"))
+    }
     assert rows["tflite-local"] == "yes" and rows["openvino-local"] == "yes"
 
     status = cli("status", ws)
@@ -76,14 +94,23 @@ def test_init_backends_status(tmp_path: Path) -> None:
 def keras_model(tmp_path_factory) -> Path:
     """A tiny .keras file (conv + dense), built in a subprocess so this process stays free of TensorFlow."""
     path = tmp_path_factory.mktemp("models") / "small.keras"
-    subprocess.run([sys.executable, "-c", f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import keras
 keras.utils.set_random_seed(1)
 inp = keras.Input((16, 16, 3), batch_size=1)
 x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
 out = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
 keras.Model(inp, out).save({str(path)!r})
-"""], check=True, capture_output=True, timeout=600)
+""",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return path
 
 
@@ -101,8 +128,11 @@ def test_connect_profile_status(tmp_path: Path, keras_model: Path) -> None:
 
     profiled = cli("profile", ws, tiny_model_path(), keras_model, "--runs", "6")
     assert profiled.returncode == 0, profiled.stderr + profiled.stdout
-    table = {line.split()[0]: line.split() for line in profiled.stdout.splitlines()
-             if line.startswith(("tiny_cnn.tflite", "small.keras"))}
+    table = {
+        line.split()[0]: line.split()
+        for line in profiled.stdout.splitlines()
+        if line.startswith(("tiny_cnn.tflite", "small.keras"))
+    }
     assert set(table) == {"tiny_cnn.tflite", "small.keras"}
     for row in table.values():  # model median mean std min p90 runs rounds spread status
         median, minimum, p90 = float(row[1]), float(row[4]), float(row[5])
@@ -141,10 +171,12 @@ def test_bad_input_leaves_the_store_intact(tmp_path: Path) -> None:
     other.write_text("hello")
     empty_dir = tmp_path / "folder"
     empty_dir.mkdir()
-    for bad, message in [(tmp_path / "missing.tflite", "missing.tflite: no such file"),
-                         (text, "notes.tflite: is not a valid .tflite model"),
-                         (other, "notes.txt: not a model file nnmeter reads"),
-                         (empty_dir, "folder: is a folder but not a SavedModel")]:
+    for bad, message in [
+        (tmp_path / "missing.tflite", "missing.tflite: no such file"),
+        (text, "notes.tflite: is not a valid .tflite model"),
+        (other, "notes.txt: not a model file nnmeter reads"),
+        (empty_dir, "folder: is a folder but not a SavedModel"),
+    ]:
         done = cli("profile", ws, tiny_model_path(), bad)
         assert done.returncode == 2, done.stdout
         first, *rest = done.stderr.strip().splitlines()

@@ -27,8 +27,7 @@ def test_a_piped_table_keeps_every_cell_whole():
 
 
 def test_nnmeter_build_kernels_through_a_pipe_lists_every_name_whole():
-    done = subprocess.run([sys.executable, "-m", "nnmeter.cli", "kernels"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-m", "nnmeter.cli", "kernels"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
     assert rows["dwconv-bn-hswish"].split()[1:4] == ["dwconv", "->", "bn"]  # the name is not cut: grep finds it

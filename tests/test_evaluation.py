@@ -27,8 +27,8 @@ def test_metrics_on_known_numbers():
     assert m.n == 4
     assert m.within_5 == pytest.approx(0.5)
     assert m.within_10 == pytest.approx(1.0)
-    assert m.rmspe == pytest.approx(math.sqrt((0.04 ** 2 + 0.09 ** 2 + 0.10 ** 2 + 0) / 4) * 100)
-    assert m.rmse_ms == pytest.approx(math.sqrt((0.4 ** 2 + 1.8 ** 2 + 4.0 ** 2 + 0) / 4))
+    assert m.rmspe == pytest.approx(math.sqrt((0.04**2 + 0.09**2 + 0.10**2 + 0) / 4) * 100)
+    assert m.rmse_ms == pytest.approx(math.sqrt((0.4**2 + 1.8**2 + 4.0**2 + 0) / 4))
     assert m.spearman == pytest.approx(1.0)
     assert m.mean_error == pytest.approx((0.04 + 0.09 - 0.10) / 4)
 
@@ -92,8 +92,11 @@ def test_result_round_trip_and_metrics_per_family(tmp_path):
 
 def test_unsteady_ground_truth_is_said_when_too_few_models_repeat():
     def result(repeats):
-        return EvaluationResult(tuple(ModelEvaluation(f"m{i}", "f", f"id{i}", 1.0, {NNMETER: 1.0}, repeat_ms=r)
-                                      for i, r in enumerate(repeats)))
+        return EvaluationResult(
+            tuple(
+                ModelEvaluation(f"m{i}", "f", f"id{i}", 1.0, {NNMETER: 1.0}, repeat_ms=r) for i, r in enumerate(repeats)
+            )
+        )
 
     assert result([1.02] * 19 + [1.2]).unsteady_ground_truth() is None  # 95 % agree
     note = result([1.02] * 18 + [1.2, 0.8]).unsteady_ground_truth()  # 90 %

@@ -72,8 +72,10 @@ def _tflite_ops(model) -> list[str]:
     """The op names of the converted model as written in the file (before any delegate)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=keras_to_tflite_bytes(model),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_content=keras_to_tflite_bytes(model),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     return [op["op_name"] for op in interpreter._get_ops_details()]
 
 
@@ -91,7 +93,9 @@ def test_every_kernel_builds_converts_and_runs(kernel):
 def test_kernel_output_shapes_follow_strides_and_padding():
     km = build_kernel("conv-bn-relu", {"HW": 14, "CIN": 3, "COUT": 5, "KERNEL_SIZE": 3, "STRIDES": 2})
     assert km.output_shapes == ((7, 7, 5),)
-    assert build_kernel("maxpool", {"HW": 7, "CIN": 4, "KERNEL_SIZE": 3, "POOL_STRIDES": 2}).output_shapes == ((4, 4, 4),)
+    assert build_kernel("maxpool", {"HW": 7, "CIN": 4, "KERNEL_SIZE": 3, "POOL_STRIDES": 2}).output_shapes == (
+        (4, 4, 4),
+    )
     assert build_kernel("concat", {"HW": 3, "CINS": [2, 3, 4]}).input_shapes == ((3, 3, 2), (3, 3, 3), (3, 3, 4))
     assert build_kernel("split", {"HW": 3, "CIN": 6}).output_shapes == ((3, 3, 3), (3, 3, 3))
     assert build_kernel("fc", {"CIN": 10, "COUT": 4}).output_shapes == ((4,),)
@@ -108,8 +112,9 @@ def test_tflite_gets_the_ops_the_kernels_name():
     assert _tflite_ops(build_kernel_model("conv-bn-relu", conv)) == ["CONV_2D"]  # bn folds, relu fuses
     assert _tflite_ops(build_kernel_model("conv-bn-hswish", conv)) == ["CONV_2D", "HARD_SWISH"]
     assert _tflite_ops(build_kernel_model("hswish", {"HW": 8, "CIN": 4})) == ["HARD_SWISH"]
-    assert _tflite_ops(build_kernel_model("dwconv-bn-relu6", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})) \
-        == ["DEPTHWISE_CONV_2D"]
+    assert _tflite_ops(build_kernel_model("dwconv-bn-relu6", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})) == [
+        "DEPTHWISE_CONV_2D"
+    ]
     assert _tflite_ops(build_kernel_model("bn", {"HW": 8, "CIN": 4})) == ["MUL", "ADD"]  # random statistics: kept
     se = _tflite_ops(build_kernel_model("se", {"HW": 8, "CIN": 8}))
     assert se[0] == "MEAN" and se.count("CONV_2D") == 2 and se[-1] == "MUL"
@@ -136,16 +141,26 @@ def test_costs_match_hand_counts_and_keras_params():
     assert build_kernel("add", {"HW": 8, "CIN": 8}).cost.bytes_read == 4 * 2 * 8 * 8 * 8
 
 
-@pytest.mark.parametrize("kernel,config,words", [
-    ("convx", {"HW": 8}, ["convx", "not a kernel", "conv-bn-relu"]),
-    ("conv-bn-relu", {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3}, ["conv-bn-relu", "STRIDES"]),
-    ("conv-bn-relu", {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 3},
-     ["conv-bn-relu", "STRIDES=3", "1, 2, 4"]),
-    ("dwconv-bn", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 4, "STRIDES": 1}, ["dwconv-bn", "KERNEL_SIZE=4", "1, 3, 5, 7"]),
-    ("relu", {"HW": 8, "CIN": -3}, ["relu", "CIN=-3", "[1, 4096]"]),
-    ("concat", {"HW": 8, "CINS": [1, 2, 3, 4, 5]}, ["concat", "CINS", "2-4"]),
-    ("split", {"HW": 8, "CIN": 5}, ["split", "CIN=5", "even"]),
-])
+@pytest.mark.parametrize(
+    "kernel,config,words",
+    [
+        ("convx", {"HW": 8}, ["convx", "not a kernel", "conv-bn-relu"]),
+        ("conv-bn-relu", {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3}, ["conv-bn-relu", "STRIDES"]),
+        (
+            "conv-bn-relu",
+            {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 3},
+            ["conv-bn-relu", "STRIDES=3", "1, 2, 4"],
+        ),
+        (
+            "dwconv-bn",
+            {"HW": 8, "CIN": 4, "KERNEL_SIZE": 4, "STRIDES": 1},
+            ["dwconv-bn", "KERNEL_SIZE=4", "1, 3, 5, 7"],
+        ),
+        ("relu", {"HW": 8, "CIN": -3}, ["relu", "CIN=-3", "[1, 4096]"]),
+        ("concat", {"HW": 8, "CINS": [1, 2, 3, 4, 5]}, ["concat", "CINS", "2-4"]),
+        ("split", {"HW": 8, "CIN": 5}, ["split", "CIN=5", "even"]),
+    ],
+)
 def test_bad_configs_name_kernel_key_value_and_valid_set(kernel, config, words):
     with pytest.raises(ValueError) as err:
         build_kernel(kernel, config)
@@ -153,9 +168,13 @@ def test_bad_configs_name_kernel_key_value_and_valid_set(kernel, config, words):
 
 
 def test_pairs_connect_ops_with_consistent_shapes():
-    for op1, op2, ops_in_file in [("conv", "relu", ["CONV_2D"]), ("relu", "fc", ["RELU", "FULLY_CONNECTED"]),
-                                  ("global-avgpool", "fc", ["MEAN", "FULLY_CONNECTED"]),
-                                  ("add", "concat", ["ADD", "CONCATENATION"]), ("split", "add", ["SPLIT", "ADD"])]:
+    for op1, op2, ops_in_file in [
+        ("conv", "relu", ["CONV_2D"]),
+        ("relu", "fc", ["RELU", "FULLY_CONNECTED"]),
+        ("global-avgpool", "fc", ["MEAN", "FULLY_CONNECTED"]),
+        ("add", "concat", ["ADD", "CONCATENATION"]),
+        ("split", "add", ["SPLIT", "ADD"]),
+    ]:
         model = build_pair(op1, op2, SMALL)
         assert _tflite_ops(model) == ops_in_file, (op1, op2)
         _run(model)
@@ -193,8 +212,9 @@ def test_unconnectable_pairs_raise_clear_errors():
 
 
 def test_connectable_agrees_with_build_pair():
-    for op1, op2 in itertools.product([ops.CONV, ops.FC, ops.RELU, ops.GLOBAL_AVGPOOL, ops.RESHAPE, ops.SOFTMAX],
-                                      repeat=2):
+    for op1, op2 in itertools.product(
+        [ops.CONV, ops.FC, ops.RELU, ops.GLOBAL_AVGPOOL, ops.RESHAPE, ops.SOFTMAX], repeat=2
+    ):
         if connectable(op1, op2):
             build_pair(op1, op2, SMALL)
         else:

@@ -85,8 +85,9 @@ def test_fit_takes_the_refetch_term_when_small_kernels_pay_for_their_weights_ins
     refetched_mb = weight_mb[:16].tolist() + [0.0] * 4  # the wide models' kernels are bigger than the cache
     refetched_mb = np.array(refetched_mb) * rng.uniform(0.2, 0.9, weight_mb.size)
     kernels_ms = rng.uniform(0.2, 8.0, weight_mb.size)
-    whole_ms = ((1.05 * kernels_ms + 0.03 * refetched_mb + 0.02 * np.maximum(0.0, weight_mb - 10.0))
-                * rng.normal(1.0, 0.005, weight_mb.size))
+    whole_ms = (1.05 * kernels_ms + 0.03 * refetched_mb + 0.02 * np.maximum(0.0, weight_mb - 10.0)) * rng.normal(
+        1.0, 0.005, weight_mb.size
+    )
     fit = fit_model_correction(weight_mb, whole_ms, kernels_ms, refetched_mb, private_cache_mb=2.0)
     assert fit.scale == pytest.approx(1.05, rel=0.02) and fit.ms_per_refetched_mb == pytest.approx(0.03, rel=0.2)
     assert fit.ms_per_mb == pytest.approx(0.02, rel=0.2) and fit.private_cache_mb == 2.0 and fit.residual < 0.02
@@ -116,14 +117,24 @@ def payloads():
         X = feature_matrix(kernel, sample_configs(kernel, 40, sampler="uniform", seed=0))
         y = 0.005 + X[:, feature_names(kernel).index("FLOPS")] * 2e-9
         forest = RandomForestRegressor(n_estimators=4, random_state=0).fit(X, y)
-        out[kernel] = KernelPayload(from_sklearn(forest.estimators_, X.shape[1], aggregation="mean",
-                                                 regressor="random-forest"), samples=len(y))
+        out[kernel] = KernelPayload(
+            from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest"), samples=len(y)
+        )
     return out
 
 
 def _write(payloads, path, **kw):
-    return write_artifact(path, name="tiny", version="1", device={"id": "test"}, backend="none", protocol={},
-                          rules=default_rules(), kernels=payloads, **kw)
+    return write_artifact(
+        path,
+        name="tiny",
+        version="1",
+        device={"id": "test"},
+        backend="none",
+        protocol={},
+        rules=default_rules(),
+        kernels=payloads,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +156,9 @@ def tflite_file(tmp_path_factory):
 def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp_path):
     correction = ModelCorrection(ms_per_mb=100.0, threshold_mb=0.002, fitted_on=12, residual=0.03, scale=1.1)
     plain = load_predictor(_write(payloads, tmp_path / "plain", invoke_overhead_ms=0.001)).predict(tflite_file)
-    corrected = load_predictor(_write(payloads, tmp_path / "corrected", invoke_overhead_ms=0.001,
-                                      model_correction=correction)).predict(tflite_file)
+    corrected = load_predictor(
+        _write(payloads, tmp_path / "corrected", invoke_overhead_ms=0.001, model_correction=correction)
+    ).predict(tflite_file)
     assert [k.kernel for k in corrected.kernels] == list(KERNELS)
     assert weight_bytes(corrected.kernels) == TINY_WEIGHT_BYTES
     expected = 1.1 * plain.latency_ms + 100.0 * (TINY_WEIGHT_BYTES / 1e6 - 0.002)
@@ -162,8 +174,13 @@ def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache
     plain = load_predictor(_write(payloads, tmp_path / "plain")).predict(tflite_file)
     # every kernel of the tiny model reads and writes less than 1 MB: all its weights are refetched
     assert refetched_weight_bytes(plain.kernels, 1e6) == TINY_WEIGHT_BYTES
-    corrected = load_predictor(_write(payloads, tmp_path / "refetch", model_correction=ModelCorrection(
-        0.0, 0.0, scale=1.0, ms_per_refetched_mb=50.0, private_cache_mb=1.0))).predict(tflite_file)
+    corrected = load_predictor(
+        _write(
+            payloads,
+            tmp_path / "refetch",
+            model_correction=ModelCorrection(0.0, 0.0, scale=1.0, ms_per_refetched_mb=50.0, private_cache_mb=1.0),
+        )
+    ).predict(tflite_file)
     assert corrected.correction_ms == pytest.approx(50.0 * TINY_WEIGHT_BYTES / 1e6)
     # working sets (bytes read and written): conv 12.9 + 4.1 KB, depthwise conv 4.7 + 4.1 KB, dense 0.7 KB: a
     # 10 KB cache kept the weights of the depthwise conv and the dense layer standalone, not the conv's
@@ -176,16 +193,21 @@ def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp
     old = load_artifact(_write(payloads, tmp_path / "old"))
     assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
     assert old.model_correction is None
-    correction = ModelCorrection(0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04, ms_per_refetched_mb=0.02,
-                                 private_cache_mb=2.1)
-    assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction \
-        == correction
-    assert correction.describe() == ("kernels x 1.040 + 20.0 us/MB refetched (kernels <= 2.1 MB) + 34.0 us/MB of "
-                                     "weights above 3.8 MB (fitted on 16 calibration models, residual 3.5 %)")
+    correction = ModelCorrection(
+        0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04, ms_per_refetched_mb=0.02, private_cache_mb=2.1
+    )
+    assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction == correction
+    assert correction.describe() == (
+        "kernels x 1.040 + 20.0 us/MB refetched (kernels <= 2.1 MB) + 34.0 us/MB of "
+        "weights above 3.8 MB (fitted on 16 calibration models, residual 3.5 %)"
+    )
     manifest = tmp_path / "new" / "manifest.yaml"
     data = yaml.safe_load(manifest.read_text())
-    weight_term = {k: v for k, v in data.pop("model_correction").items()
-                   if k in ("ms_per_mb", "threshold_mb", "fitted_on", "residual")}  # an older manifest's keys
+    weight_term = {
+        k: v
+        for k, v in data.pop("model_correction").items()
+        if k in ("ms_per_mb", "threshold_mb", "fitted_on", "residual")
+    }  # an older manifest's keys
     manifest.write_text(yaml.safe_dump({**data, "memory_correction": weight_term}, sort_keys=False))
     assert load_artifact(tmp_path / "new").model_correction == ModelCorrection(0.034, 3.79, 16, 0.035, scale=1.0)
     data["model_correction"] = {**weight_term, "scale": 0.0}

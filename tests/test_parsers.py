@@ -105,11 +105,15 @@ Fully accelerated:     True
 def test_tflite_2x_output():
     report = parse_benchmark_model(TFLITE_2X)
     assert report.variant == "tflite-2.x"
-    assert report.inference.count == 59 and report.inference.avg_us == 16930.1 and report.avg_ms == pytest.approx(16.9301)
+    assert (
+        report.inference.count == 59 and report.inference.avg_us == 16930.1 and report.avg_ms == pytest.approx(16.9301)
+    )
     assert report.warmup.count == 28 and report.init_ms == pytest.approx(36.208)
     # the regular runs' table, not the initialization one nor "Top by Computation Time"
     assert [(op.op_type, op.avg_ms, op.percent) for op in report.op_profile] == [
-        ("TfLiteXNNPackDelegate", 16.662, 99.881), ("SOFTMAX", 0.020, 0.119)]
+        ("TfLiteXNNPackDelegate", 16.662, 99.881),
+        ("SOFTMAX", 0.020, 0.119),
+    ]
     assert report.op_profile[1].node == "[MobilenetV2/Predictions/Softmax]:65"
 
 
@@ -119,7 +123,9 @@ def test_litert_2025_output():
     assert report.inference.count == 9190 and report.inference.median_us == 104 and report.inference.p95_us == 122
     assert report.avg_ms == pytest.approx(0.1069)
     assert [(op.op_type, op.avg_ms) for op in report.op_profile] == [
-        ("Fully Connected (NC, F32) GEMM", 0.058), ("Sigmoid (NC, F32)", 0.036)]
+        ("Fully Connected (NC, F32) GEMM", 0.058),
+        ("Sigmoid (NC, F32)", 0.036),
+    ]
     assert report.op_profile[0].node == "Delegate/Fully Connected (NC, F32) GEMM:0"
 
 
@@ -129,14 +135,19 @@ def test_benchmark_results_block_alone():
     assert report.inference.median_us == pytest.approx(180) and report.warmup.count == 10
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "no inference timings"),
-    ("STARTING!\nGraph: [/x.tflite]\nFailed to allocate tensors!\nBenchmarking failed.\n", "no inference timings"),
-    ("count=50 first=0 curr=0 min=0 max=0 avg=0 std=0\ncount=50 first=0 curr=0 min=0 max=0 avg=0 std=0\n",
-     "inference average is 0"),
-    ("Inference timings in us: Init: 1, First inference: 2, Warmup (avg): n/a, Inference (avg): 3\n", "bad value"),
-    ("Timings (microseconds): count=50 first=1 curr=1 min=1 max=1 avg=1 std=0\n", "no inference timings"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "no inference timings"),
+        ("STARTING!\nGraph: [/x.tflite]\nFailed to allocate tensors!\nBenchmarking failed.\n", "no inference timings"),
+        (
+            "count=50 first=0 curr=0 min=0 max=0 avg=0 std=0\ncount=50 first=0 curr=0 min=0 max=0 avg=0 std=0\n",
+            "inference average is 0",
+        ),
+        ("Inference timings in us: Init: 1, First inference: 2, Warmup (avg): n/a, Inference (avg): 3\n", "bad value"),
+        ("Timings (microseconds): count=50 first=1 curr=1 min=1 max=1 avg=1 std=0\n", "no inference timings"),
+    ],
+)
 def test_output_it_does_not_understand_fails_loudly(text, reason):
     with pytest.raises(BenchmarkOutputError, match=reason):
         parse_benchmark_model(text)
@@ -152,10 +163,22 @@ def test_op_table_row_that_does_not_fit_fails_loudly():
 def test_parses_the_stand_in_running_litert(tiny_models, output_format):
     """The stand-in prints benchmark_model's format around real LiteRT timings; the parser reads them back."""
     fake = Path(__file__).with_name("fake_benchmark_model.py")
-    out = subprocess.run([sys.executable, str(fake), f"--output_format={output_format}",
-                          f"--graph={tiny_models[0].path}", "--num_runs=5", "--min_secs=0", "--warmup_runs=2",
-                          "--warmup_min_secs=0", "--enable_op_profiling=true"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(fake),
+            f"--output_format={output_format}",
+            f"--graph={tiny_models[0].path}",
+            "--num_runs=5",
+            "--min_secs=0",
+            "--warmup_runs=2",
+            "--warmup_min_secs=0",
+            "--enable_op_profiling=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = parse_benchmark_model(out)
     assert report.variant == ("litert" if output_format == "litert" else "tflite-2.x")
     assert report.inference.count == 5 and report.warmup.count == 2 and report.avg_ms > 0
@@ -184,17 +207,28 @@ Throughput: 39.79 FPS
 
 def test_benchmark_app_current_and_old_and_microseconds():
     report = parse_benchmark_app(BENCHMARK_APP_2024)
-    assert (report.count, report.median_ms, report.average_ms, report.min_ms, report.max_ms) == \
-        (1290, 46.21, 46.49, 44.01, 78.33)
+    assert (report.count, report.median_ms, report.average_ms, report.min_ms, report.max_ms) == (
+        1290,
+        46.21,
+        46.49,
+        44.01,
+        78.33,
+    )
     old = parse_benchmark_app(BENCHMARK_APP_2021)
     assert (old.count, old.median_ms, old.average_ms) == (400, 24.87, None)
     fast = parse_benchmark_app(BENCHMARK_APP_2024.replace("46.21 ms", "12.51 us"))
     assert fast.median_ms == pytest.approx(0.01251)
 
 
-@pytest.mark.parametrize("text", ["", "[ ERROR ] Exception from src/inference/src/core.cpp: device MYRIAD not found\n",
-                                  BENCHMARK_APP_2024.replace("46.21 ms", "0.00 ms"),
-                                  BENCHMARK_APP_2024.replace("46.21 ms", "46.21 fortnights")])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[ ERROR ] Exception from src/inference/src/core.cpp: device MYRIAD not found\n",
+        BENCHMARK_APP_2024.replace("46.21 ms", "0.00 ms"),
+        BENCHMARK_APP_2024.replace("46.21 ms", "46.21 fortnights"),
+    ],
+)
 def test_benchmark_app_fails_loudly(text):
     with pytest.raises(BenchmarkOutputError):
         parse_benchmark_app(text)

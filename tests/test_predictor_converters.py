@@ -68,15 +68,26 @@ def onnx_model(kind: str, batch: int | str = 1):
         return name
 
     def conv(x, cin, cout, k, s, name, group=1):
-        return node("Conv", [x, const(f"{name}.w", (cout, cin // group, k, k)), const(f"{name}.b", (cout,))],
-                    name, kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=group)
+        return node(
+            "Conv",
+            [x, const(f"{name}.w", (cout, cin // group, k, k)), const(f"{name}.b", (cout,))],
+            name,
+            kernel_shape=[k, k],
+            strides=[s, s],
+            pads=[k // 2] * 4,
+            group=group,
+        )
 
     def bn(x, c, name):
         return node("BatchNormalization", [x, *(const(f"{name}.{p}", (c,)) for p in "sbmv")], name)
 
     def relu6(x, name):
-        inits.extend([numpy_helper.from_array(np.array(0, np.float32), f"{name}.lo"),
-                      numpy_helper.from_array(np.array(6, np.float32), f"{name}.hi")])
+        inits.extend(
+            [
+                numpy_helper.from_array(np.array(0, np.float32), f"{name}.lo"),
+                numpy_helper.from_array(np.array(6, np.float32), f"{name}.hi"),
+            ]
+        )
         return node("Clip", [x, f"{name}.lo", f"{name}.hi"], name)
 
     x = "input"
@@ -93,9 +104,13 @@ def onnx_model(kind: str, batch: int | str = 1):
         y = node("MaxPool", [y], "pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     y = node("Flatten", [node("GlobalAveragePool", [y], "gap")], "flat")
     y = node("Gemm", [y, const("fc.w", (10, C)), const("fc.b", (10,))], "fc", transB=1)
-    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                         [batch, C, HW, HW])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        kind,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, C, HW, HW])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return model
@@ -163,7 +178,12 @@ def test_nnmeter_ir_sample_converts_and_its_kernels_match_its_ops():
     weighted = sum(1 for k in kinds if k.startswith(("conv", "dwconv")))
     assert weighted == counts["conv"] + counts["dwconv"]  # each conv heads exactly one kernel
     assert kinds[0] == "conv-bn-hswish" and det.kernels[0].config == {
-        "HW": 224, "CIN": 3, "COUT": 16, "KERNEL_SIZE": 3, "STRIDES": 2}
+        "HW": 224,
+        "CIN": 3,
+        "COUT": 16,
+        "KERNEL_SIZE": 3,
+        "STRIDES": 2,
+    }
     assert kinds.count("se") == 9 and kinds[-1] == "fc"
     assert det.free_nodes == ["Reshape"]
     # the IR JSON round-trips
@@ -244,15 +264,23 @@ def test_a_dynamic_batch_reshape_is_shape_arithmetic_not_kernels(tmp_path):
     w = numpy_helper.from_array(np.ones((C, C, 3, 3), np.float32), "w")
     tail = numpy_helper.from_array(np.array([-1], np.int64), "tail")
     index = numpy_helper.from_array(np.array([0], np.int64), "index")
-    nodes = [helper.make_node("Conv", ["input", "w"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Shape", ["conv"], ["shape"]),
-             helper.make_node("Gather", ["shape", "index"], ["batch"]),
-             helper.make_node("Concat", ["batch", "tail"], ["target"], axis=0),
-             helper.make_node("Reshape", ["conv", "target"], ["flat"])]
-    model = helper.make_model(helper.make_graph(
-        nodes, "dynamic", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", C, HW, HW])],
-        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", C * HW * HW])], [w, tail, index]),
-        opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["conv"], ["shape"]),
+        helper.make_node("Gather", ["shape", "index"], ["batch"]),
+        helper.make_node("Concat", ["batch", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["conv", "target"], ["flat"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "dynamic",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", C, HW, HW])],
+            [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", C * HW * HW])],
+            [w, tail, index],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     onnx.checker.check_model(model)
     assert len(kernels_of(model)) == 1  # the conv; kernels_of fails on any op it cannot predict
 
@@ -273,22 +301,37 @@ def test_a_crop_of_a_feature_map_is_the_crop_kernel_from_keras_tflite_and_onnx(t
     model = keras.Model(inp, y)
     path = tmp_path / "crop.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    expected = [("pad", {"HW": HW, "CIN": C}), ("crop", {"HW": HW + 1, "CIN": C}),
-                ("crop", {"HW": HW - 3, "CIN": C})]
+    expected = [("pad", {"HW": HW, "CIN": C}), ("crop", {"HW": HW + 1, "CIN": C}), ("crop", {"HW": HW - 3, "CIN": C})]
     assert kernels_of(model) == expected
     assert kernels_of(path) == expected
     det = detect(to_graph(path), default_rules())
     assert [bool(k.stand_in) for k in det.kernels] == [False, False, True]
 
-    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-              (("starts", [1, 1]), ("ends", [HW, HW]), ("axes", [2, 3]), ("c_starts", [0]), ("c_ends", [4]),
-               ("c_axes", [1]))]
-    nodes = [helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["crop"]),
-             helper.make_node("Slice", ["crop", "c_starts", "c_ends", "c_axes"], ["half"])]
-    onnx_model = helper.make_model(helper.make_graph(
-        nodes, "crops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, C, HW, HW])],
-        [helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 4, HW - 1, HW - 1])], consts),
-        opset_imports=[helper.make_opsetid("", 17)])
+    consts = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (
+            ("starts", [1, 1]),
+            ("ends", [HW, HW]),
+            ("axes", [2, 3]),
+            ("c_starts", [0]),
+            ("c_ends", [4]),
+            ("c_axes", [1]),
+        )
+    ]
+    nodes = [
+        helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["crop"]),
+        helper.make_node("Slice", ["crop", "c_starts", "c_ends", "c_axes"], ["half"]),
+    ]
+    onnx_model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "crops",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, C, HW, HW])],
+            [helper.make_tensor_value_info("half", TensorProto.FLOAT, [1, 4, HW - 1, HW - 1])],
+            consts,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     onnx.checker.check_model(onnx_model)
     det = detect(to_graph(onnx_model), default_rules())
     assert [(k.kernel, k.config) for k in det.supported] == [("crop", {"HW": HW, "CIN": C})]

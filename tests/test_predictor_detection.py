@@ -18,8 +18,12 @@ pytestmark = pytest.mark.unit
 def rules_file(tmp_path, mon):
     # nn-Meter's format: BF_<op1>_<op2> with obey, plus MON
     data = {
-        "BF_conv_bn": {"obey": True}, "BF_conv_relu": {"obey": True}, "BF_dwconv_bn": {"obey": True},
-        "BF_dwconv_relu6": {"obey": False}, "BF_add_relu": {"obey": True}, "BF_conv_add": {"obey": True},
+        "BF_conv_bn": {"obey": True},
+        "BF_conv_relu": {"obey": True},
+        "BF_dwconv_bn": {"obey": True},
+        "BF_dwconv_relu6": {"obey": False},
+        "BF_add_relu": {"obey": True},
+        "BF_conv_add": {"obey": True},
         "MON": {"obey": mon},
     }
     path = tmp_path / "fusion_rules.json"
@@ -36,12 +40,12 @@ def graph() -> Graph:
 
     add("conv1", "conv", ["x"], [a], b, kernel_size=[3, 3], strides=[1, 1])
     add("bn1", "bn", ["conv1"], [b], b)
-    add("relu1", "relu", ["bn1"], [b], b)                      # read by dw and add
+    add("relu1", "relu", ["bn1"], [b], b)  # read by dw and add
     add("dw", "dwconv", ["relu1"], [b], b, kernel_size=[3, 3], strides=[1, 1], depth_multiplier=1)
     add("bn2", "bn", ["dw"], [b], b)
-    add("act2", "relu6", ["bn2"], [b], b)                      # dwconv_relu6 is not fused
+    add("act2", "relu6", ["bn2"], [b], b)  # dwconv_relu6 is not fused
     add("conv2", "conv", ["act2"], [b], b, kernel_size=[1, 1], strides=[1, 1])
-    add("add", "add", ["relu1", "conv2"], [b, b], b)          # two inputs: starts a kernel
+    add("add", "add", ["relu1", "conv2"], [b, b], b)  # two inputs: starts a kernel
     add("relu3", "relu", ["add"], [b], b)
     add("conv3", "conv", ["relu3"], [b], b, kernel_size=[1, 1], strides=[1, 1])  # read by relu4 and add2
     add("relu4", "relu", ["conv3"], [b], b)
@@ -55,19 +59,22 @@ def graph() -> Graph:
 
 COMMON_HEAD = [
     (["conv1", "bn1", "relu1"], "conv-bn-relu"),
-    (["dw", "bn2"], "dwconv-bn"),   # dw reads relu1, but relu1's kernel cannot take a dwconv anyway
+    (["dw", "bn2"], "dwconv-bn"),  # dw reads relu1, but relu1's kernel cannot take a dwconv anyway
     (["act2"], "relu6"),
-    (["conv2"], "conv-bn"),          # a conv alone: the type with bn is preferred
+    (["conv2"], "conv-bn"),  # a conv alone: the type with bn is preferred
     (["add", "relu3"], "addrelu"),
 ]
 TAIL = [(["add2"], "add"), (["gap"], "global-avgpool"), (["fc"], "fc")]
 
 
-@pytest.mark.parametrize("mon, middle", [
-    (0, [(["conv3"], "conv-bn"), (["relu4"], "relu")]),
-    (1, [(["conv3", "relu4"], "conv-bn-relu")]),               # fused with its first consumer only
-    (2, [(["conv3"], "conv-bn"), (["conv3", "relu4"], "conv-bn-relu")]),  # computed again for relu4
-])
+@pytest.mark.parametrize(
+    "mon, middle",
+    [
+        (0, [(["conv3"], "conv-bn"), (["relu4"], "relu")]),
+        (1, [(["conv3", "relu4"], "conv-bn-relu")]),  # fused with its first consumer only
+        (2, [(["conv3"], "conv-bn"), (["conv3", "relu4"], "conv-bn-relu")]),  # computed again for relu4
+    ],
+)
 def test_hand_checked_partition(tmp_path, mon, middle):
     det = detect(graph(), rules_file(tmp_path, mon))
     got = [(k.nodes, k.kernel) for k in det.kernels]
@@ -94,8 +101,21 @@ def test_a_kernel_type_with_an_unfused_pair_is_never_detected(tmp_path):
 
 def test_available_kernels_decide_between_equivalent_types(tmp_path):
     rules = rules_file(tmp_path, 0)
-    det = detect(graph(), rules, available={"conv-relu", "conv-block", "dwconv-block", "relu6", "addrelu",
-                                            "relu", "add", "global-avgpool", "fc"})
+    det = detect(
+        graph(),
+        rules,
+        available={
+            "conv-relu",
+            "conv-block",
+            "dwconv-block",
+            "relu6",
+            "addrelu",
+            "relu",
+            "add",
+            "global-avgpool",
+            "fc",
+        },
+    )
     kinds = {k.nodes[0]: k.kernel for k in det.kernels}
     assert kinds["conv1"] == "conv-relu" and kinds["conv2"] == "conv-block" and kinds["dw"] == "dwconv-block"
     assert not det.unsupported
@@ -108,8 +128,16 @@ def test_unknown_op_and_bad_config_are_reported(tmp_path):
     g = Graph("odd", inputs={"x": [1, 14, 14, 8]})
     g.add(Node("t", "Transpose", ["x"], [[1, 14, 14, 8]], [[1, 8, 14, 14]]))
     g.add(Node("big", "conv", ["x"], [[1, 14, 14, 8]], [[1, 14, 14, 8]], {"kernel_size": [11, 11], "strides": [1, 1]}))
-    g.add(Node("gc", "conv", ["x"], [[1, 14, 14, 8]], [[1, 14, 14, 8]],
-               {"kernel_size": [3, 3], "strides": [1, 1], "groups": 2}))
+    g.add(
+        Node(
+            "gc",
+            "conv",
+            ["x"],
+            [[1, 14, 14, 8]],
+            [[1, 14, 14, 8]],
+            {"kernel_size": [3, 3], "strides": [1, 1], "groups": 2},
+        )
+    )
     det = detect(g, rules_file(tmp_path, 0))
     problems = {k.nodes[0]: k.problem for k in det.unsupported}
     assert "'Transpose' is not in the vocabulary" in problems["t"]
@@ -124,22 +152,26 @@ def test_patterns_collapse_once():
     g.add(Node("a", "add", ["x"], s, s, {"constant": 3.0}))
     g.add(Node("r", "relu6", ["a"], s, s))
     g.add(Node("m", "mul", ["r"], s, s, {"constant": 1 / 6}))
-    g.add(Node("hs", "mul", ["x", "m"], s + s, s))               # hswish(x)
+    g.add(Node("hs", "mul", ["x", "m"], s + s, s))  # hswish(x)
     g.add(Node("sig", "sigmoid", ["hs"], s, s))
-    g.add(Node("sw", "mul", ["hs", "sig"], s + s, s))           # swish
+    g.add(Node("sw", "mul", ["hs", "sig"], s + s, s))  # swish
     g.add(Node("gap", "global-avgpool", ["sw"], s, one))
     g.add(Node("c1", "conv", ["gap"], one, [[1, 1, 1, 2]], {"kernel_size": [1, 1], "strides": [1, 1]}))
     g.add(Node("c1r", "relu", ["c1"], [[1, 1, 1, 2]], [[1, 1, 1, 2]]))
     g.add(Node("c2", "conv", ["c1r"], [[1, 1, 1, 2]], one, {"kernel_size": [1, 1], "strides": [1, 1]}))
     g.add(Node("gate", "sigmoid", ["c2"], one, one))
-    g.add(Node("se", "mul", ["sw", "gate"], s + one, s))        # squeeze-and-excitation
+    g.add(Node("se", "mul", ["sw", "gate"], s + one, s))  # squeeze-and-excitation
     g.add(Node("r1", "reshape", ["se"], s, [[1, 7, 7, 2, 4]]))
     g.add(Node("tr", "Transpose", ["r1"], [[1, 7, 7, 2, 4]], [[1, 7, 7, 4, 2]]))
     g.add(Node("r2", "reshape", ["tr"], [[1, 7, 7, 4, 2]], s))  # channel shuffle
     g.outputs = ["r2"]
     recognise(g.check())
     assert [(n.name, n.op, n.inputs) for n in g.nodes.values()] == [
-        ("hs", "hswish", ["x"]), ("sw", "swish", ["hs"]), ("se", "se", ["sw"]), ("r2", "channelshuffle", ["se"])]
+        ("hs", "hswish", ["x"]),
+        ("sw", "swish", ["hs"]),
+        ("se", "se", ["sw"]),
+        ("r2", "channelshuffle", ["se"]),
+    ]
     assert recognise(g).op_counts() == {"hswish": 1, "swish": 1, "se": 1, "channelshuffle": 1}
 
 
@@ -157,8 +189,7 @@ def test_se_gate_is_the_se_kernel_only_at_the_kernels_squeeze_width(squeeze, col
     g.add(Node("se", "mul", ["x", "gate"], s + one, s))
     g.outputs = ["se"]
     counts = recognise(g.check()).op_counts()
-    assert counts == ({"se": 1} if collapses else
-                      {"global-avgpool": 1, "conv": 2, "relu": 1, "sigmoid": 1, "mul": 1})
+    assert counts == ({"se": 1} if collapses else {"global-avgpool": 1, "conv": 2, "relu": 1, "sigmoid": 1, "mul": 1})
 
 
 def test_non_square_conv_and_wide_concat_get_stand_ins_of_the_same_work(tmp_path):

@@ -41,11 +41,20 @@ def artifact_dir(tmp_path_factory):
         X = feature_matrix(kernel, sample_configs(kernel, 150, sampler="uniform", seed=0))
         y = synthetic_latency(kernel, X)
         forest = RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y)
-        payloads[kernel] = KernelPayload(from_sklearn(forest.estimators_, X.shape[1], aggregation="mean",
-                                                      regressor="random-forest"), samples=len(y))
+        payloads[kernel] = KernelPayload(
+            from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest"), samples=len(y)
+        )
     out = tmp_path_factory.mktemp("predictors") / "synthetic"
-    return write_artifact(out, name="synthetic", version="1", device={"id": "synthetic"}, backend="none",
-                          protocol={}, rules=default_rules(), kernels=payloads)
+    return write_artifact(
+        out,
+        name="synthetic",
+        version="1",
+        device={"id": "synthetic"},
+        backend="none",
+        protocol={},
+        rules=default_rules(),
+        kernels=payloads,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +140,13 @@ def test_cold_start_does_not_import_tensorflow(artifact_dir, tflite_file):
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'onnx', 'torch') if m in sys.modules)\n"
         "print(','.join(heavy) or 'none')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert out.stdout.strip() == "none", out.stdout + out.stderr
 
 
@@ -142,8 +156,9 @@ def test_cli_predict_and_ir(artifact_dir, tflite_file, tmp_path, capsys):
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "a.tflite").write_bytes(tflite_file.read_bytes())
-    assert main(["predict", "--predictor", str(artifact_dir), str(folder), str(NNMETER_IR), "--json",
-                 "--no-strict"]) == 0
+    assert (
+        main(["predict", "--predictor", str(artifact_dir), str(folder), str(NNMETER_IR), "--json", "--no-strict"]) == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["model"] for d in lines] == ["a", "mobilenetv3small_0"]
     assert lines[0]["latency_ms"] == pytest.approx(load_predictor(artifact_dir).predict(tflite_file).latency_ms)

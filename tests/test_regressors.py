@@ -31,8 +31,16 @@ KERNEL = "conv-bn-relu"
 
 
 def _configs(rng: np.random.Generator, n: int) -> list[dict]:
-    return [dict(HW=int(rng.choice([7, 14, 28, 56])), CIN=int(rng.integers(8, 257)), COUT=int(rng.integers(8, 257)),
-                 KERNEL_SIZE=int(rng.choice([1, 3, 5])), STRIDES=int(rng.choice([1, 2]))) for _ in range(n)]
+    return [
+        dict(
+            HW=int(rng.choice([7, 14, 28, 56])),
+            CIN=int(rng.integers(8, 257)),
+            COUT=int(rng.integers(8, 257)),
+            KERNEL_SIZE=int(rng.choice([1, 3, 5])),
+            STRIDES=int(rng.choice([1, 2])),
+        )
+        for _ in range(n)
+    ]
 
 
 def _latency(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,8 +81,16 @@ def test_default_extrapolates_beyond_training_latencies(data):
 def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
     """Latency that follows 4 x 16 tiles: the base finds that shape, and the stored regressor keeps it."""
     rng = np.random.default_rng(2)
-    configs = [dict(HW=int(rng.choice([3, 7, 14, 28])), CIN=int(rng.integers(8, 300)), COUT=int(rng.integers(1, 80)),
-                    KERNEL_SIZE=int(rng.choice([1, 3])), STRIDES=1) for _ in range(300)]
+    configs = [
+        dict(
+            HW=int(rng.choice([3, 7, 14, 28])),
+            CIN=int(rng.integers(8, 300)),
+            COUT=int(rng.integers(1, 80)),
+            KERNEL_SIZE=int(rng.choice([1, 3])),
+            STRIDES=1,
+        )
+        for _ in range(300)
+    ]
     X = feature_matrix(KERNEL, configs)
     m, n, k = (X[:, feature_names(KERNEL).index(c)] for c in ("GEMM_M", "GEMM_N", "GEMM_K"))
     tiles = np.ceil(m / 4) * np.ceil(n / 16)
@@ -94,21 +110,35 @@ def test_default_learns_the_gemm_tile_of_a_dense_conv(tmp_path):
         load_ensemble(tmp_path / "bad-tile.npz")
 
 
-@pytest.mark.parametrize(("columns", "half"), [
-    (8, True),  # fewer columns than the wide tile
-    (614, True), (673, True), (657, True),  # 1-6 of 16 in the last tile: the half tile pads fewer
-    (683, False), (746, False),  # 10-11 of 16: the wide tile pads fewer
-    (600, True), (824, False), (872, False),  # a multiple of 8: switch only while 8 padded columns are > 1 %
-    (1014, False), (1185, True),  # 10 padded of 1014 is < 1 %, 15 of 1185 is > 1 %
-])
+@pytest.mark.parametrize(
+    ("columns", "half"),
+    [
+        (8, True),  # fewer columns than the wide tile
+        (614, True),
+        (673, True),
+        (657, True),  # 1-6 of 16 in the last tile: the half tile pads fewer
+        (683, False),
+        (746, False),  # 10-11 of 16: the wide tile pads fewer
+        (600, True),
+        (824, False),
+        (872, False),  # a multiple of 8: switch only while 8 padded columns are > 1 %
+        (1014, False),
+        (1185, True),  # 10 padded of 1014 is < 1 %, 15 of 1185 is > 1 %
+    ],
+)
 def test_half_tile_rule_matches_xnnpack_on_measured_layers(columns, half):
     """On tflite-local (AVX2, 16/8-wide micro-kernels) these 1x1 convs on 1x1 maps ran 1.9x slower per weight
     exactly where XNNPACK's rule picks the half-width micro-kernel (docs/design-notes.md)."""
     assert half_tile_chosen(columns, 16) is half
     assert kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=1, KERNEL_SIZE=1, STRIDES=1))[
-        feature_names("conv-bn-relu").index(half_tile_feature(16))] == float(half)
-    assert kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=2, KERNEL_SIZE=1, STRIDES=1))[
-        feature_names("conv-bn-relu").index(half_tile_feature(16))] == 0.0  # a GEMM, not a fully connected layer
+        feature_names("conv-bn-relu").index(half_tile_feature(16))
+    ] == float(half)
+    assert (
+        kernel_features("conv-bn-relu", dict(CIN=500, COUT=columns, HW=2, KERNEL_SIZE=1, STRIDES=1))[
+            feature_names("conv-bn-relu").index(half_tile_feature(16))
+        ]
+        == 0.0
+    )  # a GEMM, not a fully connected layer
 
 
 @pytest.mark.parametrize("kernel", ["conv-bn-relu", "fc"])
@@ -118,14 +148,18 @@ def test_default_learns_the_half_width_tile_of_a_fully_connected_layer(kernel, t
     measured on tflite-local, AVX2): the base finds the tile and the switch, and the stored regressor keeps
     them."""
     rng = np.random.default_rng(3)
-    configs = [dict(CIN=int(rng.integers(16, 1024)), COUT=int(rng.integers(16, 2048)))
-               | (dict(HW=1, KERNEL_SIZE=1, STRIDES=1) if kernel != "fc" else {}) for _ in range(450)]
+    configs = [
+        dict(CIN=int(rng.integers(16, 1024)), COUT=int(rng.integers(16, 2048)))
+        | (dict(HW=1, KERNEL_SIZE=1, STRIDES=1) if kernel != "fc" else {})
+        for _ in range(450)
+    ]
     X = feature_matrix(kernel, configs)
     cin, cout = (X[:, feature_names(kernel).index(c)] for c in ("CIN", "COUT"))
     half = np.array([half_tile_chosen(int(n), 16) for n in cout])
     assert 0.2 < half.mean() < 0.8  # both kinds of layer in the training set
-    y = (0.001 + cin * np.where(half, np.ceil(cout / 8), np.ceil(cout / 16)) * 16 * 4e-9) * rng.lognormal(0, 0.01,
-                                                                                                         len(X))
+    y = (0.001 + cin * np.where(half, np.ceil(cout / 8), np.ceil(cout / 16)) * 16 * 4e-9) * rng.lognormal(
+        0, 0.01, len(X)
+    )
     regressor = make_regressor(DEFAULT_REGRESSOR, kernel).fit(X[:250], y[:250])
     assert regressor.base_.tile[1] == 16
     assert regressor.base_.half_tile_column == feature_names(kernel).index(half_tile_feature(16))
@@ -138,8 +172,16 @@ def test_default_learns_a_slow_last_row_tile():
     """A conv 1.4x slower when its last 7-row tile of output pixels holds 1-3 of them (XNNPACK then runs the
     layer on a shorter micro-kernel): the row-tail feature lets the trees find that, whatever the pixel count."""
     rng = np.random.default_rng(4)
-    configs = [dict(HW=int(rng.integers(1, 33)), CIN=int(rng.integers(16, 512)), COUT=int(rng.integers(16, 512)),
-                    KERNEL_SIZE=int(rng.choice([1, 3])), STRIDES=1) for _ in range(450)]
+    configs = [
+        dict(
+            HW=int(rng.integers(1, 33)),
+            CIN=int(rng.integers(16, 512)),
+            COUT=int(rng.integers(16, 512)),
+            KERNEL_SIZE=int(rng.choice([1, 3])),
+            STRIDES=1,
+        )
+        for _ in range(450)
+    ]
     X = feature_matrix(KERNEL, configs)
     m, n, k = (X[:, feature_names(KERNEL).index(c)] for c in ("GEMM_M", "GEMM_N", "GEMM_K"))
     y = (0.001 + m * n * k * 1e-9) * np.where((m - 1) % 7 < 3, 1.4, 1.0) * rng.lognormal(0, 0.01, len(X))

@@ -29,15 +29,27 @@ def rounds(median_ms: float, rel_noise: float, n: int = 40, seed: int = 0) -> li
     return list(median_ms * (1 + rel_noise * rng.standard_normal(n)))
 
 
-def passes(t1: float, t2: float, t12: float, t0: float | None = None, *, n: int = 3, noise: float = 0.02,
-           shifts=None, rounds_per_pass: int = 40, seed: int = 0) -> list[PairPass]:
+def passes(
+    t1: float,
+    t2: float,
+    t12: float,
+    t0: float | None = None,
+    *,
+    n: int = 3,
+    noise: float = 0.02,
+    shifts=None,
+    rounds_per_pass: int = 40,
+    seed: int = 0,
+) -> list[PairPass]:
     """``n`` passes of a case. ``shifts[p]`` scales the models of pass p (t1, t2, t12, t0): the latency a
     model has in one load and batch, which its rounds in that pass scatter around."""
     out = []
     for p in range(n):
         k = shifts[p] if shifts is not None else (1.0, 1.0, 1.0, 1.0)
-        made = [rounds(t * s, noise, rounds_per_pass, seed + 10 * p + i)
-                for i, (t, s) in enumerate(zip((t1, t2, t12, t0 or 1.0), k))]
+        made = [
+            rounds(t * s, noise, rounds_per_pass, seed + 10 * p + i)
+            for i, (t, s) in enumerate(zip((t1, t2, t12, t0 or 1.0), k))
+        ]
         out.append(PairPass(made[0], made[1], made[2], made[3] if t0 is not None else ()))
     return out
 
@@ -48,8 +60,10 @@ def test_fused_pair_is_decided_fused_with_confidence():
     assert rule.obey is True and not rule.uncertain and rule.passes == 3
     assert rule.confidence > 0.975
     assert rule.margin_low > 0
-    assert rule.margin == pytest.approx((rule.t1.median_ms + rule.t2.median_ms - rule.t12.median_ms)
-                                        / min(rule.t1.median_ms, rule.t2.median_ms) - 0.5, abs=0.01)
+    assert rule.margin == pytest.approx(
+        (rule.t1.median_ms + rule.t2.median_ms - rule.t12.median_ms) / min(rule.t1.median_ms, rule.t2.median_ms) - 0.5,
+        abs=0.01,
+    )
     assert rule.t1.rounds == 120  # every pass's rounds
 
 
@@ -84,8 +98,7 @@ def test_a_between_pass_shift_larger_than_the_margin_is_uncertain_not_a_confiden
     assert alone_slow.uncertain and alone_fast.uncertain  # one pass never decides
     # over passes the interval covers the spread between loads: each run says uncertain instead of flipping
     run1 = decide_pair("conv", "relu", passes(1.0, 0.3, 1.12, n=2, noise=0.002, shifts=[slow, (1, 1, 1.01, 1)]))
-    run2 = decide_pair("conv", "relu", passes(1.0, 0.3, 1.12, n=2, noise=0.002, shifts=[fast, (1, 1, 0.99, 1)],
-                                              seed=7))
+    run2 = decide_pair("conv", "relu", passes(1.0, 0.3, 1.12, n=2, noise=0.002, shifts=[fast, (1, 1, 0.99, 1)], seed=7))
     assert run1.uncertain and run2.uncertain
     assert run1.margin_low < 0.1 < run1.margin_high and run2.margin_low < 0.1 < run2.margin_high
 
@@ -93,9 +106,12 @@ def test_a_between_pass_shift_larger_than_the_margin_is_uncertain_not_a_confiden
 def test_repeated_runs_with_load_to_load_shifts_never_flip_a_certain_decision():
     # 40 runs of 3 passes of a case with margin +0.1 whose models shift 2 % (sd) from load to load, independently
     rng = np.random.default_rng(3)
-    rules = [decide_pair("a", "b", passes(1.0, 0.3, 1.12, noise=0.005, seed=run,
-                                          shifts=1 + 0.02 * rng.standard_normal((3, 4))))
-             for run in range(40)]
+    rules = [
+        decide_pair(
+            "a", "b", passes(1.0, 0.3, 1.12, noise=0.005, seed=run, shifts=1 + 0.02 * rng.standard_normal((3, 4)))
+        )
+        for run in range(40)
+    ]
     certain = [r for r in rules if not r.uncertain]
     assert certain and all(r.obey for r in certain)  # certain runs agree (and are right)
     assert any(r.uncertain for r in rules)
@@ -131,10 +147,14 @@ def test_bad_latencies_are_refused():
 
 
 def mon_passes(block: float, parts: dict, t0: float | None = None, n: int = 3) -> list[MonPass]:
-    return [MonPass(rounds(block, 0.01, seed=100 + p),
-                    {c: [rounds(m, 0.01, seed=10 * p + i) for i, m in enumerate(ms)] for c, ms in parts.items()},
-                    rounds(t0, 0.01, seed=200 + p) if t0 is not None else ())
-            for p in range(n)]
+    return [
+        MonPass(
+            rounds(block, 0.01, seed=100 + p),
+            {c: [rounds(m, 0.01, seed=10 * p + i) for i, m in enumerate(ms)] for c, ms in parts.items()},
+            rounds(t0, 0.01, seed=200 + p) if t0 is not None else (),
+        )
+        for p in range(n)
+    ]
 
 
 def test_mon_picks_the_partition_nearest_to_the_block():
@@ -155,9 +175,16 @@ def test_measured_rules_round_trip_through_json(tmp_path):
     same = decide_pair("relu", "relu", passes(0.3, 0.3, 0.6))
     failed = PairRule("fc", "conv", None, error="ops fc -> conv cannot be connected")
     mon = decide_mon(mon_passes(2.0, {"case1": [2.0], "case2": [3.0], "case3": [4.0]}))
-    rules = FusionRules(pairs={("conv", "relu"): fused, ("relu", "relu"): same, ("fc", "conv"): failed}, mon=mon,
-                        device="local:test", backend="tflite-local", runtime="litert", protocol={"rounds": 40},
-                        alpha=0.5, source="measured")
+    rules = FusionRules(
+        pairs={("conv", "relu"): fused, ("relu", "relu"): same, ("fc", "conv"): failed},
+        mon=mon,
+        device="local:test",
+        backend="tflite-local",
+        runtime="litert",
+        protocol={"rounds": 40},
+        alpha=0.5,
+        source="measured",
+    )
     path = save_rules(rules, tmp_path / "rules" / "fusion_rules.json")
     data = json.loads(path.read_text())
     # readable by nn-Meter's kernel detector: every entry has `obey`, pairs are BF_<op1>_<op2>, MON an int
@@ -193,12 +220,15 @@ def test_reads_nnmeter_fusion_rules():
     assert "BF_conv_bn_relu" in rules_to_dict(rules)  # chains are written back
 
 
-@pytest.mark.parametrize("data, key, message", [
-    ({"BF_conv_foo": {"obey": True}}, "BF_conv_foo", "'foo' is not an op"),  # fused with an unknown op
-    ({"BF_conv_relu": {"obey": "yes"}}, "BF_conv_relu.obey", "not true, false or null"),
-    ({"BF_conv_relu": True}, "BF_conv_relu", "'obey' field"),
-    ({"MON": {"obey": 7}}, "MON.obey", "valid: 0, 1, 2"),
-])
+@pytest.mark.parametrize(
+    "data, key, message",
+    [
+        ({"BF_conv_foo": {"obey": True}}, "BF_conv_foo", "'foo' is not an op"),  # fused with an unknown op
+        ({"BF_conv_relu": {"obey": "yes"}}, "BF_conv_relu.obey", "not true, false or null"),
+        ({"BF_conv_relu": True}, "BF_conv_relu", "'obey' field"),
+        ({"MON": {"obey": 7}}, "MON.obey", "valid: 0, 1, 2"),
+    ],
+)
 def test_bad_rules_name_the_key(data, key, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_rules(data)

@@ -18,10 +18,15 @@ def workspace(tmp_path_factory):
     # a handful of pairs, the bad inputs of each kind, and a short protocol (tiny models, few rounds)
     return make_workspace(
         tmp_path_factory.mktemp("rules") / "ws",
-        rules={"ops": ["conv", "relu"], "pairs": ["conv_bn", "conv_swish", "fc_conv", "foo_relu", "dwconv_relu"],
-               "mon": True,
-               "shapes": {"HW": 28, "CIN": 32, "COUT": 64}, "max_remeasures": 2},
-        protocol={"rounds": 12, "warmup_runs": 2})
+        rules={
+            "ops": ["conv", "relu"],
+            "pairs": ["conv_bn", "conv_swish", "fc_conv", "foo_relu", "dwconv_relu"],
+            "mon": True,
+            "shapes": {"HW": 28, "CIN": 32, "COUT": 64},
+            "max_remeasures": 2,
+        },
+        protocol={"rounds": 12, "warmup_runs": 2},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -88,13 +88,16 @@ def test_a_small_space_gives_fewer_configs_not_an_endless_loop():
     assert sample_configs("relu", 10, "finegrained", around={"HW": 7, "CIN": 1}) == [{"HW": 7, "CIN": 1}]
 
 
-@pytest.mark.parametrize("args,words", [
-    (("convx", 3), ["convx", "not a kernel"]),
-    (("relu", 3, "random"), ["random", "prior, finegrained, uniform"]),
-    (("relu", 3, "finegrained"), ["around"]),
-    (("relu", 3, "prior", 0, {"HW": 7, "CIN": 3}), ["around", "prior"]),
-    (("relu", 3, "finegrained", 0, {"HW": 7, "CIN": 0}), ["relu", "CIN=0"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (("convx", 3), ["convx", "not a kernel"]),
+        (("relu", 3, "random"), ["random", "prior, finegrained, uniform"]),
+        (("relu", 3, "finegrained"), ["around"]),
+        (("relu", 3, "prior", 0, {"HW": 7, "CIN": 3}), ["around", "prior"]),
+        (("relu", 3, "finegrained", 0, {"HW": 7, "CIN": 0}), ["relu", "CIN=0"]),
+    ],
+)
 def test_bad_sampler_arguments_are_clear(args, words):
     with pytest.raises(ValueError) as err:
         sample_configs(*args)
@@ -121,8 +124,10 @@ def test_prior_table_covers_every_kernel_and_stays_in_valid_sets():
 def test_sampling_does_not_load_tensorflow():
     import subprocess
 
-    code = ("import sys; from nnmeter.kernel_gen import sample_configs; sample_configs('conv-bn-relu', 5); "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    code = (
+        "import sys; from nnmeter.kernel_gen import sample_configs; sample_configs('conv-bn-relu', 5); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -96,8 +96,10 @@ def test_bad_key_and_unreachable_host_are_clear_errors(sshd_server, tmp_path):
 
 def test_openvino_ssh_runs_benchmark_app(sshd_server, tmp_path):
     from conftest_remote import build_tiny_conv
-    config = sshd_server.config(OpenVINOSSHConfig, benchmark_app=str(VENV_BIN / "benchmark_app"),
-                                remote_dir=str(tmp_path / "ov dir;x"))
+
+    config = sshd_server.config(
+        OpenVINOSSHConfig, benchmark_app=str(VENV_BIN / "benchmark_app"), remote_dir=str(tmp_path / "ov dir;x")
+    )
     with OpenVINOSSHBackend(config) as backend:
         info = backend.connect()
         assert "CPU" in info.facts["openvino_devices"] and info.runtime_versions["openvino"] != ""
@@ -122,8 +124,7 @@ def test_sshd_killed_mid_batch_then_resume_measures_only_failures(sshd_server, t
     # no drift anchors: the test counts the invocations of its own models
     protocol = replace(QUICK, batch_size=2, rounds=150, min_round_ms=5.0, anchors=False)
     store = Store(tmp_path / "store.sqlite")
-    records = store.add_models([ModelRecord(m.id, "kernel", m.id, files={"tflite": str(m.path)})
-                                for m in tiny_models])
+    records = store.add_models([ModelRecord(m.id, "kernel", m.id, files={"tflite": str(m.path)}) for m in tiny_models])
     killed = threading.Event()
 
     def on_progress(done: int, total: int) -> None:
@@ -136,7 +137,9 @@ def test_sshd_killed_mid_batch_then_resume_measures_only_failures(sshd_server, t
         first = session.measure(records, progress=on_progress)
         assert [m.status for m in first[:2]] == [MeasureStatus.OK] * 2
         assert [m.status for m in first[2:]] == [MeasureStatus.UNREACHABLE] * 2, [m.error for m in first]
-        assert any("device unreachable" in m.error and "attempts" in m.error for m in first[2:]), [m.error for m in first]
+        assert any("device unreachable" in m.error and "attempts" in m.error for m in first[2:]), [
+            m.error for m in first
+        ]
         sshd_server.start()
         second = session.measure(records)
     assert [m.status for m in second] == [MeasureStatus.OK] * 4
@@ -148,6 +151,7 @@ def test_sshd_killed_mid_batch_then_resume_measures_only_failures(sshd_server, t
 def test_config_errors_name_the_key():
     from nnmeter.backends import load_backend_config
     from nnmeter.errors import ConfigError
+
     with pytest.raises(ConfigError, match=r"backend\.host: is required"):
         load_backend_config("tflite-ssh", {"user": "pi"})
     with pytest.raises(ConfigError, match=r"backend\.cpu_mask: 'big' is not a hex CPU mask"):

@@ -21,25 +21,45 @@ STATS = LatencyStats.from_rounds([[1.0, 1.2, 1.1], [1.3, 1.25, 1.4], [0.9, 1.0, 
 
 def measurement(model_id: str, status: str = "ok", protocol_key: str = "p1", **kw) -> MeasurementRecord:
     has_stats = MeasureStatus(status).has_latency
-    return MeasurementRecord(model_id=model_id, device="local:test", backend="tflite-local",
-                             protocol_key=protocol_key, status=status, stats=STATS if has_stats else None,
-                             error="" if has_stats else "boom", **kw)
+    return MeasurementRecord(
+        model_id=model_id,
+        device="local:test",
+        backend="tflite-local",
+        protocol_key=protocol_key,
+        status=status,
+        stats=STATS if has_stats else None,
+        error="" if has_stats else "boom",
+        **kw,
+    )
 
 
 @pytest.mark.unit
 def test_models_and_measurements_round_trip(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         kid = "conv-bn-relu-28-16"
-        store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu", config={"HW": 28, "CIN": 16},
-                                    files={"keras": "models/a.keras"}))
-        merged = store.add_model(ModelRecord(id=kid, kind="kernel", name="conv-bn-relu",
-                                             files={"tflite": "models/tflite/a.tflite"}))
+        store.add_model(
+            ModelRecord(
+                id=kid,
+                kind="kernel",
+                name="conv-bn-relu",
+                config={"HW": 28, "CIN": 16},
+                files={"keras": "models/a.keras"},
+            )
+        )
+        merged = store.add_model(
+            ModelRecord(id=kid, kind="kernel", name="conv-bn-relu", files={"tflite": "models/tflite/a.tflite"})
+        )
         assert merged.files == {"keras": "models/a.keras", "tflite": "models/tflite/a.tflite"}
         assert merged.config == {"HW": 28, "CIN": 16}  # the first record's config is kept
         store.add_model(ModelRecord(id="u1", kind="user", name="net.tflite", files={"tflite": "models/u1.tflite"}))
-        rec = store.add_measurement(measurement(kid, runtime_versions={"ai-edge-litert": "2.3.0"},
-                                                protocol={"rounds": 3},
-                                                op_profile=(OpTime("conv", "CONV_2D", 0.5, 80.0),)))
+        rec = store.add_measurement(
+            measurement(
+                kid,
+                runtime_versions={"ai-edge-litert": "2.3.0"},
+                protocol={"rounds": 3},
+                op_profile=(OpTime("conv", "CONV_2D", 0.5, 80.0),),
+            )
+        )
         assert rec.id is not None
 
     with Store.open(tmp_path / "s.sqlite") as store:  # reopened: everything came from the file
@@ -70,8 +90,10 @@ def test_a_batch_is_scaled_by_its_anchors_when_stored_and_reads_the_same_forever
         store.add_model(ModelRecord(id="k", kind="kernel", name="conv-bn-relu"))
 
         def batch(name: str, speed: float, *models: MeasurementRecord) -> list[MeasurementRecord]:
-            anchors = [dataclasses.replace(measurement(mid), stats=at(base * speed))
-                       for mid, base in (("anchor-a", 0.1), ("anchor-b", 0.4))]
+            anchors = [
+                dataclasses.replace(measurement(mid), stats=at(base * speed))
+                for mid, base in (("anchor-a", 0.1), ("anchor-b", 0.4))
+            ]
             return store.add_batch([*models, *anchors], batch=name)
 
         for name in ("b1", "b2", "b3"):
@@ -88,15 +110,19 @@ def test_a_batch_is_scaled_by_its_anchors_when_stored_and_reads_the_same_forever
         Store(tmp_path / "s.sqlite").add_batch([measurement("k"), measurement("k", protocol_key="p2")], batch="x")
 
 
-@pytest.mark.parametrize("models_follow, pairs, weight", [
-    (1.0, 40, 1.0),   # the models slow down with the anchors: the full factors take the drift off
-    (0.0, 40, 0.0),   # the anchors slow down, the models do not: the factors would add the anchors' drift
-    (0.5, 40, 0.5),   # the models share half the anchors' drift (in the log)
-    (0.0, 10, 1.0),   # too few repeated measurements to weigh: the anchors' design holds
-])
+@pytest.mark.parametrize(
+    "models_follow, pairs, weight",
+    [
+        (1.0, 40, 1.0),  # the models slow down with the anchors: the full factors take the drift off
+        (0.0, 40, 0.0),  # the anchors slow down, the models do not: the factors would add the anchors' drift
+        (0.5, 40, 0.5),  # the models share half the anchors' drift (in the log)
+        (0.0, 10, 1.0),  # too few repeated measurements to weigh: the anchors' design holds
+    ],
+)
 @pytest.mark.unit
 def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_closest(
-        tmp_path: Path, models_follow: float, pairs: int, weight: float) -> None:
+    tmp_path: Path, models_follow: float, pairs: int, weight: float
+) -> None:
     slowdown = {"first": 1.0, "second": 1.2}  # of the anchors, batch by batch
     with Store(tmp_path / "s.sqlite") as store:
         store.add_model(ModelRecord(id="anchor", kind="anchor", name="conv-bn-relu"))
@@ -106,7 +132,7 @@ def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_cl
             models = []
             for i in range(pairs):
                 noise = 1 + 0.01 * ((i % 5) - 2)  # the second measurement also differs by up to +-2 %, drift aside
-                ms = (1.0 + i) * factor ** models_follow * (noise if batch == "second" else 1)
+                ms = (1.0 + i) * factor**models_follow * (noise if batch == "second" else 1)
                 models.append(dataclasses.replace(measurement(f"k{i}", series=series), stats=at(ms)))
             store.add_batch([*models, dataclasses.replace(measurement("anchor"), stats=at(0.1 * factor))], batch)
         check = store.drift_check("local:test", "tflite-local", "p1")
@@ -115,8 +141,13 @@ def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_cl
             assert check.weighted_spread <= min(check.measured_spread, check.anchored_spread)
             assert f"weight {weight:.2f}" in check.describe()
         # the next batch, as slow as the second, gets the anchor's factor at the weight fitted on what was stored
-        [third, _] = store.add_batch([dataclasses.replace(measurement("k0", series="pass3"), stats=at(1.0)),
-                                      dataclasses.replace(measurement("anchor"), stats=at(0.12))], "third")
+        [third, _] = store.add_batch(
+            [
+                dataclasses.replace(measurement("k0", series="pass3"), stats=at(1.0)),
+                dataclasses.replace(measurement("anchor"), stats=at(0.12)),
+            ],
+            "third",
+        )
         assert third.drift_factor == pytest.approx((0.12 / 0.12) ** check.weight)  # median of 0.1, 0.12, 0.12
 
 
@@ -124,6 +155,7 @@ def test_anchor_factors_apply_at_the_weight_that_brings_repeated_measurements_cl
 def test_latency_is_the_protocols_statistic_and_anchors_are_read_by_their_median(tmp_path: Path) -> None:
     """Under ``statistic: min`` a record's latency is its fastest round; the drift anchors are read by their
     median, so a fast round of an anchor does not move its batch, a slower median does."""
+
     def runs(fastest: float, typical: float) -> LatencyStats:
         return LatencyStats.from_rounds([[fastest] * 3] + [[typical] * 3] * 4)
 
@@ -216,8 +248,10 @@ def test_migrates_a_version_1_store(tmp_path: Path) -> None:
     db.execute("INSERT INTO schema_version VALUES (1)")
     db.executescript(MIGRATIONS[0])
     db.execute("INSERT INTO models VALUES ('m1', 'user', 'net.tflite', '{}', '{\"tflite\": \"m1.tflite\"}', 1.0)")
-    db.execute("INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
-               "finished_at) VALUES ('m1', 'd', 'b', 'p', 'error', NULL, 1.0, 2.0)")
+    db.execute(
+        "INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
+        "finished_at) VALUES ('m1', 'd', 'b', 'p', 'error', NULL, 1.0, 2.0)"
+    )
     db.commit()
     db.close()
     with Store(path) as store:
@@ -247,16 +281,23 @@ def test_a_store_from_before_stored_drift_factors_gets_them_as_they_would_have_b
     db.execute("INSERT INTO models VALUES ('k', 'kernel', 'conv-bn-relu', '{}', '{}', 1.0)")
     for batch, anchor, model in batches:
         for mid, ms in (("k", 2.0 * model), ("a", 0.1 * anchor)):
-            db.execute("INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
-                       "finished_at, batch) VALUES (?, 'd', 'b', 'p', 'ok', ?, 1.0, 2.0, ?)",
-                       (mid, json.dumps(dataclasses.asdict(at(ms))), batch))
+            db.execute(
+                "INSERT INTO measurements (model_id, device, backend, protocol_key, status, stats, started_at, "
+                "finished_at, batch) VALUES (?, 'd', 'b', 'p', 'ok', ?, 1.0, 2.0, ?)",
+                (mid, json.dumps(dataclasses.asdict(at(ms))), batch),
+            )
     db.commit()
     db.close()
     with Store(path) as migrated, Store(tmp_path / "new.sqlite") as fresh:
         fresh.add_models([ModelRecord("a", "anchor", "conv-bn-relu"), ModelRecord("k", "kernel", "conv-bn-relu")])
         for batch, anchor, model in batches:
-            fresh.add_batch([MeasurementRecord("k", "d", "b", "p", "ok", at(2.0 * model)),
-                             MeasurementRecord("a", "d", "b", "p", "ok", at(0.1 * anchor))], batch)
+            fresh.add_batch(
+                [
+                    MeasurementRecord("k", "d", "b", "p", "ok", at(2.0 * model)),
+                    MeasurementRecord("a", "d", "b", "p", "ok", at(0.1 * anchor)),
+                ],
+                batch,
+            )
         old = migrated._db.execute("SELECT model_id, batch, drift_factor FROM measurements ORDER BY id").fetchall()
         new = fresh._db.execute("SELECT model_id, batch, drift_factor FROM measurements ORDER BY id").fetchall()
         assert [tuple(r)[:2] for r in old] == [tuple(r)[:2] for r in new]
@@ -328,8 +369,9 @@ def test_a_session_skips_measured_models_and_retries_failures(tmp_path: Path, lo
     broken = tmp_path / "broken.tflite"  # a header that passes the file check, a body the runtime refuses
     broken.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
     records = ws.add_user_models([tiny_model_path(), broken])
-    protocol = MeasurementProtocol(warmup_runs=1, rounds=6, runs_per_round=2, min_round_ms=0.0,
-                                   max_remeasures=0, batch_size=1)
+    protocol = MeasurementProtocol(
+        warmup_runs=1, rounds=6, runs_per_round=2, min_round_ms=0.0, max_remeasures=0, batch_size=1
+    )
     session = ws.session(local_backend, protocol=protocol)
     calls = []
     first = session.measure(records, progress=lambda done, total: calls.append((done, total)))
@@ -347,8 +389,9 @@ def test_a_session_skips_measured_models_and_retries_failures(tmp_path: Path, lo
     assert second[1].id != failed.id and second[1].status is MeasureStatus.ERROR  # failures are retried
     again = session.measure(records[:1], remeasure=True)
     assert again[0].id not in (ok.id, None)
-    rows = ws.store._db.execute("SELECT batch, kind FROM measurements JOIN models ON models.id = model_id "
-                                "ORDER BY measurements.id").fetchall()
+    rows = ws.store._db.execute(
+        "SELECT batch, kind FROM measurements JOIN models ON models.id = model_id ORDER BY measurements.id"
+    ).fetchall()
     assert sum(kind != "anchor" for _, kind in rows) == 4  # 2 + the retried failure + the re-measurement
     batches = {batch for batch, kind in rows if kind != "anchor"}
     assert len(batches) == 4 and "" not in batches  # batch_size 1: each model its own batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import numpy as np
@@ -23,9 +24,17 @@ def workspace(tmp_path_factory):
     return make_workspace(
         tmp_path_factory.mktemp("train") / "ws",
         protocol={"rounds": 8, "warmup_runs": 2, "max_remeasures": 0},
-        kernels={"kernels": [KERNEL], "init_samples": 30, "finegrained_samples": 3, "iterations": 1,
-                 "max_refined_points": 3, "target_accuracy": 1.0, "min_train_samples": 10,
-                 "validation_fraction": 0.25})
+        kernels={
+            "kernels": [KERNEL],
+            "init_samples": 30,
+            "finegrained_samples": 3,
+            "iterations": 1,
+            "max_refined_points": 3,
+            "target_accuracy": 1.0,
+            "min_train_samples": 10,
+            "validation_fraction": 0.25,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +135,14 @@ def test_package_predicts_the_measured_kernels(first_run, workspace, tmp_path, m
     artifact = load_artifact(out)
     assert artifact.kernels == {KERNEL} and artifact.manifest.backend == "tflite-local"
     with Workspace.open(workspace) as ws:
-        pairs = ws.store.latest_measurements(artifact.manifest.device_id, "tflite-local",
-                                             artifact.manifest.protocol["key"], kind="kernel", name=KERNEL,
-                                             statuses=["ok", "unstable"])
+        pairs = ws.store.latest_measurements(
+            artifact.manifest.device_id,
+            "tflite-local",
+            artifact.manifest.protocol["key"],
+            kind="kernel",
+            name=KERNEL,
+            statuses=["ok", "unstable"],
+        )
     configs = [{k: m.config[k] for k in ("CIN", "COUT")} for m, _ in pairs]
     measured = np.array([r.latency_ms for _, r in pairs])
     predicted = artifact.predict(KERNEL, feature_matrix(KERNEL, configs))
@@ -203,18 +217,27 @@ def test_bad_kernel_name_is_refused(workspace, capsys):
     assert "'convv' is not a kernel" in capsys.readouterr().err
 
 
-def _noisy_fc_latencies(configs, _what, calls=[]):
-    """fc latency proportional to its weights, times a seeded +-15 % noise: always some large errors to refine."""
-    calls.append(len(configs))
-    rng = np.random.default_rng(len(calls))
+_CALLS = itertools.count(1)
+
+
+def _noisy_fc_latencies(configs, _what):
+    """fc latency proportional to its weights, times a +-15 % noise seeded per call: always some large errors to
+    refine."""
+    rng = np.random.default_rng(next(_CALLS))
     return [Sample(c, (0.002 + c["CIN"] * c["COUT"] * 2e-7) * rng.uniform(0.85, 1.15)) for c in configs]
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("target, rounds", [(0.5, [0]), (1.0, [0, 1, 2])])
 def test_adaptive_rounds_stop_once_the_target_accuracy_is_reached(target, rounds):
-    settings = KernelTrainingSettings(kernels=[KERNEL], init_samples=80, iterations=2, finegrained_samples=2,
-                                      max_refined_points=5, target_accuracy=target)
+    settings = KernelTrainingSettings(
+        kernels=[KERNEL],
+        init_samples=80,
+        iterations=2,
+        finegrained_samples=2,
+        max_refined_points=5,
+        target_accuracy=target,
+    )
     outcome = adaptive_training(KERNEL, settings, _noisy_fc_latencies)
     assert [r.round for r in outcome.rounds] == rounds
     assert outcome.rounds[0].validation.acc10 >= 0.5  # the prior alone meets the lower target
@@ -275,14 +298,25 @@ def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
     """add and addrelu (one family): addrelu, its first kernel, gets the full budget and add member_samples;
     after the loop each regressor is fitted on both kernels' measurements, a second run fits nothing again, and
     a budget given on the command line is the member's too."""
-    root = make_workspace(tmp_path / "ws", protocol={"rounds": 6, "warmup_runs": 2, "max_remeasures": 0},
-                          kernels={"kernels": ["add", "addrelu"], "init_samples": 24, "member_samples": 14,
-                                   "iterations": 0, "min_train_samples": 8, "validation_fraction": 0.25})
+    root = make_workspace(
+        tmp_path / "ws",
+        protocol={"rounds": 6, "warmup_runs": 2, "max_remeasures": 0},
+        kernels={
+            "kernels": ["add", "addrelu"],
+            "init_samples": 24,
+            "member_samples": 14,
+            "iterations": 0,
+            "min_train_samples": 8,
+            "validation_fraction": 0.25,
+        },
+    )
     assert main(["train", str(root)]) == 0
     with Workspace.open(root) as ws:
         _, results = trained_kernels(ws)
     assert {r.kernel: dict(r.pooled_with) for r in results} == {
-        "add": {"add": 14, "addrelu": 24}, "addrelu": {"add": 14, "addrelu": 24}}
+        "add": {"add": 14, "addrelu": 24},
+        "addrelu": {"add": 14, "addrelu": 24},
+    }
     for r in results:
         assert r.metrics.n == r.validation_samples and 0 < r.metrics.rmspe < 100
         assert sha256_file(root / r.file) == r.sha256  # the file on disk is the pooled fit
@@ -298,15 +332,18 @@ def test_family_kernels_are_fitted_on_each_others_real_measurements(tmp_path):
 def test_family_members_after_the_first_get_member_samples_and_no_rounds():
     from nnmeter.training import kernel_settings
 
-    settings = KernelTrainingSettings(kernels=["conv-bn", "conv-bn-relu6", "dwconv-bn", "fc"], init_samples=500,
-                                      member_samples=200, iterations=2)
+    settings = KernelTrainingSettings(
+        kernels=["conv-bn", "conv-bn-relu6", "dwconv-bn", "fc"], init_samples=500, member_samples=200, iterations=2
+    )
     member = kernel_settings("conv-bn", settings)
     assert (member.init_samples, member.iterations) == (200, 0)
     for lead in ("conv-bn-relu6", "dwconv-bn", "fc"):  # the first of its family in ops order, or alone in it
         assert kernel_settings(lead, settings) == settings
-    for unchanged in (dataclasses.replace(settings, member_samples=0),
-                      dataclasses.replace(settings, pool_family=False),
-                      dataclasses.replace(settings, regressor="nn-meter-rf")):  # trains each kernel alone
+    for unchanged in (
+        dataclasses.replace(settings, member_samples=0),
+        dataclasses.replace(settings, pool_family=False),
+        dataclasses.replace(settings, regressor="nn-meter-rf"),
+    ):  # trains each kernel alone
         assert kernel_settings("conv-bn", unchanged) == unchanged
     small = dataclasses.replace(settings, init_samples=100)  # never more than the campaign's own budget
     assert kernel_settings("conv-bn", small).init_samples == 100

@@ -45,10 +45,13 @@ def test_generated_families_build_with_their_structures(family):
     assert keras_model.input_shape == (None, 64, 64, 3)
     assert keras_model.output_shape == (None, 1000)
     kinds = {type(layer).__name__ for layer in keras_model.layers}
-    expected = {"nas-mbv2": {"DepthwiseConv2D", "BatchNormalization"},
-                "nas-resnet": {"Add", "MaxPooling2D"}, "nas-resnet-wide": {"Add", "MaxPooling2D"},
-                "nas-shuffle": {"Concatenate", "Permute", "Reshape", "DepthwiseConv2D"},
-                "nas-inception": {"Concatenate", "MaxPooling2D"}}[family]
+    expected = {
+        "nas-mbv2": {"DepthwiseConv2D", "BatchNormalization"},
+        "nas-resnet": {"Add", "MaxPooling2D"},
+        "nas-resnet-wide": {"Add", "MaxPooling2D"},
+        "nas-shuffle": {"Concatenate", "Permute", "Reshape", "DepthwiseConv2D"},
+        "nas-inception": {"Concatenate", "MaxPooling2D"},
+    }[family]
     assert expected <= kinds
 
 

@@ -5,8 +5,22 @@
 ``nnmeter.backends`` entry-point group (see :mod:`nnmeter.backends.registry`).
 """
 
-from nnmeter.backends.registry import (BackendEntry, backend_class, backend_names, connect_backend,
-                                       create_backend, list_backends, load_backend_config)
+from nnmeter.backends.registry import (
+    BackendEntry,
+    backend_class,
+    backend_names,
+    connect_backend,
+    create_backend,
+    list_backends,
+    load_backend_config,
+)
 
-__all__ = ["BackendEntry", "backend_class", "backend_names", "connect_backend", "create_backend",
-           "list_backends", "load_backend_config"]
+__all__ = [
+    "BackendEntry",
+    "backend_class",
+    "backend_names",
+    "connect_backend",
+    "create_backend",
+    "list_backends",
+    "load_backend_config",
+]

@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from nnmeter.backends.protocol import (DeviceSession, LatencyStats, MeasurementProtocol, RoundRobinOutcome,
-                                       run_round_robin)
+from nnmeter.backends.protocol import (
+    DeviceSession,
+    LatencyStats,
+    MeasurementProtocol,
+    RoundRobinOutcome,
+    run_round_robin,
+)
 
 
 class MeasureStatus(str, enum.Enum):
@@ -115,8 +120,7 @@ class MeasureResult:
         return self.stats.median_ms if self.stats is not None and self.status.has_latency else None
 
     @classmethod
-    def from_outcome(cls, model_id: str, outcome: RoundRobinOutcome,
-                     protocol: MeasurementProtocol) -> "MeasureResult":
+    def from_outcome(cls, model_id: str, outcome: RoundRobinOutcome, protocol: MeasurementProtocol) -> MeasureResult:
         """The result of one model of a :func:`run_round_robin` batch: its error, or its statistics."""
         common = dict(started_at=outcome.started, device_seconds=outcome.device_seconds)
         if outcome.error is not None:
@@ -143,14 +147,18 @@ class DeviceInfo:
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
 
-def measure_in_batches(open_session: Callable[[], DeviceSession], models: Sequence[ModelFile],
-                       protocol: MeasurementProtocol, progress: ProgressCallback | None = None) -> list[MeasureResult]:
+def measure_in_batches(
+    open_session: Callable[[], DeviceSession],
+    models: Sequence[ModelFile],
+    protocol: MeasurementProtocol,
+    progress: ProgressCallback | None = None,
+) -> list[MeasureResult]:
     """Measure ``models`` in batches of ``protocol.batch_size`` with :func:`run_round_robin`, one result each."""
     results: list[MeasureResult] = []
     for start in range(0, len(models), protocol.batch_size):
         if start and protocol.cooldown_s:
             time.sleep(protocol.cooldown_s)
-        batch = models[start:start + protocol.batch_size]
+        batch = models[start : start + protocol.batch_size]
         outcomes = run_round_robin(open_session, [str(m.path) for m in batch], protocol)
         results += [MeasureResult.from_outcome(m.id, o, protocol) for m, o in zip(batch, outcomes)]
         if progress:
@@ -191,19 +199,21 @@ class Backend(ABC):
         """Reach the device, check the runtime, and return the facts; raise BackendError if impossible."""
 
     @abstractmethod
-    def convert(self, jobs: Sequence[ConversionJob], workers: int = 1,
-                progress: ProgressCallback | None = None) -> list[ConversionResult]:
+    def convert(
+        self, jobs: Sequence[ConversionJob], workers: int = 1, progress: ProgressCallback | None = None
+    ) -> list[ConversionResult]:
         """Produce the models of ``jobs`` in this backend's format (host work, parallel)."""
 
     @abstractmethod
-    def measure(self, models: Sequence[ModelFile], protocol: MeasurementProtocol,
-                progress: ProgressCallback | None = None) -> list[MeasureResult]:
+    def measure(
+        self, models: Sequence[ModelFile], protocol: MeasurementProtocol, progress: ProgressCallback | None = None
+    ) -> list[MeasureResult]:
         """Measure ``models`` one at a time on the device (device work), one result per model, in order."""
 
     def close(self) -> None:
         """Release the device and any worker processes."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -82,8 +82,11 @@ class ConversionPool:
                     results[i] = self._pool(workers=1).submit(_convert_job, jobs[i], self.fmt).result()
                 except BrokenProcessPool:
                     self.close()
-                    results[i] = ConversionResult(jobs[i].id, None, "the conversion worker process died "
-                                                  "(TensorFlow or the converter crashed on this model)")
+                    results[i] = ConversionResult(
+                        jobs[i].id,
+                        None,
+                        "the conversion worker process died (TensorFlow or the converter crashed on this model)",
+                    )
                 report()
             self.close()
         return [results[i] for i in range(total)]
@@ -95,9 +98,12 @@ class ConversionPool:
 
     def _pool(self, workers: int | None = None) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=workers or self.workers,
-                                                 mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_worker, initargs=(self.cores, os.getpid()))
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers or self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.cores, os.getpid()),
+            )
         return self._executor
 
 
@@ -130,8 +136,12 @@ def _convert_job(job: ConversionJob, fmt: str) -> ConversionResult:
     except Exception as err:  # a failed conversion is data: report it with where it came from
         where = traceback.extract_tb(err.__traceback__)[-1]
         message = " ".join(str(err).split())[:500]
-        return ConversionResult(job.id, None, f"{type(err).__name__}: {message} "
-                                f"({Path(where.filename).name}:{where.lineno})", time.perf_counter() - t0)
+        return ConversionResult(
+            job.id,
+            None,
+            f"{type(err).__name__}: {message} ({Path(where.filename).name}:{where.lineno})",
+            time.perf_counter() - t0,
+        )
     return ConversionResult(job.id, model, "", time.perf_counter() - t0)
 
 
@@ -139,5 +149,9 @@ def _existing(job: ConversionJob, out: Path, fmt: str) -> ConversionResult:
     try:
         return ConversionResult(job.id, ModelFile(job.id, out, fmt, converters.input_shapes(out, fmt)))
     except Exception as err:  # a damaged file from an older run: say so rather than measure garbage
-        return ConversionResult(job.id, None, f"{out} exists but cannot be read ({type(err).__name__}: "
-                                f"{' '.join(str(err).split())[:200]}); delete it to rebuild")
+        return ConversionResult(
+            job.id,
+            None,
+            f"{out} exists but cannot be read ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}); delete it to rebuild",
+        )

@@ -33,8 +33,14 @@ ONNX_OPSET = 17
 SUFFIXES = {"tflite": ".tflite", "openvino": ".xml", "onnx": ".onnx"}
 
 #: what a user may bring, by suffix (a directory with saved_model.pb is "savedmodel")
-SOURCE_FORMATS = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".tflite": "tflite",
-                  ".onnx": "onnx", ".xml": "openvino"}
+SOURCE_FORMATS = {
+    ".keras": "keras",
+    ".h5": "keras",
+    ".hdf5": "keras",
+    ".tflite": "tflite",
+    ".onnx": "onnx",
+    ".xml": "openvino",
+}
 
 
 def converter_version(fmt: str) -> str:
@@ -60,12 +66,16 @@ def source_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return "savedmodel"
-        raise ModelFileError(f"{path}: a directory that is not a SavedModel (no saved_model.pb)",
-                             hint="give a .keras, .h5, .tflite, .onnx or .xml file, or a SavedModel directory")
+        raise ModelFileError(
+            f"{path}: a directory that is not a SavedModel (no saved_model.pb)",
+            hint="give a .keras, .h5, .tflite, .onnx or .xml file, or a SavedModel directory",
+        )
     fmt = SOURCE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ModelFileError(f"{path}: not a model file nnmeter reads",
-                             hint="give a .keras, .h5, .tflite, .onnx or .xml file, or a SavedModel directory")
+        raise ModelFileError(
+            f"{path}: not a model file nnmeter reads",
+            hint="give a .keras, .h5, .tflite, .onnx or .xml file, or a SavedModel directory",
+        )
     return fmt
 
 
@@ -107,20 +117,25 @@ def convert_file(source: Path, fmt: str, out_path: Path) -> None:
     elif fmt == "tflite" and kind == "savedmodel":
         _quiet_tensorflow()
         import tensorflow as tf
+
         _write_atomic(out_path, tf.lite.TFLiteConverter.from_saved_model(str(source)).convert())
     elif fmt == "onnx" and kind == "tflite":
         import tf2onnx
+
         proto, _ = tf2onnx.convert.from_tflite(str(source), opset=ONNX_OPSET)
         _write_atomic(out_path, proto.SerializeToString())
     else:
-        raise ModelFileError(f"{source}: cannot convert a {kind} model to {fmt}",
-                             hint="give the model as .keras/.h5 (converts to every format) or in the backend's format")
+        raise ModelFileError(
+            f"{source}: cannot convert a {kind} model to {fmt}",
+            hint="give the model as .keras/.h5 (converts to every format) or in the backend's format",
+        )
 
 
 def load_keras(path: Path) -> Any:
     """A Keras model from a .keras/.h5 file."""
     _quiet_tensorflow()
     import keras
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as err:
@@ -143,8 +158,9 @@ def keras_to_onnx_bytes(model: Any) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    proto, _ = tf2onnx.convert.from_function(tf.function(_call_inference(model)),
-                                             input_signature=_batch1_signature(model), opset=ONNX_OPSET)
+    proto, _ = tf2onnx.convert.from_function(
+        tf.function(_call_inference(model)), input_signature=_batch1_signature(model), opset=ONNX_OPSET
+    )
     return proto.SerializeToString()
 
 
@@ -152,12 +168,17 @@ def input_shapes(path: Path, fmt: str) -> tuple[tuple[int, ...], ...]:
     """The input shapes of a model file in a backend format, read without TensorFlow."""
     if fmt == "tflite":
         from ai_edge_litert.interpreter import Interpreter
-        return tuple(tuple(int(d) for d in detail["shape"])
-                     for detail in Interpreter(model_path=str(path)).get_input_details())
+
+        return tuple(
+            tuple(int(d) for d in detail["shape"]) for detail in Interpreter(model_path=str(path)).get_input_details()
+        )
     if fmt in ("openvino", "onnx"):
         import openvino as ov
-        return tuple(tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
-                     for port in ov.Core().read_model(str(path)).inputs)
+
+        return tuple(
+            tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+            for port in ov.Core().read_model(str(path)).inputs
+        )
     raise ValueError(f"unknown model format {fmt!r}; known: {', '.join(SUFFIXES)}")
 
 
@@ -173,9 +194,11 @@ def static_batch1(model: Any, name: str) -> Any:
             elif axis == 0:
                 fixed.append(1)
             else:
-                raise ModelFileError(f"{name}: input {port.get_any_name()!r} has a dynamic dimension {axis} "
-                                     f"({port.get_partial_shape()})",
-                                     hint="export the model with static input shapes (batch may stay dynamic)")
+                raise ModelFileError(
+                    f"{name}: input {port.get_any_name()!r} has a dynamic dimension {axis} "
+                    f"({port.get_partial_shape()})",
+                    hint="export the model with static input shapes (batch may stay dynamic)",
+                )
         shapes[port] = fixed
     if any(port.get_partial_shape().is_dynamic for port in model.inputs):
         model.reshape(shapes)
@@ -184,6 +207,7 @@ def static_batch1(model: Any, name: str) -> Any:
 
 def _read_openvino_source(path: Path) -> Any:
     import openvino as ov
+
     path = Path(path)
     model = ov.Core().read_model(str(path)) if path.suffix == ".xml" else ov.convert_model(str(path))
     return static_batch1(model, str(path))
@@ -192,6 +216,7 @@ def _read_openvino_source(path: Path) -> Any:
 def _save_openvino(model: Any, out_path: Path) -> None:
     """Save IR so that ``out_path`` (the .xml) appears only when the .bin beside it is complete."""
     import openvino as ov
+
     out_path = Path(out_path)
     tmp_xml = out_path.with_name(out_path.stem + ".tmp.xml")
     ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
@@ -206,12 +231,15 @@ def _call_inference(model: Any):
 
 def _batch1_signature(model: Any) -> list:
     import tensorflow as tf
+
     specs = []
     for tensor in model.inputs:
         dims = (1, *tensor.shape[1:])
         if any(d is None for d in dims):
-            raise ModelFileError(f"model {model.name!r}: input {tensor.name!r} has an unknown dimension "
-                                 f"{tuple(tensor.shape)}", hint="build the model with fixed input shapes")
+            raise ModelFileError(
+                f"model {model.name!r}: input {tensor.name!r} has an unknown dimension {tuple(tensor.shape)}",
+                hint="build the model with fixed input shapes",
+            )
         specs.append(tf.TensorSpec(dims, tensor.dtype))
     return specs
 
@@ -242,4 +270,3 @@ def _dist_version(*names: str) -> str:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
-

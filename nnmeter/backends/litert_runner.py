@@ -95,6 +95,7 @@ class LiteRTEngine(Engine):
 
     def __init__(self) -> None:
         from ai_edge_litert.interpreter import Interpreter
+
         self._interpreter_class = Interpreter
 
     def versions(self) -> dict:
@@ -203,6 +204,7 @@ def _random(rng, shape: list[int], dtype) -> np.ndarray:
 def _dist_version(name: str) -> str:
     try:
         from importlib.metadata import version
+
         return version(name)
     except Exception:  # metadata missing on some board images: report, do not fail
         return "unknown"
@@ -230,12 +232,14 @@ def cache_bytes(cpu: int, private: bool, root: str = "/sys/devices/system/cpu") 
     except OSError:
         return None
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def read(entry: str, name: str) -> str:
+        with open(os.path.join(base, entry, name)) as f:
+            return f.read().strip()
+
     for entry in entries:
         try:
-            def read(name: str) -> str:
-                with open(os.path.join(base, entry, name)) as f:
-                    return f.read().strip()
-            kind, size, shared = read("type"), read("size"), read("shared_cpu_list")
+            kind, size, shared = read(entry, "type"), read(entry, "size"), read(entry, "shared_cpu_list")
         except OSError:
             continue
         if kind == "Instruction" or (private and shared != str(cpu)):
@@ -314,12 +318,18 @@ def serve(engine: Engine, stdin=None) -> int:
                 reply({"id": rid, "ok": True})
                 return 0
             if cmd == "info":
-                result = {"runtime": engine.runtime, "protocol": PROTOCOL_VERSION,
-                          "versions": {**engine.versions(), "python": platform.python_version()},
-                          "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
-                          "cores": os.cpu_count(), "pid": os.getpid(),
-                          "private_cache_bytes": cache_bytes(_first_cpu(), True),
-                          "affinity": _affinity()}
+                result = {
+                    "runtime": engine.runtime,
+                    "protocol": PROTOCOL_VERSION,
+                    "versions": {**engine.versions(), "python": platform.python_version()},
+                    "cpu": _cpu_model(),
+                    "machine": platform.machine(),
+                    "os": platform.platform(),
+                    "cores": os.cpu_count(),
+                    "pid": os.getpid(),
+                    "private_cache_bytes": cache_bytes(_first_cpu(), True),
+                    "affinity": _affinity(),
+                }
                 if request.get("probe"):
                     result.update(engine.probe())
             elif cmd == "load":
@@ -345,11 +355,19 @@ def serve(engine: Engine, stdin=None) -> int:
                     if clock not in CLOCKS:
                         raise CommandError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
                     if clock == "thread" and not thread_clock[handle]:
-                        raise CommandError("the thread clock misses work this model does on other threads; "
-                                           "use the wall clock")
+                        raise CommandError(
+                            "the thread clock misses work this model does on other threads; use the wall clock"
+                        )
                     settle(engine.invoke, models[handle], int(request.get("settle_runs", 0)), clock)
-                    result = {"times_ms": timed_runs(engine.invoke, models[handle], int(request.get("runs", 1)),
-                                                     float(request.get("min_time_ms", 0.0)), clock)}
+                    result = {
+                        "times_ms": timed_runs(
+                            engine.invoke,
+                            models[handle],
+                            int(request.get("runs", 1)),
+                            float(request.get("min_time_ms", 0.0)),
+                            clock,
+                        )
+                    }
             else:
                 raise CommandError(f"unknown command {cmd!r}; known: info, load, warmup, run, unload, quit")
         except KeyError as err:

@@ -25,8 +25,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from nnmeter.backends import converters
-from nnmeter.backends.base import (Backend, ConversionJob, ConversionResult, DeviceInfo, MeasureResult,
-                                   MeasureStatus, ModelFile, ProgressCallback, measure_in_batches)
+from nnmeter.backends.base import (
+    Backend,
+    ConversionJob,
+    ConversionResult,
+    DeviceInfo,
+    MeasureResult,
+    MeasureStatus,
+    ModelFile,
+    ProgressCallback,
+    measure_in_batches,
+)
 from nnmeter.backends.conversion import ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError
@@ -49,15 +58,22 @@ class RunnerProcess:
         self.command_timeout_s = command_timeout_s
         self._stderr = tempfile.TemporaryFile()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen([sys.executable, str(self.script)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, str(self.script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+        )
         if cores:  # before the runner imports anything: every thread it starts inherits the mask
             try:
                 os.sched_setaffinity(self.process.pid, cores)
             except OSError as err:
                 self.kill()
-                raise BackendError(f"cannot pin the runner to cores {list(cores)}: {err}",
-                                   hint="set backend.measure_cores to cores this process may use") from err
+                raise BackendError(
+                    f"cannot pin the runner to cores {list(cores)}: {err}",
+                    hint="set backend.measure_cores to cores this process may use",
+                ) from err
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._buffer = b""
@@ -82,8 +98,11 @@ class RunnerProcess:
             line = self._read_line(deadline)
             if line is None:
                 self.kill()
-                raise MeasureError(f"the runner did not answer '{what}' within {timeout:g} s; killed it",
-                                   status=MeasureStatus.TIMEOUT.value, fatal_for_session=True)
+                raise MeasureError(
+                    f"the runner did not answer '{what}' within {timeout:g} s; killed it",
+                    status=MeasureStatus.TIMEOUT.value,
+                    fatal_for_session=True,
+                )
             if line == b"":
                 raise self._died(what)
             reply = json.loads(line)
@@ -136,19 +155,24 @@ class RunnerProcess:
         code = self.process.wait()
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         self._stderr.seek(0)
-        tail = [ln for ln in self._stderr.read().decode(errors="replace").splitlines()
-                if ln.strip() and not ln.startswith("INFO:")][-3:]
+        tail = [
+            ln
+            for ln in self._stderr.read().decode(errors="replace").splitlines()
+            if ln.strip() and not ln.startswith("INFO:")
+        ][-3:]
         self._release()
         detail = f"; stderr: {' | '.join(tail)[:500]}" if tail else ""
-        return MeasureError(f"the runner process died ({how}) during '{what}'{detail}",
-                            status=MeasureStatus.CRASH.value, fatal_for_session=True)
+        return MeasureError(
+            f"the runner process died ({how}) during '{what}'{detail}",
+            status=MeasureStatus.CRASH.value,
+            fatal_for_session=True,
+        )
 
 
 class RunnerSession:
     """A :class:`~nnmeter.backends.protocol.DeviceSession` over a :class:`RunnerProcess`."""
 
-    def __init__(self, process: RunnerProcess, threads: int, load_options: dict[str, Any],
-                 clock: str = "wall") -> None:
+    def __init__(self, process: RunnerProcess, threads: int, load_options: dict[str, Any], clock: str = "wall") -> None:
         self.process = process
         self.threads = threads
         self.load_options = load_options
@@ -156,8 +180,9 @@ class RunnerSession:
         self._thread_clock: dict[int, bool] = {}
 
     def load(self, model_path: str) -> int:
-        reply = self.process.request("load", path=str(Path(model_path).resolve()), threads=self.threads,
-                                     **self.load_options)
+        reply = self.process.request(
+            "load", path=str(Path(model_path).resolve()), threads=self.threads, **self.load_options
+        )
         self._thread_clock[reply["handle"]] = bool(reply.get("thread_clock"))
         return reply["handle"]
 
@@ -166,8 +191,14 @@ class RunnerSession:
 
     def run(self, handle: object, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
         thread = self.clock == "auto" and self._thread_clock.get(handle, False)
-        return self.process.request("run", handle=handle, runs=runs, min_time_ms=min_time_ms, settle_runs=settle_runs,
-                                    **({"clock": "thread"} if thread else {}))["times_ms"]
+        return self.process.request(
+            "run",
+            handle=handle,
+            runs=runs,
+            min_time_ms=min_time_ms,
+            settle_runs=settle_runs,
+            **({"clock": "thread"} if thread else {}),
+        )["times_ms"]
 
     def close(self) -> None:
         self.process.close()
@@ -179,12 +210,19 @@ class LocalConfig:
 
     threads: int = setting(1, "threads per inference", minimum=1)
     measure_cores: str | list[int] = setting(
-        "auto", "cores the measuring process is pinned to: 'auto' (the last `threads` cores) or a list, e.g. [3]")
+        "auto", "cores the measuring process is pinned to: 'auto' (the last `threads` cores) or a list, e.g. [3]"
+    )
     convert_workers: int | str = setting(
-        "auto", "conversion worker processes: 'auto' (one per core; conversion and measurement take turns, so "
-                "the measuring core converts too) or a number")
-    command_timeout_s: float = setting(120.0, "a runner command (load, warm-up, one round) that takes longer "
-                                              "is a 'timeout' result and the runner is restarted", minimum=0.001)
+        "auto",
+        "conversion worker processes: 'auto' (one per core; conversion and measurement take turns, so "
+        "the measuring core converts too) or a number",
+    )
+    command_timeout_s: float = setting(
+        120.0,
+        "a runner command (load, warm-up, one round) that takes longer "
+        "is a 'timeout' result and the runner is restarted",
+        minimum=0.001,
+    )
 
 
 class LocalBackend(Backend):
@@ -214,7 +252,7 @@ class LocalBackend(Backend):
     def pick_measure_cores(config: Any) -> list[int]:
         available = sorted(os.sched_getaffinity(0))
         if config.measure_cores == "auto":
-            return available[-config.threads:]
+            return available[-config.threads :]
         return sorted(set(config.measure_cores))
 
     @classmethod
@@ -223,13 +261,22 @@ class LocalBackend(Backend):
         available = sorted(os.sched_getaffinity(0))
         if isinstance(config.measure_cores, str):
             if config.measure_cores != "auto":
-                problems.append(("measure_cores", f"{config.measure_cores!r} is not valid; valid: 'auto' or "
-                                                  f"a list of core numbers among {available}"))
+                problems.append(
+                    (
+                        "measure_cores",
+                        f"{config.measure_cores!r} is not valid; valid: 'auto' or "
+                        f"a list of core numbers among {available}",
+                    )
+                )
         elif not config.measure_cores:
             problems.append(("measure_cores", "an empty list; valid: 'auto' or a list of core numbers"))
         elif set(config.measure_cores) - set(available):
-            problems.append(("measure_cores", f"{config.measure_cores} are not all cores this process may use; "
-                                              f"available: {available}"))
+            problems.append(
+                (
+                    "measure_cores",
+                    f"{config.measure_cores} are not all cores this process may use; available: {available}",
+                )
+            )
         if isinstance(config.convert_workers, str) and config.convert_workers != "auto":
             problems.append(("convert_workers", f"{config.convert_workers!r} is not valid; valid: 'auto' or a number"))
         elif isinstance(config.convert_workers, int) and config.convert_workers < 1:
@@ -259,21 +306,32 @@ class LocalBackend(Backend):
             raise BackendError(f"backend {self.name!r}: the runner does not work: {err}") from err
         finally:
             process.close()
-        facts = {"cores": str(os.cpu_count()), "measure_cores": ",".join(map(str, self.measure_cores)),
-                 "convert_cores": ",".join(map(str, self.convert_cores)), "threads": str(self.config.threads),
-                 "os": info["os"], "machine": info["machine"], **_cpu_frequency_facts(self.measure_cores),
-                 **{k: {True: "yes", False: "no"}.get(v, str(v)) for k, v in info.items()
-                    if k in ("xnnpack", "devices")}}
+        facts = {
+            "cores": str(os.cpu_count()),
+            "measure_cores": ",".join(map(str, self.measure_cores)),
+            "convert_cores": ",".join(map(str, self.convert_cores)),
+            "threads": str(self.config.threads),
+            "os": info["os"],
+            "machine": info["machine"],
+            **_cpu_frequency_facts(self.measure_cores),
+            **{k: {True: "yes", False: "no"}.get(v, str(v)) for k, v in info.items() if k in ("xnnpack", "devices")},
+        }
         if info.get("private_cache_bytes"):  # the measuring core's (the model correction's refetch term)
             facts["private_cache_kb"] = str(int(info["private_cache_bytes"]) // 1024)
         versions = {**info["versions"], "converter": converters.converter_version(self.model_format)}
-        self.device_info = DeviceInfo(backend=self.name, device=f"local:{socket.gethostname()}",
-                                      description=f"{info['cpu']} ({os.cpu_count()} cores)",
-                                      runtime=self.runtime_summary(info), runtime_versions=versions, facts=facts)
+        self.device_info = DeviceInfo(
+            backend=self.name,
+            device=f"local:{socket.gethostname()}",
+            description=f"{info['cpu']} ({os.cpu_count()} cores)",
+            runtime=self.runtime_summary(info),
+            runtime_versions=versions,
+            facts=facts,
+        )
         return self.device_info
 
-    def convert(self, jobs: Sequence[ConversionJob], workers: int | None = None,
-                progress: ProgressCallback | None = None) -> list[ConversionResult]:
+    def convert(
+        self, jobs: Sequence[ConversionJob], workers: int | None = None, progress: ProgressCallback | None = None
+    ) -> list[ConversionResult]:
         """Convert in the pool; ``workers`` None means the config's ``convert_workers``."""
         if workers is None:
             configured = self.config.convert_workers
@@ -283,8 +341,9 @@ class LocalBackend(Backend):
             self._pool = ConversionPool(self.model_format, workers, self.convert_cores)
         return self._pool.run(jobs, progress)
 
-    def measure(self, models: Sequence[ModelFile], protocol: MeasurementProtocol,
-                progress: ProgressCallback | None = None) -> list[MeasureResult]:
+    def measure(
+        self, models: Sequence[ModelFile], protocol: MeasurementProtocol, progress: ProgressCallback | None = None
+    ) -> list[MeasureResult]:
         refused = {i: self._refusal(m) for i, m in enumerate(models)}
         refused = {i: r for i, r in refused.items() if r}
         measurable = [m for i, m in enumerate(models) if i not in refused]
@@ -293,10 +352,13 @@ class LocalBackend(Backend):
             if progress:
                 progress(done + len(refused), len(models))
 
-        measured = iter(measure_in_batches(lambda: self.open_session(protocol.clock), measurable,
-                                           protocol, on_progress))
-        return [MeasureResult(m.id, MeasureStatus.ERROR, error=refused[i]) if i in refused else next(measured)
-                for i, m in enumerate(models)]
+        measured = iter(
+            measure_in_batches(lambda: self.open_session(protocol.clock), measurable, protocol, on_progress)
+        )
+        return [
+            MeasureResult(m.id, MeasureStatus.ERROR, error=refused[i]) if i in refused else next(measured)
+            for i, m in enumerate(models)
+        ]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -321,8 +383,10 @@ class LocalBackend(Backend):
 
     def _refusal(self, model: ModelFile) -> str:
         if model.format not in self.measured_formats:
-            return (f"{model.path}: {self.name} measures {', '.join(self.measured_formats)} models, not "
-                    f"{model.format}; convert it first")
+            return (
+                f"{model.path}: {self.name} measures {', '.join(self.measured_formats)} models, not "
+                f"{model.format}; convert it first"
+            )
         if not Path(model.path).exists():
             return f"{model.path}: no such model file"
         return ""
@@ -332,8 +396,11 @@ def _cpu_frequency_facts(cores: Sequence[int]) -> dict[str, str]:
     """Governor and frequencies of the first measuring core, where the kernel exposes them."""
     base = Path(f"/sys/devices/system/cpu/cpu{cores[0] if cores else 0}/cpufreq")
     facts = {}
-    for key, name in (("governor", "scaling_governor"), ("cur_khz", "scaling_cur_freq"),
-                      ("max_khz", "cpuinfo_max_freq")):
+    for key, name in (
+        ("governor", "scaling_governor"),
+        ("cur_khz", "scaling_cur_freq"),
+        ("max_khz", "cpuinfo_max_freq"),
+    ):
         try:
             facts[key] = (base / name).read_text().strip()
         except OSError:

@@ -41,6 +41,8 @@ class OpenVINOLocalBackend(LocalBackend):
         info = super().connect()
         devices = info.facts.get("devices", "").split(",")
         if self.config.device.split(".")[0] not in {d.split(".")[0] for d in devices}:
-            raise BackendError(f"openvino-local: device {self.config.device!r} is not present; "
-                               f"OpenVINO sees: {', '.join(devices)}", hint="set backend.device to one of those")
+            raise BackendError(
+                f"openvino-local: device {self.config.device!r} is not present; OpenVINO sees: {', '.join(devices)}",
+                hint="set backend.device to one of those",
+            )
         return info

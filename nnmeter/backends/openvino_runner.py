@@ -12,7 +12,6 @@ import os
 import sys
 
 import numpy as np
-
 from litert_runner import CommandError, Engine, serve  # the sibling script: same directory on sys.path
 
 
@@ -21,12 +20,16 @@ class OpenVINOEngine(Engine):
 
     def __init__(self) -> None:
         import openvino as ov
+
         self.ov = ov
         self.core = ov.Core()
 
     def versions(self) -> dict:
-        return {"openvino": self.ov.__version__.split("-")[0], "openvino-build": self.ov.__version__,
-                "numpy": np.__version__}
+        return {
+            "openvino": self.ov.__version__.split("-")[0],
+            "openvino-build": self.ov.__version__,
+            "numpy": np.__version__,
+        }
 
     def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
         device = options.pop("device", "CPU")
@@ -39,8 +42,10 @@ class OpenVINOEngine(Engine):
         for port in model.inputs:
             dims = list(port.get_partial_shape())
             if any(d.is_dynamic for d in dims[1:]):
-                raise CommandError(f"input {port.get_any_name()!r} has dynamic dimensions "
-                                   f"{port.get_partial_shape()}; give static shapes")
+                raise CommandError(
+                    f"input {port.get_any_name()!r} has dynamic dimensions "
+                    f"{port.get_partial_shape()}; give static shapes"
+                )
             shapes[port] = [1 if d.is_dynamic else d.get_length() for d in dims]
         model.reshape(shapes)
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
@@ -52,9 +57,13 @@ class OpenVINOEngine(Engine):
         for i, port in enumerate(compiled.inputs):
             tensor = request.get_input_tensor(i)
             tensor.data[...] = rng.standard_normal(list(port.get_shape())).astype(tensor.data.dtype)
-        return request, {"inputs": [list(port.get_shape()) for port in compiled.inputs], "device": device,
-                         "precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-                         if device.split(".")[0] == "CPU" else ""}
+        return request, {
+            "inputs": [list(port.get_shape()) for port in compiled.inputs],
+            "device": device,
+            "precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            if device.split(".")[0] == "CPU"
+            else "",
+        }
 
     def invoke(self, model: object) -> None:
         model.start_async()  # with wait(): the inference alone, without infer()'s copy of the outputs

@@ -17,8 +17,18 @@ from typing import ClassVar
 
 from nnmeter.backends.base import DeviceInfo, OpTime
 from nnmeter.backends.parsers import parse_benchmark_app
-from nnmeter.backends.remote import (DEVICE_FACTS_SCRIPT, DeviceFault, Invocation, InvocationSession, RemoteBackend,
-                                     SSHConfig, connect_ssh, describe, parse_facts, shell_join)
+from nnmeter.backends.remote import (
+    DEVICE_FACTS_SCRIPT,
+    DeviceFault,
+    Invocation,
+    InvocationSession,
+    RemoteBackend,
+    SSHConfig,
+    connect_ssh,
+    describe,
+    parse_facts,
+    shell_join,
+)
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
 
@@ -53,31 +63,42 @@ class OpenVINOSSHBackend(RemoteBackend):
         try:
             facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"))
             help_text = transport.run(self._shell([cfg.benchmark_app, "-h"]), cfg.command_timeout_s)
-            version = transport.run(self._shell(["python3", "-c", "import openvino; print(openvino.__version__)"]),
-                                    cfg.command_timeout_s)
+            version = transport.run(
+                self._shell(["python3", "-c", "import openvino; print(openvino.__version__)"]), cfg.command_timeout_s
+            )
             transport.check(shell_join(["mkdir", "-p", cfg.remote_dir]), cfg.command_timeout_s, "mkdir")
         except DeviceFault as fault:
             raise BackendError(f"ssh {transport.address}: {fault}") from None
         found = re.search(r"Available target devices:\s*(.*)", help_text.output)
         if help_text.exit_code != 0 or not found:
-            raise BackendError(f"ssh {transport.address}: `{cfg.benchmark_app} -h` does not run "
-                               f"(exit code {help_text.exit_code})",
-                               hint="install OpenVINO on the host and set backend.benchmark_app (and "
-                                    "backend.setupvars for an archive install); see docs/devices/ncs2.md")
+            raise BackendError(
+                f"ssh {transport.address}: `{cfg.benchmark_app} -h` does not run (exit code {help_text.exit_code})",
+                hint="install OpenVINO on the host and set backend.benchmark_app (and "
+                "backend.setupvars for an archive install); see docs/devices/ncs2.md",
+            )
         devices = found.group(1).split()
         if cfg.device.split(".")[0] not in devices:
-            hint = ("the NCS2 needs OpenVINO <= 2022.3 (the last release with the MYRIAD plugin) on that host, "
-                    "the stick plugged in and its udev rules installed; see docs/devices/ncs2.md"
-                    if cfg.device.upper().startswith("MYRIAD") else f"set backend.device to one of {devices}")
-            raise BackendError(f"ssh {transport.address}: OpenVINO there has no {cfg.device} device "
-                               f"(available: {', '.join(devices) or 'none'})", hint=hint)
+            hint = (
+                "the NCS2 needs OpenVINO <= 2022.3 (the last release with the MYRIAD plugin) on that host, "
+                "the stick plugged in and its udev rules installed; see docs/devices/ncs2.md"
+                if cfg.device.upper().startswith("MYRIAD")
+                else f"set backend.device to one of {devices}"
+            )
+            raise BackendError(
+                f"ssh {transport.address}: OpenVINO there has no {cfg.device} device "
+                f"(available: {', '.join(devices) or 'none'})",
+                hint=hint,
+            )
         ov_version = version.stdout.strip() if version.exit_code == 0 and version.stdout.strip() else "unknown"
         facts.update(openvino_devices=" ".join(devices), device=cfg.device)
         self.device_info = DeviceInfo(
-            backend=self.name, device=f"ssh:{transport.address}/{cfg.device}",
+            backend=self.name,
+            device=f"ssh:{transport.address}/{cfg.device}",
             description=describe(facts, transport.address) + f", {cfg.device}",
             runtime=f"OpenVINO {ov_version} benchmark_app on {cfg.device}",
-            runtime_versions={"openvino": ov_version}, facts=facts)
+            runtime_versions={"openvino": ov_version},
+            facts=facts,
+        )
         return self.device_info
 
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> InvocationSession:
@@ -86,16 +107,38 @@ class OpenVINOSSHBackend(RemoteBackend):
 
         def command(model: str, warmup: int, runs: int, min_s: float, profile: bool) -> str:
             # benchmark_app does its own first (warm-up) inference and times only the rest
-            return self._shell(["mkdir", "-p", report_dir],
-                               [cfg.benchmark_app, "-m", model, "-d", cfg.device, "-hint", "latency",
-                                "-niter", str(max(runs, 1)), "-report_type", "no_counters",
-                                "-report_folder", report_dir, *cfg.extra_args])
+            return self._shell(
+                ["mkdir", "-p", report_dir],
+                [
+                    cfg.benchmark_app,
+                    "-m",
+                    model,
+                    "-d",
+                    cfg.device,
+                    "-hint",
+                    "latency",
+                    "-niter",
+                    str(max(runs, 1)),
+                    "-report_type",
+                    "no_counters",
+                    "-report_folder",
+                    report_dir,
+                    *cfg.extra_args,
+                ],
+            )
 
         def parse(stdout: str) -> tuple[float, tuple[OpTime, ...]]:
             return parse_benchmark_app(stdout).median_ms, ()
 
-        invocation = Invocation("benchmark_app", command, parse,
-                                companions=lambda xml: [Path(xml).with_suffix(".bin")])
+        invocation = Invocation("benchmark_app", command, parse, companions=lambda xml: [Path(xml).with_suffix(".bin")])
         # benchmark_app prints no op profile here: no separate profiling run
-        return InvocationSession(self.transport, invocation, cfg.remote_dir, self.retry_policy,
-                                 cfg.command_timeout_s, profiles, False, cfg.cooldown_s)
+        return InvocationSession(
+            self.transport,
+            invocation,
+            cfg.remote_dir,
+            self.retry_policy,
+            cfg.command_timeout_s,
+            profiles,
+            False,
+            cfg.cooldown_s,
+        )

@@ -68,8 +68,10 @@ _LOG_PREFIX = re.compile(r"^(?:INFO|WARNING|VERBOSE|ERROR):\s?(?:\[[^\]\s]+:\d+\
 _COUNT_LINE = re.compile(r"^\s*count=(\d+)\s+(.*)$")
 _KEY_VALUE = re.compile(r"(\w+)=(-?[\d.]+(?:e[-+]?\d+)?)")
 _TIMINGS_LINE = re.compile(r"Inference timings in us:\s*(.*)$")
-_RESULTS_LINE = re.compile(r"^\s*(Model initialization|Warmup|Inference)\s*(?:\((\w+)\))?:\s*"
-                           r"(-?[\d.]+)\s*(ms)?(?:\s*\((\d+) runs\))?")
+_RESULTS_LINE = re.compile(
+    r"^\s*(Model initialization|Warmup|Inference)\s*(?:\((\w+)\))?:\s*"
+    r"(-?[\d.]+)\s*(ms)?(?:\s*\((\d+) runs\))?"
+)
 _NUMBER = r"-?[\d.]+%?"
 
 
@@ -96,7 +98,7 @@ def parse_benchmark_model(text: str) -> BenchmarkModelReport:
                 try:
                     summary[key.strip()] = float(value)
                 except ValueError:
-                    raise BenchmarkOutputError("benchmark_model", f"bad value in {line.strip()!r}", text)
+                    raise BenchmarkOutputError("benchmark_model", f"bad value in {line.strip()!r}", text) from None
             continue
         m = _RESULTS_LINE.match(line)
         if m and m.group(4) == "ms":
@@ -108,24 +110,40 @@ def parse_benchmark_model(text: str) -> BenchmarkModelReport:
     inference, warmup = _pick_phases(counts, summary, results, results_runs, text)
     if not inference.avg_us > 0:
         raise BenchmarkOutputError("benchmark_model", f"inference average is {inference.avg_us} us", text)
-    init_ms = (summary["Init"] / 1000.0 if "Init" in summary
-               else results.get("Model initialization"))
-    return BenchmarkModelReport(inference=inference, warmup=warmup, init_ms=init_ms,
-                                op_profile=parse_op_profile(text),
-                                variant="litert" if litert else "tflite-2.x")
+    init_ms = summary["Init"] / 1000.0 if "Init" in summary else results.get("Model initialization")
+    return BenchmarkModelReport(
+        inference=inference,
+        warmup=warmup,
+        init_ms=init_ms,
+        op_profile=parse_op_profile(text),
+        variant="litert" if litert else "tflite-2.x",
+    )
 
 
 def _run_timings(count: int, rest: str, text: str) -> RunTimings:
     values = {k: float(v) for k, v in _KEY_VALUE.findall(rest)}
     if "avg" not in values:
         raise BenchmarkOutputError("benchmark_model", f"a count line without avg=: count={count} {rest}", text)
-    return RunTimings(count=count, avg_us=values["avg"], min_us=values.get("min"), max_us=values.get("max"),
-                      std_us=values.get("std"), first_us=values.get("first"), median_us=values.get("median"),
-                      p5_us=values.get("p5"), p95_us=values.get("p95"))
+    return RunTimings(
+        count=count,
+        avg_us=values["avg"],
+        min_us=values.get("min"),
+        max_us=values.get("max"),
+        std_us=values.get("std"),
+        first_us=values.get("first"),
+        median_us=values.get("median"),
+        p5_us=values.get("p5"),
+        p95_us=values.get("p95"),
+    )
 
 
-def _pick_phases(counts: list[RunTimings], summary: dict[str, float], results: dict[str, float],
-                 results_runs: dict[str, int], text: str) -> tuple[RunTimings, RunTimings | None]:
+def _pick_phases(
+    counts: list[RunTimings],
+    summary: dict[str, float],
+    results: dict[str, float],
+    results_runs: dict[str, int],
+    text: str,
+) -> tuple[RunTimings, RunTimings | None]:
     """The inference and warm-up timings from whichever of the three forms the output has."""
     if len(counts) >= 2:
         return counts[-1], counts[0]
@@ -136,19 +154,30 @@ def _pick_phases(counts: list[RunTimings], summary: dict[str, float], results: d
     if "Inference (avg)" in results:
         ms = 1000.0
         inference = RunTimings(
-            count=results_runs.get("Inference (avg)", 0), avg_us=results["Inference (avg)"] * ms,
-            min_us=_scaled(results.get("Inference (min)")), max_us=_scaled(results.get("Inference (max)")),
-            std_us=_scaled(results.get("Inference (std)")), median_us=_scaled(results.get("Inference (median)")),
-            p5_us=_scaled(results.get("Inference (p5)")), p95_us=_scaled(results.get("Inference (p95)")))
+            count=results_runs.get("Inference (avg)", 0),
+            avg_us=results["Inference (avg)"] * ms,
+            min_us=_scaled(results.get("Inference (min)")),
+            max_us=_scaled(results.get("Inference (max)")),
+            std_us=_scaled(results.get("Inference (std)")),
+            median_us=_scaled(results.get("Inference (median)")),
+            p5_us=_scaled(results.get("Inference (p5)")),
+            p95_us=_scaled(results.get("Inference (p95)")),
+        )
         warmup = None
         if "Warmup (avg)" in results:
-            warmup = RunTimings(count=results_runs.get("Warmup (avg)", 0), avg_us=results["Warmup (avg)"] * ms,
-                                first_us=_scaled(results.get("Warmup (first)")))
+            warmup = RunTimings(
+                count=results_runs.get("Warmup (avg)", 0),
+                avg_us=results["Warmup (avg)"] * ms,
+                first_us=_scaled(results.get("Warmup (first)")),
+            )
         return inference, warmup
     if "Inference (avg)" in summary:
         return RunTimings(count=0, avg_us=summary["Inference (avg)"]), None
-    raise BenchmarkOutputError("benchmark_model", "no inference timings (count=... avg=... line, "
-                               "'Inference timings in us:' line or BENCHMARK RESULTS block)", text)
+    raise BenchmarkOutputError(
+        "benchmark_model",
+        "no inference timings (count=... avg=... line, 'Inference timings in us:' line or BENCHMARK RESULTS block)",
+        text,
+    )
 
 
 def _scaled(ms: float | None) -> float | None:
@@ -178,7 +207,7 @@ def parse_op_profile(text: str) -> tuple[OpTime, ...]:
             in_regular = False
         title = _TABLE_TITLE.match(line.strip())
         if in_regular and title and title.group(1).lower() == "run order" and i + 1 < len(lines):
-            return _parse_table(lines[i + 1], lines[i + 2:], text)
+            return _parse_table(lines[i + 1], lines[i + 2 :], text)
         i += 1
     return ()
 
@@ -186,24 +215,35 @@ def parse_op_profile(text: str) -> tuple[OpTime, ...]:
 def _parse_table(header: str, rows: list[str], text: str) -> tuple[OpTime, ...]:
     columns = [c.strip().lower() for c in _HEADER_COLUMN.findall(header)]
     if not columns or columns[0] != "node type" or "avg ms" not in columns:
-        raise BenchmarkOutputError("benchmark_model", f"an op table header without [node type] and [avg ms]: "
-                                   f"{header.strip()!r}", text)
+        raise BenchmarkOutputError(
+            "benchmark_model", f"an op table header without [node type] and [avg ms]: {header.strip()!r}", text
+        )
     numeric = columns[1:-1] if columns[-1] == "name" else columns[1:]
-    row_re = re.compile(r"^\s*(?P<type>.+?)" + "".join(rf"\s+({_NUMBER})" for _ in numeric)
-                        + (r"\s+(?P<name>.*?)\s*$" if columns[-1] == "name" else r"\s*$"))
+    row_re = re.compile(
+        r"^\s*(?P<type>.+?)"
+        + "".join(rf"\s+({_NUMBER})" for _ in numeric)
+        + (r"\s+(?P<name>.*?)\s*$" if columns[-1] == "name" else r"\s*$")
+    )
     ops = []
     for row in rows:
         if not row.strip() or _TABLE_TITLE.match(row.strip()):
             break
         m = row_re.match(row)
         if m is None:
-            raise BenchmarkOutputError("benchmark_model", f"an op table row that does not fit the header "
-                                       f"{header.strip()!r}: {row.strip()!r}", text)
-        values = dict(zip(numeric, m.groups()[1:1 + len(numeric)]))
-        ops.append(OpTime(node=(m.groupdict().get("name") or "").strip() or m.group("type").strip(),
-                          op_type=m.group("type").strip(),
-                          avg_ms=float(values["avg ms"]),
-                          percent=float(values.get("%", "0").rstrip("%"))))
+            raise BenchmarkOutputError(
+                "benchmark_model",
+                f"an op table row that does not fit the header {header.strip()!r}: {row.strip()!r}",
+                text,
+            )
+        values = dict(zip(numeric, m.groups()[1 : 1 + len(numeric)]))
+        ops.append(
+            OpTime(
+                node=(m.groupdict().get("name") or "").strip() or m.group("type").strip(),
+                op_type=m.group("type").strip(),
+                avg_ms=float(values["avg ms"]),
+                percent=float(values.get("%", "0").rstrip("%")),
+            )
+        )
     return tuple(ops)
 
 
@@ -223,8 +263,10 @@ class BenchmarkAppReport:
 
 
 _APP_PREFIX = re.compile(r"^\s*\[\s*\w+\s*\]\s?")
-_APP_VALUE = re.compile(r"^\s*(Count|Median|Average|Min|Max|Latency|Throughput)\s*:\s*([\d.]+)\s*"
-                        r"(iterations|ms|us|µs|ns|s|FPS)?\s*$")
+_APP_VALUE = re.compile(
+    r"^\s*(Count|Median|Average|Min|Max|Latency|Throughput)\s*:\s*([\d.]+)\s*"
+    r"(iterations|ms|us|µs|ns|s|FPS)?\s*$"
+)
 _TO_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "ns": 1e-6, "s": 1e3}  # recent releases switch to us for fast models
 
 
@@ -243,6 +285,11 @@ def parse_benchmark_app(text: str) -> BenchmarkAppReport:
         raise BenchmarkOutputError("benchmark_app", "no 'Count:' and 'Median:' (or 'Latency:') lines", text)
     if not median > 0:
         raise BenchmarkOutputError("benchmark_app", f"median latency is {median} ms", text)
-    return BenchmarkAppReport(count=int(values["Count"]), median_ms=median, average_ms=values.get("Average"),
-                              min_ms=values.get("Min"), max_ms=values.get("Max"),
-                              throughput_fps=values.get("Throughput"))
+    return BenchmarkAppReport(
+        count=int(values["Count"]),
+        median_ms=median,
+        average_ms=values.get("Average"),
+        min_ms=values.get("Min"),
+        max_ms=values.get("Max"),
+        throughput_fps=values.get("Throughput"),
+    )

@@ -28,7 +28,6 @@ from typing import Callable, Protocol, Sequence
 
 from nnmeter.schema import setting
 
-
 #: What a measurement's latency can be (``MeasurementProtocol.statistic``; :meth:`LatencyStats.value`).
 STATISTICS = ("min", "median")
 
@@ -40,50 +39,84 @@ class MeasurementProtocol:
     warmup_runs: int = setting(5, "invocations before timing starts, per model", minimum=0)
     rounds: int = setting(40, "rounds per model (the median over rounds is the typical speed)", minimum=1)
     runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1)
-    min_round_ms: float = setting(2.0, "keep invoking within a round until this much time has passed, "
-                                       "so that sub-millisecond kernels are not timer noise", minimum=0)
-    settle_runs: int = setting(16, "at most this many untimed invocations at the start of every round, until one "
-                                   "is no faster than the one before: after other models ran, a model's first "
-                                   "invocations are slow (up to 2x for megabytes of weights, over several "
-                                   "invocations), and settling times the state its own back-to-back invocations "
-                                   "leave; 0 = time from the first (docs/measurement.md)", minimum=0)
-    max_median_ci: float = setting(0.02, "re-measure when the relative half-width of the 95 % confidence "
-                                         "interval of the median is above this", minimum=0)
-    max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them",
-                                  minimum=0)
-    batch_size: int = setting(64, "models measured together, their rounds interleaved; a large batch makes each "
-                                  "model's rounds span many seconds, so they sample the device's fast and slow "
-                                  "states alike instead of whichever lasted through a short batch", minimum=1)
-    anchors: bool = setting(True, "measure three fixed drift-anchor kernels in every batch and scale each batch's "
-                                  "latencies to the device's typical speed (the anchors' median over all batches), "
-                                  "by as much as brings the workspace's repeated measurements closest")
-    statistic: str = setting("min", "the statistic of a measurement that is its latency, for training, packaging "
-                                    "and evaluation alike: 'min' = the fastest round (the median of its invocations), "
-                                    "the device's fast state; 'median' = the median over rounds, its typical state. "
-                                    "Both repeat; 'min' "
-                                    "repeats better for models that stream weights from memory shared with other "
-                                    "tenants (docs/measurement.md)", choices=STATISTICS)
+    min_round_ms: float = setting(
+        2.0,
+        "keep invoking within a round until this much time has passed, "
+        "so that sub-millisecond kernels are not timer noise",
+        minimum=0,
+    )
+    settle_runs: int = setting(
+        16,
+        "at most this many untimed invocations at the start of every round, until one "
+        "is no faster than the one before: after other models ran, a model's first "
+        "invocations are slow (up to 2x for megabytes of weights, over several "
+        "invocations), and settling times the state its own back-to-back invocations "
+        "leave; 0 = time from the first (docs/measurement.md)",
+        minimum=0,
+    )
+    max_median_ci: float = setting(
+        0.02,
+        "re-measure when the relative half-width of the 95 % confidence interval of the median is above this",
+        minimum=0,
+    )
+    max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them", minimum=0)
+    batch_size: int = setting(
+        64,
+        "models measured together, their rounds interleaved; a large batch makes each "
+        "model's rounds span many seconds, so they sample the device's fast and slow "
+        "states alike instead of whichever lasted through a short batch",
+        minimum=1,
+    )
+    anchors: bool = setting(
+        True,
+        "measure three fixed drift-anchor kernels in every batch and scale each batch's "
+        "latencies to the device's typical speed (the anchors' median over all batches), "
+        "by as much as brings the workspace's repeated measurements closest",
+    )
+    statistic: str = setting(
+        "min",
+        "the statistic of a measurement that is its latency, for training, packaging "
+        "and evaluation alike: 'min' = the fastest round (the median of its invocations), "
+        "the device's fast state; 'median' = the median over rounds, its typical state. "
+        "Both repeat; 'min' "
+        "repeats better for models that stream weights from memory shared with other "
+        "tenants (docs/measurement.md)",
+        choices=STATISTICS,
+    )
     cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
-    min_batch_s: float = setting(0.0, "spread a batch's `rounds` over at least this many seconds, idle between "
-                                      "rounds, so that they sample the device's fast and slow periods alike "
-                                      "(re-measure passes run back to back); 0 = rounds back to back", minimum=0)
-    whole_model_batch_s: float = setting(30.0, "min_batch_s of the batches of whole models (the evaluation set, "
-                                               "`profile`): few models, so a batch of them would otherwise take "
-                                               "seconds and sit inside one fast or slow period of the device "
-                                               "(docs/measurement.md)", minimum=0)
-    clock: str = setting("auto", "how one invocation is timed: 'auto' = the CPU time of the invoking thread "
-                                 "where the whole inference runs on it (tflite-local with 1 thread), so that "
-                                 "other processes sharing the measuring core do not inflate it, else the wall "
-                                 "clock; 'wall' = always the wall clock", choices=("auto", "wall"))
+    min_batch_s: float = setting(
+        0.0,
+        "spread a batch's `rounds` over at least this many seconds, idle between "
+        "rounds, so that they sample the device's fast and slow periods alike "
+        "(re-measure passes run back to back); 0 = rounds back to back",
+        minimum=0,
+    )
+    whole_model_batch_s: float = setting(
+        30.0,
+        "min_batch_s of the batches of whole models (the evaluation set, "
+        "`profile`): few models, so a batch of them would otherwise take "
+        "seconds and sit inside one fast or slow period of the device "
+        "(docs/measurement.md)",
+        minimum=0,
+    )
+    clock: str = setting(
+        "auto",
+        "how one invocation is timed: 'auto' = the CPU time of the invoking thread "
+        "where the whole inference runs on it (tflite-local with 1 thread), so that "
+        "other processes sharing the measuring core do not inflate it, else the wall "
+        "clock; 'wall' = always the wall clock",
+        choices=("auto", "wall"),
+    )
 
     def key(self) -> str:
         """A short stable id of the settings that change the numbers (the store keys on it)."""
         paced = ("min_batch_s", "whole_model_batch_s")  # when rounds run, not how: the numbers keep their key
-        significant = {k: v for k, v in asdict(self).items()
-                       if k not in ("batch_size", "cooldown_s", "anchors", *paced)}
+        significant = {
+            k: v for k, v in asdict(self).items() if k not in ("batch_size", "cooldown_s", "anchors", *paced)
+        }
         return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:12]
 
-    def for_whole_models(self) -> "MeasurementProtocol":
+    def for_whole_models(self) -> MeasurementProtocol:
         """This protocol for a batch of whole models: its rounds spread over at least ``whole_model_batch_s``."""
         return replace(self, min_batch_s=max(self.min_batch_s, self.whole_model_batch_s))
 
@@ -118,7 +151,7 @@ class LatencyStats:
         return self.fastest_round_ms if statistic == "min" else self.median_ms
 
     @classmethod
-    def from_rounds(cls, rounds: Sequence[Sequence[float]]) -> "LatencyStats":
+    def from_rounds(cls, rounds: Sequence[Sequence[float]]) -> LatencyStats:
         """Statistics from the per-run times (ms) of each round."""
         rounds = [r for r in rounds if r]
         if not rounds:
@@ -262,8 +295,9 @@ def run_round_robin(
                     continue
                 try:
                     t0 = time.perf_counter()
-                    times = session.run(handles[i], protocol.runs_per_round, protocol.min_round_ms,
-                                        protocol.settle_runs)
+                    times = session.run(
+                        handles[i], protocol.runs_per_round, protocol.min_round_ms, protocol.settle_runs
+                    )
                     outcomes[i].device_seconds += time.perf_counter() - t0
                     outcomes[i].rounds.append(times)
                 except MeasureError as err:
@@ -272,8 +306,12 @@ def run_round_robin(
     active = list(range(len(model_paths)))
     passes(active, protocol.rounds, protocol.min_batch_s)  # re-measure passes run back to back
     for _ in range(protocol.max_remeasures):
-        active = [i for i in active if outcomes[i].error is None
-                  and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci]
+        active = [
+            i
+            for i in active
+            if outcomes[i].error is None
+            and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci
+        ]
         if not active:
             break
         passes(active, protocol.rounds)

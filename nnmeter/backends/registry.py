@@ -51,13 +51,16 @@ def backend_class(name: str) -> type[Backend]:
     """The class registered as ``name``; NnmeterError if unknown, BackendError if it cannot be imported."""
     points = _entry_points()
     if name not in points:
-        raise NnmeterError(f"{name!r} is not a backend; known: {', '.join(points)}",
-                           hint="`nnmeter-build backends` lists them and whether each is usable here")
+        raise NnmeterError(
+            f"{name!r} is not a backend; known: {', '.join(points)}",
+            hint="`nnmeter-build backends` lists them and whether each is usable here",
+        )
     try:
         cls = points[name].load()
     except Exception as err:  # a broken third-party package must not take the registry down
-        raise BackendError(f"backend {name!r} cannot be loaded from {points[name].value}: "
-                           f"{type(err).__name__}: {err}") from err
+        raise BackendError(
+            f"backend {name!r} cannot be loaded from {points[name].value}: {type(err).__name__}: {err}"
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend {name!r}: {points[name].value} is not a nnmeter Backend class")
     return cls
@@ -77,8 +80,9 @@ def list_backends() -> list[BackendEntry]:
     return entries
 
 
-def load_backend_config(name: str, options: Mapping[str, Any] | None, *, source: str = "campaign.yaml",
-                        key_path: str = "backend") -> Any:
+def load_backend_config(
+    name: str, options: Mapping[str, Any] | None, *, source: str = "campaign.yaml", key_path: str = "backend"
+) -> Any:
     """The backend's ``Config`` from its YAML section (``name`` is skipped); ConfigError at the bad key."""
     try:
         cls = backend_class(name)
@@ -91,15 +95,17 @@ def load_backend_config(name: str, options: Mapping[str, Any] | None, *, source:
     return config
 
 
-def create_backend(name: str, options: Mapping[str, Any] | None = None, *, source: str = "campaign.yaml",
-                   key_path: str = "backend") -> Backend:
+def create_backend(
+    name: str, options: Mapping[str, Any] | None = None, *, source: str = "campaign.yaml", key_path: str = "backend"
+) -> Backend:
     """The backend ``name`` built from its YAML section, not yet connected."""
     config = load_backend_config(name, options, source=source, key_path=key_path)
     return backend_class(name)(config)
 
 
-def connect_backend(name: str, options: Mapping[str, Any] | None = None, *, source: str = "campaign.yaml",
-                    key_path: str = "backend") -> Backend:
+def connect_backend(
+    name: str, options: Mapping[str, Any] | None = None, *, source: str = "campaign.yaml", key_path: str = "backend"
+) -> Backend:
     """The backend ``name``, built and connected; its DeviceInfo is in ``backend.device_info``."""
     backend = create_backend(name, options, source=source, key_path=key_path)
     try:

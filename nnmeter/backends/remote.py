@@ -26,15 +26,23 @@ import enum
 import os
 import re
 import shlex
-import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence, TypeVar
 
-from nnmeter.backends.base import (Backend, ConversionJob, ConversionResult, MeasureResult, MeasureStatus, ModelFile,
-                                   OpTime, ProgressCallback, measure_in_batches)
+from nnmeter.backends.base import (
+    Backend,
+    ConversionJob,
+    ConversionResult,
+    MeasureResult,
+    MeasureStatus,
+    ModelFile,
+    OpTime,
+    ProgressCallback,
+    measure_in_batches,
+)
 from nnmeter.backends.conversion import ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError, NnmeterError
@@ -93,7 +101,7 @@ class RetryPolicy:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
 
 
-def with_retries(action: Callable[[], T], transport: "Transport", policy: RetryPolicy, what: str) -> T:
+def with_retries(action: Callable[[], T], transport: Transport, policy: RetryPolicy, what: str) -> T:
     """``action()``, retried on retriable faults with back-off; then a MeasureError saying why.
 
     A device already found lost in this batch fails at once (no more waiting per model).
@@ -122,8 +130,9 @@ def with_retries(action: Callable[[], T], transport: "Transport", policy: RetryP
     if fault.kind is FaultKind.DISCONNECT:
         transport.lost = reason
         reason = f"device unreachable: {reason}"
-    raise MeasureError(f"{what}: {reason}{tries}", fault.kind.status,
-                       fatal_for_session=fault.kind is FaultKind.DISCONNECT)
+    raise MeasureError(
+        f"{what}: {reason}{tries}", fault.kind.status, fatal_for_session=fault.kind is FaultKind.DISCONNECT
+    )
 
 
 def classify_exit(result: CommandResult, tool: str) -> DeviceFault | None:
@@ -134,8 +143,11 @@ def classify_exit(result: CommandResult, tool: str) -> DeviceFault | None:
     if "No space left on device" in result.output:
         return DeviceFault(FaultKind.DISK_FULL, f"{tool}: the device's disk is full: {tail}")
     if result.exit_code < 0 or result.exit_code >= 128:
-        how = "by a signal" if result.exit_code < 0 else f"with exit code {result.exit_code} (signal " \
-                                                           f"{result.exit_code - 128})"
+        how = (
+            "by a signal"
+            if result.exit_code < 0
+            else f"with exit code {result.exit_code} (signal {result.exit_code - 128})"
+        )
         return DeviceFault(FaultKind.CRASH, f"{tool} crashed {how}: {tail or 'no output'}")
     return DeviceFault(FaultKind.ERROR, f"{tool} failed with exit code {result.exit_code}: {tail or 'no output'}")
 
@@ -191,8 +203,10 @@ class Transport(ABC):
             except DeviceFault:
                 df = []
             free = f"; df: {' '.join(df[0].split())}" if df else ""
-            raise DeviceFault(FaultKind.DISK_FULL, f"push of {local.name} to {remote} failed ({fault}); "
-                                                   f"is the device's disk full?{free}") from None
+            raise DeviceFault(
+                FaultKind.DISK_FULL,
+                f"push of {local.name} to {remote} failed ({fault}); is the device's disk full?{free}",
+            ) from None
 
 
 # --- device facts -----------------------------------------------------------------
@@ -245,9 +259,11 @@ def parse_facts(output: str, cpu_mask: str = "") -> dict[str, str]:
     if facts.get("temp_mc", "").lstrip("-").isdigit():
         facts["temperature_c"] = f"{int(facts.pop('temp_mc')) / 1000:.1f}"
     facts.pop("temp_mc", None)
-    by_cpu = {int(cpu): kb for cpu, _, kb in (pair.partition(":") for pair in
-                                               facts.pop("private_cache_kb_by_cpu", "").split())
-              if cpu.isdigit() and kb.isdigit()}
+    by_cpu = {
+        int(cpu): kb
+        for cpu, _, kb in (pair.partition(":") for pair in facts.pop("private_cache_kb_by_cpu", "").split())
+        if cpu.isdigit() and kb.isdigit()
+    }
     mask = int(cpu_mask, 16) if re.fullmatch(r"(0x)?[0-9a-fA-F]+", cpu_mask or "") else 0
     pinned = [by_cpu[cpu] for cpu in sorted(by_cpu) if (mask >> cpu) & 1]
     if pinned or by_cpu:
@@ -287,9 +303,17 @@ class InvocationSession:
     reports (its average), the ``DeviceSession`` convention for aggregate-only tools.
     """
 
-    def __init__(self, transport: Transport, invocation: Invocation, remote_dir: str, policy: RetryPolicy,
-                 timeout_s: float, profiles: dict[str, tuple[OpTime, ...]], profile: bool,
-                 cooldown_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        invocation: Invocation,
+        remote_dir: str,
+        policy: RetryPolicy,
+        timeout_s: float,
+        profiles: dict[str, tuple[OpTime, ...]],
+        profile: bool,
+        cooldown_s: float = 0.0,
+    ) -> None:
         self.transport = transport
         self.invocation = invocation
         self.remote_dir = remote_dir
@@ -316,6 +340,7 @@ class InvocationSession:
                 self._dir_ready = True
             for f, r in zip(files, remote):
                 self.transport.push_checked(f, r, self.remote_dir, self.timeout_s)
+
         self._call(f"push {local.name}", push)
         self.pushed += remote
         return model_path, remote[0]
@@ -331,8 +356,9 @@ class InvocationSession:
         ms, _ = self._invoke(handle, self.warmup_runs, runs, False, "round", min_time_ms / 1000.0)
         return [ms]
 
-    def _invoke(self, handle: tuple[str, str], warmup: int, runs: int, profile: bool, what: str,
-                min_s: float = 0.0) -> tuple[float, tuple[OpTime, ...]]:
+    def _invoke(
+        self, handle: tuple[str, str], warmup: int, runs: int, profile: bool, what: str, min_s: float = 0.0
+    ) -> tuple[float, tuple[OpTime, ...]]:
         command = self.invocation.command(handle[1], warmup, runs, min_s, profile)
         tool = self.invocation.tool
 
@@ -347,6 +373,7 @@ class InvocationSession:
                 return self.invocation.parse(result.stdout)
             except ValueError as err:  # output the parser does not understand: loud, not retried
                 raise DeviceFault(FaultKind.ERROR, str(err)) from None
+
         return self._call(f"{tool} {what} of {Path(handle[0]).name}", once)
 
     def close(self) -> None:
@@ -359,16 +386,23 @@ class InvocationSession:
         self.pushed = []
 
 
-def benchmark_model_invocation(binary: str, threads: int, cpu_mask: str = "", use_gpu: bool = False,
-                               extra_args: Sequence[str] = ()) -> Invocation:
+def benchmark_model_invocation(
+    binary: str, threads: int, cpu_mask: str = "", use_gpu: bool = False, extra_args: Sequence[str] = ()
+) -> Invocation:
     """TFLite ``benchmark_model``, optionally pinned with ``taskset``; parsed by :func:`parse_benchmark_model`."""
     from nnmeter.backends.parsers import parse_benchmark_model
 
     def command(model: str, warmup: int, runs: int, min_s: float, profile: bool) -> str:
         argv = (["taskset", cpu_mask] if cpu_mask else []) + [
-            binary, f"--graph={model}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
-            "--warmup_min_secs=0", f"--num_runs={runs}", f"--min_secs={min_s:g}",
-            f"--enable_op_profiling={'true' if profile else 'false'}"]
+            binary,
+            f"--graph={model}",
+            f"--num_threads={threads}",
+            f"--warmup_runs={warmup}",
+            "--warmup_min_secs=0",
+            f"--num_runs={runs}",
+            f"--min_secs={min_s:g}",
+            f"--enable_op_profiling={'true' if profile else 'false'}",
+        ]
         return shell_join(argv + (["--use_gpu=true"] if use_gpu else []) + list(extra_args))
 
     def parse(stdout: str) -> tuple[float, tuple[OpTime, ...]]:
@@ -386,8 +420,11 @@ class RemoteConfig:
     """The ``backend:`` keys every remote backend has."""
 
     remote_dir: str = setting("/tmp/nnmeter", "folder on the device the models are pushed to (created)")
-    command_timeout_s: float = setting(300.0, "a device command (push, one benchmark run) that takes longer "
-                                              "is a hang: retried, then a 'timeout' result", minimum=0.1)
+    command_timeout_s: float = setting(
+        300.0,
+        "a device command (push, one benchmark run) that takes longer is a hang: retried, then a 'timeout' result",
+        minimum=0.1,
+    )
     retries: int = setting(3, "attempts of a device operation before its model is recorded as failed", minimum=1)
     backoff_s: float = setting(2.0, "wait before the first retry; doubles each retry (at most 30 s)", minimum=0)
     cooldown_s: float = setting(0.0, "pause before each benchmark run on the device (lets it cool)", minimum=0)
@@ -422,8 +459,9 @@ class RemoteBackend(Backend):
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> Any:
         """A DeviceSession on the connected device; op profiles go into ``profiles`` by model path."""
 
-    def convert(self, jobs: Sequence[ConversionJob], workers: int | None = None,
-                progress: ProgressCallback | None = None) -> list[ConversionResult]:
+    def convert(
+        self, jobs: Sequence[ConversionJob], workers: int | None = None, progress: ProgressCallback | None = None
+    ) -> list[ConversionResult]:
         """On the host, in a pool of ``workers`` (default: the config's ``convert_workers``) processes."""
         workers = workers or self.config.convert_workers
         if self._pool is None or self._pool.workers != workers:
@@ -431,8 +469,9 @@ class RemoteBackend(Backend):
             self._pool = ConversionPool(self.model_format, workers, conversion_cores())
         return self._pool.run(jobs, progress)
 
-    def measure(self, models: Sequence[ModelFile], protocol: MeasurementProtocol,
-                progress: ProgressCallback | None = None) -> list[MeasureResult]:
+    def measure(
+        self, models: Sequence[ModelFile], protocol: MeasurementProtocol, progress: ProgressCallback | None = None
+    ) -> list[MeasureResult]:
         if self.transport is None:
             raise BackendError(f"backend {self.name!r}: measure() before connect()")
         refused = {m.id: reason for m in models if (reason := self._refusal(m))}
@@ -443,19 +482,23 @@ class RemoteBackend(Backend):
             if start and protocol.cooldown_s:
                 time.sleep(protocol.cooldown_s)
             self.transport.lost = None  # a device lost in an earlier batch gets another chance
-            batch = measurable[start:start + protocol.batch_size]
+            batch = measurable[start : start + protocol.batch_size]
             for m, r in zip(batch, measure_in_batches(lambda: self.open_session(profiles), batch, protocol)):
-                measured[m.id] = dataclasses.replace(r, op_profile=profiles.get(str(m.path), ())) \
-                    if r.status.has_latency else r
+                measured[m.id] = (
+                    dataclasses.replace(r, op_profile=profiles.get(str(m.path), ())) if r.status.has_latency else r
+                )
             if progress:
                 progress(len(measured) + len(refused), len(models))
-        return [MeasureResult(m.id, MeasureStatus.ERROR, error=refused[m.id]) if m.id in refused else measured[m.id]
-                for m in models]
+        return [
+            MeasureResult(m.id, MeasureStatus.ERROR, error=refused[m.id]) if m.id in refused else measured[m.id]
+            for m in models
+        ]
 
     def _refusal(self, model: ModelFile) -> str:
         if model.format != self.model_format:
-            return (f"{model.path}: {self.name} measures {self.model_format} models, not {model.format}; "
-                    f"convert it first")
+            return (
+                f"{model.path}: {self.name} measures {self.model_format} models, not {model.format}; convert it first"
+            )
         if not Path(model.path).exists():
             return f"{model.path}: no such model file"
         return ""
@@ -484,9 +527,12 @@ class SSHConfig(RemoteConfig):
     user: str = setting("", "user to log in as (empty: the local user name)")
     key_file: str = setting("", "private key file (empty: the SSH agent and ~/.ssh keys)")
     known_hosts: str = setting("~/.ssh/known_hosts", "known_hosts file the host key is checked against")
-    host_key_policy: str = setting("verify", "verify: the host key must be in known_hosts; accept-new: add an "
-                                             "unknown host's key to known_hosts (a changed key is still refused)",
-                                   choices=("verify", "accept-new"))
+    host_key_policy: str = setting(
+        "verify",
+        "verify: the host key must be in known_hosts; accept-new: add an "
+        "unknown host's key to known_hosts (a changed key is still refused)",
+        choices=("verify", "accept-new"),
+    )
     connect_timeout_s: float = setting(15.0, "seconds to wait for the SSH connection", minimum=0.1)
 
 
@@ -520,27 +566,43 @@ class SSHTransport(Transport):
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         key_file = os.path.expanduser(cfg.key_file) if cfg.key_file else None
         if key_file and not Path(key_file).is_file():
-            raise NnmeterError(f"backend.key_file: {key_file} does not exist",
-                               hint="point backend.key_file at the private key, or leave it empty to use the agent")
+            raise NnmeterError(
+                f"backend.key_file: {key_file} does not exist",
+                hint="point backend.key_file at the private key, or leave it empty to use the agent",
+            )
         try:
-            client.connect(cfg.host, port=cfg.port, username=self.user, key_filename=key_file,
-                           allow_agent=True, look_for_keys=key_file is None, timeout=cfg.connect_timeout_s,
-                           banner_timeout=cfg.connect_timeout_s, auth_timeout=cfg.connect_timeout_s)
+            client.connect(
+                cfg.host,
+                port=cfg.port,
+                username=self.user,
+                key_filename=key_file,
+                allow_agent=True,
+                look_for_keys=key_file is None,
+                timeout=cfg.connect_timeout_s,
+                banner_timeout=cfg.connect_timeout_s,
+                auth_timeout=cfg.connect_timeout_s,
+            )
         except paramiko.BadHostKeyException as err:
             client.close()
-            raise BackendError(f"ssh {self.address}: the host key changed ({err})",
-                               hint=f"if the board was reinstalled, remove its old key from {known_hosts} "
-                                    f"(ssh-keygen -R {cfg.host}); otherwise someone may be in the middle") from None
+            raise BackendError(
+                f"ssh {self.address}: the host key changed ({err})",
+                hint=f"if the board was reinstalled, remove its old key from {known_hosts} "
+                f"(ssh-keygen -R {cfg.host}); otherwise someone may be in the middle",
+            ) from None
         except paramiko.AuthenticationException as err:
             client.close()
-            raise BackendError(f"ssh {self.address}: authentication failed ({err})",
-                               hint="check backend.user and backend.key_file, or load the key into ssh-agent") from None
+            raise BackendError(
+                f"ssh {self.address}: authentication failed ({err})",
+                hint="check backend.user and backend.key_file, or load the key into ssh-agent",
+            ) from None
         except paramiko.SSHException as err:
             client.close()
             if "known_hosts" in str(err):
-                raise BackendError(f"ssh {self.address}: the host key is not in {known_hosts}",
-                                   hint=f"run `ssh -p {cfg.port} {self.user}@{cfg.host}` once and check the "
-                                        f"fingerprint, or set backend.host_key_policy: accept-new") from None
+                raise BackendError(
+                    f"ssh {self.address}: the host key is not in {known_hosts}",
+                    hint=f"run `ssh -p {cfg.port} {self.user}@{cfg.host}` once and check the "
+                    f"fingerprint, or set backend.host_key_policy: accept-new",
+                ) from None
             raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: {err}") from None
         except (OSError, EOFError) as err:
             client.close()
@@ -562,8 +624,9 @@ class SSHTransport(Transport):
             while not (channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()):
                 if time.monotonic() > deadline:
                     channel.close()
-                    raise DeviceFault(FaultKind.TIMEOUT, f"ssh {self.address}: no end of `{command[:120]}` "
-                                                         f"within {timeout_s:g} s")
+                    raise DeviceFault(
+                        FaultKind.TIMEOUT, f"ssh {self.address}: no end of `{command[:120]}` within {timeout_s:g} s"
+                    )
                 got = False
                 if channel.recv_ready():
                     out += channel.recv(1 << 16)
@@ -577,14 +640,17 @@ class SSHTransport(Transport):
                     time.sleep(0.005)
             code = channel.recv_exit_status()
             channel.close()
-        except socket.timeout:
-            raise DeviceFault(FaultKind.TIMEOUT, f"ssh {self.address}: `{command[:120]}` timed out "
-                                                 f"after {timeout_s:g} s") from None
+        except TimeoutError:
+            raise DeviceFault(
+                FaultKind.TIMEOUT, f"ssh {self.address}: `{command[:120]}` timed out after {timeout_s:g} s"
+            ) from None
         except DeviceFault:
             raise
         except Exception as exc:  # paramiko raises SSHException, EOFError, OSError... for a dead connection
             self.broken = True
-            raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: connection lost ({exc or type(exc).__name__})") from None
+            raise DeviceFault(
+                FaultKind.DISCONNECT, f"ssh {self.address}: connection lost ({exc or type(exc).__name__})"
+            ) from None
         return CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def push(self, local: Path, remote: str) -> None:
@@ -600,7 +666,9 @@ class SSHTransport(Transport):
             raise DeviceFault(FaultKind.ERROR, f"sftp put {remote}: {exc or type(exc).__name__}") from None
         except Exception as exc:
             self.broken = True
-            raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: push failed ({exc or type(exc).__name__})") from None
+            raise DeviceFault(
+                FaultKind.DISCONNECT, f"ssh {self.address}: push failed ({exc or type(exc).__name__})"
+            ) from None
 
     def reconnect(self) -> None:
         self.close()
@@ -628,6 +696,7 @@ class SSHTransport(Transport):
 
 def _local_user() -> str:
     import getpass
+
     return getpass.getuser()
 
 
@@ -637,6 +706,7 @@ def connect_ssh(config: SSHConfig) -> SSHTransport:
     try:
         transport.open()
     except DeviceFault as fault:
-        raise BackendError(str(fault), hint=f"check that {config.host} is up and sshd listens on port "
-                                            f"{config.port}") from None
+        raise BackendError(
+            str(fault), hint=f"check that {config.host} is up and sshd listens on port {config.port}"
+        ) from None
     return transport

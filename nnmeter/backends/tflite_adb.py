@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nnmeter.backends.base import DeviceInfo, OpTime
-from nnmeter.backends.remote import (DEVICE_FACTS_SCRIPT, CommandResult, DeviceFault, FaultKind, InvocationSession,
-                                     RemoteBackend, RemoteConfig, Transport, benchmark_model_invocation,
-                                     describe, parse_facts, shell_join)
+from nnmeter.backends.remote import (
+    DEVICE_FACTS_SCRIPT,
+    CommandResult,
+    DeviceFault,
+    FaultKind,
+    InvocationSession,
+    RemoteBackend,
+    RemoteConfig,
+    Transport,
+    benchmark_model_invocation,
+    describe,
+    parse_facts,
+    shell_join,
+)
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
 
@@ -31,11 +42,13 @@ class TFLiteADBConfig(RemoteConfig):
     adb_port: int = setting(5037, "port of the adb server", minimum=1, maximum=65535)
     benchmark_model: str = setting("/data/local/tmp/benchmark_model", "benchmark_model binary on the device")
     remote_dir: str = setting("/data/local/tmp/nnmeter", "folder on the device the models are pushed to")
-    delegate: str = setting("cpu", "cpu, or gpu (benchmark_model --use_gpu=true: Adreno/Mali)",
-                            choices=("cpu", "gpu"))
+    delegate: str = setting("cpu", "cpu, or gpu (benchmark_model --use_gpu=true: Adreno/Mali)", choices=("cpu", "gpu"))
     threads: int = setting(1, "--num_threads", minimum=1)
-    cpu_mask: str = setting("", "taskset hex mask of the cores to run on, e.g. '70' for cores 4-6 "
-                                "(the big cores of many phones); empty: no pinning")
+    cpu_mask: str = setting(
+        "",
+        "taskset hex mask of the cores to run on, e.g. '70' for cores 4-6 "
+        "(the big cores of many phones); empty: no pinning",
+    )
     extra_args: list[str] = setting([], "more benchmark_model flags, e.g. ['--use_xnnpack=false']")
 
 
@@ -64,21 +77,25 @@ class ADBTransport(Transport):
             if self.serial and states.get(self.serial) != "device" and ":" in self.serial:
                 states = self._attach_network_device()
         except (AdbError, OSError, EOFError) as err:
-            raise BackendError(f"cannot talk to {where}: {err}",
-                               hint=f"start it with `adb -P {self.config.adb_port} start-server`") from None
+            raise BackendError(
+                f"cannot talk to {where}: {err}", hint=f"start it with `adb -P {self.config.adb_port} start-server`"
+            ) from None
         listing = ", ".join(f"{s} ({st})" for s, st in states.items()) or "none"
         if self.serial:
             if states.get(self.serial) != "device":
                 state = states.get(self.serial, "not attached")
-                raise BackendError(f"adb device {self.serial!r} is {state}; attached: {listing}",
-                                   hint="check backend.serial against `adb devices`; accept the USB debugging "
-                                        "prompt on the phone if it is 'unauthorized'")
+                raise BackendError(
+                    f"adb device {self.serial!r} is {state}; attached: {listing}",
+                    hint="check backend.serial against `adb devices`; accept the USB debugging "
+                    "prompt on the phone if it is 'unauthorized'",
+                )
             return self.client.device(serial=self.serial)
         ready = [s for s, st in states.items() if st == "device"]
         if len(ready) != 1:
-            raise BackendError(f"{'no' if not ready else len(ready)} adb devices ready at {where}; "
-                               f"attached: {listing}",
-                               hint="attach one phone, or set backend.serial to one of them")
+            raise BackendError(
+                f"{'no' if not ready else len(ready)} adb devices ready at {where}; attached: {listing}",
+                hint="attach one phone, or set backend.serial to one of them",
+            )
         self.serial = ready[0]
         return self.client.device(serial=self.serial)
 
@@ -110,11 +127,13 @@ class ADBTransport(Transport):
         try:
             result = self.device.shell2(command, timeout=timeout_s, v2=True)
         except AdbTimeout:
-            raise DeviceFault(FaultKind.TIMEOUT, f"adb {self.serial}: `{command[:120]}` did not finish "
-                                                 f"within {timeout_s:g} s") from None
+            raise DeviceFault(
+                FaultKind.TIMEOUT, f"adb {self.serial}: `{command[:120]}` did not finish within {timeout_s:g} s"
+            ) from None
         except (AdbError, OSError, EOFError) as err:
-            raise DeviceFault(FaultKind.DISCONNECT, f"adb {self.serial}: device lost ({err or type(err).__name__})") \
-                from None
+            raise DeviceFault(
+                FaultKind.DISCONNECT, f"adb {self.serial}: device lost ({err or type(err).__name__})"
+            ) from None
         return CommandResult(result.returncode, result.stdout, result.stderr)
 
     def push(self, local: Path, remote: str) -> None:
@@ -160,15 +179,17 @@ class TFLiteADBBackend(RemoteBackend):
         transport.open()
         self.transport = transport
         try:
-            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"),
-                                cfg.cpu_mask)
+            facts = parse_facts(
+                transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"), cfg.cpu_mask
+            )
             probe = transport.run(shell_join(["test", "-x", cfg.benchmark_model]), cfg.command_timeout_s)
             if probe.exit_code != 0:
                 raise BackendError(
                     f"adb {transport.serial}: {cfg.benchmark_model} is missing or not executable",
                     hint=f"download benchmark_model for the phone's ABI ({facts.get('abi', 'arm64-v8a')}), then "
-                         f"`adb push benchmark_model {cfg.benchmark_model}` and "
-                         f"`adb shell chmod +x {cfg.benchmark_model}` (see docs/devices/android.md)")
+                    f"`adb push benchmark_model {cfg.benchmark_model}` and "
+                    f"`adb shell chmod +x {cfg.benchmark_model}` (see docs/devices/android.md)",
+                )
             digest = transport.run(shell_join(["sha256sum", cfg.benchmark_model]), cfg.command_timeout_s)
             transport.check(shell_join(["mkdir", "-p", cfg.remote_dir]), cfg.command_timeout_s, "mkdir")
         except DeviceFault as fault:
@@ -176,15 +197,27 @@ class TFLiteADBBackend(RemoteBackend):
         sha = digest.stdout.split()[0][:16] if digest.exit_code == 0 and digest.stdout.split() else "unknown"
         facts.update(threads=str(cfg.threads), delegate=cfg.delegate, cpu_mask=cfg.cpu_mask or "none")
         self.device_info = DeviceInfo(
-            backend=self.name, device=f"adb:{transport.serial}",
+            backend=self.name,
+            device=f"adb:{transport.serial}",
             description=describe(facts, f"Android device {transport.serial}"),
             runtime=f"TFLite benchmark_model ({cfg.benchmark_model}, sha256 {sha}) on {cfg.delegate.upper()}",
-            runtime_versions={"benchmark_model": f"sha256:{sha}"}, facts=facts)
+            runtime_versions={"benchmark_model": f"sha256:{sha}"},
+            facts=facts,
+        )
         return self.device_info
 
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> InvocationSession:
         cfg = self.config
-        invocation = benchmark_model_invocation(cfg.benchmark_model, cfg.threads, cfg.cpu_mask,
-                                                cfg.delegate == "gpu", cfg.extra_args)
-        return InvocationSession(self.transport, invocation, cfg.remote_dir, self.retry_policy,
-                                 cfg.command_timeout_s, profiles, cfg.op_profiling, cfg.cooldown_s)
+        invocation = benchmark_model_invocation(
+            cfg.benchmark_model, cfg.threads, cfg.cpu_mask, cfg.delegate == "gpu", cfg.extra_args
+        )
+        return InvocationSession(
+            self.transport,
+            invocation,
+            cfg.remote_dir,
+            self.retry_policy,
+            cfg.command_timeout_s,
+            profiles,
+            cfg.op_profiling,
+            cfg.cooldown_s,
+        )

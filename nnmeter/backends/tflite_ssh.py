@@ -26,9 +26,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, ClassVar, TypeVar
 
 from nnmeter.backends.base import DeviceInfo, OpTime
-from nnmeter.backends.remote import (DEVICE_FACTS_SCRIPT, DeviceFault, FaultKind, InvocationSession, RemoteBackend,
-                                     RetryPolicy, SSHConfig, SSHTransport, benchmark_model_invocation, connect_ssh,
-                                     describe, parse_facts, shell_join, with_retries)
+from nnmeter.backends.remote import (
+    DEVICE_FACTS_SCRIPT,
+    DeviceFault,
+    FaultKind,
+    InvocationSession,
+    RemoteBackend,
+    RetryPolicy,
+    SSHConfig,
+    SSHTransport,
+    benchmark_model_invocation,
+    connect_ssh,
+    describe,
+    parse_facts,
+    shell_join,
+    with_retries,
+)
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
 
@@ -41,9 +54,13 @@ STARTUP_TIMEOUT_S = 120.0  # numpy and the runtime import slowly on a Raspberry 
 class TFLiteSSHConfig(SSHConfig):
     """The ``backend:`` keys of tflite-ssh."""
 
-    runner: str = setting("litert", "litert: nnmeter's LiteRT runner in one python process (needs python3 with "
-                                    "numpy and ai-edge-litert on the board); benchmark_model: one "
-                                    "benchmark_model process per round", choices=("litert", "benchmark_model"))
+    runner: str = setting(
+        "litert",
+        "litert: nnmeter's LiteRT runner in one python process (needs python3 with "
+        "numpy and ai-edge-litert on the board); benchmark_model: one "
+        "benchmark_model process per round",
+        choices=("litert", "benchmark_model"),
+    )
     python: str = setting("python3", "python on the board (runner: litert), e.g. /home/pi/venv/bin/python")
     benchmark_model: str = setting("benchmark_model", "benchmark_model on the board (runner: benchmark_model)")
     threads: int = setting(1, "inference threads", minimum=1)
@@ -63,8 +80,9 @@ class RemoteRunner:
             self.channel.exec_command(command)
         except Exception as exc:  # paramiko raises several kinds for a dead connection
             transport.broken = True
-            raise DeviceFault(FaultKind.DISCONNECT, f"ssh {transport.address}: cannot start the runner "
-                                                    f"({exc or type(exc).__name__})") from None
+            raise DeviceFault(
+                FaultKind.DISCONNECT, f"ssh {transport.address}: cannot start the runner ({exc or type(exc).__name__})"
+            ) from None
         self._buffer = b""
         self._stderr = b""
         self._next_id = 1
@@ -82,8 +100,9 @@ class RemoteRunner:
             line = self._read_line(deadline)
             if line is None:
                 self.close()
-                raise DeviceFault(FaultKind.TIMEOUT, f"the runner did not answer '{cmd}' within "
-                                                     f"{timeout_s or self.timeout_s:g} s")
+                raise DeviceFault(
+                    FaultKind.TIMEOUT, f"the runner did not answer '{cmd}' within {timeout_s or self.timeout_s:g} s"
+                )
             if line == b"":
                 raise self._gone(cmd)
             try:
@@ -121,10 +140,14 @@ class RemoteRunner:
             self.transport.broken = True
             return DeviceFault(FaultKind.DISCONNECT, f"ssh {self.transport.address}: connection lost during '{cmd}'")
         code = self.channel.recv_exit_status() if self.channel.exit_status_ready() else -1
-        tail = [ln for ln in self._stderr.decode(errors="replace").splitlines()
-                if ln.strip() and not ln.startswith("INFO:")][-3:]
-        return DeviceFault(FaultKind.CRASH, f"the runner process died (exit status {code}) during '{cmd}'"
-                                            + (f"; stderr: {' | '.join(tail)[:500]}" if tail else ""))
+        tail = [
+            ln for ln in self._stderr.decode(errors="replace").splitlines() if ln.strip() and not ln.startswith("INFO:")
+        ][-3:]
+        return DeviceFault(
+            FaultKind.CRASH,
+            f"the runner process died (exit status {code}) during '{cmd}'"
+            + (f"; stderr: {' | '.join(tail)[:500]}" if tail else ""),
+        )
 
     def close(self) -> None:
         # the connection may already be gone: paramiko then raises (EOFError, even from close)
@@ -138,7 +161,7 @@ class RemoteRunner:
 class RunnerSession:
     """A DeviceSession over a :class:`RemoteRunner`, restarted (and its models loaded again) after a fault."""
 
-    def __init__(self, backend: "TFLiteSSHBackend") -> None:
+    def __init__(self, backend: TFLiteSSHBackend) -> None:
         self.backend = backend
         self.transport: SSHTransport = backend.transport
         self.config: TFLiteSSHConfig = backend.config
@@ -158,6 +181,7 @@ class RunnerSession:
                     self.runner = None  # start a new one, and load the models into it again
                     self.handles.clear()
                 raise
+
         return with_retries(attempt, self.transport, self.policy, what)
 
     def _runner(self) -> RemoteRunner:
@@ -193,13 +217,18 @@ class RunnerSession:
 
     def warmup(self, handle: str, runs: int) -> None:
         self.warmups[handle] = runs
-        self._call(f"warm-up of {Path(handle).name}",
-                   lambda: self._runner().request("warmup", handle=self._handle(handle), runs=runs))
+        self._call(
+            f"warm-up of {Path(handle).name}",
+            lambda: self._runner().request("warmup", handle=self._handle(handle), runs=runs),
+        )
 
     def run(self, handle: str, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
-        return self._call(f"round of {Path(handle).name}", lambda: self._runner().request(
-            "run", handle=self._handle(handle), runs=runs, min_time_ms=min_time_ms,
-            settle_runs=settle_runs)["times_ms"])
+        return self._call(
+            f"round of {Path(handle).name}",
+            lambda: self._runner().request(
+                "run", handle=self._handle(handle), runs=runs, min_time_ms=min_time_ms, settle_runs=settle_runs
+            )["times_ms"],
+        )
 
     def close(self) -> None:
         if self.runner is not None:
@@ -207,8 +236,9 @@ class RunnerSession:
             self.runner = None
         if self.remote_paths and not self.transport.broken:
             try:
-                self.transport.run(shell_join(["rm", "-f", "--", *self.remote_paths.values()]),
-                                   self.config.command_timeout_s)
+                self.transport.run(
+                    shell_join(["rm", "-f", "--", *self.remote_paths.values()]), self.config.command_timeout_s
+                )
             except DeviceFault:
                 pass
 
@@ -226,13 +256,15 @@ class TFLiteSSHBackend(RemoteBackend):
         transport = connect_ssh(cfg)
         self.transport = transport
         try:
-            facts = parse_facts(transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"),
-                                cfg.cpu_mask)
+            facts = parse_facts(
+                transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"), cfg.cpu_mask
+            )
             if cfg.runner == "litert":
                 session = RunnerSession(self)
                 try:
-                    info = session._runner().request("info", timeout_s=max(STARTUP_TIMEOUT_S, cfg.command_timeout_s),
-                                                     probe=True)
+                    info = session._runner().request(
+                        "info", timeout_s=max(STARTUP_TIMEOUT_S, cfg.command_timeout_s), probe=True
+                    )
                 finally:
                     session.close()
                 versions = {k: str(v) for k, v in info["versions"].items()}
@@ -241,28 +273,46 @@ class TFLiteSSHBackend(RemoteBackend):
             else:
                 probe = transport.run(f"command -v {shell_join([cfg.benchmark_model])}", cfg.command_timeout_s)
                 if probe.exit_code != 0:
-                    raise BackendError(f"ssh {transport.address}: {cfg.benchmark_model} not found on the board",
-                                       hint="download or build benchmark_model for the board (see "
-                                            "docs/devices/linux-board.md) and set backend.benchmark_model")
+                    raise BackendError(
+                        f"ssh {transport.address}: {cfg.benchmark_model} not found on the board",
+                        hint="download or build benchmark_model for the board (see "
+                        "docs/devices/linux-board.md) and set backend.benchmark_model",
+                    )
                 digest = transport.run(shell_join(["sha256sum", probe.stdout.strip()]), cfg.command_timeout_s)
                 sha = digest.stdout.split()[0][:16] if digest.exit_code == 0 and digest.stdout.split() else "unknown"
                 versions = {"benchmark_model": f"sha256:{sha}"}
                 runtime = f"TFLite benchmark_model ({probe.stdout.strip()}, sha256 {sha})"
         except DeviceFault as fault:
-            hint = ("install python3, numpy and ai-edge-litert on the board (pip install ai-edge-litert) and set "
-                    "backend.python" if cfg.runner == "litert" else "")
+            hint = (
+                "install python3, numpy and ai-edge-litert on the board (pip install ai-edge-litert) and set "
+                "backend.python"
+                if cfg.runner == "litert"
+                else ""
+            )
             raise BackendError(f"ssh {transport.address}: {fault}", hint=hint) from None
         facts.update(threads=str(cfg.threads), runner=cfg.runner, cpu_mask=cfg.cpu_mask or "none")
-        self.device_info = DeviceInfo(backend=self.name, device=f"ssh:{transport.address}",
-                                      description=describe(facts, transport.address), runtime=runtime,
-                                      runtime_versions=versions, facts=facts)
+        self.device_info = DeviceInfo(
+            backend=self.name,
+            device=f"ssh:{transport.address}",
+            description=describe(facts, transport.address),
+            runtime=runtime,
+            runtime_versions=versions,
+            facts=facts,
+        )
         return self.device_info
 
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> Any:
         cfg = self.config
         if cfg.runner == "litert":
             return RunnerSession(self)
-        invocation = benchmark_model_invocation(cfg.benchmark_model, cfg.threads, cfg.cpu_mask, False,
-                                                cfg.extra_args)
-        return InvocationSession(self.transport, invocation, cfg.remote_dir, self.retry_policy,
-                                 cfg.command_timeout_s, profiles, cfg.op_profiling, cfg.cooldown_s)
+        invocation = benchmark_model_invocation(cfg.benchmark_model, cfg.threads, cfg.cpu_mask, False, cfg.extra_args)
+        return InvocationSession(
+            self.transport,
+            invocation,
+            cfg.remote_dir,
+            self.retry_policy,
+            cfg.command_timeout_s,
+            profiles,
+            cfg.op_profiling,
+            cfg.cooldown_s,
+        )

@@ -68,23 +68,33 @@ def load_campaign(path: Path | str) -> Campaign:
         raise ConfigError(source, "", what, "create a workspace with: nnmeter-build init DIR --backend NAME")
     data = parse_yaml(path.read_text(encoding="utf-8"), source)
     if not isinstance(data, dict):
-        raise ConfigError(source, "", f"expected a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), "
-                                      f"got {type(data).__name__}")
+        raise ConfigError(
+            source, "", f"expected a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), got {type(data).__name__}"
+        )
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ConfigError(source, str(unknown[0]), f"unknown section; known: {', '.join(TOP_LEVEL_KEYS)}")
 
     backend = data.get("backend")
     if not isinstance(backend, dict):
-        raise ConfigError(source, "backend", "expected a mapping with at least `name: <backend>`",
-                          f"known backends: {', '.join(backend_names())}")
+        raise ConfigError(
+            source,
+            "backend",
+            "expected a mapping with at least `name: <backend>`",
+            f"known backends: {', '.join(backend_names())}",
+        )
     name = backend.get("name")
     if name not in backend_names():
         problem = "is required" if name is None else f"{name!r} is not a backend"
-        raise ConfigError(source, "backend.name", f"{problem}; known: {', '.join(backend_names())}",
-                          "list them with: nnmeter-build backends")
-    options = load_backend_config(name, {k: v for k, v in backend.items() if k != "name"},
-                                  source=source, key_path="backend")
+        raise ConfigError(
+            source,
+            "backend.name",
+            f"{problem}; known: {', '.join(backend_names())}",
+            "list them with: nnmeter-build backends",
+        )
+    options = load_backend_config(
+        name, {k: v for k, v in backend.items() if k != "name"}, source=source, key_path="backend"
+    )
     _refuse_removed(data, source)
     sections = {key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()}
     return Campaign(source=path, backend_name=name, backend_options=options, **sections)
@@ -116,12 +126,18 @@ def render_campaign(backend_name: str) -> str:
     """The text of a campaign.yaml for ``backend_name`` with every key at its default, each commented."""
     names = backend_names()
     if backend_name not in names:
-        raise ConfigError("--backend", "", f"{backend_name!r} is not a backend; known: {', '.join(names)}",
-                          "list them with: nnmeter-build backends")
+        raise ConfigError(
+            "--backend",
+            "",
+            f"{backend_name!r} is not a backend; known: {', '.join(names)}",
+            "list them with: nnmeter-build backends",
+        )
     cls = backend_class(backend_name)
-    name_entry = _Entry(key="name", comment=_wrap(f"the device + runtime that converts and measures; one of "
-                                                  f"{', '.join(names)}"),
-                        text=_yaml_item("name", backend_name))
+    name_entry = _Entry(
+        key="name",
+        comment=_wrap(f"the device + runtime that converts and measures; one of {', '.join(names)}"),
+        text=_yaml_item("name", backend_name),
+    )
     backend_entries = [name_entry, *_entries(cls.Config)]
     template = resources.files("nnmeter.configs").joinpath("campaign.yaml.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
@@ -154,8 +170,11 @@ def _entries(cls: type, defaults: Any = None) -> list[_Entry]:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and defaults is None:
             entries.append(_Entry(key=f.name, comment=comment, required=True))
             continue
-        value = getattr(defaults, f.name) if defaults is not None else (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        value = (
+            getattr(defaults, f.name)
+            if defaults is not None
+            else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        )
         if dataclasses.is_dataclass(value):
             entries.append(_Entry(key=f.name, comment=comment, children=_entries(type(value), value)))
         else:

@@ -45,8 +45,14 @@ class EvaluationModel:
     error: str = ""  # conversion failure: the model has no file to measure
 
 
-def evaluate_workspace(ws: Workspace, backend: Backend, models: Sequence[EvaluationModel], out: Path | None = None,
-                       remeasure: bool = False, reporter: Reporter = SILENT) -> EvaluationResult:
+def evaluate_workspace(
+    ws: Workspace,
+    backend: Backend,
+    models: Sequence[EvaluationModel],
+    out: Path | None = None,
+    remeasure: bool = False,
+    reporter: Reporter = SILENT,
+) -> EvaluationResult:
     """Measure ``models`` (``repeats`` passes, resumable through the store), predict them, score every method,
     and write the result to ``out`` (default ``ws/reports/evaluation.json``)."""
     campaign = ws.campaign
@@ -82,33 +88,57 @@ def evaluate_workspace(ws: Workspace, backend: Backend, models: Sequence[Evaluat
         error = "" if first_ms is not None else f"measurement {newest.status.value}: {newest.error}"
         fmt = next((f for f in PREDICTED_FORMATS if f in rec.files), None)
         if fmt is None:
-            rows.append(ModelEvaluation(rec.name, m.family, rec.id, first_ms, repeat_ms=repeat,
-                                        error=f"no file the predictor reads ({', '.join(PREDICTED_FORMATS)})"))
+            rows.append(
+                ModelEvaluation(
+                    rec.name,
+                    m.family,
+                    rec.id,
+                    first_ms,
+                    repeat_ms=repeat,
+                    error=f"no file the predictor reads ({', '.join(PREDICTED_FORMATS)})",
+                )
+            )
             continue
-        rows.append(predict_model(artifact, ws.root / rec.files[fmt], rec.name, rec.id, m.family, first_ms, repeat,
-                                  error))
+        rows.append(
+            predict_model(artifact, ws.root / rec.files[fmt], rec.name, rec.id, m.family, first_ms, repeat, error)
+        )
     info = backend.device_info
     assert info is not None
     result = EvaluationResult(
         tuple(with_flops_baseline(rows)),
-        device={"device": info.device, "description": info.description, "backend": info.backend,
-                "runtime": info.runtime, **dict(info.runtime_versions), **dict(info.facts)},
-        predictor={"path": str(artifact.path), "name": artifact.manifest.name,
-                   "version": artifact.manifest.version, "kernels": sorted(artifact.kernels)},
+        device={
+            "device": info.device,
+            "description": info.description,
+            "backend": info.backend,
+            "runtime": info.runtime,
+            **dict(info.runtime_versions),
+            **dict(info.facts),
+        },
+        predictor={
+            "path": str(artifact.path),
+            "name": artifact.manifest.name,
+            "version": artifact.manifest.version,
+            "kernels": sorted(artifact.kernels),
+        },
         notes=NOTES,
     )
     result.save(out or ws.reports_dir / EVALUATION_FILE)
     return result
 
 
-def zoo_models(ws: Workspace, backend: Backend, workers: int | None = None,
-               reporter: Reporter = SILENT) -> list[EvaluationModel]:
+def zoo_models(
+    ws: Workspace, backend: Backend, workers: int | None = None, reporter: Reporter = SILENT
+) -> list[EvaluationModel]:
     """The campaign's evaluation set (``evaluation`` section), built and converted through the store."""
     settings = ws.campaign.evaluation
     check_families(settings.families, source=str(ws.campaign_path))
     zoo = evaluation_set(settings.families, settings.models_per_family, settings.resolutions, settings.seed)
-    specs = [ModelSpec("evaluation", m.name, {"family": m.family, **m.params}, build_zoo_model,
-                       (m.family, m.name, dict(m.params))) for m in zoo]
+    specs = [
+        ModelSpec(
+            "evaluation", m.name, {"family": m.family, **m.params}, build_zoo_model, (m.family, m.name, dict(m.params))
+        )
+        for m in zoo
+    ]
     session = ws.session(backend, workers=workers, reporter=reporter)
     out = []
     for m, prepared in zip(zoo, session.prepare(specs, description="building and converting evaluation models")):
@@ -120,18 +150,25 @@ def zoo_models(ws: Workspace, backend: Backend, workers: int | None = None,
     return out
 
 
-def folder_models(ws: Workspace, backend: Backend, folder: Path, workers: int | None = None,
-                  reporter: Reporter = SILENT) -> list[EvaluationModel]:
+def folder_models(
+    ws: Workspace, backend: Backend, folder: Path, workers: int | None = None, reporter: Reporter = SILENT
+) -> list[EvaluationModel]:
     """Every model file under ``folder`` (.tflite, .onnx, .keras, .h5, SavedModel folders), converted for the
     backend; a model's family is its subfolder (``folder`` itself: "user")."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NnmeterError(f"{folder}: no such folder", "give a folder of model files (.tflite, .onnx, .keras)")
-    paths = sorted(p for p in folder.rglob("*") if (p.is_file() and p.suffix.lower() in USER_MODEL_SUFFIXES)
-                   or (p.is_dir() and (p / "saved_model.pb").is_file()))
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if (p.is_file() and p.suffix.lower() in USER_MODEL_SUFFIXES)
+        or (p.is_dir() and (p / "saved_model.pb").is_file())
+    )
     if not paths:
-        raise NnmeterError(f"{folder}: holds no model files", "nnmeter evaluates .tflite, .onnx, .keras, .h5 "
-                                                              "files and SavedModel folders")
+        raise NnmeterError(
+            f"{folder}: holds no model files",
+            "nnmeter evaluates .tflite, .onnx, .keras, .h5 files and SavedModel folders",
+        )
     family_of: dict[str, str] = {}
     records = []
     for r, p in zip(ws.add_user_models(paths), paths):

@@ -87,8 +87,9 @@ class KernelResult:
         """From :meth:`to_dict`; a result stored before a field existed gets the field's default."""
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         values["metrics"] = LatencyMetrics.from_dict(data["metrics"])
-        values["rounds"] = tuple(RoundScore(r["round"], r["samples"], LatencyMetrics.from_dict(r))
-                                 for r in data["rounds"])
+        values["rounds"] = tuple(
+            RoundScore(r["round"], r["samples"], LatencyMetrics.from_dict(r)) for r in data["rounds"]
+        )
         return cls(**values)
 
 
@@ -102,9 +103,15 @@ class KernelTraining:
     unformed: Mapping[str, str]
 
 
-def train_workspace_kernels(ws: Workspace, kernels: Sequence[str] | None = None, *, init: int | None = None,
-                            iterations: int | None = None, workers: int | None = None,
-                            reporter: Reporter = SILENT) -> KernelTraining:
+def train_workspace_kernels(
+    ws: Workspace,
+    kernels: Sequence[str] | None = None,
+    *,
+    init: int | None = None,
+    iterations: int | None = None,
+    workers: int | None = None,
+    reporter: Reporter = SILENT,
+) -> KernelTraining:
     """Train the campaign's kernels that the device forms (:func:`kernels_to_train`), or ``kernels`` whether it
     forms them or not, on the campaign's backend. A kernel that cannot be trained (:class:`TrainingError`) is
     reported in the errors and the others go on. ``init`` and ``iterations`` override the campaign's budget
@@ -119,8 +126,9 @@ def train_workspace_kernels(ws: Workspace, kernels: Sequence[str] | None = None,
     names = list(kernels) if kernels else list(settings.kernels)
     for k in names:
         if k not in ops.KERNELS:
-            raise NnmeterError(f"{k!r} is not a kernel; known: {', '.join(ops.KERNELS)}",
-                               "list them with `nnmeter-build kernels`")
+            raise NnmeterError(
+                f"{k!r} is not a kernel; known: {', '.join(ops.KERNELS)}", "list them with `nnmeter-build kernels`"
+            )
     results: list[KernelResult] = []
     errors: dict[str, str] = {}
     with ws.connect() as backend:
@@ -128,9 +136,16 @@ def train_workspace_kernels(ws: Workspace, kernels: Sequence[str] | None = None,
         info = backend.device_info
         assert info is not None
         setup = state.setup_key(info.device, backend.name, session.protocol.key())
-        ws.store.set_state(state.LATEST_TRAINING, {
-            "setup": setup, "backend": backend.name, "protocol_key": session.protocol.key(),
-            "protocol": dataclasses.asdict(session.protocol), "device": _device_dict(info)})
+        ws.store.set_state(
+            state.LATEST_TRAINING,
+            {
+                "setup": setup,
+                "backend": backend.name,
+                "protocol_key": session.protocol.key(),
+                "protocol": dataclasses.asdict(session.protocol),
+                "device": _device_dict(info),
+            },
+        )
         for kernel in names:
             task = reporter.task("waiting", label=kernel)
             try:
@@ -152,8 +167,11 @@ def kernels_to_train(ws: Workspace) -> tuple[list[str], dict[str, str]]:
     if not ws.rules_file.is_file():
         return names, {}
     rules = load_rules(ws.rules_file)
-    unformed = {k: ", ".join(f"{a} -> {b}" for a, b in pairs) + " not fused"
-                for k in names if (pairs := unfused_pairs(k, rules))}
+    unformed = {
+        k: ", ".join(f"{a} -> {b}" for a, b in pairs) + " not fused"
+        for k in names
+        if (pairs := unfused_pairs(k, rules))
+    }
     return [k for k in names if k not in unformed], unformed
 
 
@@ -176,12 +194,20 @@ def trainer_version(settings: KernelTrainingSettings) -> dict[str, Any]:
     that changes any of them trains the kernels again (measuring nothing again)."""
     params = regressor_class(settings.regressor)(kernel="").get_params()
     del params["kernel"]
-    return {"regressor_params": params, "latency_reading": LATENCY_READING_VERSION,
-            "feature_schema": FEATURE_SCHEMA_VERSION, "tree_format": TREE_FORMAT_VERSION}
+    return {
+        "regressor_params": params,
+        "latency_reading": LATENCY_READING_VERSION,
+        "feature_schema": FEATURE_SCHEMA_VERSION,
+        "tree_format": TREE_FORMAT_VERSION,
+    }
 
 
-def workspace_measure(ws: Workspace, session: MeasuringSession, kernel: str, task: Task | None = None,
-                      ) -> MeasureConfigs:
+def workspace_measure(
+    ws: Workspace,
+    session: MeasuringSession,
+    kernel: str,
+    task: Task | None = None,
+) -> MeasureConfigs:
     """Measure configs of ``kernel`` in ``session``: build, convert, measure, all kept in the workspace's store;
     converted files are deleted once measured unless ``kernels.keep_models``. ``task`` shows each call's
     phase and counts."""
@@ -202,8 +228,9 @@ def workspace_measure(ws: Workspace, session: MeasuringSession, kernel: str, tas
         measured = session.measure(list(records.values()), progress=task.update) if records else []
         by_id = {m.model_id: m for m in measured}
         if not keep_files:
-            _remove_measured_files(session, [records[m.model_id] for m in measured
-                                             if m.model_id not in done and m.latency_ms is not None])
+            _remove_measured_files(
+                session, [records[m.model_id] for m in measured if m.model_id not in done and m.latency_ms is not None]
+            )
         samples = []
         for config, mid in zip(configs, ids):
             m = by_id.get(mid)
@@ -216,8 +243,9 @@ def workspace_measure(ws: Workspace, session: MeasuringSession, kernel: str, tas
     return measure
 
 
-def _train_one(ws: Workspace, session: MeasuringSession, kernel: str, settings: KernelTrainingSettings,
-               setup: str, task: Task) -> KernelResult:
+def _train_one(
+    ws: Workspace, session: MeasuringSession, kernel: str, settings: KernelTrainingSettings, setup: str, task: Task
+) -> KernelResult:
     store = ws.store
     stored = store.get_state(state.kernel_result_key(setup, kernel))
     finished = None if stored is None else KernelResult.from_dict(stored)
@@ -226,22 +254,35 @@ def _train_one(ws: Workspace, session: MeasuringSession, kernel: str, settings: 
         return finished
     plan_key = state.kernel_plan_key(setup, kernel)
     outcome = adaptive_training(
-        kernel, settings, workspace_measure(ws, session, kernel, task),
+        kernel,
+        settings,
+        workspace_measure(ws, session, kernel, task),
         refinements=_saved_refinements(ws, setup, kernel, settings),
-        save_refinements=lambda r: store.set_state(plan_key, {"settings": _plan_settings(kernel, settings),
-                                                              "refinements": r}),
-        on_round=lambda score: task.status(f"round {score.round}: {score.samples} samples, "
-                                           f"±10 % {100 * score.validation.acc10:.1f} % of its held-out configs"),
+        save_refinements=lambda r: store.set_state(
+            plan_key, {"settings": _plan_settings(kernel, settings), "refinements": r}
+        ),
+        on_round=lambda score: task.status(
+            f"round {score.round}: {score.samples} samples, "
+            f"±10 % {100 * score.validation.acc10:.1f} % of its held-out configs"
+        ),
     )
     out_dir = ws.models_dir / TRAINED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_ensemble(outcome.regressor.to_ensemble(), out_dir / f"{kernel}.npz")
     result = KernelResult(
-        kernel=kernel, regressor=settings.regressor, samples=outcome.samples,
-        train_samples=outcome.train_samples, validation_samples=outcome.validation_samples, failed=outcome.failed,
-        device_seconds=outcome.device_seconds, metrics=outcome.validation, rounds=tuple(outcome.rounds),
-        file=path.relative_to(ws.root).as_posix(), sha256=sha256_file(path),
-        feature_schema_version=FEATURE_SCHEMA_VERSION, trained_at=time.time(),
+        kernel=kernel,
+        regressor=settings.regressor,
+        samples=outcome.samples,
+        train_samples=outcome.train_samples,
+        validation_samples=outcome.validation_samples,
+        failed=outcome.failed,
+        device_seconds=outcome.device_seconds,
+        metrics=outcome.validation,
+        rounds=tuple(outcome.rounds),
+        file=path.relative_to(ws.root).as_posix(),
+        sha256=sha256_file(path),
+        feature_schema_version=FEATURE_SCHEMA_VERSION,
+        trained_at=time.time(),
         settings=_result_settings(kernel, settings),
     )
     store.set_state(state.kernel_result_key(setup, kernel), result.to_dict())
@@ -251,13 +292,21 @@ def _train_one(ws: Workspace, session: MeasuringSession, kernel: str, settings: 
 
 def _done_text(result: KernelResult) -> str:
     family = result.family_samples
-    return (f"done: {result.samples} samples" + (f" + {family} of its family" if family else "")
-            + f", ±10 % {100 * result.metrics.acc10:.1f} % of its held-out configs, "
-            f"{result.device_seconds / 60:.1f} device min")
+    return (
+        f"done: {result.samples} samples"
+        + (f" + {family} of its family" if family else "")
+        + f", ±10 % {100 * result.metrics.acc10:.1f} % of its held-out configs, "
+        f"{result.device_seconds / 60:.1f} device min"
+    )
 
 
-def _pool_families(ws: Workspace, session: MeasuringSession, results: Sequence[KernelResult],
-                   settings: KernelTrainingSettings, setup: str) -> list[KernelResult]:
+def _pool_families(
+    ws: Workspace,
+    session: MeasuringSession,
+    results: Sequence[KernelResult],
+    settings: KernelTrainingSettings,
+    setup: str,
+) -> list[KernelResult]:
     """``results`` with each kernel's regressor fitted again on its family's measurements (:func:`pooled_fit`);
     a kernel whose family has no other measured kernel, or was fitted on these samples already, is kept."""
     stored: dict[str, list[Sample]] = {}
@@ -276,12 +325,12 @@ def _pool_families(ws: Workspace, session: MeasuringSession, results: Sequence[K
         if len(family) < 2 or kernel not in family or dict(result.pooled_with) == counts:
             out.append(result)
             continue
-        with session.reporter.task(f"fitting on its family ({sum(counts.values())} samples)", 1,
-                                   label=kernel) as task:
+        with session.reporter.task(f"fitting on its family ({sum(counts.values())} samples)", 1, label=kernel) as task:
             regressor, scores = pooled_fit(kernel, family, kernel_settings(kernel, settings))
             path = save_ensemble(regressor.to_ensemble(), ws.root / result.file)
-            pooled = dataclasses.replace(result, metrics=scores, sha256=sha256_file(path), pooled_with=counts,
-                                         trained_at=time.time())
+            pooled = dataclasses.replace(
+                result, metrics=scores, sha256=sha256_file(path), pooled_with=counts, trained_at=time.time()
+            )
             ws.store.set_state(state.kernel_result_key(setup, kernel), pooled.to_dict())
             task.finish(_done_text(pooled))
         out.append(pooled)
@@ -291,13 +340,15 @@ def _pool_families(ws: Workspace, session: MeasuringSession, results: Sequence[K
 def _measured_records(session: MeasuringSession, kernel: str, ids: Sequence[str]) -> dict[str, ModelRecord]:
     """The records of the models among ``ids`` that have a measurement on this device, backend and protocol."""
     store = session.store
-    measured = store.measured_ids(session.device, session.backend.name, session.protocol.key(), kind="kernel",
-                                  name=kernel)
+    measured = store.measured_ids(
+        session.device, session.backend.name, session.protocol.key(), kind="kernel", name=kernel
+    )
     return {i: record for i in ids if i in measured and (record := store.get_model(i)) is not None}
 
 
-def _stored_samples(ws: Workspace, session: MeasuringSession, kernel: str, settings: KernelTrainingSettings,
-                    setup: str) -> list[Sample]:
+def _stored_samples(
+    ws: Workspace, session: MeasuringSession, kernel: str, settings: KernelTrainingSettings, setup: str
+) -> list[Sample]:
     """The measured samples of ``kernel``'s training plan (its prior and saved fine-grained lists), read from
     the store: nothing is built or measured."""
     refined = _saved_refinements(ws, setup, kernel, settings)
@@ -305,8 +356,9 @@ def _stored_samples(ws: Workspace, session: MeasuringSession, kernel: str, setti
     ids = {spec_model_id(session.backend, kernel_spec(kernel, c)): c for c in configs.values()}
     records = _measured_records(session, kernel, list(ids))
     measured = session.measure(list(records.values()), progress=lambda *_: None) if records else []
-    return [Sample(ids[m.model_id], m.latency_ms, m.device_seconds, m.error) for m in measured
-            if m.latency_ms is not None]
+    return [
+        Sample(ids[m.model_id], m.latency_ms, m.device_seconds, m.error) for m in measured if m.latency_ms is not None
+    ]
 
 
 def _remove_measured_files(session: MeasuringSession, records: Sequence[ModelRecord]) -> None:
@@ -321,20 +373,30 @@ def _remove_measured_files(session: MeasuringSession, records: Sequence[ModelRec
 def _result_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
     """The settings a trained kernel depends on (all but which kernels to train and whether to keep files), its
     prior list and :func:`trainer_version`."""
-    return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
-            **trainer_version(settings), "prior": _prior_digest(kernel, settings)}
+    return {
+        **{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("kernels", "keep_models")},
+        **trainer_version(settings),
+        "prior": _prior_digest(kernel, settings),
+    }
 
 
 def _up_to_date(ws: Workspace, result: KernelResult, kernel: str, settings: KernelTrainingSettings) -> bool:
     """Whether ``result`` was trained with these settings, prior and feature schema, and its file is intact."""
     path = ws.root / result.file
-    return (result.settings == _result_settings(kernel, settings)
-            and result.feature_schema_version == FEATURE_SCHEMA_VERSION
-            and path.is_file() and sha256_file(path) == result.sha256)
+    return (
+        result.settings == _result_settings(kernel, settings)
+        and result.feature_schema_version == FEATURE_SCHEMA_VERSION
+        and path.is_file()
+        and sha256_file(path) == result.sha256
+    )
 
 
-def _saved_refinements(ws: Workspace, setup: str, kernel: str, settings: KernelTrainingSettings,
-                       ) -> list[list[dict]]:
+def _saved_refinements(
+    ws: Workspace,
+    setup: str,
+    kernel: str,
+    settings: KernelTrainingSettings,
+) -> list[list[dict]]:
     """The fine-grained lists planned for ``kernel`` under these settings (none when planned under others)."""
     plan = ws.store.get_state(state.kernel_plan_key(setup, kernel), {})
     return plan.get("refinements", []) if plan.get("settings") == _plan_settings(kernel, settings) else []
@@ -342,8 +404,16 @@ def _saved_refinements(ws: Workspace, setup: str, kernel: str, settings: KernelT
 
 def _plan_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:
     """The settings and prior list a saved fine-grained plan depends on; another value makes the loop plan anew."""
-    keys = ("init_samples", "finegrained_samples", "error_threshold", "noise_floor_ms", "max_refined_points",
-            "regressor", "validation_fraction", "seed")
+    keys = (
+        "init_samples",
+        "finegrained_samples",
+        "error_threshold",
+        "noise_floor_ms",
+        "max_refined_points",
+        "regressor",
+        "validation_fraction",
+        "seed",
+    )
     return {**{k: getattr(settings, k) for k in keys}, "prior": _prior_digest(kernel, settings)}
 
 
@@ -354,5 +424,10 @@ def _prior_digest(kernel: str, settings: KernelTrainingSettings) -> str:
 
 
 def _device_dict(info: DeviceInfo) -> dict[str, Any]:
-    return {"id": info.device, "description": info.description, "runtime": info.runtime,
-            "runtime_versions": dict(info.runtime_versions), "facts": dict(info.facts)}
+    return {
+        "id": info.device,
+        "description": info.description,
+        "runtime": info.runtime,
+        "runtime_versions": dict(info.runtime_versions),
+        "facts": dict(info.facts),
+    }

@@ -59,11 +59,15 @@ class PackageResult:
 
     def calibration_summary(self) -> str:
         """The device calibrations the artifact holds, or why one is missing, in one line."""
-        overhead = (f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us" if not self.overhead_error
-                    else f"invoke overhead not measured ({self.overhead_error})")
+        overhead = (
+            f"invoke overhead {1000 * self.invoke_overhead_ms:.1f} us"
+            if not self.overhead_error
+            else f"invoke overhead not measured ({self.overhead_error})"
+        )
         mc = self.model_correction
-        correction = (f"model correction: {mc.describe()}" if mc is not None
-                      else f"no model correction ({self.correction_error})")
+        correction = (
+            f"model correction: {mc.describe()}" if mc is not None else f"no model correction ({self.correction_error})"
+        )
         return f"{overhead}; {correction}"
 
 
@@ -77,8 +81,9 @@ def invoke_overhead_ms(session: MeasuringSession) -> float:
     measurement is reused). Raises NnmeterError when the device cannot measure it."""
     prepared = session.prepare([kernel_spec(*OVERHEAD_KERNEL)], progress=lambda *_: None)[0]
     if prepared.record is None or not prepared.ok:
-        raise NnmeterError(f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: "
-                           f"{prepared.error}")
+        raise NnmeterError(
+            f"the trivial model ({OVERHEAD_KERNEL[0]} {OVERHEAD_KERNEL[1]}) does not convert: {prepared.error}"
+        )
     record = session.measure([prepared.record], progress=lambda *_: None)[0]
     if record.latency_ms is None:
         raise NnmeterError(f"the trivial model could not be measured: {record.status.value}: {record.error}")
@@ -89,17 +94,23 @@ def invoke_overhead_ms(session: MeasuringSession) -> float:
 #: seed of their own, so never the evaluation set's; 0.6-14 MB of weights at small resolutions, and wide ResNets
 #: whose weights climb in even steps (15, 36, 80, 183 MB) at 64 px, where their weights, not their work, set their
 #: latency.
-CALIBRATION_SETS = ((("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception"), (96, 128)),
-                    (("nas-resnet-wide",), (64,)))
+CALIBRATION_SETS = (
+    (("nas-mbv2", "nas-resnet", "nas-shuffle", "nas-inception"), (96, 128)),
+    (("nas-resnet-wide",), (64,)),
+)
 CALIBRATION_PER_FAMILY = 4
 CALIBRATION_SEED = 7919
 #: Fewer calibration models than this with a measurement and a full prediction: no correction is fitted.
 MIN_CALIBRATION_MODELS = 4
 
 
-def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float], kernel_sum_ms: Sequence[float],
-                         refetched_mb: Sequence[float] | None = None, private_cache_mb: float = 0.0,
-                         ) -> ModelCorrection:
+def fit_model_correction(
+    weight_mb: Sequence[float],
+    whole_ms: Sequence[float],
+    kernel_sum_ms: Sequence[float],
+    refetched_mb: Sequence[float] | None = None,
+    private_cache_mb: float = 0.0,
+) -> ModelCorrection:
     """The correction (:class:`ModelCorrection`) that predicts ``whole_ms`` from ``kernel_sum_ms``, ``weight_mb``
     and ``refetched_mb`` best, each form fitted on relative error by non-negative least squares: none; a factor
     on the kernels (``scale``); a term on the weights above a threshold (``ms_per_mb * max(0, weight_mb - t)``,
@@ -110,8 +121,10 @@ def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float], 
     w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
     r = np.zeros_like(w) if refetched_mb is None else np.asarray(refetched_mb, dtype=float)
     if not (w.shape == m.shape == p.shape == r.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
-        raise ValueError("fit_model_correction: needs equally many weights, whole (> 0) and kernel-sum (> 0) "
-                         "latencies (and refetched weights, when given)")
+        raise ValueError(
+            "fit_model_correction: needs equally many weights, whole (> 0) and kernel-sum (> 0) "
+            "latencies (and refetched weights, when given)"
+        )
     forms = [(False, False, False), (True, False, False), (False, False, True), (True, False, True)]
     if refetched_mb is not None and private_cache_mb > 0 and np.any(r > 0):
         forms += [(True, True, False), (True, True, True)]
@@ -120,8 +133,11 @@ def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float], 
         return _fitted_correction(w[keep], m[keep], p[keep], r[keep], *form, private_cache_mb=private_cache_mb)
 
     def loo_error(form: tuple[bool, bool, bool]) -> float:
-        errors = [fit(form, np.arange(w.size) != i).apply(p[i], 1e6 * w[i], 1e6 * r[i]) / m[i] - 1
-                  for i in range(w.size)] if w.size > 1 else [0.0]
+        errors = (
+            [fit(form, np.arange(w.size) != i).apply(p[i], 1e6 * w[i], 1e6 * r[i]) / m[i] - 1 for i in range(w.size)]
+            if w.size > 1
+            else [0.0]
+        )
         return float(np.mean(np.square(errors)))
 
     best = fit(min(forms, key=loo_error))
@@ -129,8 +145,16 @@ def fit_model_correction(weight_mb: Sequence[float], whole_ms: Sequence[float], 
     return dataclasses.replace(best, fitted_on=int(w.size), residual=residual)
 
 
-def _fitted_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, r: np.ndarray, scale: bool, refetch: bool,
-                       weight: bool, private_cache_mb: float) -> ModelCorrection:
+def _fitted_correction(
+    w: np.ndarray,
+    m: np.ndarray,
+    p: np.ndarray,
+    r: np.ndarray,
+    scale: bool,
+    refetch: bool,
+    weight: bool,
+    private_cache_mb: float,
+) -> ModelCorrection:
     """One form of :func:`fit_model_correction`: the factor (else 1), the refetch term and the weight term (each
     else 0) that fit best on relative error, for the weight term at the best of the candidate thresholds."""
     if not (scale or refetch or weight):
@@ -150,8 +174,13 @@ def _fitted_correction(w: np.ndarray, m: np.ndarray, p: np.ndarray, r: np.ndarra
     factor = float(next(values)) if scale else 1.0
     refetch_slope = float(next(values)) if refetch else 0.0
     slope = float(next(values)) if weight else 0.0
-    return ModelCorrection(slope, threshold if slope > 0 else 0.0, scale=factor, ms_per_refetched_mb=refetch_slope,
-                           private_cache_mb=private_cache_mb if refetch else 0.0)
+    return ModelCorrection(
+        slope,
+        threshold if slope > 0 else 0.0,
+        scale=factor,
+        ms_per_refetched_mb=refetch_slope,
+        private_cache_mb=private_cache_mb if refetch else 0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -165,19 +194,27 @@ class CalibrationModel:
     refetched_mb: float = 0.0  # see :func:`nnmeter.predictor.engine.refetched_weight_bytes`
 
 
-def calibrate_model_correction(session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules,
-                               overhead_ms: float) -> ModelCorrection:
+def calibrate_model_correction(
+    session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules, overhead_ms: float
+) -> ModelCorrection:
     """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
     info = session.backend.device_info
     private_cache_mb = private_cache_bytes(info.facts if info is not None else {}) / 1e6
     rows = calibration_models(session, kernel_types, rules, overhead_ms, private_cache_mb)
     if len(rows) < MIN_CALIBRATION_MODELS:
         planned = CALIBRATION_PER_FAMILY * sum(len(families) for families, _ in CALIBRATION_SETS)
-        raise NnmeterError(f"only {len(rows)} of {planned} calibration "
-                           f"models could be measured whole and kernel by kernel (at least "
-                           f"{MIN_CALIBRATION_MODELS} are needed)")
-    return fit_model_correction([r.weight_mb for r in rows], [r.whole_ms for r in rows],
-                                [r.kernels_ms for r in rows], [r.refetched_mb for r in rows], private_cache_mb)
+        raise NnmeterError(
+            f"only {len(rows)} of {planned} calibration "
+            f"models could be measured whole and kernel by kernel (at least "
+            f"{MIN_CALIBRATION_MODELS} are needed)"
+        )
+    return fit_model_correction(
+        [r.weight_mb for r in rows],
+        [r.whole_ms for r in rows],
+        [r.kernels_ms for r in rows],
+        [r.refetched_mb for r in rows],
+        private_cache_mb,
+    )
 
 
 def private_cache_bytes(facts: Mapping[str, str]) -> float:
@@ -189,15 +226,30 @@ def private_cache_bytes(facts: Mapping[str, str]) -> float:
         return 0.0
 
 
-def calibration_models(session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules,
-                       overhead_ms: float, private_cache_mb: float = 0.0) -> list[CalibrationModel]:
+def calibration_models(
+    session: MeasuringSession,
+    kernel_types: Sequence[str],
+    rules: FusionRules,
+    overhead_ms: float,
+    private_cache_mb: float = 0.0,
+) -> list[CalibrationModel]:
     """Measure the calibration models whole and kernel by kernel, each model next to its kernels (through the
     store: stored measurements are reused); the models that could be, with their numbers."""
-    zoo = [m for families, resolutions in CALIBRATION_SETS
-           for m in evaluation_set(families, CALIBRATION_PER_FAMILY, resolutions, CALIBRATION_SEED)]
-    specs = [ModelSpec("evaluation", f"calibration-{m.name}", {"family": m.family, "purpose": "calibration",
-                                                               **m.params},
-                       build_zoo_model, (m.family, f"calibration-{m.name}", dict(m.params))) for m in zoo]
+    zoo = [
+        m
+        for families, resolutions in CALIBRATION_SETS
+        for m in evaluation_set(families, CALIBRATION_PER_FAMILY, resolutions, CALIBRATION_SEED)
+    ]
+    specs = [
+        ModelSpec(
+            "evaluation",
+            f"calibration-{m.name}",
+            {"family": m.family, "purpose": "calibration", **m.params},
+            build_zoo_model,
+            (m.family, f"calibration-{m.name}", dict(m.params)),
+        )
+        for m in zoo
+    ]
     prepared = [p for p in session.prepare(specs, description="converting calibration models") if p.ok]
     detected = []  # the models the packaged kernels predict entirely, with their kernels
     for p in prepared:
@@ -208,8 +260,9 @@ def calibration_models(session: MeasuringSession, kernel_types: Sequence[str], r
         if detection.kernels and not detection.unsupported:
             detected.append((p, detection.kernels))
     kernel_specs = [[kernel_spec(k.kernel, k.config) for k in kernels] for _, kernels in detected]
-    prepared_kernels = iter(session.prepare([s for specs in kernel_specs for s in specs],
-                                            description="converting their kernels"))
+    prepared_kernels = iter(
+        session.prepare([s for specs in kernel_specs for s in specs], description="converting their kernels")
+    )
     kernels_of = [[next(prepared_kernels) for _ in specs] for specs in kernel_specs]
     # each model is measured next to its kernels, in their batch or the one that follows seconds later: the
     # correction is the ratio of the two, and a batch of the models alone can sit in a slow period of the host
@@ -223,26 +276,43 @@ def calibration_models(session: MeasuringSession, kernel_types: Sequence[str], r
         if whole_ms is not None and all(t is not None for t in times):
             # each kernel measured alone paid the invoke overhead the model pays once
             kernels_ms = sum(times) - (len(times) - 1) * overhead_ms  # type: ignore[arg-type]
-            rows.append(CalibrationModel(p.spec.name, weight_bytes(kernels) / 1e6, whole_ms, kernels_ms,
-                                         refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6))
+            rows.append(
+                CalibrationModel(
+                    p.spec.name,
+                    weight_bytes(kernels) / 1e6,
+                    whole_ms,
+                    kernels_ms,
+                    refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6,
+                )
+            )
     return rows
 
 
-def package_workspace(ws: Workspace, out_dir: Path | None = None, *, name: str | None = None,
-                      version: str = "1.0", kernels: Sequence[str] | None = None,
-                      overwrite: bool = False, reporter: Reporter = SILENT) -> PackageResult:
+def package_workspace(
+    ws: Workspace,
+    out_dir: Path | None = None,
+    *,
+    name: str | None = None,
+    version: str = "1.0",
+    kernels: Sequence[str] | None = None,
+    overwrite: bool = False,
+    reporter: Reporter = SILENT,
+) -> PackageResult:
     """Write the predictor artifact of ``ws``; NnmeterError when nothing (valid) is trained."""
     setup, results = trained_kernels(ws)
     if setup is None or not results:
-        raise NnmeterError(f"{ws.root}: no trained kernel regressors",
-                           f"train them first: nnmeter-build train {ws.root}")
+        raise NnmeterError(
+            f"{ws.root}: no trained kernel regressors", f"train them first: nnmeter-build train {ws.root}"
+        )
     wanted = list(kernels) if kernels else list(ws.campaign.kernels.kernels)
     unformed = kernels_to_train(ws)[1]  # left out on purpose, not missing (packaged if trained anyway)
     by_kernel = {r.kernel: r for r in results}
     missing = [k for k in (kernels or []) if k not in by_kernel]
     if missing:
-        raise NnmeterError(f"no trained regressor for {', '.join(missing)} (trained: {', '.join(by_kernel)})",
-                           f"nnmeter-build train {ws.root} --kernel {missing[0]}")
+        raise NnmeterError(
+            f"no trained regressor for {', '.join(missing)} (trained: {', '.join(by_kernel)})",
+            f"nnmeter-build train {ws.root} --kernel {missing[0]}",
+        )
     payloads = {}
     for kernel in wanted:
         result = by_kernel.get(kernel)
@@ -250,14 +320,17 @@ def package_workspace(ws: Workspace, out_dir: Path | None = None, *, name: str |
             continue
         path = ws.root / result.file
         if result.feature_schema_version != FEATURE_SCHEMA_VERSION:
-            raise NnmeterError(f"kernel {kernel} was trained with feature schema {result.feature_schema_version}, "
-                               f"this nnmeter computes {FEATURE_SCHEMA_VERSION}",
-                               f"train it again: nnmeter-build train {ws.root} --kernel {kernel}")
+            raise NnmeterError(
+                f"kernel {kernel} was trained with feature schema {result.feature_schema_version}, "
+                f"this nnmeter computes {FEATURE_SCHEMA_VERSION}",
+                f"train it again: nnmeter-build train {ws.root} --kernel {kernel}",
+            )
         if not path.is_file() or sha256_file(path) != result.sha256:
-            raise NnmeterError(f"{path}: missing or changed since kernel {kernel} was trained",
-                               f"train it again: nnmeter-build train {ws.root} --kernel {kernel}")
-        payloads[kernel] = KernelPayload(load_ensemble(path), samples=result.samples,
-                                         metrics=result.metrics.to_dict())
+            raise NnmeterError(
+                f"{path}: missing or changed since kernel {kernel} was trained",
+                f"train it again: nnmeter-build train {ws.root} --kernel {kernel}",
+            )
+        payloads[kernel] = KernelPayload(load_ensemble(path), samples=result.samples, metrics=result.metrics.to_dict())
     rules_path = ws.rules_file
     rules = load_rules(rules_path) if rules_path.is_file() else default_rules()
     device = setup["device"]
@@ -274,15 +347,30 @@ def package_workspace(ws: Workspace, out_dir: Path | None = None, *, name: str |
     except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit off
         overhead_error = correction_error = str(err)
     written = write_artifact(
-        out, name=name or _default_name(setup["backend"], device.get("id", "")), version=version, device=device,
-        backend=setup["backend"], protocol={"key": setup["protocol_key"], **setup["protocol"]}, rules=rules,
-        kernels=payloads, overwrite=overwrite, invoke_overhead_ms=overhead, model_correction=correction,
+        out,
+        name=name or _default_name(setup["backend"], device.get("id", "")),
+        version=version,
+        device=device,
+        backend=setup["backend"],
+        protocol={"key": setup["protocol_key"], **setup["protocol"]},
+        rules=rules,
+        kernels=payloads,
+        overwrite=overwrite,
+        invoke_overhead_ms=overhead,
+        model_correction=correction,
         description=f"kernel regressors of {ws.root.resolve().name}; fusion rules: "
-                    f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
+        f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
-    return PackageResult(written, tuple(payloads), str(rules_path) if rules_path.is_file() else "default",
-                         tuple(k for k in wanted if k not in payloads and k not in unformed), overhead,
-                         overhead_error, correction, correction_error)
+    return PackageResult(
+        written,
+        tuple(payloads),
+        str(rules_path) if rules_path.is_file() else "default",
+        tuple(k for k in wanted if k not in payloads and k not in unformed),
+        overhead,
+        overhead_error,
+        correction,
+        correction_error,
+    )
 
 
 def _default_name(backend: str, device: str) -> str:

@@ -62,26 +62,41 @@ class KernelSamples:
     device_minutes: float
 
 
-def render_report(*, title: str, workspace: str, evaluation: EvaluationResult | None,
-                  kernels: Sequence[KernelRow] = (), rules: FusionRules | None = None,
-                  steps: Sequence[StepCost] = (), samples: Sequence[KernelSamples] = (),
-                  device: Mapping[str, Any] | None = None, generated_at: str | None = None) -> str:
+def render_report(
+    *,
+    title: str,
+    workspace: str,
+    evaluation: EvaluationResult | None,
+    kernels: Sequence[KernelRow] = (),
+    rules: FusionRules | None = None,
+    steps: Sequence[StepCost] = (),
+    samples: Sequence[KernelSamples] = (),
+    device: Mapping[str, Any] | None = None,
+    generated_at: str | None = None,
+) -> str:
     """The report's HTML from plain values (no workspace needed: tests render synthetic data)."""
     template = resources.files("nnmeter.builder").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     total = sum(s.device_minutes for s in steps)
     cost = {
-        "steps": list(steps), "samples": list(samples), "total_minutes": total,
-        "total_models": sum(s.models for s in steps), "total_measurements": sum(s.measurements for s in steps),
+        "steps": list(steps),
+        "samples": list(samples),
+        "total_minutes": total,
+        "total_models": sum(s.models for s in steps),
+        "total_measurements": sum(s.measurements for s in steps),
         "total_failed": sum(s.failed for s in steps),
         "plot": svg.hbars([(s.step, s.device_minutes) for s in steps], title="device minutes per step"),
     }
     return env.from_string(template).render(
-        title=title, workspace=workspace, version=__version__,
+        title=title,
+        workspace=workspace,
+        version=__version__,
         generated_at=generated_at or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         evaluation=_evaluation_context(evaluation) if evaluation is not None and evaluation.models else None,
-        kernels=list(kernels), rules=_rules_context(rules) if rules is not None and rules.pairs else None,
-        cost=cost, device=dict(device or {}),
+        kernels=list(kernels),
+        rules=_rules_context(rules) if rules is not None and rules.pairs else None,
+        cost=cost,
+        device=dict(device or {}),
     )
 
 
@@ -91,25 +106,38 @@ def _evaluation_context(result: EvaluationResult) -> dict[str, Any]:
     by_family: dict[str, list[tuple[float, float, str]]] = {}
     for m in scored:
         by_family.setdefault(m.family, []).append(
-            (m.measured_ms, m.predictions[NNMETER], f"{m.name}: measured {m.measured_ms:.3f} ms, "
-                                                    f"predicted {m.predictions[NNMETER]:.3f} ms"))
+            (
+                m.measured_ms,
+                m.predictions[NNMETER],
+                f"{m.name}: measured {m.measured_ms:.3f} ms, predicted {m.predictions[NNMETER]:.3f} ms",
+            )
+        )
     histograms = []
     for i, method in enumerate(methods):
         errors = [100 * e for e in (m.relative_error(method) for m in scored) if e is not None]
-        histograms.append(svg.histogram(errors, title=f"{method}: predicted vs measured",
-                                        colour=svg.PALETTE[i % len(svg.PALETTE)]))
+        histograms.append(
+            svg.histogram(errors, title=f"{method}: predicted vs measured", colour=svg.PALETTE[i % len(svg.PALETTE)])
+        )
     return {
         "overall": {method: result.metrics(method) for method in methods},
         "repeatability": result.repeatability(),
         "unsteady": result.unsteady_ground_truth(),
         "methods": methods,
         "notes": dict(result.notes),
-        "per_family": [{"family": f, "metrics": {method: result.metrics(method, f) for method in methods},
-                        "repeatability": result.repeatability(f)} for f in result.families],
+        "per_family": [
+            {
+                "family": f,
+                "metrics": {method: result.metrics(method, f) for method in methods},
+                "repeatability": result.repeatability(f),
+            }
+            for f in result.families
+        ],
         "models": list(result.models),
         "scatter_all": svg.scatter_log(by_family, title="nnmeter: all models", width=560, height=480),
-        "scatter_families": [svg.scatter_log({f: pts}, title=f, width=300, height=270, first_colour=i)
-                             for i, (f, pts) in enumerate(by_family.items())],
+        "scatter_families": [
+            svg.scatter_log({f: pts}, title=f, width=300, height=270, first_colour=i)
+            for i, (f, pts) in enumerate(by_family.items())
+        ],
         "histograms": histograms,
     }
 
@@ -119,13 +147,25 @@ def _rules_context(rules: FusionRules) -> dict[str, Any]:
     for rule in sorted(rules.pairs.values(), key=lambda r: (r.op1, r.op2)):
         fused = "undecided" if rule.obey is None else ("fused" if rule.obey else "separate")
         notes = "; ".join(x for x in ("inside the noise" if rule.uncertain else "", rule.error) if x)
-        rows.append({"op1": rule.op1, "op2": rule.op2, "fused": fused, "margin": rule.margin,
-                     "confidence": rule.confidence, "notes": notes,
-                     "t1": rule.t1.median_ms if rule.t1 else None, "t2": rule.t2.median_ms if rule.t2 else None,
-                     "t12": rule.t12.median_ms if rule.t12 else None})
+        rows.append(
+            {
+                "op1": rule.op1,
+                "op2": rule.op2,
+                "fused": fused,
+                "margin": rule.margin,
+                "confidence": rule.confidence,
+                "notes": notes,
+                "t1": rule.t1.median_ms if rule.t1 else None,
+                "t2": rule.t2.median_ms if rule.t2 else None,
+                "t12": rule.t12.median_ms if rule.t12 else None,
+            }
+        )
     mon = rules.mon.value if rules.mon is not None else None
-    return {"pairs": rows, "alpha": rules.alpha,
-            "mon": "undecided" if mon is None else f"{mon} (fuse with {MON_NAMES[mon]} consumers)"}
+    return {
+        "pairs": rows,
+        "alpha": rules.alpha,
+        "mon": "undecided" if mon is None else f"{mon} (fuse with {MON_NAMES[mon]} consumers)",
+    }
 
 
 # --- gathering from a workspace ----------------------------------------------
@@ -157,8 +197,10 @@ def campaign_cost(ws: Workspace) -> tuple[list[StepCost], list[KernelSamples]]:
             per_step["evaluation"][1] += len(first_pass.get("latency_ms", {}))
             per_step["evaluation"][3] += float(first_pass.get("device_seconds", 0.0))
     order = list(STEP_OF_KIND.values())
-    steps = [StepCost(step, int(v[0]), int(v[1]), int(v[2]), v[3] / 60)
-             for step, v in sorted(per_step.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+    steps = [
+        StepCost(step, int(v[0]), int(v[1]), int(v[2]), v[3] / 60)
+        for step, v in sorted(per_step.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    ]
     samples = [KernelSamples(k, int(v[0]), v[1] / 60) for k, v in sorted(per_kernel.items())]
     return steps, samples
 
@@ -174,9 +216,16 @@ def write_report(ws: Workspace, evaluation_path: Path | None = None, out: Path |
     if evaluation is not None:
         device = {**device, **{k: v for k, v in evaluation.device.items() if k not in device}}
     steps, samples = campaign_cost(ws)
-    html = render_report(title=f"{ws.campaign.backend_name} on {device.get('device', 'this device')}",
-                         workspace=str(ws.root), evaluation=evaluation, kernels=kernels, rules=rules,
-                         steps=steps, samples=samples, device=device)
+    html = render_report(
+        title=f"{ws.campaign.backend_name} on {device.get('device', 'this device')}",
+        workspace=str(ws.root),
+        evaluation=evaluation,
+        kernels=kernels,
+        rules=rules,
+        steps=steps,
+        samples=samples,
+        device=device,
+    )
     out = out or ws.reports_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".html.tmp")
@@ -194,12 +243,24 @@ def _predictor_facts(ws: Workspace) -> tuple[list[KernelRow], dict[str, Any]]:
     if not (folder / MANIFEST).is_file():
         return [], {}
     manifest = read_manifest(folder)
-    rows = [KernelRow(name, entry.samples, _opt(entry.metrics.get("rmse_ms")), _opt(entry.metrics.get("rmspe")),
-                      _opt(entry.metrics.get("acc5")), _opt(entry.metrics.get("acc10")), entry.regressor)
-            for name, entry in sorted(manifest.kernels.items())]
+    rows = [
+        KernelRow(
+            name,
+            entry.samples,
+            _opt(entry.metrics.get("rmse_ms")),
+            _opt(entry.metrics.get("rmspe")),
+            _opt(entry.metrics.get("acc5")),
+            _opt(entry.metrics.get("acc10")),
+            entry.regressor,
+        )
+        for name, entry in sorted(manifest.kernels.items())
+    ]
     device = dict(manifest.device)
-    facts = {"device": device.pop("id", ""), "backend": manifest.backend, "predictor": f"{manifest.name} "
-             f"{manifest.version} (built {manifest.created})"}
+    facts = {
+        "device": device.pop("id", ""),
+        "backend": manifest.backend,
+        "predictor": f"{manifest.name} {manifest.version} (built {manifest.created})",
+    }
     for key in ("description", "runtime"):
         if key in device:
             facts[key] = device.pop(key)
@@ -210,8 +271,9 @@ def _predictor_facts(ws: Workspace) -> tuple[list[KernelRow], dict[str, Any]]:
     facts["invoke overhead"] = f"{1000 * manifest.invoke_overhead_ms:.1f} us"
     mc = manifest.model_correction
     facts["model correction"] = mc.describe() if mc else "none"
-    facts["drift correction"] = ws.store.drift_check(facts["device"], manifest.backend, ws.campaign.protocol.key()
-                                                     ).describe()
+    facts["drift correction"] = ws.store.drift_check(
+        facts["device"], manifest.backend, ws.campaign.protocol.key()
+    ).describe()
     facts.update({f"library {k}": v for k, v in manifest.libraries.items()})
     return rows, facts
 

@@ -83,8 +83,12 @@ def _setup(ws: Workspace) -> dict[str, Any]:
     """What every measuring step depends on: the backend and its options, the protocol, and how a latency is read
     from a stored measurement (a new reading runs the steps again on the stored measurements)."""
     c = ws.campaign
-    return {"backend": c.backend_name, "options": section_to_dict(c.backend_options), "protocol": c.protocol.key(),
-            "latency_reading": LATENCY_READING_VERSION}
+    return {
+        "backend": c.backend_name,
+        "options": section_to_dict(c.backend_options),
+        "protocol": c.protocol.key(),
+        "latency_reading": LATENCY_READING_VERSION,
+    }
 
 
 def _run_rules(ws: Workspace, _backend: Backend | None, opts: _Options) -> tuple[str, bool]:
@@ -100,9 +104,11 @@ def _run_rules(ws: Workspace, _backend: Backend | None, opts: _Options) -> tuple
 def _run_kernels(ws: Workspace, _backend: Backend | None, opts: _Options) -> tuple[str, bool]:
     training = train_workspace_kernels(ws, workers=opts.workers, reporter=opts.reporter)
     if not training.results:
-        raise NnmeterError(f"no kernel could be trained ({len(training.errors)} failed: "
-                           f"{'; '.join(f'{k}: {e}' for k, e in training.errors.items())})",
-                           "check the device with `nnmeter-build connect WS`")
+        raise NnmeterError(
+            f"no kernel could be trained ({len(training.errors)} failed: "
+            f"{'; '.join(f'{k}: {e}' for k, e in training.errors.items())})",
+            "check the device with `nnmeter-build connect WS`",
+        )
     detail = f"{len(training.results)} kernels, {sum(r.samples for r in training.results)} samples"
     if training.unformed:
         detail += f"; not formed by the device's rules, not trained: {', '.join(training.unformed)}"
@@ -126,8 +132,9 @@ def _run_evaluate(ws: Workspace, backend: Backend | None, opts: _Options) -> tup
     result = evaluate_workspace(ws, backend, models, reporter=opts.reporter)
     m = result.metrics(NNMETER)
     rep = result.repeatability()
-    detail = (f"{m.n} of {len(result.models)} models scored: ±10 % {_pct(m.within_10)}, RMSPE {m.rmspe:.1f} %"
-              + (f"; repeatability ±10 % {_pct(rep.within_10)}" if rep.n else ""))
+    detail = f"{m.n} of {len(result.models)} models scored: ±10 % {_pct(m.within_10)}, RMSPE {m.rmspe:.1f} %" + (
+        f"; repeatability ±10 % {_pct(rep.within_10)}" if rep.n else ""
+    )
     unsteady = result.unsteady_ground_truth()
     if unsteady:
         detail += f"; {unsteady}"
@@ -147,22 +154,47 @@ def _pct(x: float) -> str:
 def _kernels_settings(ws: Workspace) -> dict[str, Any]:
     """The kernels step's settings, and the trainer's version: a new nnmeter whose features, tree format or
     regressor changed trains again (from the store, measuring nothing again)."""
-    return {**_setup(ws), "kernels": section_to_dict(ws.campaign.kernels),
-            "trainer": trainer_version(ws.campaign.kernels)}
+    return {
+        **_setup(ws),
+        "kernels": section_to_dict(ws.campaign.kernels),
+        "trainer": trainer_version(ws.campaign.kernels),
+    }
 
 
 _STEP_LIST = (
-    _Step("rules", "fusion test: which op pairs run fused", (),
-          lambda ws: {**_setup(ws), "rules": section_to_dict(ws.campaign.rules)}, lambda ws: ws.rules_file.is_file(),
-          _run_rules),
+    _Step(
+        "rules",
+        "fusion test: which op pairs run fused",
+        (),
+        lambda ws: {**_setup(ws), "rules": section_to_dict(ws.campaign.rules)},
+        lambda ws: ws.rules_file.is_file(),
+        _run_rules,
+    ),
     # the kernels step consumes the rules: it trains only the kernel types they form (kernels_to_train)
-    _Step("kernels", "sample, measure and train one regressor per kernel", ("rules",), _kernels_settings,
-          lambda ws: bool(trained_kernels(ws)[1]), _run_kernels),
-    _Step("package", "write the predictor artifact", ("rules", "kernels"), lambda ws: {},
-          lambda ws: (ws.predictor_dir / MANIFEST).is_file(), _run_package),
-    _Step("evaluate", "measure and predict the evaluation models; baselines", ("package",),
-          lambda ws: {**_setup(ws), "evaluation": section_to_dict(ws.campaign.evaluation)},
-          lambda ws: (ws.reports_dir / EVALUATION_FILE).is_file(), _run_evaluate),
+    _Step(
+        "kernels",
+        "sample, measure and train one regressor per kernel",
+        ("rules",),
+        _kernels_settings,
+        lambda ws: bool(trained_kernels(ws)[1]),
+        _run_kernels,
+    ),
+    _Step(
+        "package",
+        "write the predictor artifact",
+        ("rules", "kernels"),
+        lambda ws: {},
+        lambda ws: (ws.predictor_dir / MANIFEST).is_file(),
+        _run_package,
+    ),
+    _Step(
+        "evaluate",
+        "measure and predict the evaluation models; baselines",
+        ("package",),
+        lambda ws: {**_setup(ws), "evaluation": section_to_dict(ws.campaign.evaluation)},
+        lambda ws: (ws.reports_dir / EVALUATION_FILE).is_file(),
+        _run_evaluate,
+    ),
     _Step("report", "write reports/index.html", (), lambda ws: None, lambda ws: False, _run_report),
 )
 assert tuple(s.name for s in _STEP_LIST) == STEPS
@@ -188,8 +220,14 @@ def step_status(ws: Workspace) -> dict[str, StepStatus]:
     return out
 
 
-def run_campaign(ws: Workspace, *, only: Sequence[str] | None = None, force: Sequence[str] = (),
-                 workers: int | None = None, reporter: Reporter = SILENT) -> list[StepResult]:
+def run_campaign(
+    ws: Workspace,
+    *,
+    only: Sequence[str] | None = None,
+    force: Sequence[str] = (),
+    workers: int | None = None,
+    reporter: Reporter = SILENT,
+) -> list[StepResult]:
     """Run the campaign's steps (or ``only`` those), skipping the up-to-date ones unless named in ``force``."""
     unknown = [s for s in (*(only or ()), *force) if s not in STEPS]
     if unknown:
@@ -205,8 +243,14 @@ def run_campaign(ws: Workspace, *, only: Sequence[str] | None = None, force: Seq
         for i, step in enumerate(selected, 1):
             upstream_stale = any(d in stale or status[d] != StepStatus.UP_TO_DATE for d in step.depends)
             if status[step.name] == StepStatus.UP_TO_DATE and step.name not in force and not upstream_stale:
-                results.append(StepResult(step.name, StepStatus.UP_TO_DATE, 0.0,
-                                          (ws.store.get_state(state.step_key(step.name)) or {}).get("detail", "")))
+                results.append(
+                    StepResult(
+                        step.name,
+                        StepStatus.UP_TO_DATE,
+                        0.0,
+                        (ws.store.get_state(state.step_key(step.name)) or {}).get("detail", ""),
+                    )
+                )
                 reporter.note(f"step {i}/{len(selected)} {step.name}: up to date, skipped")
                 continue
             reporter.section(f"step {i}/{len(selected)}: {step.name} — {step.doc}")
@@ -217,13 +261,20 @@ def run_campaign(ws: Workspace, *, only: Sequence[str] | None = None, force: Seq
             detail, complete = step.run(ws, backend, opts)
             seconds = time.monotonic() - started
             if complete:
-                ws.store.set_state(state.step_key(step.name), {"fingerprint": prints[step.name], "detail": detail,
-                                                               "seconds": seconds, "finished_at": time.time()})
-            results.append(StepResult(step.name, StepStatus.RAN if complete else StepStatus.INCOMPLETE, seconds,
-                                      detail))
+                ws.store.set_state(
+                    state.step_key(step.name),
+                    {
+                        "fingerprint": prints[step.name],
+                        "detail": detail,
+                        "seconds": seconds,
+                        "finished_at": time.time(),
+                    },
+                )
+            results.append(
+                StepResult(step.name, StepStatus.RAN if complete else StepStatus.INCOMPLETE, seconds, detail)
+            )
             reporter.note(f"{step.name}: {detail} ({seconds:.0f} s)")
     finally:
         if backend is not None:
             backend.close()
     return results
-

@@ -60,8 +60,10 @@ class Workspace:
             raise NnmeterError(f"{root}: exists and is not a folder", "pick another path for the workspace")
         campaign_path = root / CAMPAIGN_FILE
         if campaign_path.exists() and not overwrite:
-            raise NnmeterError(f"{root}: is already a workspace ({CAMPAIGN_FILE} exists)",
-                               "pass --force to rewrite campaign.yaml (the store and models are kept)")
+            raise NnmeterError(
+                f"{root}: is already a workspace ({CAMPAIGN_FILE} exists)",
+                "pass --force to rewrite campaign.yaml (the store and models are kept)",
+            )
         text = render_campaign(backend_name)  # an unknown backend fails here, before anything is written
         root.mkdir(parents=True, exist_ok=True)
         for folder in FOLDERS:
@@ -141,15 +143,24 @@ class Workspace:
 
     def connect(self) -> Backend:
         """The campaign's backend, connected (its ``device_info`` filled in)."""
-        return connect_backend(self.campaign.backend_name, section_to_dict(self.campaign.backend_options),
-                               source=str(self.campaign_path), key_path="backend")
+        return connect_backend(
+            self.campaign.backend_name,
+            section_to_dict(self.campaign.backend_options),
+            source=str(self.campaign_path),
+            key_path="backend",
+        )
 
-    def session(self, backend: Backend, *, protocol: MeasurementProtocol | None = None, workers: int | None = None,
-                reporter: Reporter = SILENT) -> MeasuringSession:
+    def session(
+        self,
+        backend: Backend,
+        *,
+        protocol: MeasurementProtocol | None = None,
+        workers: int | None = None,
+        reporter: Reporter = SILENT,
+    ) -> MeasuringSession:
         """A measuring session on ``backend`` (connected) that keeps models and measurements in this workspace,
         with the campaign's protocol unless ``protocol`` is given."""
-        return MeasuringSession(self.store, self.root, backend, protocol or self.campaign.protocol, workers,
-                                reporter)
+        return MeasuringSession(self.store, self.root, backend, protocol or self.campaign.protocol, workers, reporter)
 
     def add_user_models(self, paths: Sequence[Path | str]) -> list[ModelRecord]:
         """Copy user model files into models/user/ and record them (kind 'user'), one record per path.
@@ -169,8 +180,11 @@ class Workspace:
                     shutil.copytree(path, target)
                 else:
                     shutil.copyfile(path, target)
-            records.append(ModelRecord(id=model_id, kind="user", name=path.name,
-                                       files={fmt: target.relative_to(self.root).as_posix()}))
+            records.append(
+                ModelRecord(
+                    id=model_id, kind="user", name=path.name, files={fmt: target.relative_to(self.root).as_posix()}
+                )
+            )
         return self.store.add_models(records)
 
 
@@ -186,12 +200,14 @@ def model_file_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
-        raise ModelFileError(f"{path}: is a folder but not a SavedModel (no saved_model.pb in it)",
-                             f"nnmeter reads {_READABLE}")
+        raise ModelFileError(
+            f"{path}: is a folder but not a SavedModel (no saved_model.pb in it)", f"nnmeter reads {_READABLE}"
+        )
     fmt = USER_MODEL_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise ModelFileError(f"{path}: not a model file nnmeter reads (suffix {path.suffix or 'none'!r})",
-                             f"nnmeter reads {_READABLE}")
+        raise ModelFileError(
+            f"{path}: not a model file nnmeter reads (suffix {path.suffix or 'none'!r})", f"nnmeter reads {_READABLE}"
+        )
     with open(path, "rb") as fh:
         head = fh.read(8)
     suffix = path.suffix.lower()
@@ -204,8 +220,10 @@ def model_file_format(path: Path) -> str:
     else:
         valid = _is_onnx(path)
     if not valid:
-        raise ModelFileError(f"{path}: is not a valid {suffix} model (its content does not match the format)",
-                             "check the file is complete and was saved in that format")
+        raise ModelFileError(
+            f"{path}: is not a valid {suffix} model (its content does not match the format)",
+            "check the file is complete and was saved in that format",
+        )
     return fmt
 
 

@@ -14,17 +14,24 @@ from nnmeter.errors import EXIT_FAILED, EXIT_OK, NnmeterError
 
 def _rules_arguments(p: argparse.ArgumentParser) -> None:
     workspace_argument(p)
-    p.add_argument("--show", action="store_true",
-                   help="only show the saved rules (rules/fusion_rules.json); measure nothing")
-    p.add_argument("--remeasure", action="store_true",
-                   help="measure every test case again instead of reusing the store's measurements "
-                        "(an independent second run)")
+    p.add_argument(
+        "--show", action="store_true", help="only show the saved rules (rules/fusion_rules.json); measure nothing"
+    )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure every test case again instead of reusing the store's measurements (an independent second run)",
+    )
     workers_argument(p)
     p.add_argument("--json", action="store_true", help="print the rules file's JSON instead of a table")
 
 
-@command("rules", "detect which op pairs the device runs fused: build, measure and compare the test cases; "
-                  "writes rules/fusion_rules.json", _rules_arguments)
+@command(
+    "rules",
+    "detect which op pairs the device runs fused: build, measure and compare the test cases; "
+    "writes rules/fusion_rules.json",
+    _rules_arguments,
+)
 def _cmd_rules(args: argparse.Namespace) -> int:
     from nnmeter.builder.rules import run_workspace_rules
     from nnmeter.builder.workspace import Workspace
@@ -50,27 +57,42 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     for line in tables.fusion_summary(rules):
         out.line(line)
     if report is not None:
-        out.line(f"wrote {path} ({report.seconds:.0f} s, {report.remeasure_passes} extra passes of cases "
-                 f"inside the noise)")
+        out.line(
+            f"wrote {path} ({report.seconds:.0f} s, {report.remeasure_passes} extra passes of cases inside the noise)"
+        )
     return EXIT_OK
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     workspace_argument(p)
-    p.add_argument("--kernel", action="append", metavar="K", dest="kernels",
-                   help="train only this kernel (repeat for several), whether the device's fusion rules form it "
-                        "or not; default: those of the campaign's kernels.kernels that the rules form")
-    p.add_argument("--init", type=int, metavar="N",
-                   help="prior samples per kernel, family members' too (overrides kernels.init_samples and "
-                        "kernels.member_samples)")
-    p.add_argument("--iterations", type=int, metavar="N",
-                   help="adaptive fine-grained rounds per kernel, family members' too (overrides kernels.iterations "
-                        "and kernels.member_samples)")
+    p.add_argument(
+        "--kernel",
+        action="append",
+        metavar="K",
+        dest="kernels",
+        help="train only this kernel (repeat for several), whether the device's fusion rules form it "
+        "or not; default: those of the campaign's kernels.kernels that the rules form",
+    )
+    p.add_argument(
+        "--init",
+        type=int,
+        metavar="N",
+        help="prior samples per kernel, family members' too (overrides kernels.init_samples and "
+        "kernels.member_samples)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="adaptive fine-grained rounds per kernel, family members' too (overrides kernels.iterations "
+        "and kernels.member_samples)",
+    )
     workers_argument(p)
 
 
-@command("train", "sample, measure and train one latency regressor per kernel, refining where it errs",
-         _train_arguments)
+@command(
+    "train", "sample, measure and train one latency regressor per kernel, refining where it errs", _train_arguments
+)
 def _cmd_train(args: argparse.Namespace) -> int:
     from nnmeter.builder.kernels import train_workspace_kernels
     from nnmeter.builder.workspace import Workspace
@@ -81,14 +103,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Output()
     with Workspace.open(args.workspace) as ws:
         with out.reporter() as reporter:
-            training = train_workspace_kernels(ws, args.kernels, init=args.init, iterations=args.iterations,
-                                               workers=args.workers, reporter=reporter)
+            training = train_workspace_kernels(
+                ws, args.kernels, init=args.init, iterations=args.iterations, workers=args.workers, reporter=reporter
+            )
         out.table(tables.kernel_results(training.results, training.errors))
         for kernel, message in training.errors.items():
             out.error(f"{kernel}: {message}")
         for kernel, reason in training.unformed.items():
-            out.line(f"{kernel}: not trained, the device's fusion rules never form it ({reason}; "
-                     f"train it anyway with --kernel {kernel})")
+            out.line(
+                f"{kernel}: not trained, the device's fusion rules never form it ({reason}; "
+                f"train it anyway with --kernel {kernel})"
+            )
         if training.results:
             out.line(f"next: nnmeter-build package {ws.root} -o DIR [--install]")
     return EXIT_FAILED if training.errors else EXIT_OK
@@ -96,19 +121,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _package_arguments(p: argparse.ArgumentParser) -> None:
     workspace_argument(p)
-    p.add_argument("-o", "--output", metavar="DIR",
-                   help="the predictor folder to write (default: WS/predictor)")
+    p.add_argument("-o", "--output", metavar="DIR", help="the predictor folder to write (default: WS/predictor)")
     p.add_argument("--name", help="predictor name (default: <backend>-<device>)")
     p.add_argument("--version", dest="predictor_version", default="1.0", help="predictor version (default 1.0)")
-    p.add_argument("--kernel", action="append", metavar="K", dest="kernels",
-                   help="package only this kernel (repeat for several); default: every trained campaign kernel")
-    p.add_argument("--install", action="store_true",
-                   help="also copy it into the user predictor folder, where `predictors` lists it")
+    p.add_argument(
+        "--kernel",
+        action="append",
+        metavar="K",
+        dest="kernels",
+        help="package only this kernel (repeat for several); default: every trained campaign kernel",
+    )
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="also copy it into the user predictor folder, where `predictors` lists it",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder or installed version")
 
 
-@command("package", "write the predictor artifact: manifest, fusion rules and one regressor per kernel",
-         _package_arguments)
+@command(
+    "package", "write the predictor artifact: manifest, fusion rules and one regressor per kernel", _package_arguments
+)
 def _cmd_package(args: argparse.Namespace) -> int:
     from nnmeter.builder.packaging import package_workspace
     from nnmeter.builder.workspace import Workspace
@@ -116,14 +149,21 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
     out = Output()
     with Workspace.open(args.workspace) as ws, out.reporter() as reporter:
-        result = package_workspace(ws, Path(args.output) if args.output else None, name=args.name,
-                                   version=args.predictor_version, kernels=args.kernels, overwrite=args.force,
-                                   reporter=reporter)
+        result = package_workspace(
+            ws,
+            Path(args.output) if args.output else None,
+            name=args.name,
+            version=args.predictor_version,
+            kernels=args.kernels,
+            overwrite=args.force,
+            reporter=reporter,
+        )
     out.line(f"wrote {result.path}: {len(result.kernels)} kernel regressors, rules: {result.rules_source}")
     out.line(result.calibration_summary())
     if result.skipped:
-        shown = ", ".join(result.skipped[:6]) + (f" and {len(result.skipped) - 6} more"
-                                                  if len(result.skipped) > 6 else "")
+        shown = ", ".join(result.skipped[:6]) + (
+            f" and {len(result.skipped) - 6} more" if len(result.skipped) > 6 else ""
+        )
         out.line(f"{len(result.skipped)} campaign kernels not trained, left out: {shown}")
     if args.install:
         out.line(f"installed as {install_predictor(result.path, overwrite=args.force)}")
@@ -132,15 +172,25 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", metavar="WS_OR_CAMPAIGN_YAML", help="a workspace folder or its campaign.yaml")
-    p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (rules, kernels, package, "
-                   "evaluate, report)")
-    p.add_argument("--force", nargs="+", default=[], metavar="STEP",
-                   help="run these steps even when up to date (measurements in the store are still reused)")
+    p.add_argument(
+        "--only", nargs="+", metavar="STEP", help="run only these steps (rules, kernels, package, evaluate, report)"
+    )
+    p.add_argument(
+        "--force",
+        nargs="+",
+        default=[],
+        metavar="STEP",
+        help="run these steps even when up to date (measurements in the store are still reused)",
+    )
     workers_argument(p)
 
 
-@command("run", "run the campaign: rules -> kernels -> package -> evaluate -> report; each step is skipped "
-                "when up to date, and a killed run resumes where it stopped", _run_arguments)
+@command(
+    "run",
+    "run the campaign: rules -> kernels -> package -> evaluate -> report; each step is skipped "
+    "when up to date, and a killed run resumes where it stopped",
+    _run_arguments,
+)
 def _cmd_run(args: argparse.Namespace) -> int:
     from nnmeter.builder.steps import run_campaign
     from nnmeter.builder.workspace import Workspace
@@ -159,20 +209,33 @@ def _steps_exit(results) -> int:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workspace", metavar="WS", help="a workspace folder (or its campaign.yaml) with a packaged "
-                   "predictor")
-    p.add_argument("--models", metavar="DIR", help="evaluate the model files in DIR (.tflite, .onnx, .keras, "
-                   ".h5, SavedModel folders; subfolders are families) instead of the campaign's evaluation set; "
-                   "writes reports/evaluation-<DIR>.json and reports/<DIR>.html")
+    p.add_argument(
+        "workspace", metavar="WS", help="a workspace folder (or its campaign.yaml) with a packaged predictor"
+    )
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        help="evaluate the model files in DIR (.tflite, .onnx, .keras, "
+        ".h5, SavedModel folders; subfolders are families) instead of the campaign's evaluation set; "
+        "writes reports/evaluation-<DIR>.json and reports/<DIR>.html",
+    )
     workers_argument(p)
-    p.add_argument("--remeasure", action="store_true", help="measure the models again (both passes) instead of "
-                   "reusing stored measurements, e.g. when the device was busy during the last evaluation; the "
-                   "store keeps the old ones")
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure the models again (both passes) instead of "
+        "reusing stored measurements, e.g. when the device was busy during the last evaluation; the "
+        "store keeps the old ones",
+    )
     json_argument(p)
 
 
-@command("evaluate", "measure and predict real models on the workspace's device; accuracy of the predictor "
-                     "and of the FLOPs-linear and no-fusion baselines", _evaluate_arguments)
+@command(
+    "evaluate",
+    "measure and predict real models on the workspace's device; accuracy of the predictor "
+    "and of the FLOPs-linear and no-fusion baselines",
+    _evaluate_arguments,
+)
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnmeter.builder.evaluate import evaluate_workspace, folder_models, zoo_models
     from nnmeter.builder.report import write_report
@@ -186,8 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 folder = Path(args.models)
                 models = folder_models(ws, backend, folder, args.workers, reporter=reporter)
                 path = ws.reports_dir / f"evaluation-{folder.resolve().name}.json"
-                result = evaluate_workspace(ws, backend, models, out=path, remeasure=args.remeasure,
-                                            reporter=reporter)
+                result = evaluate_workspace(ws, backend, models, out=path, remeasure=args.remeasure, reporter=reporter)
                 page = write_report(ws, evaluation_path=path, out=ws.reports_dir / f"{folder.resolve().name}.html")
             else:
                 models = zoo_models(ws, backend, args.workers, reporter=reporter)
@@ -206,8 +268,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@command("report", "write reports/index.html: accuracy plots, kernel and fusion-rule tables, campaign cost "
-                   "(one self-contained file)", workspace_argument)
+@command(
+    "report",
+    "write reports/index.html: accuracy plots, kernel and fusion-rule tables, campaign cost (one self-contained file)",
+    workspace_argument,
+)
 def _cmd_report(args: argparse.Namespace) -> int:
     from nnmeter.builder.report import write_report
     from nnmeter.builder.workspace import Workspace
@@ -218,14 +283,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workspace", metavar="DIR", nargs="?", default="nnmeter-quickstart",
-                   help="the workspace to make (or resume) (default: ./nnmeter-quickstart)")
+    p.add_argument(
+        "workspace",
+        metavar="DIR",
+        nargs="?",
+        default="nnmeter-quickstart",
+        help="the workspace to make (or resume) (default: ./nnmeter-quickstart)",
+    )
     workers_argument(p)
 
 
-@command("quickstart", "build a predictor for this machine's CPU (tflite-local) with a small real campaign, "
-                       "evaluate it and write the report (about 20 minutes on 2 cores; resumable)",
-         _quickstart_arguments)
+@command(
+    "quickstart",
+    "build a predictor for this machine's CPU (tflite-local) with a small real campaign, "
+    "evaluate it and write the report (about 20 minutes on 2 cores; resumable)",
+    _quickstart_arguments,
+)
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from nnmeter.builder.quickstart import quickstart_workspace, usage_text
     from nnmeter.builder.steps import run_campaign
@@ -238,4 +311,3 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         out.table(tables.steps(results))
         out.line(usage_text(ws))
     return _steps_exit(results)
-

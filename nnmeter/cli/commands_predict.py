@@ -40,16 +40,27 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--predictor", required=True, metavar="NAME_OR_PATH",
-                   help="an installed predictor (name or name@version) or a predictor folder")
-    p.add_argument("models", nargs="+", metavar="MODEL_OR_DIR",
-                   help="model files (.tflite, .onnx, .keras, .h5, .pb, IR .json), SavedModel folders, or "
-                   "folders of model files")
+    p.add_argument(
+        "--predictor",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="an installed predictor (name or name@version) or a predictor folder",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL_OR_DIR",
+        help="model files (.tflite, .onnx, .keras, .h5, .pb, IR .json), SavedModel folders, or folders of model files",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per model with the per-kernel rows")
-    p.add_argument("--input-shape", metavar="DIMS", help="fix a dynamic input shape, in the model's own layout, "
-                   "e.g. 1,224,224,3")
-    p.add_argument("--no-strict", action="store_true",
-                   help="predict what is supported and list the rest, instead of failing on unsupported ops")
+    p.add_argument(
+        "--input-shape", metavar="DIMS", help="fix a dynamic input shape, in the model's own layout, e.g. 1,224,224,3"
+    )
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="predict what is supported and list the rest, instead of failing on unsupported ops",
+    )
 
 
 def _model_paths(items: list[str]) -> list[str]:
@@ -59,19 +70,22 @@ def _model_paths(items: list[str]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir() and not (path / "saved_model.pb").is_file():
-            found = sorted(str(f) for f in path.iterdir() if f.suffix.lower() in MODEL_SUFFIXES
-                           or (f.is_dir() and (f / "saved_model.pb").is_file()))
+            found = sorted(
+                str(f)
+                for f in path.iterdir()
+                if f.suffix.lower() in MODEL_SUFFIXES or (f.is_dir() and (f / "saved_model.pb").is_file())
+            )
             if not found:
-                raise NnmeterError(f"{path}: a folder with no model files",
-                                   "model files end in " + ", ".join(MODEL_SUFFIXES))
+                raise NnmeterError(
+                    f"{path}: a folder with no model files", "model files end in " + ", ".join(MODEL_SUFFIXES)
+                )
             paths += found
         else:
             paths.append(item)
     return paths
 
 
-@command("predict", "predict the latency of model files on a predictor's device, kernel by kernel",
-         _predict_arguments)
+@command("predict", "predict the latency of model files on a predictor's device, kernel by kernel", _predict_arguments)
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nnmeter.predictor.engine import load_predictor
 

@@ -15,10 +15,17 @@ from nnmeter.errors import EXIT_FAILED, EXIT_OK, ConfigError, NnmeterError
 
 def _init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of the new workspace (created if missing)")
-    p.add_argument("--backend", default="tflite-local", metavar="NAME",
-                   help="the device + runtime to build for (default: tflite-local; see `nnmeter-build backends`)")
-    p.add_argument("--force", action="store_true",
-                   help="rewrite campaign.yaml of an existing workspace (its store and models are kept)")
+    p.add_argument(
+        "--backend",
+        default="tflite-local",
+        metavar="NAME",
+        help="the device + runtime to build for (default: tflite-local; see `nnmeter-build backends`)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite campaign.yaml of an existing workspace (its store and models are kept)",
+    )
 
 
 @command("init", "make a workspace: a commented campaign.yaml, an empty store and its folders", _init_arguments)
@@ -28,8 +35,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     out = Output()
     ws = Workspace.create(args.dir, args.backend, overwrite=args.force)
-    out.line(f"workspace {ws.root}: {ws.campaign_path.name} ({args.backend}), {ws.store_path.name}, "
-             "models/, rules/, predictor/, reports/")
+    out.line(
+        f"workspace {ws.root}: {ws.campaign_path.name} ({args.backend}), {ws.store_path.name}, "
+        "models/, rules/, predictor/, reports/"
+    )
     try:
         load_campaign(ws.campaign_path)
     except ConfigError as err:  # e.g. a backend that needs a device address: the user fills it in
@@ -39,8 +48,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@command("connect", "check the device: its facts, and one real measurement of a tiny bundled model",
-         workspace_argument)
+@command("connect", "check the device: its facts, and one real measurement of a tiny bundled model", workspace_argument)
 def _cmd_connect(args: argparse.Namespace) -> int:
     from nnmeter.builder.workspace import Workspace, tiny_model_path
 
@@ -49,25 +57,38 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         info = backend.device_info
         assert info is not None
         facts = tables.Table(f"{info.backend} on {info.device}", ("fact", "value"))
-        for key, value in [("device", info.description), ("runtime", info.runtime),
-                           *[(f"version: {k}", v) for k, v in info.runtime_versions.items()], *info.facts.items()]:
+        for key, value in [
+            ("device", info.description),
+            ("runtime", info.runtime),
+            *[(f"version: {k}", v) for k, v in info.runtime_versions.items()],
+            *info.facts.items(),
+        ]:
             facts.add(key, value)
         out.table(facts)
         records = ws.add_user_models([tiny_model_path()])
-        results = ws.session(backend, reporter=reporter).measure(records, remeasure=True,
-                                                                 description="measuring the tiny model")
+        results = ws.session(backend, reporter=reporter).measure(
+            records, remeasure=True, description="measuring the tiny model"
+        )
     return _show_measurements(out, records, results)
 
 
 def _profile_arguments(p: argparse.ArgumentParser) -> None:
     workspace_argument(p)
-    p.add_argument("models", metavar="MODEL", nargs="+",
-                   help="model files: .tflite, .keras, .h5, .onnx, or a SavedModel folder")
-    p.add_argument("--runs", type=int, metavar="N",
-                   help="timed runs per model, about: sets the protocol's rounds x runs_per_round (a round "
-                        "still lasts at least min_round_ms); default: the campaign's protocol")
-    p.add_argument("--remeasure", action="store_true",
-                   help="measure again models already measured with this device, backend and protocol")
+    p.add_argument(
+        "models", metavar="MODEL", nargs="+", help="model files: .tflite, .keras, .h5, .onnx, or a SavedModel folder"
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="timed runs per model, about: sets the protocol's rounds x runs_per_round (a round "
+        "still lasts at least min_round_ms); default: the campaign's protocol",
+    )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure again models already measured with this device, backend and protocol",
+    )
     json_argument(p)
 
 
@@ -83,15 +104,24 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         protocol = ws.campaign.protocol.for_whole_models()
         if args.runs is not None:
             per_round = min(protocol.runs_per_round, args.runs)
-            protocol = dataclasses.replace(protocol, runs_per_round=per_round,
-                                           rounds=max(1, round(args.runs / per_round)))
+            protocol = dataclasses.replace(
+                protocol, runs_per_round=per_round, rounds=max(1, round(args.runs / per_round))
+            )
         records = ws.add_user_models(args.models)
         with ws.connect() as backend, out.reporter() as reporter:
-            results = ws.session(backend, protocol=protocol, reporter=reporter).measure(records,
-                                                                                        remeasure=args.remeasure)
+            results = ws.session(backend, protocol=protocol, reporter=reporter).measure(
+                records, remeasure=args.remeasure
+            )
     if args.json:
-        print(json.dumps([{"model": r.name, "path": p, **_measurement_json(m)}
-                          for r, p, m in zip(records, args.models, results)], indent=1))
+        print(
+            json.dumps(
+                [
+                    {"model": r.name, "path": p, **_measurement_json(m)}
+                    for r, p, m in zip(records, args.models, results)
+                ],
+                indent=1,
+            )
+        )
         return EXIT_OK if all(m.status.has_latency for m in results) else EXIT_FAILED
     return _show_measurements(out, records, results)
 
@@ -116,8 +146,12 @@ def _status_arguments(p: argparse.ArgumentParser) -> None:
     json_argument(p)
 
 
-@command("status", "what the workspace's store holds: models per kind and status, measurement setups, and which "
-                   "campaign steps are up to date", _status_arguments)
+@command(
+    "status",
+    "what the workspace's store holds: models per kind and status, measurement setups, and which "
+    "campaign steps are up to date",
+    _status_arguments,
+)
 def _cmd_status(args: argparse.Namespace) -> int:
     from nnmeter.builder.steps import step_status
     from nnmeter.builder.workspace import Workspace
@@ -128,8 +162,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         current = (ws.campaign.backend_name, ws.campaign.protocol.key())
         steps = step_status(ws)
         if args.json:
-            print(json.dumps({"store": str(ws.store_path), **dataclasses.asdict(summary),
-                              "steps": {k: v.value for k, v in steps.items()}}, indent=1))
+            print(
+                json.dumps(
+                    {
+                        "store": str(ws.store_path),
+                        **dataclasses.asdict(summary),
+                        "steps": {k: v.value for k, v in steps.items()},
+                    },
+                    indent=1,
+                )
+            )
             return EXIT_OK
     if not summary.models:
         out.line(f"{ws.store_path}: no models yet")
@@ -161,12 +203,27 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
     from nnmeter import ops
 
     if args.json:
-        print(json.dumps({"kernels": [{"name": k.name, "ops": list(k.ops), "keys": list(k.keys), "doc": k.doc,
-                                       "inputs": "2-4" if ops.CINS in k.keys else k.inputs}
-                                      for k in ops.KERNELS.values()],
-                          "keys": {key: ops.describe_range(key)
-                                   for key in dict.fromkeys(key for k in ops.KERNELS.values() for key in k.keys)}},
-                         indent=1))
+        print(
+            json.dumps(
+                {
+                    "kernels": [
+                        {
+                            "name": k.name,
+                            "ops": list(k.ops),
+                            "keys": list(k.keys),
+                            "doc": k.doc,
+                            "inputs": "2-4" if ops.CINS in k.keys else k.inputs,
+                        }
+                        for k in ops.KERNELS.values()
+                    ],
+                    "keys": {
+                        key: ops.describe_range(key)
+                        for key in dict.fromkeys(key for k in ops.KERNELS.values() for key in k.keys)
+                    },
+                },
+                indent=1,
+            )
+        )
         return EXIT_OK
     out = Output()
     out.table(tables.kernel_types())
@@ -179,17 +236,24 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     workspace_argument(p)
     p.add_argument("--kernel", required=True, metavar="K", help="kernel type (see `nnmeter-build kernels`)")
     p.add_argument("-n", type=int, default=100, metavar="N", help="number of configs (default 100)")
-    p.add_argument("--sampler", default="prior", choices=("prior", "finegrained", "uniform"),
-                   help="prior: real-model layers with jittered channels (default); uniform: the valid sets; "
-                        "finegrained: around --around")
-    p.add_argument("--around", metavar="JSON", help='finegrained only: the config to sample around, e.g. '
-                   '\'{"HW": 28, "CIN": 64, "COUT": 128, "KERNEL_SIZE": 3, "STRIDES": 1}\'')
+    p.add_argument(
+        "--sampler",
+        default="prior",
+        choices=("prior", "finegrained", "uniform"),
+        help="prior: real-model layers with jittered channels (default); uniform: the valid sets; "
+        "finegrained: around --around",
+    )
+    p.add_argument(
+        "--around",
+        metavar="JSON",
+        help="finegrained only: the config to sample around, e.g. "
+        '\'{"HW": 28, "CIN": 64, "COUT": 128, "KERNEL_SIZE": 3, "STRIDES": 1}\'',
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0): same seed, same configs")
     workers_argument(p)
 
 
-@command("sample", "sample kernel configs, build and convert their models into the workspace store",
-         _sample_arguments)
+@command("sample", "sample kernel configs, build and convert their models into the workspace store", _sample_arguments)
 def _cmd_sample(args: argparse.Namespace) -> int:
     from nnmeter.backends import backend_class
     from nnmeter.builder.workspace import Workspace
@@ -202,20 +266,27 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         around = json.loads(args.around) if args.around else None
         configs = sample_configs(args.kernel, args.n, args.sampler, seed=args.seed, around=around)
     except json.JSONDecodeError as err:
-        raise NnmeterError(f"--around: not JSON ({err})",
-                           'give a JSON object, e.g. \'{"HW": 28, "CIN": 64}\'') from None
+        raise NnmeterError(
+            f"--around: not JSON ({err})", 'give a JSON object, e.g. \'{"HW": 28, "CIN": 64}\''
+        ) from None
     except ValueError as err:
         raise NnmeterError(str(err), "see `nnmeter-build kernels` for kernel types and valid values") from None
     out = Output()
-    with Workspace.open(args.workspace) as ws, out.reporter() as reporter, \
-            backend_class(ws.campaign.backend_name)(ws.campaign.backend_options) as backend:  # no device needed
+    with (
+        Workspace.open(args.workspace) as ws,
+        out.reporter() as reporter,
+        backend_class(ws.campaign.backend_name)(ws.campaign.backend_options) as backend,
+    ):  # no device needed
         prepared = ws.session(backend, workers=args.workers, reporter=reporter).prepare(
-            [kernel_spec(args.kernel, c) for c in configs], description=f"{args.kernel}: building and converting")
+            [kernel_spec(args.kernel, c) for c in configs], description=f"{args.kernel}: building and converting"
+        )
     reused = sum(p.reused for p in prepared)
     failed = [p for p in prepared if not p.ok]
-    out.line(f"{args.kernel}: {len(configs)} configs ({args.sampler}, seed {args.seed}): "
-             f"{len(prepared) - reused - len(failed)} converted, {reused} already in the store, "
-             f"{len(failed)} failed; models in {ws.models_dir}")
+    out.line(
+        f"{args.kernel}: {len(configs)} configs ({args.sampler}, seed {args.seed}): "
+        f"{len(prepared) - reused - len(failed)} converted, {reused} already in the store, "
+        f"{len(failed)} failed; models in {ws.models_dir}"
+    )
     for p in failed:
         out.error(f"{json.dumps(dict(p.spec.config))}: {p.error}")
     return EXIT_FAILED if failed else EXIT_OK

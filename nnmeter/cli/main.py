@@ -32,12 +32,17 @@ Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
 
-def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-            ) -> Callable[[Handler], Handler]:
+def command(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+) -> Callable[[Handler], Handler]:
     """Register the decorated function as the handler of ``nnmeter-build NAME``."""
+
     def register(handler: Handler) -> Handler:
         _COMMANDS[name] = (help, arguments, handler)
         return handler
+
     return register
 
 
@@ -67,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nnmeter-build {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"nnmeter-build {args.command}: interrupted; what was measured is in the store, "
-              "run the command again to resume", file=sys.stderr)
+        print(
+            f"nnmeter-build {args.command}: interrupted; what was measured is in the store, "
+            "run the command again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
@@ -83,8 +91,9 @@ def workspace_argument(p: argparse.ArgumentParser) -> None:
 
 
 def workers_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="model conversion processes (default: the campaign's backend setting)")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="model conversion processes (default: the campaign's backend setting)"
+    )
 
 
 def json_argument(p: argparse.ArgumentParser) -> None:

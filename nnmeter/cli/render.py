@@ -53,12 +53,12 @@ class Output:
 
     def line(self, text: str = "", *, warning: bool = False) -> None:
         """One line as it is (no markup), in yellow on a terminal when ``warning``."""
-        self.console.print(text, style="yellow" if warning and self.terminal else None, markup=False,
-                           highlight=False, soft_wrap=True)
+        self.console.print(
+            text, style="yellow" if warning and self.terminal else None, markup=False, highlight=False, soft_wrap=True
+        )
 
     def error(self, text: str) -> None:
-        self.console.print(text, style="red" if self.terminal else None, markup=False, highlight=False,
-                           soft_wrap=True)
+        self.console.print(text, style="red" if self.terminal else None, markup=False, highlight=False, soft_wrap=True)
 
     def rule(self, title: str) -> None:
         if self.terminal:
@@ -73,8 +73,9 @@ class Output:
         widths = [max([len(table.columns[i]), *(len(r[i]) for r in table.rows)]) for i in range(len(table.columns))]
 
         def row(cells: Sequence[str]) -> str:
-            out = [c.rjust(w) if name in table.right else c.ljust(w)
-                   for c, w, name in zip(cells, widths, table.columns)]
+            out = [
+                c.rjust(w) if name in table.right else c.ljust(w) for c, w, name in zip(cells, widths, table.columns)
+            ]
             return "  ".join(out).rstrip()
 
         if table.title:
@@ -88,8 +89,14 @@ class Output:
 
 
 def _rich_table(table: Table) -> RichTable:
-    out = RichTable(title=table.title or None, title_justify="left", header_style="bold", box=None,
-                    padding=(0, 2, 0, 0), pad_edge=False)
+    out = RichTable(
+        title=table.title or None,
+        title_justify="left",
+        header_style="bold",
+        box=None,
+        padding=(0, 2, 0, 0),
+        pad_edge=False,
+    )
     for name in table.columns:
         out.add_column(name, justify="right" if name in table.right else "left")
     for i, r in enumerate(table.rows):
@@ -114,9 +121,16 @@ class ConsoleReporter(Reporter):
 
     def _progress(self) -> Progress:
         if self._bars is None:
-            self._bars = Progress(TextColumn("{task.fields[label]}"), TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                  TimeRemainingColumn(), console=self.out.console)
+            self._bars = Progress(
+                TextColumn("{task.fields[label]}"),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.out.console,
+            )
             self._bars.start()
         return self._bars
 
@@ -161,8 +175,12 @@ class _BarTask(Task):
     def finish(self, text: str = "", failed: bool = False) -> None:
         task = self._bars.tasks[self._bars.task_ids.index(self._task)]
         total = task.total if task.total else 1
-        self._bars.update(self._task, total=total, completed=task.completed if failed else total,
-                          status=f"[red]{text}[/red]" if failed else text or task.fields.get("status", ""))
+        self._bars.update(
+            self._task,
+            total=total,
+            completed=task.completed if failed else total,
+            status=f"[red]{text}[/red]" if failed else text or task.fields.get("status", ""),
+        )
         self._bars.stop_task(self._task)
 
 

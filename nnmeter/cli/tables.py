@@ -21,14 +21,24 @@ if TYPE_CHECKING:  # the types of what is shown; their modules load scikit-learn
 def measurements(records: Sequence[ModelRecord], results: Sequence[MeasurementRecord]) -> Table:
     """One row per model: the statistics of its measurement, or its status."""
     by_id = {m.model_id: m for m in results}
-    table = Table("latency in ms (median: over rounds of each round's median)",
-                  ("model", "median", "mean", "std", "min", "p90", "runs", "rounds", "spread", "status"),
-                  right=("median", "mean", "std", "min", "p90", "runs", "rounds", "spread"))
+    table = Table(
+        "latency in ms (median: over rounds of each round's median)",
+        ("model", "median", "mean", "std", "min", "p90", "runs", "rounds", "spread", "status"),
+        right=("median", "mean", "std", "min", "p90", "runs", "rounds", "spread"),
+    )
     for rec in records:
         m = by_id[rec.id]
         s = m.stats if m.status.has_latency else None
-        numbers = ([*map(ms, (s.median_ms, s.mean_ms, s.std_ms, s.min_ms, s.p90_ms)), str(s.runs), str(s.rounds),
-                    f"{s.spread:.1%}"] if s else ["-"] * 8)
+        numbers = (
+            [
+                *map(ms, (s.median_ms, s.mean_ms, s.std_ms, s.min_ms, s.p90_ms)),
+                str(s.runs),
+                str(s.rounds),
+                f"{s.spread:.1%}",
+            ]
+            if s
+            else ["-"] * 8
+        )
         table.add(rec.name, *numbers, m.status.value)
     return table
 
@@ -40,28 +50,39 @@ def ms(value: float) -> str:
 
 def store_kinds(summary: StoreSummary) -> Table:
     statuses = sorted({s for counts in summary.statuses.values() for s in counts})
-    table = Table("models, by the status of their newest measurement", ("kind", "models", *statuses),
-                  right=("models", *statuses))
+    table = Table(
+        "models, by the status of their newest measurement", ("kind", "models", *statuses), right=("models", *statuses)
+    )
     for kind, n in summary.models.items():
         table.add(kind, n, *[summary.statuses[kind].get(s, 0) for s in statuses])
     return table
 
 
 def store_setups(summary: StoreSummary, current: tuple[str, str]) -> Table:
-    table = Table("measurement setups (* = the campaign's backend and protocol; rows: measurements stored; "
-                  "statuses: of each model's newest)",
-                  ("device", "backend", "protocol", "models", "rows", "device s", "statuses"),
-                  right=("models", "rows", "device s"))
+    table = Table(
+        "measurement setups (* = the campaign's backend and protocol; rows: measurements stored; "
+        "statuses: of each model's newest)",
+        ("device", "backend", "protocol", "models", "rows", "device s", "statuses"),
+        right=("models", "rows", "device s"),
+    )
     for g in summary.setups:
         mark = "*" if (g.backend, g.protocol_key) == current else ""
-        table.add(g.device, g.backend, g.protocol_key + mark, g.models, g.measurements, f"{g.device_seconds:.1f}",
-                  ", ".join(f"{k} {v}" for k, v in g.statuses.items()))
+        table.add(
+            g.device,
+            g.backend,
+            g.protocol_key + mark,
+            g.models,
+            g.measurements,
+            f"{g.device_seconds:.1f}",
+            ", ".join(f"{k} {v}" for k, v in g.statuses.items()),
+        )
     return table
 
 
 def backends(entries: Sequence[BackendEntry]) -> Table:
-    table = Table("backends (entry-point group nnmeter.backends)",
-                  ("name", "usable", "device and runtime / why not usable here"))
+    table = Table(
+        "backends (entry-point group nnmeter.backends)", ("name", "usable", "device and runtime / why not usable here")
+    )
     for b in entries:
         table.add(b.name, "yes" if b.usable else "no", b.description if b.usable else b.reason)
     return table
@@ -82,22 +103,25 @@ def config_keys() -> Table:
 
 
 def installed_predictors(found: Sequence[InstalledPredictor]) -> Table:
-    table = Table("installed predictors", ("name", "version", "device", "backend", "kernels",
-                                           "±10 % median / worst", "path"))
+    table = Table(
+        "installed predictors", ("name", "version", "device", "backend", "kernels", "±10 % median / worst", "path")
+    )
     for p in found:
         if p.error:
             table.add("unreadable", "", "", "", "", p.error, p.path)
             continue
         m = p.metrics
-        acc = (f"{100 * m['acc10_median']:.1f} % / {100 * m['acc10_worst']:.1f} % ({m['worst_kernel']})"
-               if m else "-")
+        acc = f"{100 * m['acc10_median']:.1f} % / {100 * m['acc10_worst']:.1f} % ({m['worst_kernel']})" if m else "-"
         table.add(p.name, p.version, p.device_description or p.device, p.backend, p.kernels, acc, p.path)
     return table
 
 
 def predictions(name: str, results: Sequence[PredictionResult]) -> Table:
-    table = Table(f"predicted latency on {name}", ("model", "latency ms", "kernels", "coverage", "left out"),
-                  right=("latency ms", "kernels", "coverage"))
+    table = Table(
+        f"predicted latency on {name}",
+        ("model", "latency ms", "kernels", "coverage", "left out"),
+        right=("latency ms", "kernels", "coverage"),
+    )
     for r in results:
         left = ", ".join(sorted({u.ops for u in r.unsupported})) or "-"
         table.add(r.model, f"{r.latency_ms:.3f}", len(r.kernels), f"{100 * r.coverage:.1f} %", left)
@@ -106,17 +130,30 @@ def predictions(name: str, results: Sequence[PredictionResult]) -> Table:
 
 def kernel_results(results: Sequence[KernelResult], errors: Mapping[str, str]) -> Table:
     """Kernel, samples, RMSE, RMSPE, +-5 %, +-10 % on its held-out configs, device minutes, regressor."""
-    table = Table("kernel regressors (scores on held-out prior configs)",
-                  ("kernel", "samples", "RMSE ms", "RMSPE %", "±5 %", "±10 %", "±10 % <0.05 ms", "device min",
-                   "regressor"),
-                  right=("samples", "RMSE ms", "RMSPE %", "±5 %", "±10 %", "±10 % <0.05 ms", "device min"))
+    table = Table(
+        "kernel regressors (scores on held-out prior configs)",
+        ("kernel", "samples", "RMSE ms", "RMSPE %", "±5 %", "±10 %", "±10 % <0.05 ms", "device min", "regressor"),
+        right=("samples", "RMSE ms", "RMSPE %", "±5 %", "±10 %", "±10 % <0.05 ms", "device min"),
+    )
     for r in results:
         m = r.metrics
         fast = "-" if m.acc10_fast is None else f"{100 * m.acc10_fast:.0f} % of {m.fast}"
-        samples = (f"{r.samples}" + (f" ({r.failed} failed)" if r.failed else "")
-                   + (f" + {r.family_samples} family" if r.family_samples else ""))
-        table.add(r.kernel, samples, f"{m.rmse_ms:.4f}", f"{m.rmspe:.1f}", f"{100 * m.acc5:.1f}",
-                  f"{100 * m.acc10:.1f}", fast, f"{r.device_seconds / 60:.1f}", r.regressor)
+        samples = (
+            f"{r.samples}"
+            + (f" ({r.failed} failed)" if r.failed else "")
+            + (f" + {r.family_samples} family" if r.family_samples else "")
+        )
+        table.add(
+            r.kernel,
+            samples,
+            f"{m.rmse_ms:.4f}",
+            f"{m.rmspe:.1f}",
+            f"{100 * m.acc5:.1f}",
+            f"{100 * m.acc10:.1f}",
+            fast,
+            f"{r.device_seconds / 60:.1f}",
+            r.regressor,
+        )
     for kernel, message in errors.items():
         table.add(kernel, "-", "-", "-", "-", "-", "-", "-", "failed: " + message.splitlines()[0])
     return table
@@ -131,14 +168,24 @@ def steps(results: Sequence[StepResult]) -> Table:
 
 def evaluation(result: EvaluationResult) -> Table:
     """Per method (and the second measurement), overall and per family: +-5 %, +-10 %, RMSPE, Spearman."""
-    table = Table(f"evaluation: {len(result.scored)} of {len(result.models)} models measured and predicted",
-                  ("scope", "method", "models", "±5 %", "±10 %", "RMSPE %", "RMSE ms", "Spearman"),
-                  right=("models", "±5 %", "±10 %", "RMSPE %", "RMSE ms", "Spearman"))
+    table = Table(
+        f"evaluation: {len(result.scored)} of {len(result.models)} models measured and predicted",
+        ("scope", "method", "models", "±5 %", "±10 %", "RMSPE %", "RMSE ms", "Spearman"),
+        right=("models", "±5 %", "±10 %", "RMSPE %", "RMSE ms", "Spearman"),
+    )
 
     def row(scope: str, method: str, m: Metrics) -> None:
         if m.n:
-            table.add(scope, method, m.n, f"{100 * m.within_5:.1f}", f"{100 * m.within_10:.1f}", f"{m.rmspe:.1f}",
-                      f"{m.rmse_ms:.3f}", "-" if m.spearman is None else f"{m.spearman:.3f}")
+            table.add(
+                scope,
+                method,
+                m.n,
+                f"{100 * m.within_5:.1f}",
+                f"{100 * m.within_10:.1f}",
+                f"{m.rmspe:.1f}",
+                f"{m.rmse_ms:.3f}",
+                "-" if m.spearman is None else f"{m.spearman:.3f}",
+            )
 
     for scope in (None, *result.families):
         for method in result.methods:
@@ -151,20 +198,38 @@ def evaluation(result: EvaluationResult) -> Table:
 
 def fusion_rules(rules: FusionRules, *, undecided: bool = False) -> Table:
     """The decided pairs (and, with ``undecided``, the others too), then MON."""
-    table = Table(f"fusion rules: {rules.backend or '?'} on {rules.device or '?'} (alpha {rules.alpha:g})",
-                  ("op pair", "T1 ms", "T2 ms", "T12 ms", "margin [95% CI]", "fused?", "confidence", "passes"),
-                  right=("T1 ms", "T2 ms", "T12 ms", "margin [95% CI]", "confidence", "passes"))
+    table = Table(
+        f"fusion rules: {rules.backend or '?'} on {rules.device or '?'} (alpha {rules.alpha:g})",
+        ("op pair", "T1 ms", "T2 ms", "T12 ms", "margin [95% CI]", "fused?", "confidence", "passes"),
+        right=("T1 ms", "T2 ms", "T12 ms", "margin [95% CI]", "confidence", "passes"),
+    )
     for rule in rules.pairs.values():
         if rule.obey is None and not undecided:
             continue
-        table.add(f"{rule.op1} -> {rule.op2}", _measured(rule.t1), _measured(rule.t2), _measured(rule.t12),
-                  _margin(rule), _fused(rule), _confidence(rule.confidence), rule.passes or "")
+        table.add(
+            f"{rule.op1} -> {rule.op2}",
+            _measured(rule.t1),
+            _measured(rule.t2),
+            _measured(rule.t12),
+            _margin(rule),
+            _fused(rule),
+            _confidence(rule.confidence),
+            rule.passes or "",
+        )
     if rules.mon is not None:
         mon = rules.mon
         what = "?" if mon.value is None else f"{mon.value} ({MON_NAMES[mon.value]})"
         block = mon.latencies_ms.get("block")
-        table.add("MON (op with several consumers)", "", "", f"{block:.4g}" if block is not None else "", "", what,
-                  _confidence(mon.confidence), mon.passes or "")
+        table.add(
+            "MON (op with several consumers)",
+            "",
+            "",
+            f"{block:.4g}" if block is not None else "",
+            "",
+            what,
+            _confidence(mon.confidence),
+            mon.passes or "",
+        )
     return table
 
 
@@ -178,8 +243,10 @@ def fusion_summary(rules: FusionRules) -> list[str]:
         lines.append(f"cost of one inference (empty model), taken off every margin: {empty.median_ms:.4g} ms")
     uncertain = rules.uncertain()
     if uncertain:
-        lines.append(f"uncertain (margin inside the noise between passes after re-measuring; decided by the "
-                     f"mean margin, may differ between runs): {', '.join(uncertain)}")
+        lines.append(
+            f"uncertain (margin inside the noise between passes after re-measuring; decided by the "
+            f"mean margin, may differ between runs): {', '.join(uncertain)}"
+        )
     groups: dict[str, list[str]] = {}
     for rule in rules.pairs.values():
         if rule.obey is None:

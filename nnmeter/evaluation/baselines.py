@@ -31,28 +31,54 @@ from nnmeter.predictor.rules import MON_NONE, FusionRules, MonRule, PairRule
 NOTES = {
     NNMETER: "kernels detected with the measured fusion rules, each predicted by its kernel regressor, summed",
     FLOPS_LINEAR: "latency = a * FLOPs + b, least squares on the measured evaluation models, leave one family "
-                  "out (each family predicted by a line fitted on the others)",
+    "out (each family predicted by a line fitted on the others)",
     NO_FUSION: "every op its own kernel (only bn is folded into the conv before it, as converters do), each "
-               "predicted by the artifact's single-op regressor, summed",
+    "predicted by the artifact's single-op regressor, summed",
 }
 
 
-def predict_model(artifact: Artifact, path: Path, name: str, model_id: str, family: str,
-                  measured: float | None, repeat: float | None, error: str = "") -> ModelEvaluation:
+def predict_model(
+    artifact: Artifact,
+    path: Path,
+    name: str,
+    model_id: str,
+    family: str,
+    measured: float | None,
+    repeat: float | None,
+    error: str = "",
+) -> ModelEvaluation:
     """The nnmeter and no-fusion predictions of the model file at ``path`` with its measurements."""
     try:
         result = Predictor(artifact).predict(str(path), strict=False)
         baseline = Predictor(NoFusion(artifact)).predict(str(path), strict=False)  # type: ignore[arg-type]
     except Exception as err:  # a converter failing on one model is a result of the evaluation, not its end
-        return ModelEvaluation(name, family, model_id, measured, repeat_ms=repeat,
-                               error=f"prediction failed: {type(err).__name__}: {err}".splitlines()[0])
-    predictions = {NNMETER: None if result.unsupported else result.latency_ms,
-                   NO_FUSION: None if baseline.unsupported else baseline.latency_ms}
+        return ModelEvaluation(
+            name,
+            family,
+            model_id,
+            measured,
+            repeat_ms=repeat,
+            error=f"prediction failed: {type(err).__name__}: {err}".splitlines()[0],
+        )
+    predictions = {
+        NNMETER: None if result.unsupported else result.latency_ms,
+        NO_FUSION: None if baseline.unsupported else baseline.latency_ms,
+    }
     flops = sum(k.features[feature_names(k.kernel).index("FLOPS")] for k in result.kernels)
     counts = Counter(f"{u.ops} ({u.reason})" for u in result.unsupported)
     unsupported = tuple(f"{n} x {what}" if n > 1 else what for what, n in counts.items())
-    return ModelEvaluation(name, family, model_id, measured, predictions, repeat_ms=repeat, flops=flops,
-                           kernels=len(result.kernels), unsupported=unsupported, error=error)
+    return ModelEvaluation(
+        name,
+        family,
+        model_id,
+        measured,
+        predictions,
+        repeat_ms=repeat,
+        flops=flops,
+        kernels=len(result.kernels),
+        unsupported=unsupported,
+        error=error,
+    )
 
 
 def with_flops_baseline(rows: Sequence[ModelEvaluation]) -> list[ModelEvaluation]:
@@ -61,16 +87,19 @@ def with_flops_baseline(rows: Sequence[ModelEvaluation]) -> list[ModelEvaluation
     out = list(rows)
     if not usable:
         return out
-    pred = flops_linear_predictions([rows[i].flops for i in usable], [rows[i].measured_ms for i in usable],  # type: ignore[misc]
-                                    [rows[i].family for i in usable])
+    pred = flops_linear_predictions(
+        [rows[i].flops for i in usable],
+        [rows[i].measured_ms for i in usable],  # type: ignore[misc]
+        [rows[i].family for i in usable],
+    )
     for i, p in zip(usable, pred):
-        out[i] = dataclasses.replace(rows[i], predictions={**rows[i].predictions,
-                                                           FLOPS_LINEAR: None if math.isnan(p) else float(p)})
+        out[i] = dataclasses.replace(
+            rows[i], predictions={**rows[i].predictions, FLOPS_LINEAR: None if math.isnan(p) else float(p)}
+        )
     return out
 
 
-def flops_linear_predictions(flops: Sequence[float], measured_ms: Sequence[float],
-                             groups: Sequence[str]) -> np.ndarray:
+def flops_linear_predictions(flops: Sequence[float], measured_ms: Sequence[float], groups: Sequence[str]) -> np.ndarray:
     """The FLOPs-linear baseline: each model predicted by a line fitted without its group.
 
     Leave one group (family) out; with a single group, leave one model out. The line minimises

@@ -56,7 +56,7 @@ class Metrics:
             n=int(m.size),
             within_5=float(np.mean(np.abs(err) <= 0.05)),
             within_10=float(np.mean(np.abs(err) <= 0.10)),
-            rmspe=float(np.sqrt(np.mean(err ** 2)) * 100),
+            rmspe=float(np.sqrt(np.mean(err**2)) * 100),
             rmse_ms=float(np.sqrt(np.mean((p - m) ** 2))),
             spearman=spearman(m, p),
             mean_error=float(np.mean(err)),
@@ -123,13 +123,15 @@ class EvaluationResult:
 
     def metrics(self, method: str = NNMETER, family: str | None = None) -> Metrics:
         rows = [m for m in self.scored if family is None or m.family == family]
-        return Metrics.of([m.measured_ms for m in rows],
-                          [_nan(m.predictions.get(method)) for m in rows])
+        return Metrics.of([m.measured_ms for m in rows], [_nan(m.predictions.get(method)) for m in rows])
 
     def repeatability(self, family: str | None = None) -> Metrics:
         """The second measurement scored against the first, as if it were a prediction."""
-        rows = [m for m in self.models if m.measured_ms is not None and m.repeat_ms is not None
-                and (family is None or m.family == family)]
+        rows = [
+            m
+            for m in self.models
+            if m.measured_ms is not None and m.repeat_ms is not None and (family is None or m.family == family)
+        ]
         return Metrics.of([m.measured_ms for m in rows], [m.repeat_ms for m in rows])
 
     def unsteady_ground_truth(self) -> str | None:
@@ -137,10 +139,12 @@ class EvaluationResult:
         rep = self.repeatability()
         if not rep.n or rep.within_10 >= REPEATABLE_SHARE:
             return None
-        return (f"the two measurements of the evaluation models agree within ±10 % for only "
-                f"{100 * rep.within_10:.1f} % of them: the device was busy or unsteady while they were measured, "
-                f"and the accuracy figures are not to be trusted further than that; `nnmeter-build evaluate "
-                f"--remeasure` measures them again")
+        return (
+            f"the two measurements of the evaluation models agree within ±10 % for only "
+            f"{100 * rep.within_10:.1f} % of them: the device was busy or unsteady while they were measured, "
+            f"and the accuracy figures are not to be trusted further than that; `nnmeter-build evaluate "
+            f"--remeasure` measures them again"
+        )
 
     @property
     def families(self) -> list[str]:
@@ -151,13 +155,16 @@ class EvaluationResult:
         return [k for k in METHODS if any(m.predictions.get(k) is not None for m in self.models)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"models": [asdict(m) for m in self.models], "device": dict(self.device),
-                "predictor": dict(self.predictor), "notes": dict(self.notes)}
+        return {
+            "models": [asdict(m) for m in self.models],
+            "device": dict(self.device),
+            "predictor": dict(self.predictor),
+            "notes": dict(self.notes),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EvaluationResult:
-        models = tuple(ModelEvaluation(**{**m, "unsupported": tuple(m.get("unsupported", ()))})
-                       for m in data["models"])
+        models = tuple(ModelEvaluation(**{**m, "unsupported": tuple(m.get("unsupported", ()))}) for m in data["models"])
         return cls(models, data.get("device", {}), data.get("predictor", {}), data.get("notes", {}))
 
     def save(self, path: Path) -> None:
@@ -173,4 +180,3 @@ class EvaluationResult:
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
-

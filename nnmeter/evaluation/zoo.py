@@ -91,8 +91,9 @@ def _build_application(family: str) -> Callable[[Mapping[str, Any]], Any]:
         ctor_name, _, extra = _APPLICATIONS[family]
         ctor = getattr(keras.applications, ctor_name)
         r = int(params["resolution"])
-        kwargs: dict[str, Any] = dict(extra, input_shape=(r, r, 3), weights=None,
-                                      include_top=bool(params["include_top"]))
+        kwargs: dict[str, Any] = dict(
+            extra, input_shape=(r, r, 3), weights=None, include_top=bool(params["include_top"])
+        )
         if not kwargs["include_top"]:
             kwargs["pooling"] = "avg"
         if len(_APPLICATIONS[family][1]) > 1:
@@ -113,17 +114,25 @@ def _draw_mbv2(rng: random.Random, count: int, resolutions: Sequence[int]) -> li
     for _ in range(count):
         stages = []
         for base, stride, max_depth in _MBV2_STAGES:
-            stages.append({
-                "channels": _round8(base * rng.choice((0.5, 0.75, 1.0, 1.25, 1.5))),
-                "stride": stride,
-                "blocks": [{"kernel": rng.choice((3, 5, 7)), "expansion": rng.choice((3, 6)),
-                            "se": rng.random() < 0.4}
-                           for _ in range(rng.randint(1, max_depth))],
-                "act": rng.choice(("relu6", "hswish")),
-            })
-        archs.append({"resolution": rng.choice(list(resolutions)),
-                      "stem": _round8(32 * rng.choice((0.5, 0.75, 1.0))),
-                      "stages": stages, "head": rng.choice((640, 960, 1280))})
+            stages.append(
+                {
+                    "channels": _round8(base * rng.choice((0.5, 0.75, 1.0, 1.25, 1.5))),
+                    "stride": stride,
+                    "blocks": [
+                        {"kernel": rng.choice((3, 5, 7)), "expansion": rng.choice((3, 6)), "se": rng.random() < 0.4}
+                        for _ in range(rng.randint(1, max_depth))
+                    ],
+                    "act": rng.choice(("relu6", "hswish")),
+                }
+            )
+        archs.append(
+            {
+                "resolution": rng.choice(list(resolutions)),
+                "stem": _round8(32 * rng.choice((0.5, 0.75, 1.0))),
+                "stages": stages,
+                "head": rng.choice((640, 960, 1280)),
+            }
+        )
     return archs
 
 
@@ -133,15 +142,17 @@ def _build_mbv2(params: Mapping[str, Any]) -> Any:
     for stage in params["stages"]:
         for i, block in enumerate(stage["blocks"]):
             stride = stage["stride"] if i == 0 else 1
-            x = _inverted_residual(x, cin, stage["channels"], block["kernel"], stride, block["expansion"],
-                                   block["se"], stage["act"])
+            x = _inverted_residual(
+                x, cin, stage["channels"], block["kernel"], stride, block["expansion"], block["se"], stage["act"]
+            )
             cin = stage["channels"]
     x = _conv_bn_act(x, params["head"], 1, 1, "relu6")
     return _classifier(inputs, x)
 
 
-def _inverted_residual(x: Any, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: bool,
-                       act: str) -> Any:
+def _inverted_residual(
+    x: Any, cin: int, cout: int, kernel: int, stride: int, expansion: int, se: bool, act: str
+) -> Any:
     from keras import layers
 
     shortcut = x
@@ -161,32 +172,57 @@ def _inverted_residual(x: Any, cin: int, cout: int, kernel: int, stride: int, ex
 # --- generated: ResNet-style stacks -------------------------------------------
 
 
-def _draw_resnet(rng: random.Random, count: int, resolutions: Sequence[int],
-                 widths: Sequence[int] = (32, 48, 64), kernels: Sequence[int] = (3, 3, 5)) -> list[dict[str, Any]]:
+def _draw_resnet(
+    rng: random.Random,
+    count: int,
+    resolutions: Sequence[int],
+    widths: Sequence[int] = (32, 48, 64),
+    kernels: Sequence[int] = (3, 3, 5),
+) -> list[dict[str, Any]]:
     archs = []
     for _ in range(count):
         bottleneck = rng.random() < 0.5
         stages = []
         width = rng.choice(tuple(widths))
         for s in range(rng.choice((3, 4))):
-            stages.append({"channels": _round8(width * (2 ** s) * rng.choice((0.75, 1.0, 1.25))),
-                           "blocks": rng.randint(1, 3), "kernel": rng.choice(tuple(kernels)),
-                           "stride": 1 if s == 0 else 2})
-        archs.append({"resolution": rng.choice(list(resolutions)), "bottleneck": bottleneck,
-                      "stem": width, "stem_kernel": rng.choice((3, 7)), "stages": stages})
+            stages.append(
+                {
+                    "channels": _round8(width * (2**s) * rng.choice((0.75, 1.0, 1.25))),
+                    "blocks": rng.randint(1, 3),
+                    "kernel": rng.choice(tuple(kernels)),
+                    "stride": 1 if s == 0 else 2,
+                }
+            )
+        archs.append(
+            {
+                "resolution": rng.choice(list(resolutions)),
+                "bottleneck": bottleneck,
+                "stem": width,
+                "stem_kernel": rng.choice((3, 7)),
+                "stages": stages,
+            }
+        )
     return archs
 
 
-def _draw_resnet_ladder(rng: random.Random, count: int, resolutions: Sequence[int],
-                        widths: Sequence[int] = (36, 56, 84, 128)) -> list[dict[str, Any]]:
+def _draw_resnet_ladder(
+    rng: random.Random, count: int, resolutions: Sequence[int], widths: Sequence[int] = (36, 56, 84, 128)
+) -> list[dict[str, Any]]:
     """ResNet stacks of four stages of two basic 3x3 blocks, the i-th model's stem ``widths[i]`` wide: their weights
     climb in even steps (15, 36, 80 and 183 MB at the default widths), so that a fit over them sees where a
     device starts to pay for weights its caches cannot hold (randomly drawn widths left 14-126 MB empty)."""
-    return [{"resolution": rng.choice(list(resolutions)), "bottleneck": False, "stem": width,
-             "stem_kernel": rng.choice((3, 7)),
-             "stages": [{"channels": width * 2 ** s, "blocks": 2, "kernel": 3, "stride": 1 if s == 0 else 2}
-                        for s in range(4)]}
-            for width in (widths[i % len(widths)] for i in range(count))]
+    return [
+        {
+            "resolution": rng.choice(list(resolutions)),
+            "bottleneck": False,
+            "stem": width,
+            "stem_kernel": rng.choice((3, 7)),
+            "stages": [
+                {"channels": width * 2**s, "blocks": 2, "kernel": 3, "stride": 1 if s == 0 else 2} for s in range(4)
+            ],
+        }
+        for width in (widths[i % len(widths)] for i in range(count))
+    ]
 
 
 def _build_resnet(params: Mapping[str, Any]) -> Any:
@@ -233,11 +269,17 @@ def _draw_shuffle(rng: random.Random, count: int, resolutions: Sequence[int]) ->
     archs = []
     for _ in range(count):
         scale = rng.choice((0.5, 0.75, 1.0, 1.5))
-        stages = [{"channels": _round8(base * scale, multiple=16), "units": rng.randint(2, 5),
-                   "kernel": rng.choice((3, 5, 7))}
-                  for base in (116, 232, 464)]
-        archs.append({"resolution": rng.choice(list(resolutions)), "stem": 24, "stages": stages,
-                      "head": rng.choice((512, 1024))})
+        stages = [
+            {
+                "channels": _round8(base * scale, multiple=16),
+                "units": rng.randint(2, 5),
+                "kernel": rng.choice((3, 5, 7)),
+            }
+            for base in (116, 232, 464)
+        ]
+        archs.append(
+            {"resolution": rng.choice(list(resolutions)), "stem": 24, "stages": stages, "head": rng.choice((512, 1024))}
+        )
     return archs
 
 
@@ -283,11 +325,16 @@ def _draw_inception(rng: random.Random, count: int, resolutions: Sequence[int]) 
         for s in range(rng.choice((3, 4))):
             n_branches = rng.randint(2, 4)
             kinds = rng.sample(("1x1", "3x3", "5x5", "pool"), n_branches)
-            blocks.append({"branches": [{"kind": k, "channels": _round8(rng.choice((16, 24, 32, 48, 64)) * (s + 1))}
-                                        for k in sorted(kinds)],
-                           "reduce": s > 0})
-        archs.append({"resolution": rng.choice(list(resolutions)), "stem": rng.choice((32, 48, 64)),
-                      "blocks": blocks})
+            blocks.append(
+                {
+                    "branches": [
+                        {"kind": k, "channels": _round8(rng.choice((16, 24, 32, 48, 64)) * (s + 1))}
+                        for k in sorted(kinds)
+                    ],
+                    "reduce": s > 0,
+                }
+            )
+        archs.append({"resolution": rng.choice(list(resolutions)), "stem": rng.choice((32, 48, 64)), "blocks": blocks})
     return archs
 
 
@@ -377,35 +424,59 @@ def _classifier(inputs: Any, x: Any) -> Any:
 # --- the families and the selection -------------------------------------------
 
 FAMILIES: dict[str, Family] = {
-    **{name: Family(name, f"keras.applications.{ctor} (weights=None)", False, _draw_application(name),
-                    _build_application(name))
-       for name, (ctor, _, _) in _APPLICATIONS.items()},
-    "nas-mbv2": Family("nas-mbv2", "MobileNetV2-style inverted residual stacks: widths, kernel 3/5/7, "
-                       "expansion 3/6, SE, hswish/relu6", True, _draw_mbv2, _build_mbv2),
-    "nas-resnet": Family("nas-resnet", "ResNet-style stacks of basic or bottleneck blocks", True,
-                         _draw_resnet, _build_resnet),
+    **{
+        name: Family(
+            name, f"keras.applications.{ctor} (weights=None)", False, _draw_application(name), _build_application(name)
+        )
+        for name, (ctor, _, _) in _APPLICATIONS.items()
+    },
+    "nas-mbv2": Family(
+        "nas-mbv2",
+        "MobileNetV2-style inverted residual stacks: widths, kernel 3/5/7, expansion 3/6, SE, hswish/relu6",
+        True,
+        _draw_mbv2,
+        _build_mbv2,
+    ),
+    "nas-resnet": Family(
+        "nas-resnet", "ResNet-style stacks of basic or bottleneck blocks", True, _draw_resnet, _build_resnet
+    ),
     # tens to hundreds of MB of weights: what a device pays when a model's weights cannot stay in its caches
-    "nas-resnet-wide": Family("nas-resnet-wide", "ResNet-style stacks of 15-190 MB of weights, one width per "
-                              "model (the whole-model correction's big models; not in the default evaluation set)",
-                              True, _draw_resnet_ladder, _build_resnet, evaluated_by_default=False),
-    "nas-shuffle": Family("nas-shuffle", "ShuffleNetV2-style units: split, concat, channel shuffle", True,
-                          _draw_shuffle, _build_shuffle),
-    "nas-inception": Family("nas-inception", "Inception-style blocks of 2-4 branches joined by concat", True,
-                            _draw_inception, _build_inception),
+    "nas-resnet-wide": Family(
+        "nas-resnet-wide",
+        "ResNet-style stacks of 15-190 MB of weights, one width per "
+        "model (the whole-model correction's big models; not in the default evaluation set)",
+        True,
+        _draw_resnet_ladder,
+        _build_resnet,
+        evaluated_by_default=False,
+    ),
+    "nas-shuffle": Family(
+        "nas-shuffle", "ShuffleNetV2-style units: split, concat, channel shuffle", True, _draw_shuffle, _build_shuffle
+    ),
+    "nas-inception": Family(
+        "nas-inception",
+        "Inception-style blocks of 2-4 branches joined by concat",
+        True,
+        _draw_inception,
+        _build_inception,
+    ),
 }
 
 
-def check_families(families: Sequence[str], source: str = "campaign.yaml",
-                   key_path: str = "evaluation.families") -> None:
+def check_families(
+    families: Sequence[str], source: str = "campaign.yaml", key_path: str = "evaluation.families"
+) -> None:
     """A ConfigError naming the first unknown family and the valid ones."""
     for i, name in enumerate(families):
         if name not in FAMILIES:
-            raise ConfigError(source, f"{key_path}[{i}]", f"{name!r} is not a model family; "
-                              f"valid: {', '.join(FAMILIES)}")
+            raise ConfigError(
+                source, f"{key_path}[{i}]", f"{name!r} is not a model family; valid: {', '.join(FAMILIES)}"
+            )
 
 
-def evaluation_set(families: Sequence[str], per_family: int, resolutions: Sequence[int],
-                   seed: int = 0) -> list[ZooModel]:
+def evaluation_set(
+    families: Sequence[str], per_family: int, resolutions: Sequence[int], seed: int = 0
+) -> list[ZooModel]:
     """``per_family`` models of each family (fewer for an application with fewer variants), seeded.
 
     Each family draws from its own generator seeded by (seed, family), so adding a family

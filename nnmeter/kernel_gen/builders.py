@@ -33,6 +33,7 @@ from nnmeter.kernel_gen.op_traits import EVEN_CHANNEL_OPS, MAP_OPS, ONE_D_OPS  #
 
 Tensor = object  # a symbolic KerasTensor
 
+
 @dataclass(frozen=True)
 class OpParams:
     """The attributes an op builder may use; each op reads only its own."""
@@ -54,8 +55,7 @@ def _dwconv(x, p: OpParams):
 
 
 def _convtrans(x, p: OpParams):
-    return keras.layers.Conv2DTranspose(p.cout, p.kernel_size, strides=p.strides, padding="same",
-                                        use_bias=p.bias)(x[0])
+    return keras.layers.Conv2DTranspose(p.cout, p.kernel_size, strides=p.strides, padding="same", use_bias=p.bias)(x[0])
 
 
 def _bn(x, p: OpParams):
@@ -174,11 +174,31 @@ OpBuilder = Callable[[Sequence[Tensor], OpParams], object]
 
 #: op name -> builder; every op of :data:`nnmeter.ops.OPS` has one (checked at import).
 OP_BUILDERS: dict[str, OpBuilder] = {
-    ops.CONV: _conv, ops.DWCONV: _dwconv, ops.CONVTRANS: _convtrans, ops.BN: _bn, ops.RELU: _relu,
-    ops.RELU6: _relu6, ops.HSWISH: _hswish, ops.HSIGMOID: _hsigmoid, ops.SIGMOID: _sigmoid, ops.SWISH: _swish,
-    ops.MAXPOOL: _maxpool, ops.AVGPOOL: _avgpool, ops.GLOBAL_AVGPOOL: _global_avgpool, ops.SE: _se, ops.FC: _fc,
-    ops.ADD: _add, ops.MUL: _mul, ops.CONCAT: _concat, ops.SPLIT: _split, ops.CHANNELSHUFFLE: _channelshuffle,
-    ops.RESHAPE: _reshape, ops.FLATTEN: _flatten, ops.PAD: _pad, ops.CROP: _crop, ops.SOFTMAX: _softmax,
+    ops.CONV: _conv,
+    ops.DWCONV: _dwconv,
+    ops.CONVTRANS: _convtrans,
+    ops.BN: _bn,
+    ops.RELU: _relu,
+    ops.RELU6: _relu6,
+    ops.HSWISH: _hswish,
+    ops.HSIGMOID: _hsigmoid,
+    ops.SIGMOID: _sigmoid,
+    ops.SWISH: _swish,
+    ops.MAXPOOL: _maxpool,
+    ops.AVGPOOL: _avgpool,
+    ops.GLOBAL_AVGPOOL: _global_avgpool,
+    ops.SE: _se,
+    ops.FC: _fc,
+    ops.ADD: _add,
+    ops.MUL: _mul,
+    ops.CONCAT: _concat,
+    ops.SPLIT: _split,
+    ops.CHANNELSHUFFLE: _channelshuffle,
+    ops.RESHAPE: _reshape,
+    ops.FLATTEN: _flatten,
+    ops.PAD: _pad,
+    ops.CROP: _crop,
+    ops.SOFTMAX: _softmax,
 }
 assert set(OP_BUILDERS) == set(ops.OPS), f"ops without a builder: {set(ops.OPS) - set(OP_BUILDERS)}"
 
@@ -197,8 +217,9 @@ def build_op_layer(op: str, x: Tensor | Sequence[Tensor], params: OpParams = OpP
     if op in MAP_OPS and rank != 3:
         raise ValueError(f"op {op} needs an (H, W, C) input, got shape {tuple(inputs[0].shape[1:])}")
     if op in EVEN_CHANNEL_OPS and int(inputs[0].shape[-1]) % 2:
-        raise ValueError(f"op {op} cuts channels in two halves and needs an even channel count, "
-                         f"got {int(inputs[0].shape[-1])}")
+        raise ValueError(
+            f"op {op} cuts channels in two halves and needs an even channel count, got {int(inputs[0].shape[-1])}"
+        )
     return OP_BUILDERS[op](inputs, params)
 
 
@@ -234,9 +255,13 @@ def _kernel_params(kernel: str, config: Mapping[str, object]) -> OpParams:
     first = ktype.ops[0]
     # A conv followed by bn has no bias: the bn's shift is the bias after folding.
     bias = not (first in (ops.CONV, ops.DWCONV) and len(ktype.ops) > 1 and ktype.ops[1] == ops.BN)
-    return OpParams(cout=int(config.get(ops.COUT, 0)), kernel_size=int(config.get(ops.KERNEL_SIZE, 3)),  # type: ignore[arg-type]
-                    strides=int(config.get(ops.STRIDES, 1)),  # type: ignore[arg-type]
-                    pool_strides=int(config.get(ops.POOL_STRIDES, 1)), bias=bias)  # type: ignore[arg-type]
+    return OpParams(
+        cout=int(config.get(ops.COUT, 0)),
+        kernel_size=int(config.get(ops.KERNEL_SIZE, 3)),  # type: ignore[arg-type]
+        strides=int(config.get(ops.STRIDES, 1)),  # type: ignore[arg-type]
+        pool_strides=int(config.get(ops.POOL_STRIDES, 1)),
+        bias=bias,
+    )  # type: ignore[arg-type]
 
 
 def build_kernel(kernel: str, config: Mapping[str, object]) -> KernelModel:
@@ -252,7 +277,10 @@ def build_kernel(kernel: str, config: Mapping[str, object]) -> KernelModel:
     outputs = list(x) if isinstance(x, (list, tuple)) else [x]
     model = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=kernel.replace("-", "_"))
     return KernelModel(
-        model=model, kernel=kernel, config=cfg, input_shapes=shapes,
+        model=model,
+        kernel=kernel,
+        config=cfg,
+        input_shapes=shapes,
         output_shapes=tuple(tuple(int(d) for d in o.shape[1:]) for o in outputs),
         cost=ops.kernel_cost(kernel, cfg),
     )

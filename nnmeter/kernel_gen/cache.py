@@ -21,8 +21,11 @@ ID_LENGTH = 20
 
 def model_id(kind: str, name: str, config: Mapping[str, object], model_format: str, converter_version: str) -> str:
     """The content id of a generated model (sha256 of a canonical JSON of its five parts, truncated)."""
-    text = json.dumps({"kind": kind, "name": name, "config": config, "format": model_format,
-                       "converter": converter_version}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(
+        {"kind": kind, "name": name, "config": config, "format": model_format, "converter": converter_version},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 

@@ -87,21 +87,42 @@ def layer_rows(layer) -> Iterable[tuple[str, dict]]:
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         k, s = _square(layer.kernel_size), _square(layer.strides)
         if k and s and layer.depth_multiplier == 1:
-            yield "dwconv", {ops.HW: hw, ops.CIN: first[2], ops.KERNEL_SIZE: ops.snap(k, ops.KERNEL_SIZE_VALUES),
-                             ops.STRIDES: ops.snap(s, ops.STRIDES_VALUES)}
+            yield (
+                "dwconv",
+                {
+                    ops.HW: hw,
+                    ops.CIN: first[2],
+                    ops.KERNEL_SIZE: ops.snap(k, ops.KERNEL_SIZE_VALUES),
+                    ops.STRIDES: ops.snap(s, ops.STRIDES_VALUES),
+                },
+            )
     elif isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose):
         k, s = _square(layer.kernel_size), _square(layer.strides)
         if k and s and layer.groups == 1:
-            yield "conv", {ops.HW: hw, ops.CIN: first[2], ops.COUT: layer.filters,
-                           ops.KERNEL_SIZE: ops.snap(k, ops.KERNEL_SIZE_VALUES),
-                           ops.STRIDES: ops.snap(s, ops.STRIDES_VALUES)}
+            yield (
+                "conv",
+                {
+                    ops.HW: hw,
+                    ops.CIN: first[2],
+                    ops.COUT: layer.filters,
+                    ops.KERNEL_SIZE: ops.snap(k, ops.KERNEL_SIZE_VALUES),
+                    ops.STRIDES: ops.snap(s, ops.STRIDES_VALUES),
+                },
+            )
             if first[:2] == (1, 1) and k == 1:  # a 1x1 conv on a 1x1 map (SE, MobileNetV3 head) is an fc
                 yield "fc", {ops.CIN: first[2], ops.COUT: layer.filters}
     elif isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
         k, s = _square(layer.pool_size), _square(layer.strides)
         if k and s:
-            yield "pool", {ops.HW: hw, ops.CIN: first[2], ops.KERNEL_SIZE: ops.snap(k, ops.POOL_KERNEL_SIZE_VALUES),
-                           ops.POOL_STRIDES: ops.snap(s, ops.POOL_STRIDES_VALUES)}
+            yield (
+                "pool",
+                {
+                    ops.HW: hw,
+                    ops.CIN: first[2],
+                    ops.KERNEL_SIZE: ops.snap(k, ops.POOL_KERNEL_SIZE_VALUES),
+                    ops.POOL_STRIDES: ops.snap(s, ops.POOL_STRIDES_VALUES),
+                },
+            )
     elif isinstance(layer, keras.layers.Dense) and len(first) == 1:
         yield "fc", {ops.CIN: first[0], ops.COUT: layer.units}
         yield "vector", {ops.CIN: first[0]}
@@ -110,14 +131,28 @@ def layer_rows(layer) -> Iterable[tuple[str, dict]]:
         maps = all(len(s) == 3 and s[:2] == first[:2] for s in shapes)
         if maps and ops.CONCAT_INPUTS_RANGE[0] <= len(shapes) <= ops.CONCAT_INPUTS_RANGE[1]:
             yield "concat", {ops.HW: hw, ops.CINS: [s[2] for s in shapes]}
-    elif len(first) == 3 and first[0] == first[1] and not isinstance(
-            layer, (keras.layers.Reshape, keras.layers.Flatten, keras.layers.Dropout, keras.layers.Rescaling,
-                    keras.layers.Normalization)):
+    elif (
+        len(first) == 3
+        and first[0] == first[1]
+        and not isinstance(
+            layer,
+            (
+                keras.layers.Reshape,
+                keras.layers.Flatten,
+                keras.layers.Dropout,
+                keras.layers.Rescaling,
+                keras.layers.Normalization,
+            ),
+        )
+    ):
         yield "elementwise", {ops.HW: hw, ops.CIN: first[2]}
 
 
-def extract(models: Iterable[tuple[str, str, dict]] = MODELS, resolutions: Iterable[int] = RESOLUTIONS,
-            log: Callable[[str], None] = print) -> dict:
+def extract(
+    models: Iterable[tuple[str, str, dict]] = MODELS,
+    resolutions: Iterable[int] = RESOLUTIONS,
+    log: Callable[[str], None] = print,
+) -> dict:
     """The prior table: ``{"families": {family: [config, ...]}, "sources": [...], ...}``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -137,7 +172,7 @@ def extract(models: Iterable[tuple[str, str, dict]] = MODELS, resolutions: Itera
             log(f"{name} at {res}: {len(model.layers)} layers, {added} new rows")
     return {
         "about": "kernel configs of real architectures per family; regenerate with "
-                 "python -m nnmeter.kernel_gen.extract_priors",
+        "python -m nnmeter.kernel_gen.extract_priors",
         "keras_version": keras.__version__,
         "sources": sources,
         "family_keys": {f: list(k) for f, k in FAMILY_KEYS.items()},

@@ -7,8 +7,20 @@ from nnmeter import ops
 #: Ops that take a 1-D (feature vector) input and nothing else.
 ONE_D_OPS = frozenset({ops.FC, ops.SOFTMAX})
 #: Ops that take only an (H, W, C) feature map.
-MAP_OPS = frozenset({ops.CONV, ops.DWCONV, ops.CONVTRANS, ops.MAXPOOL, ops.AVGPOOL, ops.GLOBAL_AVGPOOL,
-                     ops.SE, ops.CHANNELSHUFFLE, ops.PAD, ops.CROP})
+MAP_OPS = frozenset(
+    {
+        ops.CONV,
+        ops.DWCONV,
+        ops.CONVTRANS,
+        ops.MAXPOOL,
+        ops.AVGPOOL,
+        ops.GLOBAL_AVGPOOL,
+        ops.SE,
+        ops.CHANNELSHUFFLE,
+        ops.PAD,
+        ops.CROP,
+    }
+)
 #: Ops whose output is a vector whatever their input (the others keep their input's rank, but reshape).
 TO_VECTOR_OPS = frozenset({ops.GLOBAL_AVGPOOL, ops.FLATTEN, ops.FC, ops.SOFTMAX})
 #: Ops with two tensor inputs of the same shape (concat takes 2-4 in kernels, 2 in pairs).

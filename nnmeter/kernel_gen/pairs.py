@@ -53,8 +53,9 @@ class TestShapes:
     CONV_OUTER_CHANNELS: int = 8  # 0: nn-Meter's conv (KERNEL_SIZE, CIN in, COUT out), see the module doc
 
     def params(self) -> OpParams:
-        return OpParams(cout=self.COUT, kernel_size=self.KERNEL_SIZE, strides=self.STRIDES,
-                        pool_strides=self.POOL_STRIDES)
+        return OpParams(
+            cout=self.COUT, kernel_size=self.KERNEL_SIZE, strides=self.STRIDES, pool_strides=self.POOL_STRIDES
+        )
 
 
 #: Ops whose channel counts on both sides are free: light in a pair (1x1, few channels away from the other op).
@@ -119,8 +120,12 @@ def _input_shape(rank: int, shapes: TestShapes) -> tuple[int, ...]:
     return (shapes.HW, shapes.HW, shapes.CIN) if rank == 3 else (shapes.FC_SIZE,)
 
 
-def build_chain(chain: Sequence[str], shapes: TestShapes = TestShapes(),
-                input_shape: Sequence[int] | None = None, last_cout: int | None = None) -> keras.Model:
+def build_chain(
+    chain: Sequence[str],
+    shapes: TestShapes = TestShapes(),
+    input_shape: Sequence[int] | None = None,
+    last_cout: int | None = None,
+) -> keras.Model:
     """The model of ``chain`` applied one op after the other (op names of the vocabulary).
 
     ``input_shape`` (no batch dimension) overrides the shape chosen from

@@ -29,8 +29,10 @@ def family_of(kernel: str) -> str:
     for family, family_keys in load_priors()["family_keys"].items():
         if tuple(family_keys) == keys:
             return family
-    raise ValueError(f"kernel {kernel}: no prior family has its keys {', '.join(keys)}; "
-                     f"regenerate the table with python -m nnmeter.kernel_gen.extract_priors")
+    raise ValueError(
+        f"kernel {kernel}: no prior family has its keys {', '.join(keys)}; "
+        f"regenerate the table with python -m nnmeter.kernel_gen.extract_priors"
+    )
 
 
 def prior_rows(kernel: str) -> list[dict]:

@@ -137,8 +137,14 @@ def _light_enough(kernel: str, config: Mapping[str, object]) -> bool:
     return cost.flops <= MAX_FLOPS and cost.params <= MAX_PARAMS
 
 
-def sample_configs(kernel: str, n: int, sampler: str = "prior", seed: int = 0,
-                   around: Mapping[str, object] | None = None, vary_hw: bool = False) -> list[dict]:
+def sample_configs(
+    kernel: str,
+    n: int,
+    sampler: str = "prior",
+    seed: int = 0,
+    around: Mapping[str, object] | None = None,
+    vary_hw: bool = False,
+) -> list[dict]:
     """``n`` distinct valid configs of ``kernel`` (fewer when the sampler's space is smaller)."""
     ktype = ops.kernel_type(kernel)
     if sampler not in SAMPLERS:
@@ -146,8 +152,11 @@ def sample_configs(kernel: str, n: int, sampler: str = "prior", seed: int = 0,
     if n < 0:
         raise ValueError(f"n={n} must be >= 0")
     if (sampler == "finegrained") != (around is not None):
-        raise ValueError("the finegrained sampler needs around=CONFIG; the others take none" if around is None
-                         else f"around= is only for the finegrained sampler, not {sampler}")
+        raise ValueError(
+            "the finegrained sampler needs around=CONFIG; the others take none"
+            if around is None
+            else f"around= is only for the finegrained sampler, not {sampler}"
+        )
     if vary_hw and sampler != "finegrained":
         raise ValueError(f"vary_hw is only for the finegrained sampler, not {sampler}")
     rng = random.Random(f"{kernel}/{sampler}/{seed}")

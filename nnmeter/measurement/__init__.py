@@ -7,10 +7,24 @@ Names load on first use (``from nnmeter.measurement import Store``).
 
 from nnmeter.lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    **dict.fromkeys(("ANCHOR_KERNELS", "DriftCheck"), "drift"),
-    **dict.fromkeys(("ModelSpec", "PreparedModel", "anchor_specs", "kernel_spec", "spec_model_id"), "models"),
-    **dict.fromkeys(("SOURCE_FORMATS", "MeasuringSession", "measured_formats"), "session"),
-    **dict.fromkeys(("LATENCY_READING_VERSION", "MODEL_KINDS", "MeasurementRecord", "ModelRecord", "Store",
-                     "StoreError", "StoreSummary", "hash_file"), "store"),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("ANCHOR_KERNELS", "DriftCheck"), "drift"),
+        **dict.fromkeys(("ModelSpec", "PreparedModel", "anchor_specs", "kernel_spec", "spec_model_id"), "models"),
+        **dict.fromkeys(("SOURCE_FORMATS", "MeasuringSession", "measured_formats"), "session"),
+        **dict.fromkeys(
+            (
+                "LATENCY_READING_VERSION",
+                "MODEL_KINDS",
+                "MeasurementRecord",
+                "ModelRecord",
+                "Store",
+                "StoreError",
+                "StoreSummary",
+                "hash_file",
+            ),
+            "store",
+        ),
+    },
+)

@@ -81,15 +81,18 @@ class DriftCheck:
         weight = 1.0
         if len(m) >= DRIFT_CHECK_MIN_PAIRS and moved > 0:
             weight = min(1.0, max(0.0, -sum(x * y for x, y in zip(m, a)) / moved))
-        return cls(len(m), weight, _rms(m), _rms([x + y for x, y in zip(m, a)]),
-                   _rms([x + weight * y for x, y in zip(m, a)]))
+        return cls(
+            len(m), weight, _rms(m), _rms([x + y for x, y in zip(m, a)]), _rms([x + weight * y for x, y in zip(m, a)])
+        )
 
     def describe(self) -> str:
         if self.pairs < DRIFT_CHECK_MIN_PAIRS:
             return f"anchors' factors applied in full (only {self.pairs} repeated measurements to weigh them on)"
-        return (f"anchors' factors at weight {self.weight:.2f}, fitted on {self.pairs} repeated measurements: "
-                f"they differ by {self.measured_spread:.1f} % as measured, {self.anchored_spread:.1f} % with the "
-                f"full factors, {self.weighted_spread:.1f} % with the weighted ones (rms of the log ratio)")
+        return (
+            f"anchors' factors at weight {self.weight:.2f}, fitted on {self.pairs} repeated measurements: "
+            f"they differ by {self.measured_spread:.1f} % as measured, {self.anchored_spread:.1f} % with the "
+            f"full factors, {self.weighted_spread:.1f} % with the weighted ones (rms of the log ratio)"
+        )
 
 
 @dataclass(frozen=True)

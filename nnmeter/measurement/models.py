@@ -59,8 +59,10 @@ def anchor_specs() -> list[ModelSpec]:
     """The specs of the drift anchors (kind 'anchor', :data:`~nnmeter.measurement.drift.ANCHOR_KERNELS`)."""
     from nnmeter.kernel_gen.builders import build_kernel_model  # loads Keras: only once a model is specified
 
-    return [ModelSpec("anchor", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
-            for kernel, config in ANCHOR_KERNELS]
+    return [
+        ModelSpec("anchor", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
+        for kernel, config in ANCHOR_KERNELS
+    ]
 
 
 def spec_model_id(backend: Backend, spec: ModelSpec) -> str:

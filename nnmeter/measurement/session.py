@@ -64,8 +64,12 @@ class MeasuringSession:
 
     # --- models --------------------------------------------------------------------
 
-    def prepare(self, specs: Sequence[ModelSpec], progress: ProgressCallback | None = None,
-                description: str = "building and converting models") -> list[PreparedModel]:
+    def prepare(
+        self,
+        specs: Sequence[ModelSpec],
+        progress: ProgressCallback | None = None,
+        description: str = "building and converting models",
+    ) -> list[PreparedModel]:
         """One :class:`PreparedModel` per spec, in order: reused from the store, or built and converted now."""
         root = Path(self.root)
         fmt = self.backend.model_format
@@ -79,31 +83,47 @@ class MeasuringSession:
             if existing is not None:
                 done[mid] = PreparedModel(spec, mid, existing[0], existing[1], reused=True)
             else:
-                jobs[mid] = ConversionJob(mid, model_dir(root / "models", spec.kind, spec.name),
-                                          build=spec.build, build_args=tuple(spec.build_args))
+                jobs[mid] = ConversionJob(
+                    mid,
+                    model_dir(root / "models", spec.kind, spec.name),
+                    build=spec.build,
+                    build_args=tuple(spec.build_args),
+                )
         if jobs:
             with self._task(progress, description, len(done) + len(jobs)) as update:
                 update(len(done), len(done) + len(jobs))
-                results = self.backend.convert(list(jobs.values()), self.workers,  # type: ignore[arg-type]
-                                               lambda n, _t: update(len(done) + n, len(done) + len(jobs)))
+                results = self.backend.convert(
+                    list(jobs.values()),
+                    self.workers,  # type: ignore[arg-type]
+                    lambda n, _t: update(len(done) + n, len(done) + len(jobs)),
+                )
             spec_of = {mid: spec for spec, mid in zip(specs, ids)}
             converted = []
             for result in results:
                 spec = spec_of[result.job_id]
                 if result.model is None:
-                    done[result.job_id] = PreparedModel(spec, result.job_id, None, None,
-                                                        result.error or "conversion failed")
+                    done[result.job_id] = PreparedModel(
+                        spec, result.job_id, None, None, result.error or "conversion failed"
+                    )
                     continue
                 rel = Path(result.model.path).resolve().relative_to(root.resolve()).as_posix()
-                converted.append((spec, result.model, ModelRecord(result.job_id, spec.kind, spec.name,
-                                                                  dict(spec.config), files={fmt: rel})))
+                converted.append(
+                    (
+                        spec,
+                        result.model,
+                        ModelRecord(result.job_id, spec.kind, spec.name, dict(spec.config), files={fmt: rel}),
+                    )
+                )
             stored = self.store.add_models([r for _, _, r in converted])
             for (spec, file, _), record in zip(converted, stored):
                 done[record.id] = PreparedModel(spec, record.id, record, file)
         return [_for_spec(done[mid], spec) for spec, mid in zip(specs, ids)]
 
-    def convert(self, records: Sequence[ModelRecord], progress: ProgressCallback | None = None,
-                ) -> tuple[list[ModelRecord], list[MeasurementRecord]]:
+    def convert(
+        self,
+        records: Sequence[ModelRecord],
+        progress: ProgressCallback | None = None,
+    ) -> tuple[list[ModelRecord], list[MeasurementRecord]]:
         """Give every model of ``records`` a file the backend measures, converting from its other files.
 
         Converted files go to ``models/<format>/`` and are added to the model's record. Returns the records
@@ -128,20 +148,31 @@ class MeasuringSession:
         for r in pending:
             res = results[r.id]
             if res.model is not None:
-                converted.append(dataclasses.replace(
-                    r, files={**r.files, res.model.format: _relative(res.model.path, root)}))
+                converted.append(
+                    dataclasses.replace(r, files={**r.files, res.model.format: _relative(res.model.path, root)})
+                )
             else:
-                failed.append(self._record(MeasureResult(r.id, MeasureStatus.ERROR,
-                                                         error=f"conversion to {fmt} failed: {res.error}"),
-                                           self.protocol))
+                failed.append(
+                    self._record(
+                        MeasureResult(r.id, MeasureStatus.ERROR, error=f"conversion to {fmt} failed: {res.error}"),
+                        self.protocol,
+                    )
+                )
         by_id = {r.id: r for r in ready + self.store.add_models(converted)}
         return [by_id[r.id] for r in records if r.id in by_id], self.store.add_measurements(failed)
 
     # --- measurements --------------------------------------------------------------
 
-    def measure(self, records: Sequence[ModelRecord], *, protocol: MeasurementProtocol | None = None,
-                remeasure: bool = False, series: str = "", description: str = "measuring",
-                progress: ProgressCallback | None = None) -> list[MeasurementRecord]:
+    def measure(
+        self,
+        records: Sequence[ModelRecord],
+        *,
+        protocol: MeasurementProtocol | None = None,
+        remeasure: bool = False,
+        series: str = "",
+        description: str = "measuring",
+        progress: ProgressCallback | None = None,
+    ) -> list[MeasurementRecord]:
         """Measure ``records`` (with the session's protocol, or ``protocol``) and store each batch as it returns.
 
         Returns one record per input model, in order: the new measurement or, for a model whose newest
@@ -154,9 +185,16 @@ class MeasuringSession:
         protocol = protocol or self.protocol
         device, backend, store = self.device, self.backend, self.store
         unique = list({r.id: r for r in records}.values())  # one measurement per model, even if listed twice
-        known = {} if remeasure else {
-            m.model_id: m for _, m in store.latest_measurements(device, backend.name, protocol.key(),
-                                                                statuses=LATENCY_STATUSES, series=series)}
+        known = (
+            {}
+            if remeasure
+            else {
+                m.model_id: m
+                for _, m in store.latest_measurements(
+                    device, backend.name, protocol.key(), statuses=LATENCY_STATUSES, series=series
+                )
+            }
+        )
         ready, failed = self.convert([r for r in unique if r.id not in known], progress)
         results: dict[str, MeasurementRecord] = {**known, **{m.model_id: m for m in failed}}
         anchors = self._anchors() if protocol.anchors and ready else []
@@ -165,22 +203,29 @@ class MeasuringSession:
             for start in range(0, len(ready), protocol.batch_size):
                 if start and protocol.cooldown_s:
                     time.sleep(protocol.cooldown_s)
-                chunk = ready[start:start + protocol.batch_size]
+                chunk = ready[start : start + protocol.batch_size]
                 batch = [r for r in chunk if r.id not in anchor_ids] + anchors
                 files = []
                 for r in batch:
                     fmt = self._measured_format(r)
                     files.append(ModelFile(id=r.id, path=Path(self.root) / r.files[fmt], format=fmt))  # type: ignore[index]
                 size = len(chunk)
-                measured = {res.model_id: res for res in backend.measure(
-                    files, dataclasses.replace(protocol, batch_size=len(files)),  # anchors and models in one batch
-                    progress=lambda done, _total, start=start, size=size: update(start + min(done, size),
-                                                                                 len(ready)))}
+                measured = {
+                    res.model_id: res
+                    for res in backend.measure(
+                        files,
+                        dataclasses.replace(protocol, batch_size=len(files)),  # anchors and models in one batch
+                        progress=lambda done, _total, start=start, size=size: update(
+                            start + min(done, size), len(ready)
+                        ),
+                    )
+                }
                 lost = [r.id for r in batch if r.id not in measured]
                 if lost:  # a backend must answer for every model; say which one broke the contract
                     raise RuntimeError(f"backend {backend.name} returned no result for {', '.join(lost)}")
-                stored = store.add_batch([self._record(measured[r.id], protocol, series) for r in batch],
-                                         batch=uuid.uuid4().hex[:16])
+                stored = store.add_batch(
+                    [self._record(measured[r.id], protocol, series) for r in batch], batch=uuid.uuid4().hex[:16]
+                )
                 results.update((m.model_id, m) for m in stored)
                 update(start + size, len(ready))
         return [results[r.id] for r in records]
@@ -190,15 +235,23 @@ class MeasuringSession:
     def _record(self, result: MeasureResult, protocol: MeasurementProtocol, series: str = "") -> MeasurementRecord:
         info = self.backend.device_info
         assert info is not None
-        return MeasurementRecord.from_result(result, device=info.device, backend=self.backend.name,
-                                             runtime_versions=info.runtime_versions, protocol=protocol,
-                                             series=series)
+        return MeasurementRecord.from_result(
+            result,
+            device=info.device,
+            backend=self.backend.name,
+            runtime_versions=info.runtime_versions,
+            protocol=protocol,
+            series=series,
+        )
 
     def _anchors(self) -> list[ModelRecord]:
         """The drift anchors' records, converted for the backend (built on first use); an anchor whose conversion
         failed is left out (its batches are then scaled by the others)."""
-        return [p.record for p in self.prepare(anchor_specs(), progress=lambda *_: None)
-                if p.record is not None and self._measured_format(p.record) is not None]
+        return [
+            p.record
+            for p in self.prepare(anchor_specs(), progress=lambda *_: None)
+            if p.record is not None and self._measured_format(p.record) is not None
+        ]
 
     def _measured_format(self, record: ModelRecord) -> str | None:
         return next((f for f in measured_formats(self.backend) if f in record.files), None)
@@ -210,8 +263,7 @@ class MeasuringSession:
 class _Updates:
     """A ``(done, total)`` callback for one step: the caller's, or a task of the session's reporter."""
 
-    def __init__(self, progress: ProgressCallback | None, reporter: Reporter, description: str,
-                 total: int) -> None:
+    def __init__(self, progress: ProgressCallback | None, reporter: Reporter, description: str, total: int) -> None:
         self._progress = progress
         self._task = reporter.task(description, total) if progress is None and total else None
         self._started = time.monotonic()

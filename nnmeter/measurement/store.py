@@ -186,16 +186,34 @@ class MeasurementRecord:
         return str(self.protocol.get("statistic", "median"))
 
     @classmethod
-    def from_result(cls, result: MeasureResult, *, device: str, backend: str,
-                    runtime_versions: Mapping[str, str], protocol: Any, series: str = "",
-                    batch: str = "") -> MeasurementRecord:
+    def from_result(
+        cls,
+        result: MeasureResult,
+        *,
+        device: str,
+        backend: str,
+        runtime_versions: Mapping[str, str],
+        protocol: Any,
+        series: str = "",
+        batch: str = "",
+    ) -> MeasurementRecord:
         """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
         return cls(
-            model_id=result.model_id, device=device, backend=backend, protocol_key=protocol.key(),
-            status=MeasureStatus(result.status), stats=result.stats, error=result.error,
-            runtime_versions=dict(runtime_versions), protocol=dataclasses.asdict(protocol),
-            op_profile=tuple(result.op_profile), started_at=result.started_at, finished_at=time.time(),
-            device_seconds=result.device_seconds, series=series, batch=batch,
+            model_id=result.model_id,
+            device=device,
+            backend=backend,
+            protocol_key=protocol.key(),
+            status=MeasureStatus(result.status),
+            stats=result.stats,
+            error=result.error,
+            runtime_versions=dict(runtime_versions),
+            protocol=dataclasses.asdict(protocol),
+            op_profile=tuple(result.op_profile),
+            started_at=result.started_at,
+            finished_at=time.time(),
+            device_seconds=result.device_seconds,
+            series=series,
+            batch=batch,
         )
 
 
@@ -253,8 +271,10 @@ class Store:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path}: not a usable nnmeter store ({err})",
-                             "restore the file from a backup, or move it away and run the campaign again") from err
+            raise StoreError(
+                f"{self.path}: not a usable nnmeter store ({err})",
+                "restore the file from a backup, or move it away and run the campaign again",
+            ) from err
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -274,7 +294,8 @@ class Store:
     @property
     def schema_version(self) -> int:
         exists = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
         if not exists:
             return 0
         row = self._db.execute("SELECT version FROM schema_version").fetchone()
@@ -284,8 +305,11 @@ class Store:
         with self._write():
             version = self.schema_version
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: store schema version {version} is newer than this nnmeter "
-                                 f"understands ({SCHEMA_VERSION})", "upgrade nnmeter")
+                raise StoreError(
+                    f"{self.path}: store schema version {version} is newer than this nnmeter "
+                    f"understands ({SCHEMA_VERSION})",
+                    "upgrade nnmeter",
+                )
             if version == 0:
                 self._db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
                 self._db.execute("INSERT INTO schema_version VALUES (0)")
@@ -305,8 +329,7 @@ class Store:
         for row in batches.fetchall():
             setup = (row["device"], row["backend"], row["protocol_key"])
             current = self._anchor_readings(*setup, where="me.batch = ?", args=(row["batch"],))
-            self._record_batch(setup, row["batch"], {a: ms[-1] for a, ms in current.items()}, row["first"],
-                               row["at"])
+            self._record_batch(setup, row["batch"], {a: ms[-1] for a, ms in current.items()}, row["first"], row["at"])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -332,9 +355,10 @@ class Store:
             for rec in records:
                 row = db.execute("SELECT * FROM models WHERE id = ?", (rec.id,)).fetchone()
                 if row is None:
-                    db.execute("INSERT INTO models (id, kind, name, config, files, created_at) "
-                               "VALUES (?, ?, ?, ?, ?, ?)",
-                               (rec.id, rec.kind, rec.name, _dump(rec.config), _dump(rec.files), rec.created_at))
+                    db.execute(
+                        "INSERT INTO models (id, kind, name, config, files, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (rec.id, rec.kind, rec.name, _dump(rec.config), _dump(rec.files), rec.created_at),
+                    )
                     stored.append(rec)
                     continue
                 old = _model(row)
@@ -374,39 +398,52 @@ class Store:
             raise ValueError(f"a batch is measured on one device, backend and protocol; got {len(setups)}")
         setup = setups.pop()
         with self._write() as db:
-            anchors = {row[0] for row in db.execute(
-                f"SELECT id FROM models WHERE kind = 'anchor' AND id IN ({', '.join('?' * len(records))})",
-                [r.model_id for r in records])}
-            current = {r.model_id: r.stats.median_ms for r in records
-                       if r.model_id in anchors and r.status == MeasureStatus.OK and r.stats is not None}
+            anchors = {
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM models WHERE kind = 'anchor' AND id IN ({', '.join('?' * len(records))})",
+                    [r.model_id for r in records],
+                )
+            }
+            current = {
+                r.model_id: r.stats.median_ms
+                for r in records
+                if r.model_id in anchors and r.status == MeasureStatus.OK and r.stats is not None
+            }
             first = (db.execute("SELECT MAX(id) FROM measurements").fetchone()[0] or 0) + 1
             factor = self._record_batch(setup, batch, current, first, time.time())
             return self._insert([dataclasses.replace(r, batch=batch, drift_factor=factor) for r in records])
 
-    def _record_batch(self, setup: tuple[str, str, str], batch: str, current: Mapping[str, float],
-                      first_id: int, created_at: float) -> float:
+    def _record_batch(
+        self, setup: tuple[str, str, str], batch: str, current: Mapping[str, float], first_id: int, created_at: float
+    ) -> float:
         """Decide the drift factor of ``batch`` (its anchors read ``current``) from the measurements stored before
         ``first_id``, write its row and set it on measurements already stored in it; the factor."""
         history = self._anchor_readings(*setup, where="me.id < ?", args=(first_id,))
         level = drift.anchor_level({anchor: ms[0] for anchor, ms in history.items()}, current)
         raw = drift.anchor_factor(history, current)
         check = drift.drift_check(self._repeats(*setup, before_id=first_id))
-        factor = 1.0 if raw is None else raw ** check.weight
-        self._db.execute("INSERT INTO batches (id, device, backend, protocol_key, anchor_level, anchor_factor, "
-                         "weight, weight_pairs, drift_factor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (batch, *setup, level, raw, check.weight, check.pairs, factor, created_at))
+        factor = 1.0 if raw is None else raw**check.weight
+        self._db.execute(
+            "INSERT INTO batches (id, device, backend, protocol_key, anchor_level, anchor_factor, "
+            "weight, weight_pairs, drift_factor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch, *setup, level, raw, check.weight, check.pairs, factor, created_at),
+        )
         self._db.execute("UPDATE measurements SET drift_factor = ? WHERE batch = ?", (factor, batch))
         return factor
 
-    def _anchor_readings(self, device: str, backend: str, protocol_key: str, *, where: str,
-                         args: Sequence[Any]) -> dict[str, list[float]]:
+    def _anchor_readings(
+        self, device: str, backend: str, protocol_key: str, *, where: str, args: Sequence[Any]
+    ) -> dict[str, list[float]]:
         """Median latency (ms) of each drift anchor measured under this setup, per batch in storing order."""
         readings: dict[str, list[float]] = {}
-        for r in self._db.execute(f"""
+        for r in self._db.execute(
+            f"""
                 SELECT me.model_id, me.stats FROM measurements me JOIN models mo ON mo.id = me.model_id
                 WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
                   AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL AND {where} ORDER BY me.id""",
-                (device, backend, protocol_key, MeasureStatus.OK.value, *args)):
+            (device, backend, protocol_key, MeasureStatus.OK.value, *args),
+        ):
             ms = json.loads(r["stats"])["median_ms"]
             if ms > 0:
                 readings.setdefault(r["model_id"], []).append(ms)
@@ -416,26 +453,34 @@ class Store:
         """The measurements (before ``before_id``) of models measured in several batches of this setup, with
         their latency as measured and their batch's anchor level, in storing order."""
         statuses = [s.value for s in LATENCY_STATUSES]
-        rows = self._db.execute(f"""
+        rows = self._db.execute(
+            f"""
             SELECT me.*, ba.anchor_level FROM measurements me JOIN models mo ON mo.id = me.model_id
             LEFT JOIN batches ba ON ba.id = me.batch
             WHERE mo.kind != 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ? AND me.id < ?
-              AND me.batch != '' AND me.stats IS NOT NULL AND me.status IN ({', '.join('?' * len(statuses))})
+              AND me.batch != '' AND me.stats IS NOT NULL AND me.status IN ({", ".join("?" * len(statuses))})
               AND me.model_id IN (
                 SELECT model_id FROM measurements WHERE device = ? AND backend = ? AND protocol_key = ? AND id < ?
                   AND batch != '' AND stats IS NOT NULL GROUP BY model_id HAVING COUNT(DISTINCT batch) > 1)
-            ORDER BY me.id""", (device, backend, protocol_key, before_id, *statuses,
-                                device, backend, protocol_key, before_id)).fetchall()
+            ORDER BY me.id""",
+            (device, backend, protocol_key, before_id, *statuses, device, backend, protocol_key, before_id),
+        ).fetchall()
         out = []
         for row in rows:
             rec = _measurement(row)
-            out.append(drift.Repeat(rec.model_id, rec.batch, rec.stats.value(rec.statistic),  # type: ignore[union-attr]
-                                    row["anchor_level"]))
+            out.append(
+                drift.Repeat(
+                    rec.model_id,
+                    rec.batch,
+                    rec.stats.value(rec.statistic),  # type: ignore[union-attr]
+                    row["anchor_level"],
+                )
+            )
         return out
 
     def drift_check(self, device: str, backend: str, protocol_key: str) -> drift.DriftCheck:
         """The drift check of everything stored under this setup: the weight the next batch would get."""
-        return drift.drift_check(self._repeats(device, backend, protocol_key, before_id=2 ** 62))
+        return drift.drift_check(self._repeats(device, backend, protocol_key, before_id=2**62))
 
     def _insert(self, records: Sequence[MeasurementRecord]) -> list[MeasurementRecord]:
         stored = []
@@ -444,17 +489,38 @@ class Store:
                 "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, protocol, "
                 "status, stats, error, op_profile, started_at, finished_at, device_seconds, series, batch, "
                 "drift_factor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.model_id, rec.device, rec.backend, _dump(rec.runtime_versions), rec.protocol_key,
-                 _dump(rec.protocol), MeasureStatus(rec.status).value,
-                 None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)), rec.error,
-                 _dump([dataclasses.asdict(op) for op in rec.op_profile]), rec.started_at,
-                 rec.finished_at, rec.device_seconds, rec.series, rec.batch, rec.drift_factor))
+                (
+                    rec.model_id,
+                    rec.device,
+                    rec.backend,
+                    _dump(rec.runtime_versions),
+                    rec.protocol_key,
+                    _dump(rec.protocol),
+                    MeasureStatus(rec.status).value,
+                    None if rec.stats is None else _dump(dataclasses.asdict(rec.stats)),
+                    rec.error,
+                    _dump([dataclasses.asdict(op) for op in rec.op_profile]),
+                    rec.started_at,
+                    rec.finished_at,
+                    rec.device_seconds,
+                    rec.series,
+                    rec.batch,
+                    rec.drift_factor,
+                ),
+            )
             stored.append(dataclasses.replace(rec, id=cur.lastrowid))
         return stored
 
-    def latest_measurements(self, device: str, backend: str, protocol_key: str, kind: str | None = None,
-                            name: str | None = None, statuses: Iterable[str] | None = None, series: str = "",
-                            ) -> list[tuple[ModelRecord, MeasurementRecord]]:
+    def latest_measurements(
+        self,
+        device: str,
+        backend: str,
+        protocol_key: str,
+        kind: str | None = None,
+        name: str | None = None,
+        statuses: Iterable[str] | None = None,
+        series: str = "",
+    ) -> list[tuple[ModelRecord, MeasurementRecord]]:
         """The newest measurement of each model under one device/backend/protocol and series, in measuring order.
 
         ``statuses`` filters on the newest measurement: a model whose newest measurement
@@ -475,16 +541,29 @@ class Store:
         rows = self._db.execute(sql, [device, backend, protocol_key, series, *args]).fetchall()
         return [(_model(r, id_column="mo_id"), _measurement(r)) for r in rows]
 
-    def measured_ids(self, device: str, backend: str, protocol_key: str, series: str = "", kind: str | None = None,
-                     name: str | None = None) -> set[str]:
+    def measured_ids(
+        self,
+        device: str,
+        backend: str,
+        protocol_key: str,
+        series: str = "",
+        kind: str | None = None,
+        name: str | None = None,
+    ) -> set[str]:
         """Models (of ``kind`` and ``name``, if given) whose newest measurement under this device/backend/protocol
         and series has a latency."""
-        return {m.model_id for _, m in self.latest_measurements(
-            device, backend, protocol_key, kind=kind, name=name, statuses=LATENCY_STATUSES, series=series)}
+        return {
+            m.model_id
+            for _, m in self.latest_measurements(
+                device, backend, protocol_key, kind=kind, name=name, statuses=LATENCY_STATUSES, series=series
+            )
+        }
 
     def summary(self) -> StoreSummary:
-        models = {r["kind"]: r["n"] for r in self._db.execute(
-            "SELECT kind, COUNT(*) AS n FROM models GROUP BY kind ORDER BY kind")}
+        models = {
+            r["kind"]: r["n"]
+            for r in self._db.execute("SELECT kind, COUNT(*) AS n FROM models GROUP BY kind ORDER BY kind")
+        }
         statuses: dict[str, dict[str, int]] = {kind: {} for kind in models}
         for r in self._db.execute("""
                 SELECT mo.kind, me.status, COUNT(*) AS n FROM measurements me JOIN models mo ON mo.id = me.model_id
@@ -501,12 +580,28 @@ class Store:
                 SELECT device, backend, protocol_key, COUNT(DISTINCT model_id) AS models, COUNT(*) AS n,
                        SUM(device_seconds) AS seconds, MAX(finished_at) AS last_at
                 FROM measurements GROUP BY device, backend, protocol_key ORDER BY last_at"""):
-            counts = {s["status"]: s["n"] for s in self._db.execute(f"""
+            counts = {
+                s["status"]: s["n"]
+                for s in self._db.execute(
+                    f"""
                 SELECT status, COUNT(*) AS n FROM measurements
                 WHERE id IN ({newest}) AND device = ? AND backend = ? AND protocol_key = ?
-                GROUP BY status ORDER BY status""", (r["device"], r["backend"], r["protocol_key"]))}
-            setups.append(SetupSummary(r["device"], r["backend"], r["protocol_key"], r["models"], r["n"],
-                                       counts, r["seconds"] or 0.0, r["last_at"]))
+                GROUP BY status ORDER BY status""",
+                    (r["device"], r["backend"], r["protocol_key"]),
+                )
+            }
+            setups.append(
+                SetupSummary(
+                    r["device"],
+                    r["backend"],
+                    r["protocol_key"],
+                    r["models"],
+                    r["n"],
+                    counts,
+                    r["seconds"] or 0.0,
+                    r["last_at"],
+                )
+            )
         return StoreSummary(models, statuses, tuple(setups))
 
     # --- campaign state ------------------------------------------------------
@@ -519,9 +614,11 @@ class Store:
     def set_state(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable ``value`` under ``key`` (replacing any earlier one)."""
         with self._write() as db:
-            db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                       (key, _dump(value), time.time()))
+            db.execute(
+                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, _dump(value), time.time()),
+            )
 
 
 def _statements(script: str) -> list[str]:
@@ -540,8 +637,14 @@ def _filters(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
 
 
 def _model(row: sqlite3.Row, id_column: str = "id") -> ModelRecord:
-    return ModelRecord(id=row[id_column], kind=row["kind"], name=row["name"], config=json.loads(row["config"]),
-                       files=json.loads(row["files"]), created_at=row["created_at"])
+    return ModelRecord(
+        id=row[id_column],
+        kind=row["kind"],
+        name=row["name"],
+        config=json.loads(row["config"]),
+        files=json.loads(row["files"]),
+        created_at=row["created_at"],
+    )
 
 
 def _measurement(row: sqlite3.Row) -> MeasurementRecord:
@@ -551,10 +654,21 @@ def _measurement(row: sqlite3.Row) -> MeasurementRecord:
         values["round_medians_ms"] = tuple(values.get("round_medians_ms", ()))
         stats = LatencyStats(**values)
     return MeasurementRecord(
-        id=row["id"], model_id=row["model_id"], device=row["device"], backend=row["backend"],
-        protocol_key=row["protocol_key"], status=MeasureStatus(row["status"]), stats=stats, error=row["error"],
-        runtime_versions=json.loads(row["runtime_versions"]), protocol=json.loads(row["protocol"]),
+        id=row["id"],
+        model_id=row["model_id"],
+        device=row["device"],
+        backend=row["backend"],
+        protocol_key=row["protocol_key"],
+        status=MeasureStatus(row["status"]),
+        stats=stats,
+        error=row["error"],
+        runtime_versions=json.loads(row["runtime_versions"]),
+        protocol=json.loads(row["protocol"]),
         op_profile=tuple(OpTime(**op) for op in json.loads(row["op_profile"])),
-        started_at=row["started_at"], finished_at=row["finished_at"], device_seconds=row["device_seconds"],
-        series=row["series"], batch=row["batch"], drift_factor=row["drift_factor"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        device_seconds=row["device_seconds"],
+        series=row["series"],
+        batch=row["batch"],
+        drift_factor=row["drift_factor"],
     )

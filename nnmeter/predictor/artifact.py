@@ -51,7 +51,11 @@ from nnmeter import __version__, ops
 from nnmeter.errors import NnmeterError
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_names
 from nnmeter.predictor.regressor_format import (
-    RegressorFormatError, TreeEnsemble, check_not_pickle, load_ensemble, save_ensemble,
+    RegressorFormatError,
+    TreeEnsemble,
+    check_not_pickle,
+    load_ensemble,
+    save_ensemble,
 )
 from nnmeter.predictor.rules import FusionRules, load_rules, save_rules
 
@@ -78,8 +82,13 @@ class KernelEntry:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "regressor": self.regressor, "features": list(self.features),
-                "samples": self.samples, "metrics": dict(self.metrics)}
+        return {
+            "file": self.file,
+            "regressor": self.regressor,
+            "features": list(self.features),
+            "samples": self.samples,
+            "metrics": dict(self.metrics),
+        }
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,10 @@ class ModelCorrection:
 
     def extra_ms(self, weight_bytes: Any, refetched_bytes: Any = 0.0) -> Any:
         """The weight terms for a model's weight bytes and refetched weight bytes (numbers, or arrays)."""
-        return (self.ms_per_mb * np.maximum(0.0, np.asarray(weight_bytes) / 1e6 - self.threshold_mb)
-                + self.ms_per_refetched_mb * np.asarray(refetched_bytes) / 1e6)
+        return (
+            self.ms_per_mb * np.maximum(0.0, np.asarray(weight_bytes) / 1e6 - self.threshold_mb)
+            + self.ms_per_refetched_mb * np.asarray(refetched_bytes) / 1e6
+        )
 
     def apply(self, kernels_ms: Any, weight_bytes: Any, refetched_bytes: Any = 0.0) -> Any:
         """A model's latency from the sum of its kernels' standalone latencies, its weight bytes and its
@@ -116,26 +127,46 @@ class ModelCorrection:
         71.6 us/MB of weights above 13.0 MB (fitted on 20 calibration models, residual 2.1 %)``."""
         text = f"kernels x {self.scale:.3f}"
         if self.ms_per_refetched_mb > 0:
-            text += (f" + {1000 * self.ms_per_refetched_mb:.1f} us/MB refetched (kernels <= "
-                     f"{self.private_cache_mb:.1f} MB)")
+            text += (
+                f" + {1000 * self.ms_per_refetched_mb:.1f} us/MB refetched (kernels <= {self.private_cache_mb:.1f} MB)"
+            )
         if self.ms_per_mb > 0:
             text += f" + {1000 * self.ms_per_mb:.1f} us/MB of weights above {self.threshold_mb:.1f} MB"
         return f"{text} (fitted on {self.fitted_on} calibration models, residual {100 * self.residual:.1f} %)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "ms_per_mb": self.ms_per_mb, "threshold_mb": self.threshold_mb,
-                "ms_per_refetched_mb": self.ms_per_refetched_mb, "private_cache_mb": self.private_cache_mb,
-                "fitted_on": self.fitted_on, "residual": self.residual}
+        return {
+            "scale": self.scale,
+            "ms_per_mb": self.ms_per_mb,
+            "threshold_mb": self.threshold_mb,
+            "ms_per_refetched_mb": self.ms_per_refetched_mb,
+            "private_cache_mb": self.private_cache_mb,
+            "fitted_on": self.fitted_on,
+            "residual": self.residual,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelCorrection":
-        correction = cls(float(data["ms_per_mb"]), float(data["threshold_mb"]), int(data.get("fitted_on", 0)),
-                         float(data.get("residual", 0.0)), float(data.get("scale", 1.0)),
-                         float(data.get("ms_per_refetched_mb", 0.0)), float(data.get("private_cache_mb", 0.0)))
-        if not (correction.ms_per_mb >= 0 and correction.threshold_mb >= 0 and correction.scale > 0  # NaN too
-                and correction.ms_per_refetched_mb >= 0 and correction.private_cache_mb >= 0):
-            raise ValueError(f"model_correction: ms_per_mb, threshold_mb, ms_per_refetched_mb and private_cache_mb "
-                             f"must be >= 0 and scale > 0, got {dict(data)}")
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelCorrection:
+        correction = cls(
+            float(data["ms_per_mb"]),
+            float(data["threshold_mb"]),
+            int(data.get("fitted_on", 0)),
+            float(data.get("residual", 0.0)),
+            float(data.get("scale", 1.0)),
+            float(data.get("ms_per_refetched_mb", 0.0)),
+            float(data.get("private_cache_mb", 0.0)),
+        )
+        if not (
+            correction.ms_per_mb >= 0
+            and correction.threshold_mb >= 0
+            and correction.scale > 0  # NaN too
+            and correction.ms_per_refetched_mb >= 0
+            and correction.private_cache_mb >= 0
+        ):
+            raise ValueError(
+                f"model_correction: ms_per_mb, threshold_mb, ms_per_refetched_mb and private_cache_mb "
+                f"must be >= 0 and scale > 0, got {dict(data)}"
+            )
         return correction
 
 
@@ -166,13 +197,22 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": self.format, "format_version": self.format_version, "name": self.name,
-            "version": self.version, "created": self.created, "description": self.description,
-            "device": dict(self.device), "backend": self.backend, "protocol": dict(self.protocol),
-            "libraries": dict(self.libraries), "feature_schema_version": self.feature_schema_version,
-            "rules": self.rules, "invoke_overhead_ms": self.invoke_overhead_ms,
+            "format": self.format,
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "description": self.description,
+            "device": dict(self.device),
+            "backend": self.backend,
+            "protocol": dict(self.protocol),
+            "libraries": dict(self.libraries),
+            "feature_schema_version": self.feature_schema_version,
+            "rules": self.rules,
+            "invoke_overhead_ms": self.invoke_overhead_ms,
             **({"model_correction": self.model_correction.to_dict()} if self.model_correction else {}),
-            "kernels": {k: e.to_dict() for k, e in self.kernels.items()}, "files": dict(self.files),
+            "kernels": {k: e.to_dict() for k, e in self.kernels.items()},
+            "files": dict(self.files),
         }
 
 
@@ -214,12 +254,16 @@ class Artifact:
         try:
             ensemble = self.regressors[kernel]
         except KeyError:
-            raise ArtifactError(f"predictor {self.manifest.name} has no regressor for kernel {kernel!r}; "
-                                f"it has: {', '.join(sorted(self.regressors))}") from None
+            raise ArtifactError(
+                f"predictor {self.manifest.name} has no regressor for kernel {kernel!r}; "
+                f"it has: {', '.join(sorted(self.regressors))}"
+            ) from None
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != ensemble.n_features:
-            raise ValueError(f"kernel {kernel}: expected a feature matrix of {ensemble.n_features} columns "
-                             f"({', '.join(self.manifest.kernels[kernel].features)}), got shape {X.shape}")
+            raise ValueError(
+                f"kernel {kernel}: expected a feature matrix of {ensemble.n_features} columns "
+                f"({', '.join(self.manifest.kernels[kernel].features)}), got shape {X.shape}"
+            )
         return ensemble.predict(X)
 
 
@@ -237,10 +281,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, device: Mapping[str, Any],
-                   backend: str, protocol: Mapping[str, Any], rules: FusionRules,
-                   kernels: Mapping[str, KernelPayload], description: str = "", overwrite: bool = False,
-                   invoke_overhead_ms: float = 0.0, model_correction: ModelCorrection | None = None) -> Path:
+def write_artifact(
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    version: str,
+    device: Mapping[str, Any],
+    backend: str,
+    protocol: Mapping[str, Any],
+    rules: FusionRules,
+    kernels: Mapping[str, KernelPayload],
+    description: str = "",
+    overwrite: bool = False,
+    invoke_overhead_ms: float = 0.0,
+    model_correction: ModelCorrection | None = None,
+) -> Path:
     """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
     out = Path(out_dir)
     if not kernels:
@@ -257,20 +312,30 @@ def write_artifact(out_dir: str | os.PathLike, *, name: str, version: str, devic
             payload = kernels[kernel]
             names = feature_names(kernel)
             if payload.ensemble.n_features != len(names):
-                raise ArtifactError(f"kernel {kernel}: regressor takes {payload.ensemble.n_features} features, "
-                                    f"feature schema {FEATURE_SCHEMA_VERSION} has {len(names)}",
-                                    "train the kernel again with this nnmeter")
+                raise ArtifactError(
+                    f"kernel {kernel}: regressor takes {payload.ensemble.n_features} features, "
+                    f"feature schema {FEATURE_SCHEMA_VERSION} has {len(names)}",
+                    "train the kernel again with this nnmeter",
+                )
             rel = f"{KERNELS_DIR}/{kernel}.npz"
             save_ensemble(payload.ensemble, staging / rel)
-            entries[kernel] = KernelEntry(kernel, rel, payload.ensemble.regressor, names, int(payload.samples),
-                                          dict(payload.metrics))
-        files = {p.relative_to(staging).as_posix(): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
+            entries[kernel] = KernelEntry(
+                kernel, rel, payload.ensemble.regressor, names, int(payload.samples), dict(payload.metrics)
+            )
+        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = Manifest(
-            name=name, version=str(version), device=dict(device), backend=backend, protocol=dict(protocol),
-            kernels=entries, files=files, libraries=library_versions(),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), description=description,
-            invoke_overhead_ms=float(invoke_overhead_ms), model_correction=model_correction,
+            name=name,
+            version=str(version),
+            device=dict(device),
+            backend=backend,
+            protocol=dict(protocol),
+            kernels=entries,
+            files=files,
+            libraries=library_versions(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            description=description,
+            invoke_overhead_ms=float(invoke_overhead_ms),
+            model_correction=model_correction,
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -300,39 +365,57 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such predictor folder")
     if not file.is_file():
-        raise ArtifactError(f"{folder}: not a predictor folder (no {MANIFEST})",
-                            "make one with `nnmeter-build package WS -o DIR`")
+        raise ArtifactError(
+            f"{folder}: not a predictor folder (no {MANIFEST})", "make one with `nnmeter-build package WS -o DIR`"
+        )
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ArtifactError(f"{file}: damaged manifest ({_first_line(err)})") from None
     if not isinstance(data, Mapping) or data.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{file}: not an nnmeter predictor manifest (format is "
-                            f"{data.get('format') if isinstance(data, Mapping) else None!r}, "
-                            f"expected {ARTIFACT_FORMAT!r})")
+        raise ArtifactError(
+            f"{file}: not an nnmeter predictor manifest (format is "
+            f"{data.get('format') if isinstance(data, Mapping) else None!r}, "
+            f"expected {ARTIFACT_FORMAT!r})"
+        )
     if data.get("format_version") != ARTIFACT_FORMAT_VERSION:
-        raise ArtifactError(f"{file}: predictor format version {data.get('format_version')!r} is not supported "
-                            f"(this nnmeter reads version {ARTIFACT_FORMAT_VERSION})", "upgrade nnmeter")
+        raise ArtifactError(
+            f"{file}: predictor format version {data.get('format_version')!r} is not supported "
+            f"(this nnmeter reads version {ARTIFACT_FORMAT_VERSION})",
+            "upgrade nnmeter",
+        )
     try:
         kernels = {
-            str(k): KernelEntry(str(k), str(e["file"]), str(e.get("regressor", "")),
-                                tuple(str(f) for f in e["features"]), int(e.get("samples", 0)),
-                                dict(e.get("metrics") or {}))
+            str(k): KernelEntry(
+                str(k),
+                str(e["file"]),
+                str(e.get("regressor", "")),
+                tuple(str(f) for f in e["features"]),
+                int(e.get("samples", 0)),
+                dict(e.get("metrics") or {}),
+            )
             for k, e in data["kernels"].items()
         }
         return Manifest(
-            name=str(data["name"]), version=str(data["version"]), device=dict(data.get("device") or {}),
-            backend=str(data.get("backend", "")), protocol=dict(data.get("protocol") or {}), kernels=kernels,
+            name=str(data["name"]),
+            version=str(data["version"]),
+            device=dict(data.get("device") or {}),
+            backend=str(data.get("backend", "")),
+            protocol=dict(data.get("protocol") or {}),
+            kernels=kernels,
             files={str(k): str(v) for k, v in data["files"].items()},
             feature_schema_version=int(data["feature_schema_version"]),
             libraries={str(k): str(v) for k, v in (data.get("libraries") or {}).items()},
-            created=str(data.get("created", "")), description=str(data.get("description", "")),
+            created=str(data.get("created", "")),
+            description=str(data.get("description", "")),
             rules=str(data.get("rules", RULES_FILE)),
             invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
             # ``memory_correction``: the weight term alone, as artifacts before the factor wrote it
-            model_correction=(ModelCorrection.from_dict(correction)
-                              if (correction := data.get("model_correction") or data.get("memory_correction"))
-                              else None),
+            model_correction=(
+                ModelCorrection.from_dict(correction)
+                if (correction := data.get("model_correction") or data.get("memory_correction"))
+                else None
+            ),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None
@@ -348,19 +431,24 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             f"{folder}: predictor built with feature schema version {manifest.feature_schema_version}, "
             f"this nnmeter computes version {FEATURE_SCHEMA_VERSION}",
             "use the nnmeter version that built it, or package it again from its workspace "
-            "(`nnmeter-build train` then `package`)")
+            "(`nnmeter-build train` then `package`)",
+        )
     referenced = {manifest.rules, *(e.file for e in manifest.kernels.values())}
     unlisted = sorted(referenced - set(manifest.files))
     if unlisted:
         raise ArtifactError(f"{where}: files has no checksum for {', '.join(unlisted)}")
     for kernel, entry in manifest.kernels.items():
         if kernel not in ops.KERNELS:
-            raise ArtifactError(f"{where}: kernel {kernel!r} is unknown to this nnmeter; "
-                                f"known: {', '.join(ops.KERNELS)}", "upgrade nnmeter")
+            raise ArtifactError(
+                f"{where}: kernel {kernel!r} is unknown to this nnmeter; known: {', '.join(ops.KERNELS)}",
+                "upgrade nnmeter",
+            )
         if entry.features != feature_names(kernel):
-            raise ArtifactError(f"{where}: kernel {kernel} lists features {', '.join(entry.features)}; "
-                                f"this nnmeter computes {', '.join(feature_names(kernel))}",
-                                "package the predictor again from its workspace")
+            raise ArtifactError(
+                f"{where}: kernel {kernel} lists features {', '.join(entry.features)}; "
+                f"this nnmeter computes {', '.join(feature_names(kernel))}",
+                "package the predictor again from its workspace",
+            )
         try:  # a pickle is refused by what it is, before the checksum says only "changed"
             check_not_pickle(_inside(folder, entry.file))
         except RegressorFormatError as err:
@@ -370,8 +458,10 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         if not file.is_file():
             raise ArtifactError(f"{folder}: {rel} is missing (the manifest lists it)")
         if sha256_file(file) != expected:
-            raise ArtifactError(f"{file}: damaged or changed since packaging (sha256 differs from the manifest)",
-                                "package the predictor again, or copy it anew")
+            raise ArtifactError(
+                f"{file}: damaged or changed since packaging (sha256 differs from the manifest)",
+                "package the predictor again, or copy it anew",
+            )
     try:
         rules = load_rules(_inside(folder, manifest.rules))
         regressors = {k: load_ensemble(_inside(folder, e.file)) for k, e in manifest.kernels.items()}
@@ -379,8 +469,10 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(str(err)) from None
     for kernel, ensemble in regressors.items():
         if ensemble.n_features != len(manifest.kernels[kernel].features):
-            raise ArtifactError(f"{folder / manifest.kernels[kernel].file}: regressor takes {ensemble.n_features} "
-                                f"features, the manifest lists {len(manifest.kernels[kernel].features)}")
+            raise ArtifactError(
+                f"{folder / manifest.kernels[kernel].file}: regressor takes {ensemble.n_features} "
+                f"features, the manifest lists {len(manifest.kernels[kernel].features)}"
+            )
     return Artifact(path=folder, manifest=manifest, rules=rules, regressors=regressors)
 
 

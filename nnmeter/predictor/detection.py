@@ -179,8 +179,9 @@ def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] |
     kernel.kernel = (chosen or names)[0]
     try:
         raw, kernel.stand_in = _config(kernel.kernel, first)
-        kernel.config = dict(_validated(kernel.kernel, tuple(
-            tuple(v) if isinstance(v, list) else v for v in raw.values())))
+        kernel.config = dict(
+            _validated(kernel.kernel, tuple(tuple(v) if isinstance(v, list) else v for v in raw.values()))
+        )
     except ValueError as err:
         kernel.problem = str(err)
         return kernel
@@ -225,8 +226,10 @@ def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
         if node.attrs.get("axis", -1) not in (-1, 3):
             raise ValueError(f"node {node.name}: concat along axis {node.attrs['axis']}, not channels")
     if node.op == ops.DWCONV and node.attrs.get("depth_multiplier", 1) != 1:
-        raise ValueError(f"node {node.name}: depthwise conv with depth multiplier "
-                         f"{node.attrs['depth_multiplier']}; only 1 is a kernel")
+        raise ValueError(
+            f"node {node.name}: depthwise conv with depth multiplier "
+            f"{node.attrs['depth_multiplier']}; only 1 is a kernel"
+        )
     if node.op == ops.CONV and node.attrs.get("groups", 1) != 1:
         raise ValueError(f"node {node.name}: grouped conv ({node.attrs['groups']} groups) is not a kernel")
     if kernel == ops.FC and any(d != 1 for d in shape[:-1]):
@@ -242,8 +245,14 @@ def _conv_twin(height: int, width: int, cin: int) -> tuple[int, int, str]:
     taps = height * width
     size = min((k for k in ops.KERNEL_SIZE_VALUES if k > 1), key=lambda k: abs(k * k - taps))
     twin_cin = max(1, round(cin * taps / (size * size)))
-    return size, twin_cin, (f"{height}x{width} conv with CIN {cin} predicted as the {size}x{size} conv with CIN "
-                            f"{twin_cin}: the same matrix product")
+    return (
+        size,
+        twin_cin,
+        (
+            f"{height}x{width} conv with CIN {cin} predicted as the {size}x{size} conv with CIN "
+            f"{twin_cin}: the same matrix product"
+        ),
+    )
 
 
 def _concat_twin(cins: list[int]) -> tuple[list[int], str]:
@@ -252,7 +261,7 @@ def _concat_twin(cins: list[int]) -> tuple[list[int], str]:
     most = ops.CONCAT_INPUTS_RANGE[1]
     if len(cins) <= most:
         return cins, ""
-    twin = cins[:most - 1] + [sum(cins[most - 1:])]
+    twin = cins[: most - 1] + [sum(cins[most - 1 :])]
     return twin, f"{len(cins)}-input concat predicted as the {most}-input concat {twin}: the same bytes copied"
 
 
@@ -261,13 +270,17 @@ def _crop_twin(node: Node, shape: list[int], out: list[int]) -> tuple[int, str]:
     ``node``, a window or strided slice of a feature map, and the stand-in note when it is another window;
     a slice that changes the channels or the rank is not a crop (ValueError)."""
     if len(shape) != 4 or len(out) != 4 or channels(out) != channels(shape) or spatial(out) >= spatial(shape):
-        raise ValueError(f"node {node.name}: a slice from {shape} to {out} is not a crop of a feature map "
-                         f"(the crop kernel keeps the channels and cuts rows and columns)")
+        raise ValueError(
+            f"node {node.name}: a slice from {shape} to {out} is not a crop of a feature map "
+            f"(the crop kernel keeps the channels and cuts rows and columns)"
+        )
     side = spatial(out) + 1
     if side == spatial(shape):
         return side, ""
-    return side, (f"window of {list(out[1:3])} out of {list(shape[1:3])} predicted as the crop of HW {side}: "
-                  f"the same bytes copied")
+    return side, (
+        f"window of {list(out[1:3])} out of {list(shape[1:3])} predicted as the crop of HW {side}: "
+        f"the same bytes copied"
+    )
 
 
 def _pair(node: Node, attr: str) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
@@ -103,10 +103,15 @@ class PredictionResult:
         return covered / (covered + missing) if covered + missing else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "latency_ms": self.latency_ms, "coverage": self.coverage,
-                "kernels": [asdict(k) for k in self.kernels],
-                "unsupported": [asdict(u) for u in self.unsupported], "free_nodes": self.free_nodes,
-                "correction_ms": self.correction_ms}
+        return {
+            "model": self.model,
+            "latency_ms": self.latency_ms,
+            "coverage": self.coverage,
+            "kernels": [asdict(k) for k in self.kernels],
+            "unsupported": [asdict(u) for u in self.unsupported],
+            "free_nodes": self.free_nodes,
+            "correction_ms": self.correction_ms,
+        }
 
 
 def weight_bytes(kernels: Iterable[Any]) -> float:
@@ -129,7 +134,7 @@ def refetched_weight_bytes(kernels: Iterable[Any], private_cache_bytes: float) -
     return total
 
 
-@lru_cache(maxsize=None)
+@cache
 def _memory_columns(kernel: str) -> tuple[int, int, int]:
     names = feature_names(kernel)
     return names.index("BYTES_READ"), names.index("BYTES_WRITTEN"), names.index("PARAMS")
@@ -169,15 +174,17 @@ class Predictor:
         """The kernels of ``model`` as this predictor's device runs them (no latency)."""
         return detect(to_graph(model, input_shape), self.rules, self.kernel_types)
 
-    def predict(self, model: ModelInput, input_shape: Sequence[int] | None = None,
-                strict: bool = True) -> PredictionResult:
+    def predict(
+        self, model: ModelInput, input_shape: Sequence[int] | None = None, strict: bool = True
+    ) -> PredictionResult:
         """Latency of one model: a path (.tflite, .onnx, .keras, .h5, .pb, SavedModel folder, IR .json),
         a keras.Model, an onnx.ModelProto, a torch.nn.Module (with ``input_shape``), an nn-Meter IR dict
         or an IR :class:`~nnmeter.predictor.ir.Graph`."""
         return self.predict_many([model], input_shape, strict)[0]
 
-    def predict_many(self, models: Iterable[ModelInput], input_shape: Sequence[int] | None = None,
-                     strict: bool = True) -> list[PredictionResult]:
+    def predict_many(
+        self, models: Iterable[ModelInput], input_shape: Sequence[int] | None = None, strict: bool = True
+    ) -> list[PredictionResult]:
         """Latency of many models, with one regressor call per kernel type across all of them."""
         detections = [self.detect(m, input_shape) for m in models]
         if strict:
@@ -202,33 +209,44 @@ class Predictor:
         results = []
         for mi, det in enumerate(detections):
             kernel_rows = [
-                KernelRow(k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes,
-                          k.stand_in)
-                for ki, k in enumerate(det.kernels) if not k.problem
+                KernelRow(
+                    k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes, k.stand_in
+                )
+                for ki, k in enumerate(det.kernels)
+                if not k.problem
             ]
             unsupported = [UnsupportedItem("-".join(k.ops), list(k.nodes), k.problem) for k in det.unsupported]
             kernels_ms = sum(r.ms for r in kernel_rows) + (overhead if kernel_rows else 0.0)
-            total = (correction.apply(kernels_ms, weight_bytes(kernel_rows),
-                                      refetched_weight_bytes(kernel_rows, 1e6 * correction.private_cache_mb))
-                     if correction is not None else kernels_ms)
+            total = (
+                correction.apply(
+                    kernels_ms,
+                    weight_bytes(kernel_rows),
+                    refetched_weight_bytes(kernel_rows, 1e6 * correction.private_cache_mb),
+                )
+                if correction is not None
+                else kernels_ms
+            )
             correction_ms = total - kernels_ms
-            results.append(PredictionResult(det.graph, float(total), kernel_rows, unsupported,
-                                            list(det.free_nodes), float(correction_ms)))
+            results.append(
+                PredictionResult(
+                    det.graph, float(total), kernel_rows, unsupported, list(det.free_nodes), float(correction_ms)
+                )
+            )
         return results
 
     def _check_supported(self, detections: list[Detection]) -> None:
         problems = [(d.graph, k) for d in detections for k in d.unsupported]
         if not problems:
             return
-        shown = "; ".join(f"{g}: {'-'.join(k.ops)} at {', '.join(k.nodes[:3])} ({k.problem})"
-                          for g, k in problems[:5])
+        shown = "; ".join(f"{g}: {'-'.join(k.ops)} at {', '.join(k.nodes[:3])} ({k.problem})" for g, k in problems[:5])
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         ops_list = sorted({op for _, k in problems for op in k.ops})
         raise UnsupportedModelError(
             f"predictor {self.name} cannot predict {len(problems)} part(s) of the model "
             f"(ops {', '.join(ops_list)}): {shown}{more}",
             "pass strict=False (--no-strict) to get the sum of the rest with the list of what is left out, "
-            f"or train the missing kernels; this predictor has: {', '.join(sorted(self.kernel_types))}")
+            f"or train the missing kernels; this predictor has: {', '.join(sorted(self.kernel_types))}",
+        )
 
 
 def load_predictor(name_or_path: str | os.PathLike | KernelModel) -> Predictor:

@@ -70,14 +70,16 @@ class Graph:
                 out.setdefault(src, []).append(node.name)
         return out
 
-    def check(self) -> "Graph":
+    def check(self) -> Graph:
         """Verify edges point backwards to existing nodes or inputs; raise ValueError otherwise."""
         seen = set(self.inputs)
         for node in self.nodes.values():
             for src in node.inputs:
                 if src not in seen:
-                    raise ValueError(f"graph {self.name}: node {node.name} reads {src!r}, which is not "
-                                     "an earlier node or a graph input")
+                    raise ValueError(
+                        f"graph {self.name}: node {node.name} reads {src!r}, which is not "
+                        "an earlier node or a graph input"
+                    )
             seen.add(node.name)
         return self
 
@@ -97,27 +99,44 @@ class Graph:
             "inputs": self.inputs,
             "outputs": self.outputs,
             "nodes": [
-                {"name": n.name, "op": n.op, "inputs": n.inputs, "input_shapes": n.input_shapes,
-                 "output_shapes": n.output_shapes, "attrs": n.attrs}
+                {
+                    "name": n.name,
+                    "op": n.op,
+                    "inputs": n.inputs,
+                    "input_shapes": n.input_shapes,
+                    "output_shapes": n.output_shapes,
+                    "attrs": n.attrs,
+                }
                 for n in self.nodes.values()
             ],
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Graph":
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Graph:
         if data.get("format") != "nnmeter-ir":
             raise ModelFileError(f"{source}: not an nnmeter IR graph (no 'format: nnmeter-ir' key)")
         if data.get("version") != IR_FORMAT_VERSION:
-            raise ModelFileError(f"{source}: IR format version {data.get('version')!r} is not supported; "
-                                 f"this nnmeter reads version {IR_FORMAT_VERSION}")
+            raise ModelFileError(
+                f"{source}: IR format version {data.get('version')!r} is not supported; "
+                f"this nnmeter reads version {IR_FORMAT_VERSION}"
+            )
         try:
-            graph = cls(name=str(data["name"]), inputs={k: list(v) for k, v in data["inputs"].items()},
-                        outputs=list(data.get("outputs", [])))
+            graph = cls(
+                name=str(data["name"]),
+                inputs={k: list(v) for k, v in data["inputs"].items()},
+                outputs=list(data.get("outputs", [])),
+            )
             for item in data["nodes"]:
-                graph.add(Node(name=item["name"], op=item["op"], inputs=list(item["inputs"]),
-                               input_shapes=[list(s) for s in item["input_shapes"]],
-                               output_shapes=[list(s) for s in item["output_shapes"]],
-                               attrs=dict(item.get("attrs", {}))))
+                graph.add(
+                    Node(
+                        name=item["name"],
+                        op=item["op"],
+                        inputs=list(item["inputs"]),
+                        input_shapes=[list(s) for s in item["input_shapes"]],
+                        output_shapes=[list(s) for s in item["output_shapes"]],
+                        attrs=dict(item.get("attrs", {})),
+                    )
+                )
             return graph.check()
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ModelFileError(f"{source}: malformed nnmeter IR graph: {err}") from None
@@ -183,12 +202,25 @@ class GraphBuilder:
     def known(self, name: str) -> bool:
         return self.resolve(name) in self.graph.nodes or self.resolve(name) in self.graph.inputs
 
-    def node(self, name: str, op: str, inputs: Iterable[str], input_shapes: Iterable[Iterable[int]],
-             output_shapes: Iterable[Iterable[int]], **attrs: Any) -> Node:
-        return self.graph.add(Node(
-            name=name, op=op, inputs=[self.resolve(i) for i in inputs],
-            input_shapes=[[int(d) for d in s] for s in input_shapes],
-            output_shapes=[[int(d) for d in s] for s in output_shapes], attrs=attrs))
+    def node(
+        self,
+        name: str,
+        op: str,
+        inputs: Iterable[str],
+        input_shapes: Iterable[Iterable[int]],
+        output_shapes: Iterable[Iterable[int]],
+        **attrs: Any,
+    ) -> Node:
+        return self.graph.add(
+            Node(
+                name=name,
+                op=op,
+                inputs=[self.resolve(i) for i in inputs],
+                input_shapes=[[int(d) for d in s] for s in input_shapes],
+                output_shapes=[[int(d) for d in s] for s in output_shapes],
+                attrs=attrs,
+            )
+        )
 
     def finish(self, outputs: Iterable[str]) -> Graph:
         from nnmeter.predictor.patterns import recognise

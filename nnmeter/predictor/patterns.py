@@ -64,8 +64,14 @@ class _View:
         self.used.update(names)
         first = self.graph.nodes[names[0]]
         shapes = [s for s, i in zip(first.input_shapes, first.inputs) if i == source][:1] or first.input_shapes[:1]
-        node = Node(name=last.name, op=op, inputs=[source], input_shapes=shapes,
-                    output_shapes=last.output_shapes, attrs={"pattern": names, **(attrs or {})})
+        node = Node(
+            name=last.name,
+            op=op,
+            inputs=[source],
+            input_shapes=shapes,
+            output_shapes=last.output_shapes,
+            attrs={"pattern": names, **(attrs or {})},
+        )
         return names, node, last.name
 
 
@@ -155,8 +161,7 @@ def _se(v: _View, mul: Node) -> Match | None:
         if node is None or node.op != ops.GLOBAL_AVGPOOL or node.inputs != [x] or not v.private(node.name):
             continue
         # the squeeze: the gate's first conv or fc after the pooling
-        squeeze = next((v.graph.nodes[n] for n in reversed(chain) if v.graph.nodes[n].op in (ops.CONV, ops.FC)),
-                       None)
+        squeeze = next((v.graph.nodes[n] for n in reversed(chain) if v.graph.nodes[n].op in (ops.CONV, ops.FC)), None)
         if squeeze is None or not _squeezes_like_the_kernel(node, squeeze):
             continue
         names = [node.name, *reversed(chain), mul.name]

@@ -83,9 +83,11 @@ def find_predictor(name_or_path: str | os.PathLike) -> Path:
         return max(matches, key=lambda p: _version_key(p.version)).path
     known = ", ".join(f"{p.label} ({p.device or 'unknown device'})" for p in installed) or "none"
     where = ", ".join(str(p) for p in search_paths())
-    raise ArtifactError(f"no predictor {text!r} (neither a folder nor an installed predictor); installed: {known}",
-                        f"searched {where}; install one with `nnmeter-build package WS -o DIR --install` "
-                        f"or add its parent folder to {ENV_VAR}")
+    raise ArtifactError(
+        f"no predictor {text!r} (neither a folder nor an installed predictor); installed: {known}",
+        f"searched {where}; install one with `nnmeter-build package WS -o DIR --install` "
+        f"or add its parent folder to {ENV_VAR}",
+    )
 
 
 def install_predictor(folder: str | os.PathLike, root: Path | None = None, overwrite: bool = False) -> Path:
@@ -95,8 +97,10 @@ def install_predictor(folder: str | os.PathLike, root: Path | None = None, overw
     dest = root / f"{_safe(artifact.manifest.name)}-{_safe(artifact.manifest.version)}"
     if dest.exists():
         if not overwrite:
-            raise ArtifactError(f"{dest} already exists ({artifact.manifest.name}@{artifact.manifest.version} "
-                                f"is installed)", "give the predictor another --version, or pass --force")
+            raise ArtifactError(
+                f"{dest} already exists ({artifact.manifest.name}@{artifact.manifest.version} is installed)",
+                "give the predictor another --version, or pass --force",
+            )
         shutil.rmtree(dest)
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(artifact.path, dest)
@@ -109,8 +113,13 @@ def _describe(folder: Path) -> InstalledPredictor:
     except ArtifactError as err:
         return InstalledPredictor(path=folder, error=err.message)
     return InstalledPredictor(
-        path=folder, name=m.name, version=m.version, device=m.device_id,
-        device_description=str(m.device.get("description", "")), backend=m.backend, kernels=len(m.kernels),
+        path=folder,
+        name=m.name,
+        version=m.version,
+        device=m.device_id,
+        device_description=str(m.device.get("description", "")),
+        backend=m.backend,
+        kernels=len(m.kernels),
         metrics=_summary(m.kernels),
     )
 

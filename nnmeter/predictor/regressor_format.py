@@ -92,25 +92,41 @@ class LinearBase:
         return np.maximum(cost, self.floor)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "coef": list(self.coef), "intercept": self.intercept,
-                "floor": self.floor, "gemm_columns": list(self.gemm_columns), "tile": list(self.tile),
-                "tile_coef": list(self.tile_coef), "half_tile_column": self.half_tile_column}
+        return {
+            "columns": list(self.columns),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+            "floor": self.floor,
+            "gemm_columns": list(self.gemm_columns),
+            "tile": list(self.tile),
+            "tile_coef": list(self.tile_coef),
+            "half_tile_column": self.half_tile_column,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LinearBase":
+    def from_dict(cls, data: Mapping[str, Any]) -> LinearBase:
         mr, nr = (int(v) for v in data["tile"])
         a, b = (float(v) for v in data["tile_coef"])
         half = int(data["half_tile_column"])
         if mr < 1 or nr < 1 or len(data["gemm_columns"]) not in (0, 3) or half < -1:
-            raise ValueError(f"base: tile {[mr, nr]}, gemm_columns {data['gemm_columns']} or half_tile_column "
-                             f"{half} is not valid")
-        return cls(tuple(int(c) for c in data["columns"]), tuple(float(c) for c in data["coef"]),
-                   float(data["intercept"]), float(data["floor"]),
-                   tuple(int(c) for c in data["gemm_columns"]), (mr, nr), (a, b), half)
+            raise ValueError(
+                f"base: tile {[mr, nr]}, gemm_columns {data['gemm_columns']} or half_tile_column {half} is not valid"
+            )
+        return cls(
+            tuple(int(c) for c in data["columns"]),
+            tuple(float(c) for c in data["coef"]),
+            float(data["intercept"]),
+            float(data["floor"]),
+            tuple(int(c) for c in data["gemm_columns"]),
+            (mr, nr),
+            (a, b),
+            half,
+        )
 
 
-def gemm_tile_terms(X: np.ndarray, gemm_columns: Sequence[int], tile: tuple[int, int],
-                    half_tile_column: int = -1) -> np.ndarray:
+def gemm_tile_terms(
+    X: np.ndarray, gemm_columns: Sequence[int], tile: tuple[int, int], half_tile_column: int = -1
+) -> np.ndarray:
     """Per row of ``X``: the multiply-adds a matrix product computes in whole ``mr x nr`` tiles, and the tiles.
 
     A SIMD micro-kernel computes a whole tile of output rows and columns whatever
@@ -155,8 +171,9 @@ class TreeEnsemble:
         if self.target not in TARGETS:
             raise RegressorFormatError(f"target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.max_depth < 0:
-            object.__setattr__(self, "max_depth", _max_depth(self.tree_offsets, self.children_left,
-                                                              self.children_right))
+            object.__setattr__(
+                self, "max_depth", _max_depth(self.tree_offsets, self.children_left, self.children_right)
+            )
 
     @property
     def n_trees(self) -> int:
@@ -224,16 +241,31 @@ class TreeEnsemble:
 
     def header(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "regressor": self.regressor,
-            "aggregation": self.aggregation, "scale": self.scale, "offset": self.offset,
-            "target": self.target, "base": self.base.to_dict() if self.base is not None else None,
-            "n_features": self.n_features, "max_depth": self.max_depth,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "regressor": self.regressor,
+            "aggregation": self.aggregation,
+            "scale": self.scale,
+            "offset": self.offset,
+            "target": self.target,
+            "base": self.base.to_dict() if self.base is not None else None,
+            "n_features": self.n_features,
+            "max_depth": self.max_depth,
         }
 
 
-def from_sklearn(estimators: Sequence[Any], n_features: int, *, aggregation: str, scale: float = 1.0,
-                 offset: float = 0.0, target: str = "identity", base: LinearBase | None = None,
-                 regressor: str = "", columns: Sequence[int] | None = None) -> TreeEnsemble:
+def from_sklearn(
+    estimators: Sequence[Any],
+    n_features: int,
+    *,
+    aggregation: str,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    target: str = "identity",
+    base: LinearBase | None = None,
+    regressor: str = "",
+    columns: Sequence[int] | None = None,
+) -> TreeEnsemble:
     """A :class:`TreeEnsemble` from fitted scikit-learn decision trees (anything with a ``tree_``).
 
     Takes the trees of a RandomForestRegressor / ExtraTreesRegressor (``estimators_``)
@@ -255,8 +287,13 @@ def from_sklearn(estimators: Sequence[Any], n_features: int, *, aggregation: str
         children_left=np.concatenate([t.children_left for t in trees]).astype(np.int32),
         children_right=np.concatenate([t.children_right for t in trees]).astype(np.int32),
         value=np.concatenate([t.value[:, 0, 0] for t in trees]).astype(np.float64),
-        n_features=int(n_features), aggregation=aggregation, scale=float(scale), offset=float(offset),
-        target=target, base=base, regressor=regressor,
+        n_features=int(n_features),
+        aggregation=aggregation,
+        scale=float(scale),
+        offset=float(offset),
+        target=target,
+        base=base,
+        regressor=regressor,
         max_depth=max(int(t.max_depth) for t in trees),
     )
 
@@ -289,8 +326,9 @@ def check_not_pickle(path: str | Path) -> None:
     except OSError as err:
         raise RegressorFormatError(f"{path}: cannot read ({err.strerror or err})") from None
     if magic[:1] == _PICKLE_PROTOCOL_BYTE:
-        raise RegressorFormatError(f"{path}: is a Python pickle, refused: nnmeter never loads pickles "
-                                   "(loading one can run code)")
+        raise RegressorFormatError(
+            f"{path}: is a Python pickle, refused: nnmeter never loads pickles (loading one can run code)"
+        )
     if magic != _ZIP_MAGIC:
         raise RegressorFormatError(f"{path}: is not an {FORMAT} regressor file (.npz)")
 
@@ -315,15 +353,22 @@ def load_ensemble(path: str | Path) -> TreeEnsemble:
     if header.get("format") != FORMAT:
         raise RegressorFormatError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}")
     if header.get("format_version") != FORMAT_VERSION:
-        raise RegressorFormatError(f"{path}: {FORMAT} version {header.get('format_version')} is not supported "
-                                   f"(this nnmeter reads version {FORMAT_VERSION})")
+        raise RegressorFormatError(
+            f"{path}: {FORMAT} version {header.get('format_version')} is not supported "
+            f"(this nnmeter reads version {FORMAT_VERSION})"
+        )
     _check_arrays(path, arrays)
     try:
         return TreeEnsemble(
-            **arrays, n_features=int(header["n_features"]), aggregation=header["aggregation"],
-            scale=float(header["scale"]), offset=float(header["offset"]), target=header["target"],
+            **arrays,
+            n_features=int(header["n_features"]),
+            aggregation=header["aggregation"],
+            scale=float(header["scale"]),
+            offset=float(header["offset"]),
+            target=header["target"],
             base=LinearBase.from_dict(header["base"]) if header.get("base") else None,
-            regressor=str(header.get("regressor", "")), max_depth=int(header["max_depth"]),
+            regressor=str(header.get("regressor", "")),
+            max_depth=int(header["max_depth"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise RegressorFormatError(f"{path}: bad header ({err})") from None
@@ -337,8 +382,9 @@ def _check_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         raise RegressorFormatError(f"{path}: damaged regressor file (bad tree_offsets)")
     for name in _ARRAYS[1:]:
         if arrays[name].shape != (n,):
-            raise RegressorFormatError(f"{path}: damaged regressor file ({name} has shape {arrays[name].shape}, "
-                                       f"expected ({n},))")
+            raise RegressorFormatError(
+                f"{path}: damaged regressor file ({name} has shape {arrays[name].shape}, expected ({n},))"
+            )
     sizes = np.repeat(np.diff(offsets), np.diff(offsets))
     for name in ("children_left", "children_right"):
         c = arrays[name]
@@ -361,5 +407,14 @@ def _max_depth(offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> int:
     return deepest
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LinearBase", "RegressorFormatError", "TreeEnsemble", "check_not_pickle",
-           "from_sklearn", "load_ensemble", "save_ensemble"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LinearBase",
+    "RegressorFormatError",
+    "TreeEnsemble",
+    "check_not_pickle",
+    "from_sklearn",
+    "load_ensemble",
+    "save_ensemble",
+]

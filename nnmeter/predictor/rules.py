@@ -206,8 +206,12 @@ def load_rules(source: str | os.PathLike | Mapping[str, Any]) -> FusionRules:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(where, "", "no such rules file",
-                              "measure them with `nnmeter-build rules WS`, or go without: default_rules()") from None
+            raise ConfigError(
+                where,
+                "",
+                "no such rules file",
+                "measure them with `nnmeter-build rules WS`, or go without: default_rules()",
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(where, "", f"not a JSON rules file ({err})") from None
     if not isinstance(data, Mapping):
@@ -230,8 +234,9 @@ def load_rules(source: str | os.PathLike | Mapping[str, Any]) -> FusionRules:
                 if obey is not None:
                     raise
                 # an undecided case the tester could not make (an unknown op, a malformed pair): kept as a record
-                pairs[(names[0], "_".join(names[1:]))] = _read_pair(names[0], "_".join(names[1:]), None, entry,
-                                                                   where, key)
+                pairs[(names[0], "_".join(names[1:]))] = _read_pair(
+                    names[0], "_".join(names[1:]), None, entry, where, key
+                )
                 continue
             for op_seq in expanded:
                 if len(op_seq) == 2:
@@ -240,10 +245,15 @@ def load_rules(source: str | os.PathLike | Mapping[str, Any]) -> FusionRules:
                     chains[tuple(op_seq)] = obey
         # other nn-Meter test cases (RBC, CBC, RT, ...) say nothing about pairs: skipped
     return FusionRules(
-        pairs=pairs, mon=mon, chains=chains,
-        device=str(meta.get("device", "")), backend=str(meta.get("backend", "")),
-        runtime=str(meta.get("runtime", "")), protocol=dict(meta.get("protocol") or {}),
-        alpha=float(meta.get("alpha", 0.5)), source=where,
+        pairs=pairs,
+        mon=mon,
+        chains=chains,
+        device=str(meta.get("device", "")),
+        backend=str(meta.get("backend", "")),
+        runtime=str(meta.get("runtime", "")),
+        protocol=dict(meta.get("protocol") or {}),
+        alpha=float(meta.get("alpha", 0.5)),
+        source=where,
     )
 
 
@@ -279,12 +289,19 @@ def _read_pair(op1: str, op2: str, obey: bool | None, entry: Mapping[str, Any], 
         return PairRule(op1, op2, obey)
     try:
         return PairRule(
-            op1, op2, obey,
-            t1=_read_measured(extra.get("t1")), t2=_read_measured(extra.get("t2")),
-            t12=_read_measured(extra.get("t12")), t0=_read_measured(extra.get("t0")),
-            margin=_opt_float(extra.get("margin")), margin_low=_opt_float(extra.get("margin_low")),
-            margin_high=_opt_float(extra.get("margin_high")), confidence=_opt_float(extra.get("confidence")),
-            uncertain=bool(extra.get("uncertain", False)), error=str(extra.get("error", "")),
+            op1,
+            op2,
+            obey,
+            t1=_read_measured(extra.get("t1")),
+            t2=_read_measured(extra.get("t2")),
+            t12=_read_measured(extra.get("t12")),
+            t0=_read_measured(extra.get("t0")),
+            margin=_opt_float(extra.get("margin")),
+            margin_low=_opt_float(extra.get("margin_low")),
+            margin_high=_opt_float(extra.get("margin_high")),
+            confidence=_opt_float(extra.get("confidence")),
+            uncertain=bool(extra.get("uncertain", False)),
+            error=str(extra.get("error", "")),
             passes=int(extra.get("passes", 0)),
         )
     except (TypeError, ValueError) as err:
@@ -308,7 +325,8 @@ def _read_mon(entry: Any, where: str) -> MonRule:
         value=value,
         latencies_ms={str(k): float(v) for k, v in (extra.get("latencies_ms") or {}).items()},
         confidence=_opt_float(extra.get("confidence")),
-        uncertain=bool(extra.get("uncertain", False)), error=str(extra.get("error", "")),
+        uncertain=bool(extra.get("uncertain", False)),
+        error=str(extra.get("error", "")),
         passes=int(extra.get("passes", 0)),
     )
 
@@ -330,8 +348,13 @@ def rules_to_dict(rules: FusionRules) -> dict[str, Any]:
     """The JSON mapping of ``rules`` (see the module doc for the layout)."""
     out: dict[str, Any] = {
         META_KEY: {
-            "obey": None, "format_version": FORMAT_VERSION, "device": rules.device, "backend": rules.backend,
-            "runtime": rules.runtime, "protocol": dict(rules.protocol), "alpha": rules.alpha,
+            "obey": None,
+            "format_version": FORMAT_VERSION,
+            "device": rules.device,
+            "backend": rules.backend,
+            "runtime": rules.runtime,
+            "protocol": dict(rules.protocol),
+            "alpha": rules.alpha,
         }
     }
     for rule in rules.pairs.values():
@@ -340,10 +363,16 @@ def rules_to_dict(rules: FusionRules) -> dict[str, Any]:
         if latency:
             entry["latency"] = latency
         extra = {
-            "t1": _measured_dict(rule.t1), "t2": _measured_dict(rule.t2), "t12": _measured_dict(rule.t12),
+            "t1": _measured_dict(rule.t1),
+            "t2": _measured_dict(rule.t2),
+            "t12": _measured_dict(rule.t12),
             "t0": _measured_dict(rule.t0),
-            "margin": rule.margin, "margin_low": rule.margin_low, "margin_high": rule.margin_high,
-            "confidence": rule.confidence, "uncertain": rule.uncertain, "error": rule.error,
+            "margin": rule.margin,
+            "margin_low": rule.margin_low,
+            "margin_high": rule.margin_high,
+            "confidence": rule.confidence,
+            "uncertain": rule.uncertain,
+            "error": rule.error,
             "passes": rule.passes or None,
         }
         entry[META_KEY] = {k: v for k, v in extra.items() if v not in (None, "")}
@@ -352,9 +381,14 @@ def rules_to_dict(rules: FusionRules) -> dict[str, Any]:
         out["BF_" + "_".join(chain)] = {"obey": obey}
     if rules.mon is not None:
         mon = rules.mon
-        extra = {"policy": MON_NAMES.get(mon.value) if mon.value is not None else None,
-                 "latencies_ms": dict(mon.latencies_ms), "confidence": mon.confidence,
-                 "uncertain": mon.uncertain, "error": mon.error, "passes": mon.passes or None}
+        extra = {
+            "policy": MON_NAMES.get(mon.value) if mon.value is not None else None,
+            "latencies_ms": dict(mon.latencies_ms),
+            "confidence": mon.confidence,
+            "uncertain": mon.uncertain,
+            "error": mon.error,
+            "passes": mon.passes or None,
+        }
         out["MON"] = {"obey": mon.value, META_KEY: {k: v for k, v in extra.items() if v not in (None, "", {})}}
     return out
 
@@ -382,7 +416,9 @@ def _nnmeter_latency(rule: PairRule) -> dict[str, str]:
     def show(m: Measured) -> str:
         return f"{m.median_ms:.6g} +- {m.median_ms * m.median_ci:.3g}"
 
-    ops_sum = Measured(rule.t1.median_ms + rule.t2.median_ms,
-                       (rule.t1.median_ms * rule.t1.median_ci + rule.t2.median_ms * rule.t2.median_ci)
-                       / max(rule.t1.median_ms + rule.t2.median_ms, 1e-12))
+    ops_sum = Measured(
+        rule.t1.median_ms + rule.t2.median_ms,
+        (rule.t1.median_ms * rule.t1.median_ci + rule.t2.median_ms * rule.t2.median_ci)
+        / max(rule.t1.median_ms + rule.t2.median_ms, 1e-12),
+    )
     return {a: show(rule.t1), b: show(rule.t2), "block": show(rule.t12), "ops": show(ops_sum)}

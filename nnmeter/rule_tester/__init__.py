@@ -6,8 +6,11 @@ returns the decided :class:`~nnmeter.predictor.rules.FusionRules`. Names load on
 
 from nnmeter.lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    **dict.fromkeys(("CasePlan", "plan_cases"), "cases"),
-    **dict.fromkeys(("RuleTestReport", "run_rule_test"), "runner"),
-    "RuleTestSettings": "settings",
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("CasePlan", "plan_cases"), "cases"),
+        **dict.fromkeys(("RuleTestReport", "run_rule_test"), "runner"),
+        "RuleTestSettings": "settings",
+    },
+)

@@ -127,8 +127,9 @@ def plan_cases(settings: RuleTestSettings) -> CasePlan:
     return CasePlan(pairs=pairs, mon=mon, empty=empty.name, models=models)
 
 
-def chain_model(chain: Sequence[str], input_shape: Sequence[int], shapes: TestShapes,
-                last_cout: int | None = None) -> TestModel:
+def chain_model(
+    chain: Sequence[str], input_shape: Sequence[int], shapes: TestShapes, last_cout: int | None = None
+) -> TestModel:
     """The model of ``chain`` (one op or more) applied to an input of ``input_shape``, its last op giving
     ``last_cout`` channels if set (named ``relu>conv@28x28x64>8``)."""
     input_shape = tuple(int(d) for d in input_shape)
@@ -155,8 +156,11 @@ def _pair_case(pair: tuple[str, str] | str, shapes: TestShapes, models: dict[str
     except ValueError as err:  # e.g. an odd channel count for split/channelshuffle
         return PairCase(op1, op2, error=f"cannot build {op1} -> {op2}: {err}")
     out2 = pair_output_channels(op2, shapes)
-    made = [chain_model((op1,), in1, shapes), chain_model((op2,), in2, shapes, out2),
-            chain_model((op1, op2), in1, shapes, out2)]
+    made = [
+        chain_model((op1,), in1, shapes),
+        chain_model((op2,), in2, shapes, out2),
+        chain_model((op1, op2), in1, shapes, out2),
+    ]
     for m in made:
         models.setdefault(m.name, m)
     return PairCase(op1, op2, made[0].name, made[1].name, made[2].name)
@@ -165,8 +169,9 @@ def _pair_case(pair: tuple[str, str] | str, shapes: TestShapes, models: dict[str
 def _mon_case(shapes: TestShapes, models: dict[str, TestModel]) -> MonCase:
     block_input = (shapes.HW, shapes.HW, shapes.CIN)
     block_name = "mon@" + "x".join(map(str, block_input))
-    models.setdefault(block_name, TestModel(block_name, {"mon": True, "shapes": dataclasses.asdict(shapes)},
-                                            build_mon, (shapes,)))
+    models.setdefault(
+        block_name, TestModel(block_name, {"mon": True, "shapes": dataclasses.asdict(shapes)}, build_mon, (shapes,))
+    )
     partitions: dict[str, tuple[str, ...]] = {}
     for case, chains in MON_CASES.items():
         # every chain of the block starts on a map of the block's input shape (dwconv keeps it)
@@ -180,6 +185,6 @@ def _mon_case(shapes: TestShapes, models: dict[str, TestModel]) -> MonCase:
 def describe_plan(plan: CasePlan) -> str:
     """One line: how many cases and models, and how many cases cannot be made."""
     bad = len(plan.errors())
-    return (f"{len(plan.pairs) - bad} pair cases{' + MON' if plan.mon else ''}, {len(plan.models)} models"
-            + (f"; {bad} cases cannot be made (listed in the summary)" if bad else ""))
-
+    return f"{len(plan.pairs) - bad} pair cases{' + MON' if plan.mon else ''}, {len(plan.models)} models" + (
+        f"; {bad} cases cannot be made (listed in the summary)" if bad else ""
+    )

@@ -83,23 +83,33 @@ def decide_pair(op1: str, op2: str, passes: Sequence[PairPass], alpha: float = 0
     with_t0 = all(len(p.t0) for p in passes)
     rng = np.random.default_rng(seed)
     # per pass and model: (median, bootstrap medians), models in the order t1, t2, t12, t0
-    per_pass = [[_median_and_boot(r, rng) for r in (p.t1, p.t2, p.t12, p.t0 if with_t0 else (0.0,))]
-                for p in passes]
+    per_pass = [[_median_and_boot(r, rng) for r in (p.t1, p.t2, p.t12, p.t0 if with_t0 else (0.0,))] for p in passes]
     medians = np.array([[m for m, _ in models] for models in per_pass])  # passes x 4
     boots = [np.stack([b for _, b in models]) for models in per_pass]  # per pass: 4 x samples
     margins = _margin(*medians.T, alpha)
     within = np.array([np.std(_margin(*b, alpha)) for b in boots])
     margin, half, confidence = _over_passes(margins, within)
-    own, own_half, _ = _over_passes(np.minimum(medians[:, 0], medians[:, 1]) - medians[:, 3],
-                                    np.array([np.std(np.minimum(b[0], b[1]) - b[3]) for b in boots]))
+    own, own_half, _ = _over_passes(
+        np.minimum(medians[:, 0], medians[:, 1]) - medians[:, 3],
+        np.array([np.std(np.minimum(b[0], b[1]) - b[3]) for b in boots]),
+    )
     resolved = not with_t0 or own - own_half > 0
-    measured = [_measured(medians[:, i], np.array([np.std(b[i]) for b in boots]),
-                          sum(len(r) for r in rounds)) for i, rounds in
-                enumerate(zip(*[(p.t1, p.t2, p.t12, p.t0) for p in passes]))]
+    measured = [
+        _measured(medians[:, i], np.array([np.std(b[i]) for b in boots]), sum(len(r) for r in rounds))
+        for i, rounds in enumerate(zip(*[(p.t1, p.t2, p.t12, p.t0) for p in passes]))
+    ]
     return PairRule(
-        op1, op2, bool(margin > 0), t1=measured[0], t2=measured[1], t12=measured[2],
+        op1,
+        op2,
+        bool(margin > 0),
+        t1=measured[0],
+        t2=measured[1],
+        t12=measured[2],
         t0=measured[3] if with_t0 else None,
-        margin=margin, margin_low=margin - half, margin_high=margin + half, confidence=confidence,
+        margin=margin,
+        margin_low=margin - half,
+        margin_high=margin + half,
+        confidence=confidence,
         uncertain=bool(margin - half <= 0 <= margin + half) or not resolved or len(passes) < 2,
         passes=len(passes),
     )
@@ -150,7 +160,9 @@ def decide_mon(passes: Sequence[MonPass], seed: int = 0) -> MonRule:
     return MonRule(
         value=MON_CASE_VALUES[names[best]],
         latencies_ms={"block": float(np.mean(blocks)), **dict(zip(names, map(float, np.mean(sums, axis=0))))},
-        confidence=confidence, uncertain=not certain, passes=len(passes),
+        confidence=confidence,
+        uncertain=not certain,
+        passes=len(passes),
     )
 
 
@@ -162,7 +174,7 @@ def _over_passes(values: np.ndarray, within_sd: np.ndarray) -> tuple[float, floa
     """
     n = len(values)
     mean = float(np.mean(values))
-    sd = max(float(np.std(values, ddof=1)) if n > 1 else 0.0, float(np.sqrt(np.mean(within_sd ** 2))))
+    sd = max(float(np.std(values, ddof=1)) if n > 1 else 0.0, float(np.sqrt(np.mean(within_sd**2))))
     se = sd / np.sqrt(n)
     dist = stats.t(df=n - 1) if n > 1 else stats.norm()
     half = float(dist.ppf((1 + LEVEL) / 2) * se)

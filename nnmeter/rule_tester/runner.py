@@ -81,8 +81,9 @@ def decide_case(case: PairCase, evidence: Evidence, empty: str, alpha: float) ->
     passes = evidence.complete((case.op1, case.op2), case.models + (empty,))
     if not passes:
         return PairRule(case.op1, case.op2, None, error=evidence.why_missing(case.models + (empty,)))
-    return decide_pair(case.op1, case.op2, [PairPass(p[case.single1], p[case.single2], p[case.pair], p[empty])
-                                            for p in passes], alpha)
+    return decide_pair(
+        case.op1, case.op2, [PairPass(p[case.single1], p[case.single2], p[case.pair], p[empty]) for p in passes], alpha
+    )
 
 
 def decide_mon_case(case: MonCase, evidence: Evidence, empty: str, dependency: PairRule | None) -> MonRule:
@@ -94,12 +95,17 @@ def decide_mon_case(case: MonCase, evidence: Evidence, empty: str, dependency: P
     passes = evidence.complete(MON, case.models + (empty,))
     if not passes:
         return MonRule(None, error=evidence.why_missing(case.models + (empty,)))
-    return decide_mon([MonPass(p[case.block], {c: [p[m] for m in ms] for c, ms in case.partitions.items()}, p[empty])
-                       for p in passes])
+    return decide_mon(
+        [MonPass(p[case.block], {c: [p[m] for m in ms] for c, ms in case.partitions.items()}, p[empty]) for p in passes]
+    )
 
 
-def run_rule_test(session: MeasuringSession, settings: RuleTestSettings, *, remeasure: bool = False,
-                  ) -> RuleTestReport:
+def run_rule_test(
+    session: MeasuringSession,
+    settings: RuleTestSettings,
+    *,
+    remeasure: bool = False,
+) -> RuleTestReport:
     """Measure the fusion test cases of ``settings`` in ``session`` (its store, backend and protocol) and decide
     the rules; ``remeasure`` takes new passes instead of reusing the store's."""
     started = time.monotonic()
@@ -127,23 +133,36 @@ def run_rule_test(session: MeasuringSession, settings: RuleTestSettings, *, reme
         if not uncertain:
             break
         extra += 1
-        reporter.note(f"{len(uncertain)} cases inside the noise: one more pass "
-                      f"({extra} of at most {settings.max_remeasures})")
+        reporter.note(
+            f"{len(uncertain)} cases inside the noise: one more pass ({extra} of at most {settings.max_remeasures})"
+        )
         measure_pass(settings.passes + extra, uncertain, f"extra pass {extra}")
         pairs, mon = decide(plan, evidence, settings.alpha)
     info = session.backend.device_info
     assert info is not None
     rules = FusionRules(
-        pairs=pairs, mon=mon, device=info.device, backend=session.backend.name, runtime=info.runtime,
-        protocol={"key": protocol.key(), **dataclasses.asdict(protocol)}, alpha=settings.alpha,
+        pairs=pairs,
+        mon=mon,
+        device=info.device,
+        backend=session.backend.name,
+        runtime=info.runtime,
+        protocol={"key": protocol.key(), **dataclasses.asdict(protocol)},
+        alpha=settings.alpha,
         source="measured",
     )
     return RuleTestReport(rules, plan, extra, time.monotonic() - started)
 
 
-def _measure_pass(session: MeasuringSession, prepared: _Prepared, evidence: Evidence,
-                  protocol: MeasurementProtocol, index: int, cases: list[CaseModels], remeasure: bool,
-                  description: str) -> None:
+def _measure_pass(
+    session: MeasuringSession,
+    prepared: _Prepared,
+    evidence: Evidence,
+    protocol: MeasurementProtocol,
+    index: int,
+    cases: list[CaseModels],
+    remeasure: bool,
+    description: str,
+) -> None:
     """Measure pass ``index`` of ``cases``: one batch per pack of cases, each stored as its own series."""
     packs = list(_packs(cases, protocol.batch_size))
     backwards = index % 2 == 0  # even passes run the batches, and the models in them, in the opposite order
@@ -157,8 +176,13 @@ def _measure_pass(session: MeasuringSession, prepared: _Prepared, evidence: Evid
                 names.reverse()
             records = [prepared.records[n] for n in names if n in prepared.records]
             series = f"rules:pass{index}:" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
-            results = session.measure(records, protocol=protocol, remeasure=remeasure, series=series,
-                                      progress=lambda n, _t, done=done: task.update(done + n))
+            results = session.measure(
+                records,
+                protocol=protocol,
+                remeasure=remeasure,
+                series=series,
+                progress=lambda n, _t, done=done: task.update(done + n),
+            )
             measured: dict[str, list[float]] = {}
             for record, result in zip(records, results):
                 if result.stats is not None and result.status.has_latency:
@@ -181,7 +205,7 @@ def _prepare(session: MeasuringSession, plan: CasePlan) -> _Prepared:
     out = _Prepared()
     with session.reporter.task("building and converting rule cases", len(specs)) as task:
         for start in range(0, len(specs), CONVERSION_CHUNK):
-            chunk = specs[start:start + CONVERSION_CHUNK]
+            chunk = specs[start : start + CONVERSION_CHUNK]
             for p in session.prepare(chunk, progress=lambda done, _t, start=start: task.update(start + done)):
                 if p.record is not None and p.ok:
                     out.records[p.spec.name] = p.record
@@ -191,11 +215,15 @@ def _prepare(session: MeasuringSession, plan: CasePlan) -> _Prepared:
     return out
 
 
-def _uncertain_cases(plan: CasePlan, pairs: Mapping[tuple[str, str], PairRule], mon: MonRule | None
-                     ) -> list[CaseModels]:
+def _uncertain_cases(
+    plan: CasePlan, pairs: Mapping[tuple[str, str], PairRule], mon: MonRule | None
+) -> list[CaseModels]:
     """(key, models) of every case whose decision is inside the noise; each with the empty model."""
-    cases = [((c.op1, c.op2), c.models + (plan.empty,)) for c in plan.pairs
-             if pairs[(c.op1, c.op2)].obey is not None and pairs[(c.op1, c.op2)].uncertain]
+    cases = [
+        ((c.op1, c.op2), c.models + (plan.empty,))
+        for c in plan.pairs
+        if pairs[(c.op1, c.op2)].obey is not None and pairs[(c.op1, c.op2)].uncertain
+    ]
     if plan.mon is not None and mon is not None and mon.value is not None and mon.uncertain:
         cases.append((MON, plan.mon.models + (plan.empty,)))
     return cases
@@ -213,4 +241,3 @@ def _packs(cases: list[CaseModels], batch_size: int):
         models |= set(case_models)
     if pack:
         yield pack
-

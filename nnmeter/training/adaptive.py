@@ -101,7 +101,7 @@ def held_out(config: Mapping[str, Any], fraction: float, seed: int) -> bool:
 
 def _holdout_score(config: Mapping[str, Any], seed: int) -> float:
     digest = hashlib.sha256(f"{seed}/{config_key(config)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def kernel_settings(kernel: str, settings: KernelTrainingSettings) -> KernelTrainingSettings:
@@ -112,8 +112,7 @@ def kernel_settings(kernel: str, settings: KernelTrainingSettings) -> KernelTrai
     family = [k for k in ops.kernel_family(kernel) if k in settings.kernels]
     if not (pools_families(settings) and settings.member_samples and kernel in family[1:]):
         return settings
-    return dataclasses.replace(settings, init_samples=min(settings.init_samples, settings.member_samples),
-                               iterations=0)
+    return dataclasses.replace(settings, init_samples=min(settings.init_samples, settings.member_samples), iterations=0)
 
 
 def pools_families(settings: KernelTrainingSettings) -> bool:
@@ -125,15 +124,21 @@ def prior_configs(kernel: str, settings: KernelTrainingSettings) -> list[dict]:
     return sample_configs(kernel, settings.init_samples, "prior", seed=settings.seed)
 
 
-def large_error_configs(kernel: str, regressor_name: str, configs: Sequence[Mapping[str, Any]], y: np.ndarray,
-                        settings: KernelTrainingSettings) -> list[Mapping[str, Any]]:
+def large_error_configs(
+    kernel: str,
+    regressor_name: str,
+    configs: Sequence[Mapping[str, Any]],
+    y: np.ndarray,
+    settings: KernelTrainingSettings,
+) -> list[Mapping[str, Any]]:
     """Training configs whose out-of-fold prediction misses by more than the thresholds, worst first."""
     X = feature_matrix(kernel, configs)
     splits = list(KFold(min(ERROR_FOLDS, len(y)), shuffle=True, random_state=settings.seed).split(X))
     # nothing is measured while the loop fits, so the folds may use every core (the same fits, ~40 % less time)
     workers = min(len(splits), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    folds = Parallel(n_jobs=workers)(delayed(_out_of_fold)(kernel, regressor_name, settings.seed, X, y, train, test)
-                                     for train, test in splits)
+    folds = Parallel(n_jobs=workers)(
+        delayed(_out_of_fold)(kernel, regressor_name, settings.seed, X, y, train, test) for train, test in splits
+    )
     predicted = np.empty_like(y)
     for (_, test), fold in zip(splits, folds):
         predicted[test] = fold
@@ -143,13 +148,15 @@ def large_error_configs(kernel: str, regressor_name: str, configs: Sequence[Mapp
     return [configs[i] for i in worst]
 
 
-def _out_of_fold(kernel: str, regressor_name: str, seed: int, X: np.ndarray, y: np.ndarray, train: np.ndarray,
-                 test: np.ndarray) -> np.ndarray:
+def _out_of_fold(
+    kernel: str, regressor_name: str, seed: int, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> np.ndarray:
     return make_regressor(regressor_name, kernel, random_state=seed).fit(X[train], y[train]).predict(X[test])
 
 
-def finegrained_configs(kernel: str, around: Sequence[Mapping[str, Any]], settings: KernelTrainingSettings,
-                        round_: int, known: set[str]) -> list[dict]:
+def finegrained_configs(
+    kernel: str, around: Sequence[Mapping[str, Any]], settings: KernelTrainingSettings, round_: int, known: set[str]
+) -> list[dict]:
     """``finegrained_samples`` new configs around each of ``around``, none already in ``known``."""
     out: list[dict] = []
     for i, config in enumerate(around):
@@ -162,10 +169,15 @@ def finegrained_configs(kernel: str, around: Sequence[Mapping[str, Any]], settin
     return out
 
 
-def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: MeasureConfigs, *,
-                      refinements: list[list[dict]] | None = None,
-                      save_refinements: Callable[[list[list[dict]]], None] | None = None,
-                      on_round: Callable[[RoundScore], None] | None = None) -> TrainingOutcome:
+def adaptive_training(
+    kernel: str,
+    settings: KernelTrainingSettings,
+    measure: MeasureConfigs,
+    *,
+    refinements: list[list[dict]] | None = None,
+    save_refinements: Callable[[list[list[dict]]], None] | None = None,
+    on_round: Callable[[RoundScore], None] | None = None,
+) -> TrainingOutcome:
     """Run the loop of the module doc for ``kernel``; ``refinements`` are fine-grained lists planned earlier.
 
     ``save_refinements`` is called with every list as soon as it is planned (before
@@ -185,8 +197,9 @@ def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: Me
         train, validation = _split(kernel, samples, prior_keys, settings)
         X_train, y_train = feature_matrix(kernel, [s.config for s in train]), _latencies(train)
         model = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(X_train, y_train)
-        scores = latency_metrics(_latencies(validation),
-                                 model.predict(feature_matrix(kernel, [s.config for s in validation])))
+        scores = latency_metrics(
+            _latencies(validation), model.predict(feature_matrix(kernel, [s.config for s in validation]))
+        )
         score = RoundScore(round_, len(train) + len(validation), scores)
         rounds.append(score)
         if on_round is not None:
@@ -209,26 +222,36 @@ def adaptive_training(kernel: str, settings: KernelTrainingSettings, measure: Me
     train, validation = _split(kernel, samples, prior_keys, settings)
     everything = train + validation
     final = make_regressor(regressor_name, kernel, random_state=settings.seed).fit(
-        feature_matrix(kernel, [s.config for s in everything]), _latencies(everything))
+        feature_matrix(kernel, [s.config for s in everything]), _latencies(everything)
+    )
     return TrainingOutcome(
-        kernel=kernel, regressor=final, validation=rounds[-1].validation, train_samples=len(train),
-        validation_samples=len(validation), failed=sum(s.latency_ms is None for s in samples),
-        device_seconds=sum(s.device_seconds for s in samples), rounds=rounds,
+        kernel=kernel,
+        regressor=final,
+        validation=rounds[-1].validation,
+        train_samples=len(train),
+        validation_samples=len(validation),
+        failed=sum(s.latency_ms is None for s in samples),
+        device_seconds=sum(s.device_seconds for s in samples),
+        rounds=rounds,
     )
 
 
-def _split(kernel: str, samples: Sequence[Sample], prior_keys: set[str],
-           settings: KernelTrainingSettings) -> tuple[list[Sample], list[Sample]]:
+def _split(
+    kernel: str, samples: Sequence[Sample], prior_keys: set[str], settings: KernelTrainingSettings
+) -> tuple[list[Sample], list[Sample]]:
     """Measured samples split into training and held-out; a clear error when either is unusable."""
     measured = [s for s in samples if s.latency_ms is not None and s.latency_ms > 0]
     if not measured:
         first = next((s.error for s in samples if s.error), "no error text")
-        raise TrainingError(f"kernel {kernel}: all {len(samples)} measurements failed; first error: {first}",
-                            "look at the failures with `nnmeter-build status WS`; check the backend with "
-                            "`nnmeter-build connect WS`")
-    validation = [s for s in measured
-                  if config_key(s.config) in prior_keys and held_out(s.config, settings.validation_fraction,
-                                                                     settings.seed)]
+        raise TrainingError(
+            f"kernel {kernel}: all {len(samples)} measurements failed; first error: {first}",
+            "look at the failures with `nnmeter-build status WS`; check the backend with `nnmeter-build connect WS`",
+        )
+    validation = [
+        s
+        for s in measured
+        if config_key(s.config) in prior_keys and held_out(s.config, settings.validation_fraction, settings.seed)
+    ]
     if not validation and len(measured) > settings.min_train_samples:
         # a small budget can miss the hashed share (14 samples at 0.2: 4 % of kernels): hold out the prior
         # sample nearest to it, still by the same hash, so that the regressor is scored at all
@@ -238,13 +261,17 @@ def _split(kernel: str, samples: Sequence[Sample], prior_keys: set[str],
     train = [s for s in measured if id(s) not in held]
     failed = len(samples) - len(measured)
     if len(train) < settings.min_train_samples:
-        raise TrainingError(f"kernel {kernel}: only {len(train)} measured training samples "
-                            f"({failed} of {len(samples)} measurements failed); "
-                            f"training needs at least {settings.min_train_samples}",
-                            "raise kernels.init_samples in campaign.yaml (or pass --init N)")
+        raise TrainingError(
+            f"kernel {kernel}: only {len(train)} measured training samples "
+            f"({failed} of {len(samples)} measurements failed); "
+            f"training needs at least {settings.min_train_samples}",
+            "raise kernels.init_samples in campaign.yaml (or pass --init N)",
+        )
     if not validation:
-        raise TrainingError(f"kernel {kernel}: no measured held-out sample to score the regressor on",
-                            "raise kernels.init_samples or kernels.validation_fraction")
+        raise TrainingError(
+            f"kernel {kernel}: no measured held-out sample to score the regressor on",
+            "raise kernels.init_samples or kernels.validation_fraction",
+        )
     return train, validation
 
 
@@ -252,8 +279,11 @@ def _latencies(samples: Sequence[Sample]) -> np.ndarray:
     return np.array([s.latency_ms for s in samples], dtype=np.float64)
 
 
-def pooled_fit(kernel: str, family: Mapping[str, Sequence[Sample]], settings: KernelTrainingSettings,
-               ) -> tuple[KernelRegressor, LatencyMetrics]:
+def pooled_fit(
+    kernel: str,
+    family: Mapping[str, Sequence[Sample]],
+    settings: KernelTrainingSettings,
+) -> tuple[KernelRegressor, LatencyMetrics]:
     """``kernel``'s regressor fitted on the samples of its whole family (``family[kernel]`` are its own), and
     its score on ``kernel``'s own held-out prior configs, from a fit that saw no sample of those configs."""
     prior_keys = {config_key(c) for c in prior_configs(kernel, settings)}
@@ -266,9 +296,11 @@ def pooled_fit(kernel: str, family: Mapping[str, Sequence[Sample]], settings: Ke
             kept = [s for s in samples if s.latency_ms and config_key(s.config) not in excluded]
             X.append(feature_matrix(member, [s.config for s in kept]))
             y.append(_latencies(kept))
-        return make_regressor(settings.regressor, kernel, random_state=settings.seed).fit(np.vstack(X),
-                                                                                           np.concatenate(y))
+        return make_regressor(settings.regressor, kernel, random_state=settings.seed).fit(
+            np.vstack(X), np.concatenate(y)
+        )
 
-    scores = latency_metrics(_latencies(validation),
-                             fitted(held).predict(feature_matrix(kernel, [s.config for s in validation])))
+    scores = latency_metrics(
+        _latencies(validation), fitted(held).predict(feature_matrix(kernel, [s.config for s in validation]))
+    )
     return fitted(set()), scores

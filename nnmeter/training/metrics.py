@@ -57,7 +57,7 @@ def latency_metrics(measured: Any, predicted: Any) -> LatencyMetrics:
     return LatencyMetrics(
         n=len(y),
         rmse_ms=float(np.sqrt(np.mean((p - y) ** 2))),
-        rmspe=float(100 * np.sqrt(np.mean(rel ** 2))),
+        rmspe=float(100 * np.sqrt(np.mean(rel**2))),
         mape=float(100 * rel.mean()),
         acc5=float((rel <= 0.05).mean()),
         acc10=float(within10.mean()),

@@ -113,8 +113,12 @@ class NnMeterForest(KernelRegressor):
         if isinstance(max_features, int):  # nn-Meter's counts refer to its own, sometimes longer, feature lists
             max_features = min(max_features, X.shape[1])
         self.forest_ = RandomForestRegressor(
-            n_estimators=n_estimators, max_depth=max_depth, max_features=max_features,
-            min_samples_leaf=1, min_samples_split=2, random_state=self.random_state,
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            max_features=max_features,
+            min_samples_leaf=1,
+            min_samples_split=2,
+            random_state=self.random_state,
         ).fit(X, y)
         return self
 
@@ -122,8 +126,13 @@ class NnMeterForest(KernelRegressor):
         return self.forest_.predict(np.asarray(X, dtype=np.float64)[:, list(nnmeter_feature_columns(self.kernel))])
 
     def to_ensemble(self) -> TreeEnsemble:
-        return from_sklearn(self.forest_.estimators_, self._n_features(), aggregation="mean",
-                            regressor=self.name, columns=nnmeter_feature_columns(self.kernel))
+        return from_sklearn(
+            self.forest_.estimators_,
+            self._n_features(),
+            aggregation="mean",
+            regressor=self.name,
+            columns=nnmeter_feature_columns(self.kernel),
+        )
 
 
 class _CostRatioRegressor(KernelRegressor):
@@ -144,8 +153,11 @@ class _CostRatioRegressor(KernelRegressor):
         candidates = [(tile, -1) for tile in GEMM_TILES] if gemm else [((1, 1), -1)]
         # the same tiles with fully connected layers switching to the half-width micro-kernel, where the
         # features say when it would (whether the device's runtime does is the fit's to find)
-        candidates += [(tile, names.index(half_tile_feature(tile[1]))) for tile in GEMM_TILES
-                       if gemm and half_tile_feature(tile[1]) in names]
+        candidates += [
+            (tile, names.index(half_tile_feature(tile[1])))
+            for tile in GEMM_TILES
+            if gemm and half_tile_feature(tile[1]) in names
+        ]
         best: tuple[float, tuple[int, int], int, np.ndarray] | None = None
         for tile, half in candidates:
             work = gemm_tile_terms(X, gemm, tile, half) if gemm else np.zeros((len(y), 0))
@@ -159,9 +171,16 @@ class _CostRatioRegressor(KernelRegressor):
         if not np.any(coef[1:] > 0):  # no cost term helps: a constant base, the trees do the rest
             coef = np.concatenate([[np.exp(np.mean(np.log(y)))], np.zeros(len(coef) - 1)])
         n_work = 2 if gemm else 0
-        return LinearBase(columns=columns, coef=tuple(float(c) for c in coef[1 + n_work:]),
-                          intercept=float(coef[0]), floor=float(y.min()) * 1e-3, gemm_columns=gemm, tile=tile,
-                          tile_coef=(float(coef[1]), float(coef[2])) if gemm else (0.0, 0.0), half_tile_column=half)
+        return LinearBase(
+            columns=columns,
+            coef=tuple(float(c) for c in coef[1 + n_work :]),
+            intercept=float(coef[0]),
+            floor=float(y.min()) * 1e-3,
+            gemm_columns=gemm,
+            tile=tile,
+            tile_coef=(float(coef[1]), float(coef[2])) if gemm else (0.0, 0.0),
+            half_tile_column=half,
+        )
 
     def _targets(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         self.base_ = self._fit_base(X, y)
@@ -182,9 +201,18 @@ class CostRatioBoosting(_CostRatioRegressor):
 
     name = "gbt-cost-ratio"
 
-    def __init__(self, kernel: str, n_estimators: int = 400, learning_rate: float = 0.05, max_depth: int = 5,
-                 subsample: float = 0.8, min_samples_leaf: int = 2, loss: str = "huber", huber_quantile: float = 0.9,
-                 random_state: int = 0) -> None:
+    def __init__(
+        self,
+        kernel: str,
+        n_estimators: int = 400,
+        learning_rate: float = 0.05,
+        max_depth: int = 5,
+        subsample: float = 0.8,
+        min_samples_leaf: int = 2,
+        loss: str = "huber",
+        huber_quantile: float = 0.9,
+        random_state: int = 0,
+    ) -> None:
         self.kernel = kernel
         self.loss = loss  # scikit-learn's: 'huber' or 'squared_error'
         self.huber_quantile = huber_quantile  # residuals above this quantile count linearly (loss 'huber')
@@ -199,9 +227,14 @@ class CostRatioBoosting(_CostRatioRegressor):
         X, y = _check_training_data(X, y, self._n_features())
         target = self._targets(X, y)
         self.boosting_ = GradientBoostingRegressor(
-            loss=self.loss, alpha=self.huber_quantile, init="zero", n_estimators=self.n_estimators,
+            loss=self.loss,
+            alpha=self.huber_quantile,
+            init="zero",
+            n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,
-            max_depth=self.max_depth, subsample=self.subsample, min_samples_leaf=self.min_samples_leaf,
+            max_depth=self.max_depth,
+            subsample=self.subsample,
+            min_samples_leaf=self.min_samples_leaf,
             random_state=self.random_state,
         ).fit(X, target)
         return self
@@ -210,15 +243,20 @@ class CostRatioBoosting(_CostRatioRegressor):
         return self.boosting_.predict(X)
 
     def to_ensemble(self) -> TreeEnsemble:
-        return from_sklearn(self.boosting_.estimators_[:, 0], self.boosting_.n_features_in_, aggregation="sum",
-                            scale=self.learning_rate, offset=self.offset_, target="log", base=self.base_,
-                            regressor=self.name)
+        return from_sklearn(
+            self.boosting_.estimators_[:, 0],
+            self.boosting_.n_features_in_,
+            aggregation="sum",
+            scale=self.learning_rate,
+            offset=self.offset_,
+            target="log",
+            base=self.base_,
+            regressor=self.name,
+        )
 
 
 #: Regressors by name; the campaign's ``kernels.regressor`` picks one.
-REGRESSORS: dict[str, type[KernelRegressor]] = {
-    cls.name: cls for cls in (NnMeterForest, CostRatioBoosting)
-}
+REGRESSORS: dict[str, type[KernelRegressor]] = {cls.name: cls for cls in (NnMeterForest, CostRatioBoosting)}
 #: The default: on tflite-local it beat nn-meter-rf at every budget tried (bench/kernel_accuracy.py).
 DEFAULT_REGRESSOR = CostRatioBoosting.name
 BASELINE_REGRESSOR = NnMeterForest.name

@@ -19,8 +19,12 @@ ModelInput = Union[str, os.PathLike, Graph, Mapping[str, Any], Any]
 
 #: File suffix -> what it is, for error messages and dispatch.
 MODEL_SUFFIXES = {
-    ".tflite": "TFLite flatbuffer", ".onnx": "ONNX model", ".keras": "Keras model", ".h5": "Keras HDF5 model",
-    ".pb": "TensorFlow frozen graph", ".json": "nnmeter or nn-Meter IR graph",
+    ".tflite": "TFLite flatbuffer",
+    ".onnx": "ONNX model",
+    ".keras": "Keras model",
+    ".h5": "Keras HDF5 model",
+    ".pb": "TensorFlow frozen graph",
+    ".json": "nnmeter or nn-Meter IR graph",
 }
 _TFLITE_MAGIC = b"TFL3"
 
@@ -60,7 +64,8 @@ def to_graph(model: ModelInput, input_shape: Sequence[int] | None = None) -> Gra
     raise ModelFileError(
         f"cannot predict a {type(model).__module__}.{type(model).__name__}",
         "pass a model file path (" + ", ".join(MODEL_SUFFIXES) + ", or a SavedModel folder), a keras.Model, "
-        "an onnx.ModelProto, a torch.nn.Module with input_shape, an nn-Meter IR dict or an IR Graph")
+        "an onnx.ModelProto, a torch.nn.Module with input_shape, an nn-Meter IR dict or an IR Graph",
+    )
 
 
 def _from_path(path: Path, input_shape: Sequence[int] | None) -> Graph:
@@ -95,6 +100,7 @@ def _from_path(path: Path, input_shape: Sequence[int] | None) -> Graph:
         from nnmeter.predictor.converters import nnmeter_ir
 
         return nnmeter_ir.load(path)
-    raise ModelFileError(f"{path}: not a model file nnmeter can read",
-                         "supported: " + ", ".join(f"{s} ({d})" for s, d in MODEL_SUFFIXES.items())
-                         + ", and SavedModel folders")
+    raise ModelFileError(
+        f"{path}: not a model file nnmeter can read",
+        "supported: " + ", ".join(f"{s} ({d})" for s, d in MODEL_SUFFIXES.items()) + ", and SavedModel folders",
+    )

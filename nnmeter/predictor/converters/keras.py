@@ -16,20 +16,46 @@ from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 #: Activation function name (``fn.__name__``) -> op; "linear" is no op at all.
 _ACTIVATIONS = {
-    "relu": ops.RELU, "relu6": ops.RELU6, "hard_swish": ops.HSWISH, "hard_silu": ops.HSWISH,
-    "hard_sigmoid": ops.HSIGMOID, "sigmoid": ops.SIGMOID, "swish": ops.SWISH, "silu": ops.SWISH,
+    "relu": ops.RELU,
+    "relu6": ops.RELU6,
+    "hard_swish": ops.HSWISH,
+    "hard_silu": ops.HSWISH,
+    "hard_sigmoid": ops.HSIGMOID,
+    "sigmoid": ops.SIGMOID,
+    "swish": ops.SWISH,
+    "silu": ops.SWISH,
     "softmax": ops.SOFTMAX,
 }
 #: Layer or keras.ops class name -> op, for those whose attributes need no reading.
 _LAYERS = {
-    "BatchNormalization": ops.BN, "Add": ops.ADD, "Multiply": ops.MUL, "Concatenate": ops.CONCAT,
-    "GlobalAveragePooling2D": ops.GLOBAL_AVGPOOL, "ZeroPadding2D": ops.PAD, "Cropping2D": ops.CROP,
-    "Reshape": ops.RESHAPE, "Flatten": ops.FLATTEN, "Softmax": ops.SOFTMAX, "Relu": ops.RELU, "Relu6": ops.RELU6,
-    "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSilu": ops.HSWISH, "Silu": ops.SWISH,
-    "Divide": ops.MUL, "TrueDivide": ops.MUL,
+    "BatchNormalization": ops.BN,
+    "Add": ops.ADD,
+    "Multiply": ops.MUL,
+    "Concatenate": ops.CONCAT,
+    "GlobalAveragePooling2D": ops.GLOBAL_AVGPOOL,
+    "ZeroPadding2D": ops.PAD,
+    "Cropping2D": ops.CROP,
+    "Reshape": ops.RESHAPE,
+    "Flatten": ops.FLATTEN,
+    "Softmax": ops.SOFTMAX,
+    "Relu": ops.RELU,
+    "Relu6": ops.RELU6,
+    "Sigmoid": ops.SIGMOID,
+    "HardSigmoid": ops.HSIGMOID,
+    "HardSilu": ops.HSWISH,
+    "Silu": ops.SWISH,
+    "Divide": ops.MUL,
+    "TrueDivide": ops.MUL,
 }
-_NOOPS = {"InputLayer", "Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity",
-          "ActivityRegularization"}
+_NOOPS = {
+    "InputLayer",
+    "Dropout",
+    "SpatialDropout2D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "Identity",
+    "ActivityRegularization",
+}
 
 
 def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
@@ -38,8 +64,10 @@ def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a bad file; each says what is wrong
-        raise ModelFileError(f"{path}: not a Keras model Keras can load ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ModelFileError(
+            f"{path}: not a Keras model Keras can load ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     return convert(model, input_shape, name=path.stem)
 
 
@@ -52,8 +80,10 @@ def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | No
         model = keras.models.clone_model(model, input_tensors=inp)
     function = getattr(model, "_functional", None) or model
     if not hasattr(function, "_nodes_by_depth"):
-        raise ModelFileError(f"{source}: a subclassed Keras model has no layer graph to read",
-                             hint="build it as a functional or Sequential model, or convert it to .tflite or ONNX")
+        raise ModelFileError(
+            f"{source}: a subclassed Keras model has no layer graph to read",
+            hint="build it as a functional or Sequential model, or convert it to .tflite or ONNX",
+        )
     builder = GraphBuilder(name or model.name, source)
     for tensor in function.inputs:
         builder.input(_tensor_name(tensor, ""), tensor.shape)
@@ -105,12 +135,21 @@ def _add(node: Any, builder: GraphBuilder, prefix: str) -> None:
     activation = _act_name(getattr(layer, "activation", None)) if kind != "Activation" else "linear"
     if kind == "SeparableConv2D":  # depthwise then pointwise
         mid = [in_shapes[0][:3] + [in_shapes[0][3] * layer.depth_multiplier]]
-        builder.node(f"{name}/depthwise", ops.DWCONV, ins, in_shapes, mid, kernel_size=list(layer.kernel_size),
-                     strides=list(layer.strides), depth_multiplier=layer.depth_multiplier)
+        builder.node(
+            f"{name}/depthwise",
+            ops.DWCONV,
+            ins,
+            in_shapes,
+            mid,
+            kernel_size=list(layer.kernel_size),
+            strides=list(layer.strides),
+            depth_multiplier=layer.depth_multiplier,
+        )
         ins, in_shapes = [f"{name}/depthwise"], mid
         op, attrs = ops.CONV, {"kernel_size": [1, 1], "strides": [1, 1]}
-    last = builder.node(name if activation == "linear" else f"{name}/{op}", op, ins, in_shapes, out_shapes,
-                        **attrs).name
+    last = builder.node(
+        name if activation == "linear" else f"{name}/{op}", op, ins, in_shapes, out_shapes, **attrs
+    ).name
     if activation != "linear":
         act_op = _ACTIVATIONS.get(activation, activation)
         builder.node(name, act_op, [last], out_shapes[:1], out_shapes[:1])
@@ -134,7 +173,9 @@ def _op(layer: Any, kind: str, node: Any, in_shapes: list[list[int]]) -> tuple[s
     if kind in ("MaxPooling2D", "AveragePooling2D"):
         size = list(layer.pool_size)
         return (ops.MAXPOOL if kind == "MaxPooling2D" else ops.AVGPOOL), {
-            "kernel_size": size, "strides": list(layer.strides or size)}
+            "kernel_size": size,
+            "strides": list(layer.strides or size),
+        }
     if kind == "Dense":
         return ops.FC, {}
     if kind == "ReLU":

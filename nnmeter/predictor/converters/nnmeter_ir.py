@@ -19,14 +19,34 @@ from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 #: TensorFlow op type -> vocabulary op. Types not here (and not vocabulary names) keep their name.
 TF_OPS: dict[str, str] = {
-    "Conv2D": ops.CONV, "DepthwiseConv2dNative": ops.DWCONV, "Conv2DBackpropInput": ops.CONVTRANS,
-    "FusedBatchNorm": ops.BN, "FusedBatchNormV2": ops.BN, "FusedBatchNormV3": ops.BN,
-    "Relu": ops.RELU, "Relu6": ops.RELU6, "Sigmoid": ops.SIGMOID,
-    "Add": ops.ADD, "AddV2": ops.ADD, "Mul": ops.MUL, "RealDiv": ops.MUL,
-    "MaxPool": ops.MAXPOOL, "AvgPool": ops.AVGPOOL, "Mean": ops.GLOBAL_AVGPOOL,
-    "MatMul": ops.FC, "ConcatV2": ops.CONCAT, "Concat": ops.CONCAT, "Split": ops.SPLIT, "SplitV": ops.SPLIT,
-    "Pad": ops.PAD, "StridedSlice": ops.CROP, "Slice": ops.CROP, "Softmax": ops.SOFTMAX, "Reshape": ops.RESHAPE,
-    "Squeeze": ops.RESHAPE, "ExpandDims": ops.RESHAPE,
+    "Conv2D": ops.CONV,
+    "DepthwiseConv2dNative": ops.DWCONV,
+    "Conv2DBackpropInput": ops.CONVTRANS,
+    "FusedBatchNorm": ops.BN,
+    "FusedBatchNormV2": ops.BN,
+    "FusedBatchNormV3": ops.BN,
+    "Relu": ops.RELU,
+    "Relu6": ops.RELU6,
+    "Sigmoid": ops.SIGMOID,
+    "Add": ops.ADD,
+    "AddV2": ops.ADD,
+    "Mul": ops.MUL,
+    "RealDiv": ops.MUL,
+    "MaxPool": ops.MAXPOOL,
+    "AvgPool": ops.AVGPOOL,
+    "Mean": ops.GLOBAL_AVGPOOL,
+    "MatMul": ops.FC,
+    "ConcatV2": ops.CONCAT,
+    "Concat": ops.CONCAT,
+    "Split": ops.SPLIT,
+    "SplitV": ops.SPLIT,
+    "Pad": ops.PAD,
+    "StridedSlice": ops.CROP,
+    "Slice": ops.CROP,
+    "Softmax": ops.SOFTMAX,
+    "Reshape": ops.RESHAPE,
+    "Squeeze": ops.RESHAPE,
+    "ExpandDims": ops.RESHAPE,
 }
 #: No-ops in every runtime: bypassed (Const and Placeholder are handled apart).
 TF_NOOPS = {"Identity", "NoOp", "StopGradient", "Snapshot", "IdentityN", "ReadVariableOp"}
@@ -51,8 +71,10 @@ def _batch1(shape: Any) -> list[int]:
 
 def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<nn-Meter IR>") -> Graph:
     """Convert an nn-Meter IR dict (the same shape TensorFlow graphs are put into) to an IR graph."""
-    if not isinstance(data, Mapping) or not data or not all(
-        isinstance(v, Mapping) and "attr" in v and "inbounds" in v for v in data.values()
+    if (
+        not isinstance(data, Mapping)
+        or not data
+        or not all(isinstance(v, Mapping) and "attr" in v and "inbounds" in v for v in data.values())
     ):
         raise ModelFileError(f"{source}: not an nn-Meter IR graph (expected {{node: {{inbounds, attr, outbounds}}}})")
     builder = GraphBuilder(name, source)
@@ -89,8 +111,7 @@ def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<n
         elif op in (ops.MAXPOOL, ops.AVGPOOL):
             extra["kernel_size"] = _pair(node_attrs.get("ksize"))
             extra["strides"] = _pair(node_attrs.get("strides"))
-            if in_shapes and len(in_shapes[0]) == 4 and extra["kernel_size"] == in_shapes[0][1:3] \
-                    and op == ops.AVGPOOL:
+            if in_shapes and len(in_shapes[0]) == 4 and extra["kernel_size"] == in_shapes[0][1:3] and op == ops.AVGPOOL:
                 op, extra = ops.GLOBAL_AVGPOOL, {}
         elif op in (ops.ADD, ops.MUL) and len(data_in) == 1 and const_in:
             value = const_in[0]

@@ -17,12 +17,31 @@ from nnmeter.errors import ModelFileError
 from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 _OPS = {
-    "Conv": ops.CONV, "ConvTranspose": ops.CONVTRANS, "BatchNormalization": ops.BN, "Relu": ops.RELU,
-    "Sigmoid": ops.SIGMOID, "HardSigmoid": ops.HSIGMOID, "HardSwish": ops.HSWISH,
-    "Add": ops.ADD, "Sub": ops.ADD, "Mul": ops.MUL, "Div": ops.MUL, "MaxPool": ops.MAXPOOL,
-    "AveragePool": ops.AVGPOOL, "GlobalAveragePool": ops.GLOBAL_AVGPOOL, "ReduceMean": ops.GLOBAL_AVGPOOL,
-    "Gemm": ops.FC, "MatMul": ops.FC, "Concat": ops.CONCAT, "Split": ops.SPLIT, "Pad": ops.PAD, "Slice": ops.CROP,
-    "Softmax": ops.SOFTMAX, "Reshape": ops.RESHAPE, "Squeeze": ops.RESHAPE, "Unsqueeze": ops.RESHAPE,
+    "Conv": ops.CONV,
+    "ConvTranspose": ops.CONVTRANS,
+    "BatchNormalization": ops.BN,
+    "Relu": ops.RELU,
+    "Sigmoid": ops.SIGMOID,
+    "HardSigmoid": ops.HSIGMOID,
+    "HardSwish": ops.HSWISH,
+    "Add": ops.ADD,
+    "Sub": ops.ADD,
+    "Mul": ops.MUL,
+    "Div": ops.MUL,
+    "MaxPool": ops.MAXPOOL,
+    "AveragePool": ops.AVGPOOL,
+    "GlobalAveragePool": ops.GLOBAL_AVGPOOL,
+    "ReduceMean": ops.GLOBAL_AVGPOOL,
+    "Gemm": ops.FC,
+    "MatMul": ops.FC,
+    "Concat": ops.CONCAT,
+    "Split": ops.SPLIT,
+    "Pad": ops.PAD,
+    "Slice": ops.CROP,
+    "Softmax": ops.SOFTMAX,
+    "Reshape": ops.RESHAPE,
+    "Squeeze": ops.RESHAPE,
+    "Unsqueeze": ops.RESHAPE,
     "Flatten": ops.FLATTEN,
 }
 _NOOPS = {"Identity", "Dropout"}
@@ -48,8 +67,9 @@ def _nhwc(shape: list[int]) -> list[int]:
     return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 else shape
 
 
-def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | None = None,
-            source: str = "<onnx model>") -> Graph:
+def convert(
+    model: Any, input_shape: Sequence[int] | None = None, name: str | None = None, source: str = "<onnx model>"
+) -> Graph:
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -60,8 +80,10 @@ def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | No
         model = onnx.ModelProto.FromString(model.SerializeToString())
         dims = model.graph.input[[i.name for i in model.graph.input].index(inputs[0].name)].type.tensor_type.shape.dim
         if len(dims) != len(input_shape):
-            raise ModelFileError(f"{source}: input_shape {list(input_shape)} has {len(input_shape)} dims, "
-                                 f"the model's input {inputs[0].name!r} has {len(dims)}")
+            raise ModelFileError(
+                f"{source}: input_shape {list(input_shape)} has {len(input_shape)} dims, "
+                f"the model's input {inputs[0].name!r} has {len(dims)}"
+            )
         for dim, value in zip(dims, input_shape):
             dim.Clear()
             dim.dim_value = int(value)
@@ -107,8 +129,14 @@ def convert(model: Any, input_shape: Sequence[int] | None = None, name: str | No
     return builder.finish(producer[o.name] for o in graph.output if o.name in producer)
 
 
-def _op(op_type: str, attrs: dict[str, Any], const_in: list[np.ndarray], in_shapes: list[list[int]],
-        consts: dict[str, np.ndarray], node: Any) -> tuple[str, dict[str, Any]]:
+def _op(
+    op_type: str,
+    attrs: dict[str, Any],
+    const_in: list[np.ndarray],
+    in_shapes: list[list[int]],
+    consts: dict[str, np.ndarray],
+    node: Any,
+) -> tuple[str, dict[str, Any]]:
     if op_type in ("Conv", "ConvTranspose"):
         weight = const_in[0].shape if const_in else None
         size = list(attrs.get("kernel_shape") or (weight[2:] if weight is not None else [1, 1]))

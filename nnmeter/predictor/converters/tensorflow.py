@@ -32,7 +32,8 @@ def load_saved_model(path: Path, input_shape: Sequence[int] | None = None) -> Gr
         key, first = next(iter(spec.items()))
         serving = function
         function = tf.function(lambda x: serving(**{key: x})).get_concrete_function(
-            tf.TensorSpec(list(input_shape), first.dtype))
+            tf.TensorSpec(list(input_shape), first.dtype)
+        )
     frozen = convert_variables_to_constants_v2(function)
     return convert_dict(_ir_dict(frozen.graph, input_shape), name=path.name, source=str(path))
 
@@ -77,8 +78,9 @@ def _ir_dict(graph: Any, input_shape: Sequence[int] | None) -> dict[str, Any]:
                 value = op.get_attr(key)
             except (ValueError, TypeError):
                 continue
-            attrs[key] = value.decode() if isinstance(value, bytes) else list(value) if isinstance(value, list) \
-                else value
+            attrs[key] = (
+                value.decode() if isinstance(value, bytes) else list(value) if isinstance(value, list) else value
+            )
         if op.type in ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput") and len(op.inputs) > 1:
             attrs["weight_shape"] = _shape(op.inputs[1])
         if op.type == "Const":
@@ -88,10 +90,15 @@ def _ir_dict(graph: Any, input_shape: Sequence[int] | None) -> dict[str, Any]:
             shape = _shape(op.outputs[0])
             attrs["shape"] = list(input_shape) if input_shape is not None else shape
         nodes[op.name] = {
-            "inbounds": inbounds, "outbounds": [],
-            "attr": {"name": op.name, "type": op.type, "attr": attrs,
-                     "input_shape": [_shape(t) for t in op.inputs],
-                     "output_shape": [_shape(t) for t in op.outputs]},
+            "inbounds": inbounds,
+            "outbounds": [],
+            "attr": {
+                "name": op.name,
+                "type": op.type,
+                "attr": attrs,
+                "input_shape": [_shape(t) for t in op.inputs],
+                "output_shape": [_shape(t) for t in op.outputs],
+            },
         }
     for name, entry in nodes.items():
         for src in entry["inbounds"]:

@@ -20,19 +20,45 @@ from nnmeter.errors import ModelFileError
 from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
 
 _OPS = {
-    "CONV_2D": ops.CONV, "DEPTHWISE_CONV_2D": ops.DWCONV, "TRANSPOSE_CONV": ops.CONVTRANS,
-    "FULLY_CONNECTED": ops.FC, "ADD": ops.ADD, "SUB": ops.ADD, "MUL": ops.MUL, "DIV": ops.MUL,
-    "RELU": ops.RELU, "RELU6": ops.RELU6, "LOGISTIC": ops.SIGMOID, "HARD_SWISH": ops.HSWISH,
-    "MAX_POOL_2D": ops.MAXPOOL, "AVERAGE_POOL_2D": ops.AVGPOOL, "MEAN": ops.GLOBAL_AVGPOOL,
-    "CONCATENATION": ops.CONCAT, "SPLIT": ops.SPLIT, "SPLIT_V": ops.SPLIT, "PAD": ops.PAD, "PADV2": ops.PAD,
-    "STRIDED_SLICE": ops.CROP, "SLICE": ops.CROP,
-    "SOFTMAX": ops.SOFTMAX, "RESHAPE": ops.RESHAPE, "SQUEEZE": ops.RESHAPE, "EXPAND_DIMS": ops.RESHAPE,
+    "CONV_2D": ops.CONV,
+    "DEPTHWISE_CONV_2D": ops.DWCONV,
+    "TRANSPOSE_CONV": ops.CONVTRANS,
+    "FULLY_CONNECTED": ops.FC,
+    "ADD": ops.ADD,
+    "SUB": ops.ADD,
+    "MUL": ops.MUL,
+    "DIV": ops.MUL,
+    "RELU": ops.RELU,
+    "RELU6": ops.RELU6,
+    "LOGISTIC": ops.SIGMOID,
+    "HARD_SWISH": ops.HSWISH,
+    "MAX_POOL_2D": ops.MAXPOOL,
+    "AVERAGE_POOL_2D": ops.AVGPOOL,
+    "MEAN": ops.GLOBAL_AVGPOOL,
+    "CONCATENATION": ops.CONCAT,
+    "SPLIT": ops.SPLIT,
+    "SPLIT_V": ops.SPLIT,
+    "PAD": ops.PAD,
+    "PADV2": ops.PAD,
+    "STRIDED_SLICE": ops.CROP,
+    "SLICE": ops.CROP,
+    "SOFTMAX": ops.SOFTMAX,
+    "RESHAPE": ops.RESHAPE,
+    "SQUEEZE": ops.RESHAPE,
+    "EXPAND_DIMS": ops.RESHAPE,
 }
 #: Options table of the ops whose options we read.
 _OPTIONS = {
-    "CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions", "MAX_POOL_2D": "Pool2DOptions",
-    "AVERAGE_POOL_2D": "Pool2DOptions", "FULLY_CONNECTED": "FullyConnectedOptions", "ADD": "AddOptions",
-    "MUL": "MulOptions", "DIV": "DivOptions", "SUB": "SubOptions", "CONCATENATION": "ConcatenationOptions",
+    "CONV_2D": "Conv2DOptions",
+    "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
+    "MAX_POOL_2D": "Pool2DOptions",
+    "AVERAGE_POOL_2D": "Pool2DOptions",
+    "FULLY_CONNECTED": "FullyConnectedOptions",
+    "ADD": "AddOptions",
+    "MUL": "MulOptions",
+    "DIV": "DivOptions",
+    "SUB": "SubOptions",
+    "CONCATENATION": "ConcatenationOptions",
     "TRANSPOSE_CONV": "TransposeConvOptions",
 }
 _NOOPS = {"QUANTIZE"}
@@ -138,12 +164,16 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
             vocab = tf_name  # a division of two tensors
         builder.node(name, vocab, [producer[i] for i in data_in], in_shapes, out_shapes, **attrs)
         last = name
-        act = act_names.get(options.FusedActivationFunction(), "NONE") if hasattr(
-            options, "FusedActivationFunction") else "NONE"
+        act = (
+            act_names.get(options.FusedActivationFunction(), "NONE")
+            if hasattr(options, "FusedActivationFunction")
+            else "NONE"
+        )
         if act != "NONE":
             last = f"{name}/{act.lower()}"
-            builder.node(last, {"RELU": ops.RELU, "RELU6": ops.RELU6}.get(act, act), [name],
-                         out_shapes[:1], out_shapes[:1])
+            builder.node(
+                last, {"RELU": ops.RELU, "RELU6": ops.RELU6}.get(act, act), [name], out_shapes[:1], out_shapes[:1]
+            )
         for o in outs:
             producer[o] = last
     return builder.finish(producer[int(o)] for o in sub.OutputsAsNumpy())
@@ -180,9 +210,10 @@ def _shapes(path: Path, tensors: list, sub, input_shape: Sequence[int] | None) -
     if input_shape is None:
         name = tensors[sub.InputsAsNumpy()[0]].Name().decode(errors="replace")
         sig = [int(d) for d in tensors[sub.InputsAsNumpy()[0]].ShapeSignatureAsNumpy()]
-        raise ModelFileError(f"{path}: input {name!r} has a dynamic shape {sig}",
-                             hint="give the input shape, e.g. input_shape=(1, 224, 224, 3) or "
-                             "--input-shape 1,224,224,3")
+        raise ModelFileError(
+            f"{path}: input {name!r} has a dynamic shape {sig}",
+            hint="give the input shape, e.g. input_shape=(1, 224, 224, 3) or --input-shape 1,224,224,3",
+        )
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
