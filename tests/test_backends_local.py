@@ -28,7 +28,7 @@ from nnmeter.backends.local import RunnerSession
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.backends.remote import parse_facts
 from nnmeter.backends.tflite_local import TFLiteLocalBackend
-from nnmeter.errors import ConfigError, NnmeterError
+from nnmeter.errors import BackendError, ConfigError, NnmeterError
 
 QUICK = MeasurementProtocol(warmup_runs=1, rounds=4, runs_per_round=2, min_round_ms=0.0, max_remeasures=0)
 
@@ -354,3 +354,11 @@ def test_conversion_workers_use_every_core_the_measuring_one_included():
     backend = create_backend("tflite-local", {})
     assert backend.convert_cores == sorted(os.sched_getaffinity(0))
     assert set(backend.measure_cores) <= set(backend.convert_cores)
+
+
+def test_a_runner_that_cannot_be_pinned_is_a_clear_error_and_leaves_no_process():
+    from nnmeter.backends.local import RunnerProcess
+
+    with pytest.raises(BackendError, match=r"cannot pin the runner to cores \[4096\]") as err:
+        RunnerProcess(TFLiteLocalBackend.runner_script, [4096], command_timeout_s=10)
+    assert "measure_cores" in err.value.hint

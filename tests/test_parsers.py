@@ -11,8 +11,6 @@ from conftest_remote import *  # noqa: F401,F403  (fixtures)
 
 from nnmeter.backends.parsers import BenchmarkOutputError, parse_benchmark_app, parse_benchmark_model
 
-pytestmark = pytest.mark.unit
-
 TFLITE_2X = """STARTING!
 Log parameter values verbosely: [0]
 Num threads: [4]
@@ -102,6 +100,7 @@ Fully accelerated:     True
 """
 
 
+@pytest.mark.unit
 def test_tflite_2x_output():
     report = parse_benchmark_model(TFLITE_2X)
     assert report.variant == "tflite-2.x"
@@ -117,6 +116,7 @@ def test_tflite_2x_output():
     assert report.op_profile[1].node == "[MobilenetV2/Predictions/Softmax]:65"
 
 
+@pytest.mark.unit
 def test_litert_2025_output():
     report = parse_benchmark_model(LITERT_2025)
     assert report.variant == "litert"
@@ -129,6 +129,7 @@ def test_litert_2025_output():
     assert report.op_profile[0].node == "Delegate/Fully Connected (NC, F32) GEMM:0"
 
 
+@pytest.mark.unit
 def test_benchmark_results_block_alone():
     report = parse_benchmark_model(BENCHMARK_RESULTS_ONLY)
     assert report.inference.count == 50 and report.avg_ms == pytest.approx(0.19)
@@ -148,17 +149,20 @@ def test_benchmark_results_block_alone():
         ("Timings (microseconds): count=50 first=1 curr=1 min=1 max=1 avg=1 std=0\n", "no inference timings"),
     ],
 )
+@pytest.mark.unit
 def test_output_it_does_not_understand_fails_loudly(text, reason):
     with pytest.raises(BenchmarkOutputError, match=reason):
         parse_benchmark_model(text)
 
 
+@pytest.mark.unit
 def test_op_table_row_that_does_not_fit_fails_loudly():
     broken = TFLITE_2X.replace("\t                         SOFTMAX\t           16.663", "\t   SOFTMAX\t  n/a")
     with pytest.raises(BenchmarkOutputError, match="does not fit"):
         parse_benchmark_model(broken)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("output_format", ["tflite2", "litert"])
 def test_parses_the_stand_in_running_litert(tiny_models, output_format):
     """The stand-in prints benchmark_model's format around real LiteRT timings; the parser reads them back."""
@@ -205,6 +209,7 @@ Throughput: 39.79 FPS
 """
 
 
+@pytest.mark.unit
 def test_benchmark_app_current_and_old_and_microseconds():
     report = parse_benchmark_app(BENCHMARK_APP_2024)
     assert (report.count, report.median_ms, report.average_ms, report.min_ms, report.max_ms) == (
@@ -229,6 +234,7 @@ def test_benchmark_app_current_and_old_and_microseconds():
         BENCHMARK_APP_2024.replace("46.21 ms", "46.21 fortnights"),
     ],
 )
+@pytest.mark.unit
 def test_benchmark_app_fails_loudly(text):
     with pytest.raises(BenchmarkOutputError):
         parse_benchmark_app(text)

@@ -122,14 +122,22 @@ class MeasureResult:
     @classmethod
     def from_outcome(cls, model_id: str, outcome: RoundRobinOutcome, protocol: MeasurementProtocol) -> MeasureResult:
         """The result of one model of a :func:`run_round_robin` batch: its error, or its statistics."""
-        common = dict(started_at=outcome.started, device_seconds=outcome.device_seconds)
+        started, device_seconds = outcome.started, outcome.device_seconds
         if outcome.error is not None:
-            return cls(model_id, MeasureStatus(outcome.error.status), error=str(outcome.error), **common)
+            return cls(
+                model_id,
+                MeasureStatus(outcome.error.status),
+                error=str(outcome.error),
+                started_at=started,
+                device_seconds=device_seconds,
+            )
         if not any(outcome.rounds):
-            return cls(model_id, MeasureStatus.ERROR, error="no timed runs", **common)
+            return cls(
+                model_id, MeasureStatus.ERROR, error="no timed runs", started_at=started, device_seconds=device_seconds
+            )
         stats = LatencyStats.from_rounds(outcome.rounds)
         status = MeasureStatus.OK if stats.median_ci <= protocol.max_median_ci else MeasureStatus.UNSTABLE
-        return cls(model_id, status, stats, **common)
+        return cls(model_id, status, stats, started_at=started, device_seconds=device_seconds)
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     model_format: ClassVar[str]
-    Config: ClassVar[type]
+    Config: ClassVar[type[Any]]
     description: ClassVar[str] = ""
 
     def __init__(self, config: Any) -> None:

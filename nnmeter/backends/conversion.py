@@ -128,8 +128,10 @@ def _convert_job(job: ConversionJob, fmt: str) -> ConversionResult:
         Path(job.out_dir).mkdir(parents=True, exist_ok=True)
         if job.source is not None:
             converters.convert_file(Path(job.source), fmt, out)
-        else:
+        elif job.build is not None:
             converters.convert_keras(job.build(*job.build_args), fmt, out)
+        else:
+            raise ValueError(f"conversion job {job.id} has neither a build function nor a source file")
         model = ModelFile(job.id, out, fmt, converters.input_shapes(out, fmt))
     except NnmeterError as err:
         return ConversionResult(job.id, None, err.message, time.perf_counter() - t0)

@@ -54,6 +54,7 @@ import os
 import platform
 import sys
 import time
+from typing import Callable, Generic, Iterable, Protocol, TypeVar
 
 import numpy as np
 
@@ -62,23 +63,26 @@ MAX_RUNS_PER_ROUND = 100_000  # bound on a round of a very fast model under a lo
 SETTLED = 0.97  # an invocation at least this fraction of the one before it: the warm-up ramp has flattened
 
 
+ModelT = TypeVar("ModelT")
+
+
 class CommandError(Exception):
     """A command that cannot be done; its message becomes the error reply."""
 
 
-class Engine:
-    """A runtime behind the command loop: load a model, invoke it, say what it is."""
+class Engine(Generic[ModelT]):
+    """A runtime behind the command loop: load a model, invoke it, say what it is; ``ModelT`` is its model handle."""
 
     runtime = ""
 
     def versions(self) -> dict:
         raise NotImplementedError
 
-    def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
+    def load(self, path: str, threads: int, options: dict) -> tuple[ModelT, dict]:
         """The loaded model (inputs already set) and facts about it for the load reply."""
         raise NotImplementedError
 
-    def invoke(self, model: object) -> None:
+    def invoke(self, model: ModelT) -> None:
         raise NotImplementedError
 
     def runs_on_calling_thread(self, threads: int) -> bool:
@@ -90,7 +94,13 @@ class Engine:
         return {}
 
 
-class LiteRTEngine(Engine):
+class InterpreterHandle(Protocol):
+    """What the command loop uses of a LiteRT ``Interpreter``."""
+
+    def invoke(self) -> None: ...
+
+
+class LiteRTEngine(Engine[InterpreterHandle]):
     runtime = "ai-edge-litert"
 
     def __init__(self) -> None:
@@ -101,7 +111,7 @@ class LiteRTEngine(Engine):
     def versions(self) -> dict:
         return {"ai-edge-litert": _dist_version("ai-edge-litert"), "numpy": np.__version__}
 
-    def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
+    def load(self, path: str, threads: int, options: dict) -> tuple[InterpreterHandle, dict]:
         if options:
             raise CommandError(f"unknown load options for LiteRT: {', '.join(sorted(options))}")
         if not os.path.isfile(path):
@@ -109,7 +119,7 @@ class LiteRTEngine(Engine):
         interpreter = self._interpreter_class(model_path=path, num_threads=threads)
         return interpreter, self._prepare(interpreter)
 
-    def invoke(self, model: object) -> None:
+    def invoke(self, model: InterpreterHandle) -> None:
         model.invoke()
 
     def runs_on_calling_thread(self, threads: int) -> bool:
@@ -261,7 +271,7 @@ def _first_cpu() -> int:
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
-def settle(invoke, model: object, max_runs: int, clock: str = "wall") -> int:
+def settle(invoke: Callable[[ModelT], None], model: ModelT, max_runs: int, clock: str = "wall") -> int:
     """Untimed invocations until one takes at least :data:`SETTLED` times the one before (at most ``max_runs``);
     returns how many ran."""
     timer = CLOCKS[clock]
@@ -276,7 +286,9 @@ def settle(invoke, model: object, max_runs: int, clock: str = "wall") -> int:
     return max_runs
 
 
-def timed_runs(invoke, model: object, runs: int, min_time_ms: float, clock: str = "wall") -> list[float]:
+def timed_runs(
+    invoke: Callable[[ModelT], None], model: ModelT, runs: int, min_time_ms: float, clock: str = "wall"
+) -> list[float]:
     """Per-invocation times (ms) on ``clock`` (see :data:`CLOCKS`): at least ``runs`` of them, and at least
     ``min_time_ms`` (wall clock) in total."""
     times: list[float] = []
@@ -289,13 +301,13 @@ def timed_runs(invoke, model: object, runs: int, min_time_ms: float, clock: str 
     return [float(f"{t:.4g}") for t in times]  # 4 digits: far below the noise, and short replies
 
 
-def serve(engine: Engine, stdin=None) -> int:
+def serve(engine: Engine[ModelT], stdin: Iterable[str] | None = None) -> int:
     """Answer commands from ``stdin`` until ``quit`` or end of input; returns the exit code."""
     reply_stream = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # native code that prints to stdout now prints to stderr
     sys.stdout = sys.stderr
     stdin = stdin or sys.stdin
-    models: dict[int, object] = {}
+    models: dict[int, ModelT] = {}
     thread_clock: dict[int, bool] = {}  # handle -> whether "clock": "thread" times it fully
     next_handle = 1
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import IO, Any, ClassVar, Sequence
 
 from nnmeter.backends import converters
 from nnmeter.backends.base import (
@@ -65,6 +65,12 @@ class RunnerProcess:
             stderr=self._stderr,
             env=env,
         )
+        if self.process.stdin is None or self.process.stdout is None:  # both are PIPEs: never None
+            raise AssertionError("the runner process has no stdin or stdout pipe")
+        self._stdin: IO[bytes] = self.process.stdin
+        self._stdout: IO[bytes] = self.process.stdout
+        self._selector = selectors.DefaultSelector()  # before pinning: kill() releases it when pinning fails
+        self._selector.register(self._stdout, selectors.EVENT_READ)
         if cores:  # before the runner imports anything: every thread it starts inherits the mask
             try:
                 os.sched_setaffinity(self.process.pid, cores)
@@ -74,8 +80,6 @@ class RunnerProcess:
                     f"cannot pin the runner to cores {list(cores)}: {err}",
                     hint="set backend.measure_cores to cores this process may use",
                 ) from err
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._buffer = b""
         self._next_id = 1
 
@@ -88,8 +92,8 @@ class RunnerProcess:
         self._next_id += 1
         what = f"{cmd} {Path(fields['path']).name}" if "path" in fields else cmd
         try:
-            self.process.stdin.write((json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n").encode())
-            self.process.stdin.flush()
+            self._stdin.write((json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n").encode())
+            self._stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died(what) from None
         timeout = self.command_timeout_s if timeout_s is None else timeout_s
@@ -129,7 +133,7 @@ class RunnerProcess:
         self._release()
 
     def _release(self) -> None:
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self._stdin, self._stdout):
             try:
                 stream.close()
             except OSError:
@@ -139,7 +143,7 @@ class RunnerProcess:
 
     def _read_line(self, deadline: float) -> bytes | None:
         """The next line; b"" at end of file; None when the deadline passes first."""
-        fd = self.process.stdout.fileno()
+        fd = self._stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
@@ -177,7 +181,7 @@ class RunnerSession:
         self.threads = threads
         self.load_options = load_options
         self.clock = clock  # the protocol's: "auto" times on the thread clock the models the runner offers it for
-        self._thread_clock: dict[int, bool] = {}
+        self._thread_clock: dict[object, bool] = {}  # handle -> whether the runner offers the thread clock for it
 
     def load(self, model_path: str) -> int:
         reply = self.process.request(
@@ -191,13 +195,9 @@ class RunnerSession:
 
     def run(self, handle: object, runs: int, min_time_ms: float, settle_runs: int = 0) -> list[float]:
         thread = self.clock == "auto" and self._thread_clock.get(handle, False)
+        clock_field: dict[str, Any] = {"clock": "thread"} if thread else {}
         return self.process.request(
-            "run",
-            handle=handle,
-            runs=runs,
-            min_time_ms=min_time_ms,
-            settle_runs=settle_runs,
-            **({"clock": "thread"} if thread else {}),
+            "run", handle=handle, runs=runs, min_time_ms=min_time_ms, settle_runs=settle_runs, **clock_field
         )["times_ms"]
 
     def close(self) -> None:
@@ -228,7 +228,7 @@ class LocalConfig:
 class LocalBackend(Backend):
     """A backend measuring on this machine with a runner script; subclasses name the script and format."""
 
-    Config: ClassVar[type] = LocalConfig
+    Config: ClassVar[type[Any]] = LocalConfig
     runner_script: ClassVar[Path]
     #: the pip package (and import name) of the runtime the runner script needs
     runtime_package: ClassVar[tuple[str, str]]

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Protocol
 
 import numpy as np
 from litert_runner import CommandError, Engine, serve  # the sibling script: same directory on sys.path
 
 
-class OpenVINOEngine(Engine):
+class InferRequestHandle(Protocol):
+    """What the command loop uses of an OpenVINO ``InferRequest``."""
+
+    def start_async(self) -> None: ...
+
+    def wait(self) -> None: ...
+
+
+class OpenVINOEngine(Engine[InferRequestHandle]):
     runtime = "openvino"
 
     def __init__(self) -> None:
@@ -31,7 +40,7 @@ class OpenVINOEngine(Engine):
             "numpy": np.__version__,
         }
 
-    def load(self, path: str, threads: int, options: dict) -> tuple[object, dict]:
+    def load(self, path: str, threads: int, options: dict) -> tuple[InferRequestHandle, dict]:
         device = options.pop("device", "CPU")
         if options:
             raise CommandError(f"unknown load options for OpenVINO: {', '.join(sorted(options))}")
@@ -65,7 +74,7 @@ class OpenVINOEngine(Engine):
             else "",
         }
 
-    def invoke(self, model: object) -> None:
+    def invoke(self, model: InferRequestHandle) -> None:
         model.start_async()  # with wait(): the inference alone, without infer()'s copy of the outputs
         model.wait()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from nnmeter.backends.base import DeviceInfo, OpTime
 from nnmeter.backends.parsers import parse_benchmark_app
@@ -24,6 +24,7 @@ from nnmeter.backends.remote import (
     InvocationSession,
     RemoteBackend,
     SSHConfig,
+    SSHTransport,
     connect_ssh,
     describe,
     parse_facts,
@@ -43,12 +44,12 @@ class OpenVINOSSHConfig(SSHConfig):
     extra_args: list[str] = setting([], "more benchmark_app flags, e.g. ['-nthreads', '1']")
 
 
-class OpenVINOSSHBackend(RemoteBackend):
+class OpenVINOSSHBackend(RemoteBackend[SSHTransport]):
     """OpenVINO's benchmark_app on a remote host (NCS2 stick, iGPU, NPU or CPU)."""
 
     name: ClassVar[str] = "openvino-ssh"
     model_format: ClassVar[str] = "openvino"
-    Config: ClassVar[type] = OpenVINOSSHConfig
+    Config: ClassVar[type[Any]] = OpenVINOSSHConfig
     description: ClassVar[str] = "OpenVINO benchmark_app over SSH (NCS2/MYRIAD, CPU, GPU, NPU)"
 
     def _shell(self, *argvs: list[str]) -> str:
@@ -133,7 +134,7 @@ class OpenVINOSSHBackend(RemoteBackend):
         invocation = Invocation("benchmark_app", command, parse, companions=lambda xml: [Path(xml).with_suffix(".bin")])
         # benchmark_app prints no op profile here: no separate profiling run
         return InvocationSession(
-            self.transport,
+            self.require_transport(),
             invocation,
             cfg.remote_dir,
             self.retry_policy,

@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Sequence, TypeVar
 
 from nnmeter.backends.base import (
     Backend,
@@ -48,7 +48,11 @@ from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError, NnmeterError
 from nnmeter.schema import setting
 
+if TYPE_CHECKING:
+    import paramiko
+
 T = TypeVar("T")
+TransportT = TypeVar("TransportT", bound="Transport")
 
 
 # --- faults and retries -----------------------------------------------------------
@@ -432,10 +436,10 @@ class RemoteConfig:
     convert_workers: int = setting(1, "host processes converting models in parallel", minimum=1)
 
 
-class RemoteBackend(Backend):
-    """Convert on the host, measure on a device reached through a :class:`Transport`."""
+class RemoteBackend(Backend, Generic[TransportT]):
+    """Convert on the host, measure on a device reached through a :class:`Transport` (of type ``TransportT``)."""
 
-    transport: Transport | None = None
+    transport: TransportT | None = None
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -450,6 +454,12 @@ class RemoteBackend(Backend):
         if isinstance(config, SSHConfig) and not config.host:
             problems.append(("host", "is required: the board's host name or address"))
         return problems
+
+    def require_transport(self) -> TransportT:
+        """The transport :meth:`connect` opened; BackendError before it."""
+        if self.transport is None:
+            raise BackendError(f"backend {self.name!r}: measure() before connect()")
+        return self.transport
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -541,8 +551,8 @@ class SSHTransport(Transport):
 
     def __init__(self, config: SSHConfig) -> None:
         self.config = config
-        self.client = None
-        self._sftp = None
+        self.client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
         self.user = config.user or _local_user()
 
     @property
@@ -656,9 +666,10 @@ class SSHTransport(Transport):
     def push(self, local: Path, remote: str) -> None:
         client = self.require_client()
         try:
-            if self._sftp is None:
-                self._sftp = client.open_sftp()
-            self._sftp.put(str(local), remote)
+            sftp = self._sftp
+            if sftp is None:
+                sftp = self._sftp = client.open_sftp()
+            sftp.put(str(local), remote)
         except OSError as exc:
             if not client.get_transport() or not client.get_transport().is_active():
                 self.broken = True
@@ -687,7 +698,7 @@ class SSHTransport(Transport):
         self._sftp = None
         self.client = None
 
-    def require_client(self):
+    def require_client(self) -> paramiko.SSHClient:
         if self.client is None or self.client.get_transport() is None or not self.client.get_transport().is_active():
             self.broken = True
             raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: not connected")

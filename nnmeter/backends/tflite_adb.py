@@ -157,12 +157,12 @@ class ADBTransport(Transport):
             raise DeviceFault(FaultKind.DISCONNECT, err.message) from None
 
 
-class TFLiteADBBackend(RemoteBackend):
+class TFLiteADBBackend(RemoteBackend[ADBTransport]):
     """TFLite on an Android phone over ADB with benchmark_model."""
 
     name: ClassVar[str] = "tflite-adb"
     model_format: ClassVar[str] = "tflite"
-    Config: ClassVar[type] = TFLiteADBConfig
+    Config: ClassVar[type[Any]] = TFLiteADBConfig
     description: ClassVar[str] = "Android phone CPU/GPU, TFLite benchmark_model over adb"
 
     @classmethod
@@ -212,7 +212,7 @@ class TFLiteADBBackend(RemoteBackend):
             cfg.benchmark_model, cfg.threads, cfg.cpu_mask, cfg.delegate == "gpu", cfg.extra_args
         )
         return InvocationSession(
-            self.transport,
+            self.require_transport(),
             invocation,
             cfg.remote_dir,
             self.retry_policy,

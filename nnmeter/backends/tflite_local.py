@@ -21,5 +21,6 @@ class TFLiteLocalBackend(LocalBackend):
     runtime_package = ("ai-edge-litert", "ai_edge_litert")
 
     def runtime_summary(self, info: dict) -> str:
-        delegate = {True: " (XNNPACK)", False: " (built-in kernels, no XNNPACK)"}.get(info.get("xnnpack"), "")
+        delegates: dict[object, str] = {True: " (XNNPACK)", False: " (built-in kernels, no XNNPACK)"}
+        delegate = delegates.get(info.get("xnnpack"), "")
         return f"ai-edge-litert {info['versions'].get('ai-edge-litert', '?')}{delegate}"

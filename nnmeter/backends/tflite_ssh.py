@@ -163,7 +163,7 @@ class RunnerSession:
 
     def __init__(self, backend: TFLiteSSHBackend) -> None:
         self.backend = backend
-        self.transport: SSHTransport = backend.transport
+        self.transport: SSHTransport = backend.require_transport()
         self.config: TFLiteSSHConfig = backend.config
         self.policy: RetryPolicy = backend.retry_policy
         self.runner: RemoteRunner | None = None
@@ -205,10 +205,11 @@ class RunnerSession:
                 self._runner()  # connected and remote_dir made
                 self.transport.push(Path(model_path), remote)
                 self.remote_paths[model_path] = remote
-            reply = self._runner().request("load", path=remote, threads=self.config.threads)
+            runner = self._runner()
+            reply = runner.request("load", path=remote, threads=self.config.threads)
             self.handles[model_path] = reply["handle"]
             if self.warmups.get(model_path):
-                self.runner.request("warmup", handle=reply["handle"], runs=self.warmups[model_path])
+                runner.request("warmup", handle=reply["handle"], runs=self.warmups[model_path])
         return self.handles[model_path]
 
     def load(self, model_path: str) -> str:
@@ -243,12 +244,12 @@ class RunnerSession:
                 pass
 
 
-class TFLiteSSHBackend(RemoteBackend):
+class TFLiteSSHBackend(RemoteBackend[SSHTransport]):
     """TFLite on a Linux board over SSH: nnmeter's LiteRT runner or benchmark_model."""
 
     name: ClassVar[str] = "tflite-ssh"
     model_format: ClassVar[str] = "tflite"
-    Config: ClassVar[type] = TFLiteSSHConfig
+    Config: ClassVar[type[Any]] = TFLiteSSHConfig
     description: ClassVar[str] = "Linux board CPU over SSH (LiteRT runner or benchmark_model)"
 
     def connect(self) -> DeviceInfo:
@@ -307,7 +308,7 @@ class TFLiteSSHBackend(RemoteBackend):
             return RunnerSession(self)
         invocation = benchmark_model_invocation(cfg.benchmark_model, cfg.threads, cfg.cpu_mask, False, cfg.extra_args)
         return InvocationSession(
-            self.transport,
+            self.require_transport(),
             invocation,
             cfg.remote_dir,
             self.retry_policy,

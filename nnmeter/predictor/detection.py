@@ -122,7 +122,7 @@ def detect(graph: Graph, rules: FusionRules, available: Collection[str] | None =
             continue
         pid = tail_of.get(node.inputs[0]) if len(node.inputs) == 1 else None
         sig = _merged(sigs[pid], parts[pid], node, rules) if pid is not None else None
-        if sig is not None:
+        if pid is not None and sig is not None:
             src = node.inputs[0]
             n_readers = len(readers.get(src, ()))
             if n_readers == 1 or (policy == MON_FIRST and readers[src][0] == node.name):
@@ -214,7 +214,7 @@ def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
         if height == width:
             config[ops.KERNEL_SIZE] = height
         elif node.op == ops.CONV:
-            config[ops.KERNEL_SIZE], config[ops.CIN], stand_in = _conv_twin(height, width, int(config[ops.CIN]))
+            config[ops.KERNEL_SIZE], config[ops.CIN], stand_in = _conv_twin(height, width, channels(shape))
         else:
             raise ValueError(f"node {node.name}: kernel_size {[height, width]} is not square")
     if ops.STRIDES in keys:

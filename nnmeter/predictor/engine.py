@@ -47,7 +47,8 @@ from nnmeter.predictor.rules import FusionRules
 class KernelModel(Protocol):
     """What the engine needs of a predictor artifact (:class:`nnmeter.predictor.artifact.Artifact`)."""
 
-    rules: FusionRules
+    @property
+    def rules(self) -> FusionRules: ...
 
     @property
     def kernels(self) -> frozenset[str]: ...
@@ -252,9 +253,14 @@ class Predictor:
 def load_predictor(name_or_path: str | os.PathLike | KernelModel) -> Predictor:
     """A :class:`Predictor` from an installed predictor name (``name`` or ``name@version``), a predictor
     folder, or an already loaded artifact."""
-    if hasattr(name_or_path, "predict") and hasattr(name_or_path, "rules"):
-        return Predictor(name_or_path)  # type: ignore[arg-type]
+    # a str or a path never has predict and rules: the isinstance test only narrows the type
+    if (
+        hasattr(name_or_path, "predict")
+        and hasattr(name_or_path, "rules")
+        and not isinstance(name_or_path, (str, os.PathLike))
+    ):
+        return Predictor(name_or_path)
     from nnmeter.predictor.artifact import load_artifact
     from nnmeter.predictor.registry import find_predictor
 
-    return Predictor(load_artifact(find_predictor(name_or_path)))  # type: ignore[arg-type]
+    return Predictor(load_artifact(find_predictor(name_or_path)))

@@ -108,26 +108,42 @@ def nnmeter_feature_columns(kernel: str) -> tuple[int, ...]:
     return tuple(range(names.index("FLOPS") + 1)) + (names.index("PARAMS"),)
 
 
+def _size(cfg: Mapping[str, object], key: str) -> int:
+    """The integer ``key`` of a config from :func:`nnmeter.ops.validate_config` (which makes sizes ints)."""
+    value = cfg[key]
+    if not isinstance(value, int):
+        raise TypeError(f"config key {key}: {value!r} is not a validated size")
+    return value
+
+
+def _sizes(cfg: Mapping[str, object], key: str) -> list[int]:
+    """The list of integers ``key`` (``CINS``) of a config from :func:`nnmeter.ops.validate_config`."""
+    value = cfg[key]
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise TypeError(f"config key {key}: {value!r} is not a validated list of sizes")
+    return value
+
+
 def kernel_features(kernel: str, config: Mapping[str, object]) -> list[float]:
     """The feature vector of one kernel config (validated; a bad config raises ValueError)."""
     cfg = ops.validate_config(kernel, config)
     values: list[float] = []
     for key in ops.kernel_type(kernel).keys:
         if key == ops.CINS:
-            cins = list(cfg[key])  # type: ignore[arg-type]
+            cins = _sizes(cfg, key)
             values += [float(c) for c in cins] + [0.0] * (_MAX_CONCAT_INPUTS - len(cins)) + [float(len(cins))]
         else:
-            values.append(float(cfg[key]))  # type: ignore[arg-type]
+            values.append(float(_size(cfg, key)))
     cost = ops.kernel_cost(kernel, cfg)
     values += [float(cost.flops), float(cost.params), float(cost.bytes_read), float(cost.bytes_written)]
     keys = ops.kernel_type(kernel).keys
     for key in (ops.CIN, ops.COUT):
         if key in keys:
-            channels = int(cfg[key])  # type: ignore[arg-type]
+            channels = _size(cfg, key)
             values += [math.ceil(channels / tile) * tile / channels for tile in _CHANNEL_TILES]
-    stride = next((int(cfg[k]) for k in _STRIDE_KEYS if k in keys), None)  # type: ignore[arg-type]
+    stride = next((_size(cfg, k) for k in _STRIDE_KEYS if k in keys), None)
     if stride is not None:
-        hw_out = ops.out_hw(int(cfg[ops.HW]), stride)  # type: ignore[arg-type]
+        hw_out = ops.out_hw(_size(cfg, ops.HW), stride)
         values += [float(hw_out), float(hw_out * hw_out)]
     gemm = ops.gemm_shape(kernel, cfg)
     if gemm is not None:

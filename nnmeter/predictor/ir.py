@@ -184,13 +184,14 @@ class GraphBuilder:
 
     def input(self, name: str, shape: Iterable[int | None]) -> None:
         dims = [1 if i == 0 and d in (None, -1, 0) else d for i, d in enumerate(shape)]
-        if any(d is None or d <= 0 for d in dims):
+        sizes = [d for d in dims if d is not None and d > 0]
+        if len(sizes) != len(dims):
             raise ModelFileError(
                 f"{self.source}: input {name!r} has a dynamic shape {list(shape)}",
                 hint="give the input shape in the model's own layout, e.g. input_shape=(1, 224, 224, 3) "
                 "or --input-shape 1,224,224,3",
             )
-        self.graph.inputs[name] = [int(d) for d in dims]
+        self.graph.inputs[name] = [int(d) for d in sizes]
 
     def bypass(self, name: str, source: str) -> None:
         """``name`` is a no-op: its readers read ``source``."""

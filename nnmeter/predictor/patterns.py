@@ -15,7 +15,7 @@ Frameworks spell some ops as several nodes; every converter's output goes throug
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeGuard
 
 from nnmeter import ops
 from nnmeter.predictor.ir import Graph, Node
@@ -27,7 +27,7 @@ _SE_GATE_OPS = {ops.CONV, ops.FC, ops.RELU, ops.RELU6, ops.HSWISH, ops.SWISH, op
 Match = tuple[list[str], Node, str]  # (nodes to remove, the replacement, node whose place it takes)
 
 
-def _scalar(node: Node | None, op: str, value: float) -> bool:
+def _scalar(node: Node | None, op: str, value: float) -> TypeGuard[Node]:
     """``node`` is ``op`` with one activation input and the scalar constant ``value``."""
     if node is None or node.op != op or len(node.inputs) != 1:
         return False

@@ -216,7 +216,8 @@ def load_rules(source: str | os.PathLike | Mapping[str, Any]) -> FusionRules:
             raise ConfigError(where, "", f"not a JSON rules file ({err})") from None
     if not isinstance(data, Mapping):
         raise ConfigError(where, "", f"expected a JSON object of rules, got {type(data).__name__}")
-    meta = data.get(META_KEY) if isinstance(data.get(META_KEY), Mapping) else {}
+    raw_meta = data.get(META_KEY)
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     pairs: dict[tuple[str, str], PairRule] = {}
     chains: dict[tuple[str, ...], bool | None] = {}
     mon: MonRule | None = None
@@ -320,7 +321,8 @@ def _read_mon(entry: Any, where: str) -> MonRule:
         value = obey
     else:
         raise ConfigError(where, "MON.obey", f"{obey!r} is not valid; valid: 0, 1, 2, case1, case2, case3, null")
-    extra = entry.get(META_KEY) if isinstance(entry.get(META_KEY), Mapping) else {}
+    raw_extra = entry.get(META_KEY)
+    extra: Mapping[str, Any] = raw_extra if isinstance(raw_extra, Mapping) else {}
     return MonRule(
         value=value,
         latencies_ms={str(k): float(v) for k, v in (extra.get("latencies_ms") or {}).items()},

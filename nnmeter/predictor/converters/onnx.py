@@ -163,7 +163,7 @@ def _op(
             return op_type, {}
         return ops.GLOBAL_AVGPOOL, {}
     if op_type == "Clip":
-        bounds = attrs.get("min"), attrs.get("max")
+        bounds: tuple[float | None, ...] = attrs.get("min"), attrs.get("max")
         if len(node.input) >= 3:
             bounds = tuple(float(consts[i]) if i in consts else None for i in node.input[1:3])
         if bounds[0] == 0 and bounds[1] == 6:
