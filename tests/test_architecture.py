@@ -57,3 +57,18 @@ def test_rich_outside_the_command_line_breaks_it(copy: Path):
     adaptive.write_text(adaptive.read_text() + "\n\ndef _draw():\n    import rich\n\n    return rich\n")
     done = lint_imports(copy)
     assert done.returncode != 0 and "nnmeter.training.adaptive -> rich" in done.stdout
+
+
+def test_the_command_line_and_a_campaigns_steps_load_without_tensorflow():
+    """TensorFlow takes seconds to import: only building or converting a model may load it, not `--help`,
+    `status`, `rules --show` or planning a campaign."""
+    code = (
+        "import sys\n"
+        "from nnmeter.cli.main import build_parser\n"
+        "build_parser()\n"
+        "import nnmeter.builder.steps, nnmeter.rule_tester.cases, nnmeter.measurement.session\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -95,15 +95,22 @@ def test_a_kernel_trained_again_after_other_batches_is_the_same_file(first_run, 
     assert path.read_bytes() == original
 
 
+def stored_measurements(workspace) -> int:
+    with Workspace.open(workspace) as ws:
+        return sum(s.measurements for s in ws.store.summary().setups)
+
+
 @pytest.mark.e2e
 def test_other_settings_train_the_kernel_again(first_run, workspace, capsys):
-    _, (before,), measurements = first_run
+    with Workspace.open(workspace) as ws:
+        _, (before,) = trained_kernels(ws)
+    measurements = stored_measurements(workspace)
     capsys.readouterr()
     assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
     assert re.search(rf"^{KERNEL}: round 0: \d+ samples, ±10 % [\d.]+ %", capsys.readouterr().out, re.M)
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
-        assert sum(s.measurements for s in ws.store.summary().setups) == measurements  # from the store
+    assert stored_measurements(workspace) == measurements  # trained from the store
     assert after.trained_at > before.trained_at and after.settings["iterations"] == 0
     assert [r.round for r in after.rounds] == [0]
 
@@ -114,15 +121,15 @@ def test_a_new_reading_of_the_measurements_trains_the_kernel_again(first_run, wo
     LATENCY_READING_VERSION bumped): trained again, from the store."""
     import nnmeter.builder.kernels as training
 
-    _, _, measurements = first_run
     assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0  # up to date: kept
     with Workspace.open(workspace) as ws:
         _, (before,) = trained_kernels(ws)
+    measurements = stored_measurements(workspace)
     monkeypatch.setattr(training, "LATENCY_READING_VERSION", training.LATENCY_READING_VERSION + 1)
     assert main(["train", str(workspace), "--kernel", KERNEL, "--iterations", "0"]) == 0
     with Workspace.open(workspace) as ws:
         _, (after,) = trained_kernels(ws)
-        assert sum(s.measurements for s in ws.store.summary().setups) == measurements
+    assert stored_measurements(workspace) == measurements
     assert after.trained_at > before.trained_at
     assert after.settings["latency_reading"] == before.settings["latency_reading"] + 1
 

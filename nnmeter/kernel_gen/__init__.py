@@ -13,7 +13,7 @@ __getattr__, __all__ = lazy_exports(
         "build_kernel_model": "builders",
         "KernelModel": "builders",
         "build_op_layer": "builders",
-        "OpParams": "builders",
+        "OpParams": "op_traits",
         "OP_BUILDERS": "builders",
         "TestShapes": "pairs",
         "build_single": "pairs",

@@ -29,21 +29,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnmeter import ops  # noqa: E402
-from nnmeter.kernel_gen.op_traits import EVEN_CHANNEL_OPS, MAP_OPS, ONE_D_OPS  # noqa: E402
+from nnmeter.kernel_gen.op_traits import EVEN_CHANNEL_OPS, MAP_OPS, ONE_D_OPS, OpParams  # noqa: E402
 
 Tensor = object  # a symbolic KerasTensor
-
-
-@dataclass(frozen=True)
-class OpParams:
-    """The attributes an op builder may use; each op reads only its own."""
-
-    cout: int = 0  # conv, convtrans, fc
-    kernel_size: int = 3  # conv, dwconv, convtrans, pools
-    strides: int = 1  # conv, dwconv, convtrans
-    pool_strides: int = 2  # pools
-    bias: bool = True  # conv, dwconv: False when a bn follows (it folds the bias)
-    seed: int = 0  # random bn statistics
 
 
 def _conv(x, p: OpParams):

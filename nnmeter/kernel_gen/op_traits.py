@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nnmeter import ops
 
 #: Ops that take a 1-D (feature vector) input and nothing else.
@@ -27,3 +29,15 @@ TO_VECTOR_OPS = frozenset({ops.GLOBAL_AVGPOOL, ops.FLATTEN, ops.FC, ops.SOFTMAX}
 TWO_INPUT_OPS = frozenset({ops.ADD, ops.MUL, ops.CONCAT})
 #: Ops whose channel count must be even (they cut channels in two halves).
 EVEN_CHANNEL_OPS = frozenset({ops.SPLIT, ops.CHANNELSHUFFLE})
+
+
+@dataclass(frozen=True)
+class OpParams:
+    """The attributes an op builder may use; each op reads only its own."""
+
+    cout: int = 0  # conv, convtrans, fc
+    kernel_size: int = 3  # conv, dwconv, convtrans, pools
+    strides: int = 1  # conv, dwconv, convtrans
+    pool_strides: int = 2  # pools
+    bias: bool = True  # conv, dwconv: False when a bn follows (it folds the bias)
+    seed: int = 0  # random bn statistics

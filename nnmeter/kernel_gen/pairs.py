@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
-
-import keras
+from typing import TYPE_CHECKING, Sequence
 
 from nnmeter import ops
-from nnmeter.kernel_gen.builders import OpParams, build_op_layer
-from nnmeter.kernel_gen.op_traits import MAP_OPS, ONE_D_OPS, TO_VECTOR_OPS, TWO_INPUT_OPS
+from nnmeter.kernel_gen.op_traits import MAP_OPS, ONE_D_OPS, TO_VECTOR_OPS, TWO_INPUT_OPS, OpParams
+
+if TYPE_CHECKING:
+    import keras
 
 
 class UnconnectablePair(ValueError):
@@ -141,6 +141,10 @@ def build_chain(
         input_shape = _input_shape(_chain_rank(chain), shapes)
     elif not _rank_ok(chain, len(input_shape)):
         raise UnconnectablePair(f"ops {' -> '.join(chain)} cannot take an input of shape {tuple(input_shape)}")
+    import keras  # with the builders: only when a model is built, so that planning cases loads no TensorFlow
+
+    from nnmeter.kernel_gen.builders import build_op_layer
+
     params = shapes.params()
     first = keras.Input(shape=tuple(input_shape), batch_size=1)
     inputs = [first]
@@ -220,6 +224,10 @@ def build_mon(shapes: TestShapes = TestShapes()) -> keras.Model:
     The second branch starts with a leaky relu (nn-Meter uses one too) so that the
     converter cannot merge the two branches' first ops into one shared relu.
     """
+    import keras  # with the builders: only when a model is built
+
+    from nnmeter.kernel_gen.builders import build_op_layer
+
     params = OpParams(kernel_size=shapes.KERNEL_SIZE, strides=1)
     inp = keras.Input(shape=(shapes.HW, shapes.HW, shapes.CIN), batch_size=1)
     x = build_op_layer(ops.DWCONV, inp, params)
