@@ -49,3 +49,11 @@ class BackendError(WorkFailed):
 
 class ModelFileError(NnmeterError):
     """A model file that does not exist, or is not a model nnmeter reads."""
+
+
+class WorkspaceInUse(WorkFailed):
+    """Another process holds the workspace's writer lock (another ``nnmeter-build`` command writes to it).
+
+    Exit 1, not 2: the command and its input are right, the work cannot be done now; the same command
+    succeeds once the other one ends.
+    """

@@ -11,10 +11,15 @@ nnmeter uses (after adb's protocol.txt, SERVICES.TXT, SYNC.TXT and shell_protoco
   2 stderr, 3 exit code, 4 close stdin) and ``shell:`` (v1, raw bytes);
 * ``sync:`` with STAT, LIST, SEND (DATA chunks, DONE + mtime; OKAY or FAIL) and RECV, QUIT.
 
-Commands run with ``sh -c`` in the sandbox folder, with ``SANDBOX/bin`` first on
-PATH (the tests put ``getprop`` and ``benchmark_model`` there); sync paths must be
-inside the sandbox. ``--quota-bytes`` makes pushes beyond it fail with
-"No space left on device", as a full phone does.
+Commands run with ``sh -c`` in the sandbox folder, in a new session (adbd calls
+``setsid()`` before it runs ``/system/bin/sh -c``), with ``SANDBOX/bin`` first on
+PATH (the tests put ``getprop`` and ``benchmark_model`` there). When the host closes
+a shell stream, the shell gets SIGHUP and nothing else, as from adbd: what the shell
+started and did not exec keeps running. Sync paths must be inside the sandbox.
+``--quota-bytes`` makes pushes beyond it fail with "No space left on device", as a
+full phone does. While the file ``SANDBOX/stall-sync`` exists, a push stalls after
+its first data chunk: the device takes the data and never answers, as a phone that
+hangs does.
 
 Run: ``python tests/adb_loopback.py --port 6123 --sandbox DIR``; it prints
 ``listening`` when ready and serves until killed.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import stat
 import struct
@@ -89,8 +95,11 @@ class Stream:
             self.closed = True
             self.cond.notify_all()
         if self.process is not None and self.process.poll() is None:
-            try:  # the whole process group: sh and what it started, as adbd does when the host closes a shell
-                os.killpg(self.process.pid, 9)
+            # as adbd does when the host closes a shell (shell_service.cpp, PassDataStreams): SIGHUP to the shell's
+            # pid only, not to its process group; a child the shell did not exec, or a process that ignores SIGHUP,
+            # keeps running
+            try:
+                os.kill(self.process.pid, signal.SIGHUP)
             except ProcessLookupError:
                 pass
         if notify:
@@ -337,6 +346,10 @@ class Device:
             if chunk is None:
                 return False
             data += chunk
+            if (self.sandbox / "stall-sync").exists():  # a hung device: it takes the data, never answers
+                while stream.read(1) is not None:
+                    pass
+                return False
         try:
             target = self._path(device_path)
             if self.quota_bytes and self._used() + len(data) > self.quota_bytes:

@@ -7,6 +7,7 @@ binary (adbutils' bundled one, or ``NNMETER_TEST_ADB=/usr/bin/adb``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -111,6 +112,35 @@ def install_fake_benchmark_model(folder: Path, output_format: str, fault_file: P
     )
     script.chmod(0o755)
     return script
+
+
+def install_hanging_python(folder: Path, fault_file: Path) -> Path:
+    """A ``python`` for the board whose LiteRT ``invoke()`` sleeps for an hour while ``fault_file`` exists (a
+    runner that hangs in a model); otherwise this test session's python."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site = folder / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        f"if os.path.exists({str(fault_file)!r}):\n"
+        "    from ai_edge_litert.interpreter import Interpreter\n"
+        "    Interpreter.invoke = lambda self: time.sleep(3600)\n"
+    )
+    script = folder / "python"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(site))} exec {shlex.quote(PYTHON)} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def wait_gone(list_processes, needle: str, timeout: float = 10.0) -> list[str]:
+    """The command lines with ``needle`` in them that ``list_processes()`` (``ps -eww -o args=`` output) shows,
+    once none is left or ``timeout`` has passed (a process killed a moment ago may still be on its way out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in list_processes().splitlines() if needle in line and "ps -e" not in line]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 # --- ADB ------------------------------------------------------------------------------
@@ -322,6 +352,21 @@ class SSHServer:
             except ProcessLookupError:
                 pass
         self.process.wait()
+
+    def sessions(self) -> list[int]:
+        """The processes of the open connections: the per-connection sshd processes and what they run."""
+        return descendants(self.process.pid) if self.process is not None else []
+
+    def stop_sessions(self) -> None:
+        """SIGSTOP every open connection's processes: the board stops answering; new connections still work."""
+        for pid in self.sessions():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def continue_sessions(self) -> None:
+        for pid in self.sessions():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def config(self, cls, **overrides):
         values = dict(

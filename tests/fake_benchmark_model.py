@@ -14,7 +14,10 @@ op table has what can be measured honestly: the delegated graph as one node
 timed as a whole (what benchmark_model 2.x prints for a fully delegated model).
 
 ``--fault_file=PATH`` (test hook, set by the wrapper): if the file holds ``hang``
-the tool sleeps; ``crash`` aborts (SIGABRT); ``crash-once`` removes the file, then aborts.
+the tool sleeps; ``hang-child`` starts a child process that sleeps and waits for it
+(a SIGHUP to the tool alone, all adbd sends, leaves the child running, as a shell
+that does not exec its last command leaves ``benchmark_model``); ``crash`` aborts
+(SIGABRT); ``crash-once`` removes the file, then aborts.
 Each invocation appends its argv and CPU affinity (a JSON line) to ``--log_file`` when given.
 """
 
@@ -88,6 +91,11 @@ def main(argv: list[str]) -> int:
         fault = open(fault_file).read().strip()
         if fault == "hang":
             time.sleep(3600)
+        if fault == "hang-child":
+            import subprocess
+
+            child = [sys.executable, "-c", "import time; time.sleep(3600)", f"--child-of-fault-file={fault_file}"]
+            subprocess.run(child)
         if fault in ("crash", "crash-once"):
             if fault == "crash-once":
                 os.remove(fault_file)

@@ -3,13 +3,16 @@ stand-in (LiteRT)."""
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest_remote import *  # noqa: F401,F403  (fixtures)
-from conftest_remote import QUICK, invocations
+from conftest_remote import QUICK, invocations, wait_gone
 
 from nnmeter.backends import litert_runner
 from nnmeter.backends.base import MeasureStatus
@@ -167,3 +170,79 @@ def test_device_lost_mid_campaign_then_resume_measures_only_failures(loopback_ph
     assert [m.id for m in second[:2]] == [m.id for m in first[:2]]  # kept, not measured again
     assert len(invocations(phone.sandbox)) - done_before == 2 * per_model
     store.close()
+
+
+def phone_processes(backend) -> str:
+    """``ps`` on the phone, through adb: one command line per process."""
+    return backend.transport.run("ps -eww -o args=", 30).stdout
+
+
+def test_hung_benchmark_model_is_gone_after_the_timeout(loopback_phone, tiny_models):
+    phone = loopback_phone()
+    with backend_for(phone, command_timeout_s=3.0, retries=1) as backend:
+        phone.fault_file.write_text("hang-child")  # adbd's SIGHUP reaches the tool, not the child it waits for
+        [result] = backend.measure(tiny_models[:1], QUICK)
+        left = wait_gone(lambda: phone_processes(backend), str(phone.fault_file))
+        phone.fault_file.unlink()
+        [again] = backend.measure(tiny_models[:1], QUICK)
+    assert result.status is MeasureStatus.TIMEOUT, result.error
+    assert left == []
+    assert again.status is MeasureStatus.OK, again.error
+
+
+def test_push_to_a_phone_that_stops_answering_is_a_bounded_fault(loopback_phone, tiny_models):
+    phone = loopback_phone()
+    with backend_for(phone, command_timeout_s=3.0, retries=1) as backend:
+        (phone.sandbox / "stall-sync").write_text("")
+        outcome: dict = {}
+
+        def measure() -> None:
+            started = time.monotonic()
+            outcome["results"] = backend.measure(tiny_models[:1], QUICK)
+            outcome["seconds"] = time.monotonic() - started
+
+        thread = threading.Thread(target=measure, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "the push still hangs"
+        [result] = outcome["results"]
+        assert result.status is MeasureStatus.TIMEOUT and "did not finish within 3 s" in result.error, result.error
+        assert outcome["seconds"] < 3.0 + 5
+        (phone.sandbox / "stall-sync").unlink()
+        [again] = backend.measure(tiny_models[:1], QUICK)
+    assert again.status is MeasureStatus.OK, again.error
+
+
+def test_device_lost_mid_batch_leaves_nothing_on_the_phone(loopback_phone, tiny_models):
+    phone = loopback_phone()
+    protocol = replace(QUICK, batch_size=4, rounds=20, anchors=False)
+    with backend_for(phone) as backend:
+        watcher = kill_after(phone, 3)  # while the batch's models are being pushed and warmed up
+        results = backend.measure(tiny_models, protocol)
+        watcher.join()
+        assert MeasureStatus.UNREACHABLE in [r.status for r in results]
+        assert remote_files(phone)  # the dropped batch's models are still there
+        phone.start()  # the phone is back before the backend closes
+    assert remote_files(phone) == []
+
+
+def test_remote_dir_of_another_user_is_refused(loopback_phone):
+    phone = loopback_phone()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    theirs = Path(phone.remote_dir)
+    theirs.mkdir(parents=True)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(BackendError) as err:
+        backend_for(phone)
+    assert str(theirs) in err.value.message and "belongs to user id 65534" in err.value.message
+
+
+def test_non_finite_timeouts_are_bounded_or_refused(loopback_phone, tiny_models):
+    phone = loopback_phone()
+    with backend_for(phone, command_timeout_s=math.inf) as backend:  # a week at most: never an OverflowError
+        [result] = backend.measure(tiny_models[:1], QUICK)
+    assert result.status is MeasureStatus.OK, result.error
+    with pytest.raises(BackendError) as err:
+        backend_for(phone, command_timeout_s=math.nan)
+    assert "command_timeout_s" in err.value.message

@@ -251,6 +251,46 @@ def test_openvino_local_converts_and_measures_ir_and_tflite(tflite, tmp_path):
         backend.close()
 
 
+def hanging_model(pid_file: str):
+    """A build function that never returns, as a converter that hangs (module-level: workers import it)."""
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+def test_a_conversion_over_the_timeout_fails_and_its_worker_is_replaced(tmp_path):
+    """One job hangs: it fails with a timeout once it has run convert_timeout_s, its worker process is killed,
+    and the other jobs (those in flight with it included) are converted; the pool goes on working."""
+    from nnmeter.builder.workspace import tiny_model_path
+
+    backend = create_backend("tflite-local", {"convert_workers": 2, "convert_timeout_s": 3})
+    pid_file = tmp_path / "hanging.pid"
+    tiny = tiny_model_path()  # a .tflite source is copied: no TensorFlow import counts against the timeout
+    jobs = [
+        ConversionJob("hangs", tmp_path, hanging_model, (str(pid_file),)),
+        *[ConversionJob(f"copy{i}", tmp_path, source=tiny) for i in range(4)],
+    ]
+    started = time.monotonic()
+    try:
+        results = backend.convert(jobs)
+        seconds = time.monotonic() - started
+        assert [r.job_id for r in results] == ["hangs", "copy0", "copy1", "copy2", "copy3"]
+        assert not results[0].ok
+        assert "did not finish within 3 s (backend.convert_timeout_s)" in results[0].error
+        assert "worker process was killed and replaced" in results[0].error
+        assert all(r.ok for r in results[1:]), [r.error for r in results]
+        assert seconds < 60, seconds  # not the hour the job would take
+        hung = int(pid_file.read_text())
+        deadline = time.monotonic() + 10
+        while _alive(hung) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(hung)
+        again = backend.convert([ConversionJob("after", tmp_path, source=tiny)])  # the pool still converts
+        assert again[0].ok, again[0].error
+        assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    finally:
+        backend.close()
+
+
 def test_convert_reports_unreadable_user_files(tmp_path):
     backend = create_backend("tflite-local", {"convert_workers": 1})
     text = tmp_path / "notes.txt"

@@ -111,6 +111,8 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
     before = _measurements(store)
     assert any(r[1] == "kernel" for r in before)
     assert not (workspace / "predictor" / "manifest.yaml").exists()
+    # the lock file still names the killed run, but its flock died with it: the resumed run is not refused
+    assert json.loads((workspace / ".nnmeter.lock").read_text())["pid"] == run.pid
 
     resumed = _cli("run", str(workspace))
     out, _ = resumed.communicate(timeout=1200)

@@ -62,6 +62,7 @@ def test_init_backends_status(tmp_path: Path) -> None:
         "rules",
         "predictor",
         "reports",
+        ".nnmeter.lock",  # the writer lock, released (empty) once init is done
     }
     assert "name: tflite-local" in (ws / "campaign.yaml").read_text()
 

@@ -336,3 +336,114 @@ def test_a_crop_of_a_feature_map_is_the_crop_kernel_from_keras_tflite_and_onnx(t
     det = detect(to_graph(onnx_model), default_rules())
     assert [(k.kernel, k.config) for k in det.supported] == [("crop", {"HW": HW, "CIN": C})]
     assert "is not a crop of a feature map" in det.unsupported[0].problem
+
+
+# --- malformed model files: one ModelFileError naming the file, never another exception -----------------------
+
+TINY_TFLITE = Path(__file__).parent.parent / "nnmeter" / "configs" / "models" / "tiny_cnn.tflite"
+
+
+def _refused(path, *match):
+    """``to_graph(path)`` raises a one-line ModelFileError naming the file (and saying each of ``match``)."""
+    with pytest.raises(ModelFileError) as err:
+        to_graph(path)
+    message = err.value.message
+    assert "\n" not in message and str(path) in message, message
+    for text in match:
+        assert text in message, message
+    return message
+
+
+def test_a_truncated_or_changed_tflite_is_a_model_file_error(tmp_path):
+    """Before: the flatbuffer reader raised struct.error, KeyError or IndexError from deep inside."""
+    data = TINY_TFLITE.read_bytes()
+    path = tmp_path / "damaged.tflite"
+    for size in range(512, len(data), 512):
+        path.write_bytes(data[:size])
+        _refused(path)
+    changed = bytearray(data)
+    changed[-16:] = b"\xff" * 16  # the end of the file: the last tables' offsets and lengths
+    path.write_bytes(bytes(changed))
+    _refused(path, "damaged TFLite file")
+    assert kernels_of(TINY_TFLITE)  # the file itself still converts
+
+
+def _ir(**changes):
+    """A small nn-Meter IR graph: input -> conv -> relu, with ``changes`` applied to the nodes' attr dicts."""
+
+    def node(tf_type, inbounds, outbounds, dims, **attrs):
+        return {
+            "inbounds": inbounds,
+            "outbounds": outbounds,
+            "attr": {"name": "", "type": tf_type, "attr": attrs, "input_shape": [dims], "output_shape": [dims]},
+        }
+
+    graph = {
+        "input": node("Placeholder", [], ["conv"], [1, 8, 8, 4], shape=[1, 8, 8, 4]),
+        "conv": node("Conv2D", ["input"], ["relu"], [1, 8, 8, 4], kernel_shape=[3, 3], strides=[1, 1, 1, 1]),
+        "relu": node("Relu", ["conv"], [], [1, 8, 8, 4]),
+    }
+    for key, change in changes.items():
+        change(graph[key])
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda n: n["attr"].update(attr=[1, 2]), "node 'conv': attr.attr: [1, 2] is not a mapping"),
+        (lambda n: n.update(attr=["Conv2D"]), "node 'conv': attr: ['Conv2D'] is not a mapping"),
+        (lambda n: n["attr"].update(input_shape=["1,8,8,4"]), "node 'conv': a shape: '1,8,8,4' is not a list"),
+        (lambda n: n["attr"].update(output_shape=[[1, "8", 8, 4]]), "'8' in [1, '8', 8, 4] is not a dimension"),
+        (lambda n: n["attr"].update(output_shape=[[1, 10**30, 8, 4]]), "is not a dimension"),
+        (lambda n: n["attr"]["attr"].update(strides="22"), "'22' as a size or stride"),
+        (lambda n: n.update(inbounds="input"), "inbounds: 'input' is not a list"),
+        (lambda n: n.update(inbounds=[["input"]]), "an inbound ['input'] is not a name"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_nnmeter_ir_of_the_wrong_types_is_a_model_file_error(tmp_path, change, problem):
+    """Before: ``attr`` as a list raised AttributeError and shapes as strings a TypeError (or were read digit by
+    digit)."""
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(_ir(conv=change)))
+    _refused(path, problem)
+
+
+def test_a_cycle_in_nnmeter_ir_is_refused_naming_its_nodes(tmp_path):
+    """Before: a two-node cycle converted with exit 0, its edge silently dropped."""
+    assert [k for k, _ in kernels_of(_ir())] == ["conv-bn-relu"]  # the bn-less type is named with bn
+    path = tmp_path / "cycle.json"
+    path.write_text(json.dumps(_ir(conv=lambda n: n.update(inbounds=["input", "relu"]))))
+    _refused(path, "the graph has a cycle: 'relu' -> 'conv' -> 'relu'")
+    path.write_text(json.dumps(_ir(relu=lambda n: n.update(inbounds=["relu"]))))
+    _refused(path, "the graph has a cycle: 'relu' -> 'relu'")
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    _refused(path, "nested too deep")
+
+
+def test_a_damaged_onnx_is_a_model_file_error_and_external_data_is_never_read(tmp_path):
+    from onnx import TensorProto, helper
+
+    data = onnx_model("resnet").SerializeToString()
+    path = tmp_path / "damaged.onnx"
+    for size in (len(data) // 3, len(data) - 7):
+        path.write_bytes(data[:size])
+        _refused(path)
+    path.write_bytes(data.replace(b"MaxPool", b"Max\xc1ool"))  # not UTF-8: protobuf gives the op as bytes
+    _refused(path, "op b'Max\\xc1ool' is not a name")
+    # a weight stored in another file is never read: the converter needs only its shape
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[8, 8, 3, 3])
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="weights.bin")  # absent: reading it would fail
+    conv = helper.make_node("Conv", ["input", "w"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [conv],
+        "external",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [weight],
+    )
+    path = tmp_path / "external.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert kernels_of(path) == [("conv-bn", {"HW": 8, "CIN": 8, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 1})]

@@ -172,3 +172,21 @@ def test_cli_predict_and_ir(artifact_dir, tflite_file, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["latency_ms"] == pytest.approx(lines[0]["latency_ms"])
     assert main(["predict", "--predictor", str(artifact_dir), str(tflite_file), "--input-shape", "1,x"]) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+def test_a_pinned_digest_is_checked_before_predicting(artifact_dir, tflite_file, capsys):
+    from nnmeter.cli import main
+    from nnmeter.predictor.artifact import ArtifactError, artifact_digest
+
+    digest = artifact_digest(artifact_dir)
+    assert load_predictor(artifact_dir, sha256=digest).predict(tflite_file).latency_ms > 0
+    with pytest.raises(ArtifactError, match=f"predictor digest {digest} is not the expected {'0' * 64}"):
+        load_predictor(artifact_dir, sha256="0" * 64)
+    loaded = load_predictor(artifact_dir).artifact  # an artifact already loaded is checked too
+    assert load_predictor(loaded, sha256=digest.upper()).artifact is loaded
+    with pytest.raises(ArtifactError, match="is not the expected"):
+        load_predictor(loaded, sha256="0" * 64)
+    assert main(["predict", "--predictor", str(artifact_dir), str(tflite_file), "--sha256", digest, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
+    assert main(["predict", "--predictor", str(artifact_dir), str(tflite_file), "--sha256", "0" * 64]) == 2
+    assert f"predictor digest {digest} is not the expected" in capsys.readouterr().err

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -348,6 +351,98 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
         assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = store._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
         assert rows >= committed
+
+
+@contextmanager
+def _a_full_disk(tmp_path: Path, how: str) -> Iterator[tuple[Path, Callable[[Store], None], Callable[[], None]]]:
+    """A folder whose store fills up: (folder, limit(store), free()). ``tmpfs``: a real 1 MB file system (needs
+    the right to mount), with 256 KB of ballast that ``free`` deletes; ``max_page_count``: SQLite's own limit
+    on the store's connection, which raises the same SQLITE_FULL (a new connection has no limit)."""
+    if how == "max_page_count":
+
+        def limit(store: Store) -> None:
+            pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+            store._db.execute(f"PRAGMA max_page_count = {pages + 40}")
+
+        yield tmp_path, limit, lambda: None
+        return
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        ballast = folder / "ballast"
+        ballast.write_bytes(b"\0" * 256 * 1024)
+        yield folder, lambda store: None, lambda: ballast.unlink()
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [pytest.param("tmpfs", marks=pytest.mark.integration), pytest.param("max_page_count", marks=pytest.mark.unit)],
+)
+def test_a_full_disk_is_a_store_error_and_loses_nothing_committed(tmp_path: Path, how: str) -> None:
+    """SQLite rolls the failed transaction back by itself: the store says "disk full" (not "cannot rollback - no
+    transaction is active", as a traceback), and every transaction committed before it is still there."""
+    with _a_full_disk(tmp_path, how) as (folder, limit, free):
+        path = folder / "s.sqlite"
+        store = Store(path)
+        try:
+            store.add_model(ModelRecord(id="m", kind="kernel", name="fc"))
+            store.set_state("step", {"done": True})
+            limit(store)
+            committed = 0
+            with pytest.raises(StoreError) as caught:
+                for _ in range(10_000):
+                    store.add_measurements([dataclasses.replace(measurement("m", "error"), error="x" * 20_000)] * 3)
+                    committed += 3
+            err = caught.value
+            assert committed > 0
+            assert "disk full" in err.message and "everything stored before it is kept" in err.message
+            assert "free space" in err.hint and err.exit_code == 1
+            assert "cannot rollback" not in str(err)
+            assert isinstance(err.__cause__, sqlite3.OperationalError) and "full" in str(err.__cause__)
+            # the failed transaction is rolled back whole; the store still reads everything committed
+            assert store._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == committed
+            assert store.get_state("step") == {"done": True}
+            free()
+        finally:
+            store.close()
+        with Store(path) as again:  # space freed (or a new connection): nothing lost, and it writes again
+            assert again._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert again._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == committed
+            assert [m.id for m in again.models()] == ["m"]
+            again.add_measurement(measurement("m"))
+            assert again._db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == committed + 1
+
+
+@pytest.mark.unit
+def test_a_store_locked_by_another_writer_is_a_clear_error_and_readers_do_not_wait(tmp_path: Path) -> None:
+    """A write that waits longer than the store's timeout for another writer is a StoreError that says so (not a
+    raw sqlite3.OperationalError); opening and reading an up-to-date store takes no write lock at all."""
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        store.set_state("k", 1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        with Store(path, timeout=0.2) as store:
+            assert store.get_state("k") == 1 and store.summary().models == {}
+            with pytest.raises(StoreError, match=r"the store stayed locked by another process for 0.2 s") as caught:
+                store.set_state("k", 2)
+            assert caught.value.exit_code == 1 and "wait for it to end" in caught.value.hint
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+            assert store.get_state("k") == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with Store(path) as store:
+        store.set_state("k", 2)
+        assert store.get_state("k") == 2
 
 
 # --- measure_models on the real tflite-local backend ------------------------------------------------

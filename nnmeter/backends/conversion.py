@@ -10,19 +10,30 @@ jobs that were in flight are retried one at a time in a fresh single-worker
 pool, so only the job that kills a worker again fails. A worker whose parent is gone
 (``kill -9`` of ``nnmeter-build``) exits by itself: it would otherwise wait forever
 on its queue, holding TensorFlow's ~2 GB.
+
+A job that runs longer than the pool's ``timeout_s`` (a converter that hangs) becomes a
+failed result: its worker is killed, the pool is replaced, and the jobs that were in
+flight with it run again in the new one. Each worker reports when it starts a job, so
+a job's time counts from its start, not from when it was queued.
+
+Interrupted (Ctrl-C, SIGTERM), the parent stops its workers with SIGTERM; a worker
+aborts its job, removes the temporary file it was writing and exits. Ctrl-C, which
+reaches the whole process group, is left to the parent.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
+import signal
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from nnmeter.backends import converters
 from nnmeter.backends.base import ConversionJob, ConversionResult, ModelFile, ProgressCallback
@@ -34,16 +45,28 @@ def conversion_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-class ConversionPool:
-    """Runs :class:`ConversionJob` batches into one model format on ``workers`` pinned processes."""
+#: Seconds a conversion job may take before it is a failed result (the local backends' ``convert_timeout_s``).
+DEFAULT_TIMEOUT_S = 600.0
+#: Seconds interrupted workers get to clean up and exit before they are killed.
+_STOP_GRACE_S = 5.0
 
-    def __init__(self, fmt: str, workers: int, cores: Sequence[int]) -> None:
+
+class ConversionPool:
+    """Runs :class:`ConversionJob` batches into one model format on ``workers`` pinned processes; a job that
+    takes longer than ``timeout_s`` fails and its worker is replaced."""
+
+    def __init__(self, fmt: str, workers: int, cores: Sequence[int], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if fmt not in converters.SUFFIXES:
             raise ValueError(f"unknown model format {fmt!r}; known: {', '.join(converters.SUFFIXES)}")
+        if timeout_s <= 0:
+            raise ValueError(f"conversion timeout {timeout_s!r}: must be positive")
         self.fmt = fmt
         self.workers = max(1, workers)
         self.cores = sorted(cores)
+        self.timeout_s = float(timeout_s)
         self._executor: ProcessPoolExecutor | None = None
+        self._starts: Any = None  # the executor's queue of (token, pid, start time) its workers post
+        self._round = 0
 
     def run(self, jobs: Sequence[ConversionJob], progress: ProgressCallback | None = None) -> list[ConversionResult]:
         """One result per job, in order. Outputs that already exist are not rebuilt."""
@@ -64,54 +87,165 @@ class ConversionPool:
                 progress(len(results), total)
 
         report()
-        crashed: list[int] = []
-        if pending:
-            futures: dict[Future, int] = {self._pool().submit(_convert_job, jobs[i], self.fmt): i for i in pending}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    results[i] = future.result()
-                except BrokenProcessPool:
-                    crashed.append(i)
-                    continue
-                report()
-        if crashed:
-            self.close()
-            for i in sorted(crashed):  # one at a time, so a job that kills its worker takes only itself down
-                try:
-                    results[i] = self._pool(workers=1).submit(_convert_job, jobs[i], self.fmt).result()
-                except BrokenProcessPool:
-                    self.close()
+        while pending:
+            broken, killed = self._run_round(jobs, pending, results, report)
+            if broken or killed:
+                self.close()  # a pool that lost a worker takes no more jobs
+            if not broken:
+                break
+            if killed:  # jobs in flight with a job that timed out: innocent, again in a fresh pool
+                pending = broken
+                continue
+            for i in broken:  # a worker died: one at a time, so a job that kills its worker takes only itself down
+                died, killed = self._run_round(jobs, [i], results, report, workers=1)
+                if died:
                     results[i] = ConversionResult(
                         jobs[i].id,
                         None,
                         "the conversion worker process died (TensorFlow or the converter crashed on this model)",
                     )
-                report()
+                    report()
+                if died or killed:
+                    self.close()
             self.close()
+            break
         return [results[i] for i in range(total)]
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        self._close_starts()
+
+    def _run_round(
+        self,
+        jobs: Sequence[ConversionJob],
+        indices: Sequence[int],
+        results: dict[int, ConversionResult],
+        report: Callable[[], None],
+        workers: int | None = None,
+    ) -> tuple[list[int], bool]:
+        """Run the jobs at ``indices`` in the pool, their results into ``results``; the jobs whose worker died
+        (no result), and whether this round killed a worker over a timeout."""
+        self._round += 1
+        round_id = self._round
+        pool = self._pool(workers)
+        futures: dict[Future, int] = {pool.submit(_convert_job, jobs[i], self.fmt, (round_id, i)): i for i in indices}
+        started: dict[int, tuple[int, float]] = {}  # job index -> (worker pid, when it started the job)
+        broken: list[int] = []
+        killed = False
+        waiting = set(futures)
+        poll = min(1.0, max(0.05, self.timeout_s / 20))
+        try:
+            while waiting:
+                done, waiting = wait(waiting, timeout=poll, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = futures[future]
+                    if i in results:  # it timed out: its worker was killed
+                        continue
+                    try:
+                        results[i] = future.result()
+                    except BrokenProcessPool:
+                        broken.append(i)
+                        continue
+                    report()
+                self._read_starts(round_id, started)
+                now = time.monotonic()
+                for future in waiting:
+                    i = futures[future]
+                    if i in started and i not in results and now - started[i][1] > self.timeout_s:
+                        pid = started[i][0]
+                        try:
+                            os.kill(pid, signal.SIGKILL)  # hung, maybe in C code: SIGTERM would not reach it
+                        except ProcessLookupError:
+                            pass
+                        killed = True
+                        results[i] = ConversionResult(
+                            jobs[i].id,
+                            None,
+                            f"the conversion did not finish within {self.timeout_s:g} s "
+                            "(backend.convert_timeout_s); its worker process was killed and replaced",
+                            now - started[i][1],
+                        )
+                        report()
+        except BaseException:  # interrupted: stop the workers now rather than wait for their jobs
+            self._stop_workers()
+            raise
+        return [i for i in broken if i not in results], killed
+
+    def _read_starts(self, round_id: int, started: dict[int, tuple[int, float]]) -> None:
+        while True:
+            try:
+                (job_round, i), pid, t0 = self._starts.get_nowait()
+            except (queue.Empty, OSError, EOFError, ValueError):
+                return
+            if job_round == round_id:
+                started[i] = (pid, t0)
+
+    def _stop_workers(self) -> None:
+        """SIGTERM every worker (each removes the temporary file it was writing and exits), kill the ones still
+        there after a grace period, and drop the pool."""
+        executor = self._executor
+        if executor is None:
+            return
+        processes = list((executor._processes or {}).values())
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        self._close_starts()
+
+    def _close_starts(self) -> None:
+        if self._starts is not None:
+            self._starts.close()
+            self._starts = None
 
     def _pool(self, workers: int | None = None) -> ProcessPoolExecutor:
+        if self._executor is not None and getattr(self._executor, "_broken", False):
+            self.close()  # a worker died between batches (killed from outside): a new pool
         if self._executor is None:
+            context = multiprocessing.get_context("spawn")
+            self._starts = context.Queue()  # one per executor: a killed worker takes no later pool's queue down
             self._executor = ProcessPoolExecutor(
                 max_workers=workers or self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_init_worker,
-                initargs=(self.cores, os.getpid()),
+                initargs=(self.cores, os.getpid(), self._starts),
             )
         return self._executor
 
 
-def _init_worker(cores: list[int], parent: int) -> None:
+# --- in the worker processes ------------------------------------------------------------------------
+
+_STARTS: Any = None  # the pool's queue: (token, pid, start) when a job starts
+_IN_JOB = False
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a job: unwinds it (its temporary files are removed on the way), then the worker exits."""
+
+
+def _init_worker(cores: list[int], parent: int, starts: Any = None) -> None:
+    global _STARTS
+    _STARTS = starts
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the parent stops the workers
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if cores:
         os.sched_setaffinity(0, cores)
     threading.Thread(target=_exit_without_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _IN_JOB:
+        raise _Terminated()
+    os._exit(128 + signum)  # idle: nothing to clean up
 
 
 def _exit_without_parent(parent: int) -> None:
@@ -120,7 +254,22 @@ def _exit_without_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _convert_job(job: ConversionJob, fmt: str) -> ConversionResult:
+def _convert_job(job: ConversionJob, fmt: str, token: tuple[int, int] | None = None) -> ConversionResult:
+    """:func:`_convert`, told to the pool (``token``) when it starts; a SIGTERM ends the worker once the job's
+    temporary files are removed."""
+    global _IN_JOB
+    if _STARTS is not None and token is not None:
+        _STARTS.put((token, os.getpid(), time.monotonic()))
+    _IN_JOB = True
+    try:
+        return _convert(job, fmt)
+    except _Terminated:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        _IN_JOB = False
+
+
+def _convert(job: ConversionJob, fmt: str) -> ConversionResult:
     """Build or read the job's model and write it in ``fmt``; any failure becomes the result's error."""
     t0 = time.perf_counter()
     out = converters.output_path(job.out_dir, job.id, fmt)

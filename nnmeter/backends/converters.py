@@ -219,9 +219,13 @@ def _save_openvino(model: Any, out_path: Path) -> None:
 
     out_path = Path(out_path)
     tmp_xml = out_path.with_name(out_path.stem + ".tmp.xml")
-    ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-    os.replace(tmp_xml.with_suffix(".bin"), out_path.with_suffix(".bin"))
-    os.replace(tmp_xml, out_path)
+    try:
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        os.replace(tmp_xml.with_suffix(".bin"), out_path.with_suffix(".bin"))
+        os.replace(tmp_xml, out_path)
+    finally:  # a failed or interrupted save leaves no temporary file (nothing once both are replaced)
+        tmp_xml.unlink(missing_ok=True)
+        tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def _call_inference(model: Any):
@@ -245,11 +249,15 @@ def _batch1_signature(model: Any) -> list:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write so that a reader never sees half a file, even if this process is killed."""
+    """Write so that a reader never sees half a file, even if this process is killed; a write that fails or is
+    interrupted (a full disk, SIGTERM) leaves no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _quiet_tensorflow() -> None:

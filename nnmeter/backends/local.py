@@ -36,7 +36,7 @@ from nnmeter.backends.base import (
     ProgressCallback,
     measure_in_batches,
 )
-from nnmeter.backends.conversion import ConversionPool, conversion_cores
+from nnmeter.backends.conversion import DEFAULT_TIMEOUT_S, ConversionPool, conversion_cores
 from nnmeter.backends.protocol import MeasureError, MeasurementProtocol
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
@@ -208,7 +208,7 @@ class RunnerSession:
 class LocalConfig:
     """The ``backend:`` keys of the local backends."""
 
-    threads: int = setting(1, "threads per inference", minimum=1)
+    threads: int = setting(1, "threads per inference", minimum=1, maximum=1024)
     measure_cores: str | list[int] = setting(
         "auto", "cores the measuring process is pinned to: 'auto' (the last `threads` cores) or a list, e.g. [3]"
     )
@@ -216,12 +216,22 @@ class LocalConfig:
         "auto",
         "conversion worker processes: 'auto' (one per core; conversion and measurement take turns, so "
         "the measuring core converts too) or a number",
+        minimum=1,
+        maximum=1024,
     )
     command_timeout_s: float = setting(
         120.0,
         "a runner command (load, warm-up, one round) that takes longer "
         "is a 'timeout' result and the runner is restarted",
         minimum=0.001,
+        maximum=604_800,
+    )
+    convert_timeout_s: float = setting(
+        DEFAULT_TIMEOUT_S,
+        "a model conversion (building and converting one model, TensorFlow's import included) that takes "
+        "longer fails with a timeout; its worker process is replaced and the other conversions go on",
+        minimum=1.0,
+        maximum=604_800,
     )
 
 
@@ -338,7 +348,9 @@ class LocalBackend(Backend):
             workers = len(self.convert_cores) if configured == "auto" else int(configured)
         if self._pool is None or self._pool.workers != workers:
             self.close()
-            self._pool = ConversionPool(self.model_format, workers, self.convert_cores)
+            self._pool = ConversionPool(
+                self.model_format, workers, self.convert_cores, timeout_s=self.config.convert_timeout_s
+            )
         return self._pool.run(jobs, progress)
 
     def measure(

@@ -3,9 +3,10 @@
 For the Intel NCS2 (``device: MYRIAD``) that host needs the legacy runtime
 (OpenVINO <= 2022.3, the last with the MYRIAD plugin) and FP16-friendly IR;
 current releases serve CPU, GPU and NPU. Models are converted to IR on this
-machine, their ``.xml`` and ``.bin`` copied over SFTP, and each round is one
-``benchmark_app -m MODEL -d DEVICE -hint latency -niter N`` whose Median latency
-is the round's time (the only latency figure older releases print).
+machine, their ``.xml`` and ``.bin`` copied over SFTP to the connection's private
+run folder in ``remote_dir`` (removed when the backend closes), and each round is
+one ``benchmark_app -m MODEL -d DEVICE -hint latency -niter N`` whose Median
+latency is the round's time (the only latency figure older releases print).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ class OpenVINOSSHBackend(RemoteBackend[SSHTransport]):
             version = transport.run(
                 self._shell(["python3", "-c", "import openvino; print(openvino.__version__)"]), cfg.command_timeout_s
             )
-            transport.check(shell_join(["mkdir", "-p", cfg.remote_dir]), cfg.command_timeout_s, "mkdir")
         except DeviceFault as fault:
             raise BackendError(f"ssh {transport.address}: {fault}") from None
         found = re.search(r"Available target devices:\s*(.*)", help_text.output)
@@ -91,6 +91,7 @@ class OpenVINOSSHBackend(RemoteBackend[SSHTransport]):
                 hint=hint,
             )
         ov_version = version.stdout.strip() if version.exit_code == 0 and version.stdout.strip() else "unknown"
+        self.open_run_dir()
         facts.update(openvino_devices=" ".join(devices), device=cfg.device)
         self.device_info = DeviceInfo(
             backend=self.name,
@@ -104,7 +105,7 @@ class OpenVINOSSHBackend(RemoteBackend[SSHTransport]):
 
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> InvocationSession:
         cfg = self.config
-        report_dir = str(PurePosixPath(cfg.remote_dir) / "report")
+        report_dir = str(PurePosixPath(self.run_dir) / "report")
 
         def command(model: str, warmup: int, runs: int, min_s: float, profile: bool) -> str:
             # benchmark_app does its own first (warm-up) inference and times only the rest
@@ -133,13 +134,4 @@ class OpenVINOSSHBackend(RemoteBackend[SSHTransport]):
 
         invocation = Invocation("benchmark_app", command, parse, companions=lambda xml: [Path(xml).with_suffix(".bin")])
         # benchmark_app prints no op profile here: no separate profiling run
-        return InvocationSession(
-            self.require_transport(),
-            invocation,
-            cfg.remote_dir,
-            self.retry_policy,
-            cfg.command_timeout_s,
-            profiles,
-            False,
-            cfg.cooldown_s,
-        )
+        return self.invocation_session(invocation, profiles, False)

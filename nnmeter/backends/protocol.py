@@ -36,14 +36,17 @@ STATISTICS = ("min", "median")
 class MeasurementProtocol:
     """How one model is measured; the ``protocol`` section of campaign.yaml."""
 
-    warmup_runs: int = setting(5, "invocations before timing starts, per model", minimum=0)
-    rounds: int = setting(40, "rounds per model (the median over rounds is the typical speed)", minimum=1)
-    runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1)
+    warmup_runs: int = setting(5, "invocations before timing starts, per model", minimum=0, maximum=10_000)
+    rounds: int = setting(
+        40, "rounds per model (the median over rounds is the typical speed)", minimum=1, maximum=100_000
+    )
+    runs_per_round: int = setting(3, "invocations per round (at least; see min_round_ms)", minimum=1, maximum=100_000)
     min_round_ms: float = setting(
         2.0,
         "keep invoking within a round until this much time has passed, "
         "so that sub-millisecond kernels are not timer noise",
         minimum=0,
+        maximum=600_000,
     )
     settle_runs: int = setting(
         16,
@@ -53,19 +56,24 @@ class MeasurementProtocol:
         "invocations), and settling times the state its own back-to-back invocations "
         "leave; 0 = time from the first (docs/measurement.md)",
         minimum=0,
+        maximum=10_000,
     )
     max_median_ci: float = setting(
         0.02,
         "re-measure when the relative half-width of the 95 % confidence interval of the median is above this",
         minimum=0,
+        maximum=1,
     )
-    max_remeasures: int = setting(2, "extra passes of `rounds` for unstable models before flagging them", minimum=0)
+    max_remeasures: int = setting(
+        2, "extra passes of `rounds` for unstable models before flagging them", minimum=0, maximum=100
+    )
     batch_size: int = setting(
         64,
         "models measured together, their rounds interleaved; a large batch makes each "
         "model's rounds span many seconds, so they sample the device's fast and slow "
         "states alike instead of whichever lasted through a short batch",
         minimum=1,
+        maximum=100_000,
     )
     anchors: bool = setting(
         True,
@@ -83,13 +91,14 @@ class MeasurementProtocol:
         "tenants (docs/measurement.md)",
         choices=STATISTICS,
     )
-    cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0)
+    cooldown_s: float = setting(0.0, "pause between batches (lets a phone cool down)", minimum=0, maximum=86_400)
     min_batch_s: float = setting(
         0.0,
         "spread a batch's `rounds` over at least this many seconds, idle between "
         "rounds, so that they sample the device's fast and slow periods alike "
         "(re-measure passes run back to back); 0 = rounds back to back",
         minimum=0,
+        maximum=86_400,
     )
     whole_model_batch_s: float = setting(
         30.0,
@@ -98,6 +107,7 @@ class MeasurementProtocol:
         "seconds and sit inside one fast or slow period of the device "
         "(docs/measurement.md)",
         minimum=0,
+        maximum=86_400,
     )
     clock: str = setting(
         "auto",
@@ -253,18 +263,27 @@ def run_round_robin(
     """Measure ``model_paths`` with ``protocol``: load, warm up, interleaved rounds, re-measure the unstable.
 
     A model whose load or run fails is recorded with its error; when the error
-    ends the session (a crashed worker, a lost device), a new session is opened
-    and the models still being measured are loaded again.
+    ends the session (a crashed worker, a lost device), that session is closed
+    (best effort), a new one is opened and the models still being measured are
+    loaded again. Every session opened is closed, whatever ends the batch.
     """
     outcomes = [RoundRobinOutcome() for _ in model_paths]
     session: DeviceSession | None = None
     handles: dict[int, object] = {}
+
+    def close_quietly(dropped: DeviceSession) -> None:
+        try:  # a session ended by a fault may fail to close as well: the fault is what the results say
+            dropped.close()
+        except Exception:
+            pass
 
     def fail(i: int, err: MeasureError) -> None:
         nonlocal session
         outcomes[i].error = err
         handles.pop(i, None)
         if err.fatal_for_session:
+            if session is not None:
+                close_quietly(session)
             session = None
             handles.clear()
 
@@ -303,20 +322,27 @@ def run_round_robin(
                 except MeasureError as err:
                     fail(i, err)
 
-    active = list(range(len(model_paths)))
-    passes(active, protocol.rounds, protocol.min_batch_s)  # re-measure passes run back to back
-    for _ in range(protocol.max_remeasures):
-        active = [
-            i
-            for i in active
-            if outcomes[i].error is None
-            and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci
-        ]
-        if not active:
-            break
-        passes(active, protocol.rounds)
-    if session is not None:
-        session.close()
+    finished = False
+    try:
+        active = list(range(len(model_paths)))
+        passes(active, protocol.rounds, protocol.min_batch_s)  # re-measure passes run back to back
+        for _ in range(protocol.max_remeasures):
+            active = [
+                i
+                for i in active
+                if outcomes[i].error is None
+                and LatencyStats.from_rounds(outcomes[i].rounds).median_ci > protocol.max_median_ci
+            ]
+            if not active:
+                break
+            passes(active, protocol.rounds)
+        finished = True
+    finally:
+        if session is not None:
+            if finished:
+                session.close()
+            else:  # an exception (Ctrl-C...) ends the batch: it, not a failing close, is what the caller sees
+                close_quietly(session)
     if on_progress:
         on_progress(len(model_paths), len(model_paths))
     return outcomes

@@ -1,12 +1,22 @@
 """What the remote backends (tflite-adb, tflite-ssh, openvino-ssh) share.
 
 * :class:`Transport`: run a command, push a file, reconnect; implemented over
-  adbutils (``tflite_adb``) and paramiko (:class:`SSHTransport`, here).
+  adbutils (``tflite_adb``) and paramiko (:class:`SSHTransport`, here). Every
+  operation has a deadline: a command ``command_timeout_s``, a push that and more
+  for a large file (:meth:`Transport.transfer_timeout`). A command runs as a *job*:
+  it and everything it starts carry ``NNMETER_JOB=<id>`` in their environment, and a
+  command that times out (or whose connection drops) is killed on the device by that
+  id (:data:`KILL_JOB_SCRIPT`), so a hung tool is never left running beside the next
+  measurement. Neither sshd (no signal when an exec channel closes) nor adbd (SIGHUP
+  to the shell only) does that.
 * Device faults (:class:`DeviceFault`) and their classification: a lost device,
   a hung command, a full disk, a crashed tool are retried with bounded
   exponential back-off (:func:`with_retries`) and then become a
   :class:`~nnmeter.backends.protocol.MeasureError` with the reason, i.e. a failed
   measurement, never the end of a campaign.
+* The private remote folder (:func:`open_run_dir`): ``remote_dir`` is created with
+  mode 700 and refused when another user owns it or may write to it; each connection
+  works in a ``run-<id>`` folder inside it, removed when the backend closes.
 * :class:`InvocationSession`: a measurement session for tools that run one
   process per round (``benchmark_model``, ``benchmark_app``): models are pushed at
   load, the warm-up invocation also records the op profile, each round is one
@@ -14,6 +24,8 @@
 * :class:`RemoteBackend`: convert on the host, measure in batches, keep op profiles.
 * :data:`DEVICE_FACTS_SCRIPT`: one shell round trip for model, CPU, cores,
   governor, frequencies, temperature, OS, and each core's private cache.
+* Host keys (:func:`read_known_hosts`, :func:`append_known_host`): ``known_hosts`` is
+  read as OpenSSH writes it and, with ``accept-new``, only ever appended to.
 
 Every remote command is built from argv lists with :func:`shlex.join`, so that
 a path with spaces or ``;`` is one argument and never a second command.
@@ -21,16 +33,21 @@ a path with spaces or ``;`` is one argument and never a second command.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import math
 import os
 import re
+import secrets
 import shlex
+import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Generic, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from nnmeter.backends.base import (
     Backend,
@@ -156,6 +173,39 @@ def classify_exit(result: CommandResult, tool: str) -> DeviceFault | None:
     return DeviceFault(FaultKind.ERROR, f"{tool} failed with exit code {result.exit_code}: {tail or 'no output'}")
 
 
+# --- deadlines --------------------------------------------------------------------
+
+#: the longest deadline of one operation (a week: the largest command_timeout_s campaign.yaml takes); a larger
+#: timeout given from Python (+inf too) is cut to it, so that a socket, a timer and a clock all take it
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+#: the backend keys that are seconds, and whether each is a timeout (positive, +inf means MAX_TIMEOUT_S) or a
+#: pause (0 or more, finite)
+SECONDS_KEYS = {"command_timeout_s": True, "connect_timeout_s": True, "backoff_s": False, "cooldown_s": False}
+
+
+def bounded_timeout(seconds: float, what: str = "timeout_s") -> float:
+    """``seconds`` as a deadline: more than :data:`MAX_TIMEOUT_S` (+inf too) is that; NaN, 0 or less is a
+    ValueError naming ``what`` (a NaN deadline never comes: ``now > now + nan`` is always false)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds) or seconds <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {seconds!r}")
+    return min(float(seconds), MAX_TIMEOUT_S)
+
+
+def check_seconds(config: Any) -> None:
+    """BackendError naming the key when a timeout or pause of ``config`` is not a usable number of seconds
+    (NaN; a pause of +inf); the YAML schema refuses these too, this is for a config built in Python."""
+    for key, is_timeout in SECONDS_KEYS.items():
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        usable = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        usable = usable and (value > 0 if is_timeout else 0 <= value < math.inf)
+        if not usable:
+            what = "a positive number of seconds (+inf: a week)" if is_timeout else "a finite number >= 0"
+            raise BackendError(f"backend.{key} is {value!r}: it must be {what}", hint=f"set backend.{key}")
+
+
 # --- transports -------------------------------------------------------------------
 
 
@@ -164,21 +214,74 @@ def shell_join(*argvs: Sequence[str], op: str = "&&") -> str:
     return f" {op} ".join(shlex.join([str(a) for a in argv]) for argv in argvs)
 
 
+#: the environment variable that marks the processes of one remote command (a job) and all they start
+JOB_VARIABLE = "NNMETER_JOB"
+
+#: kill every process whose environment holds ``NNMETER_JOB=$1`` (tried a few times: a process may fork while it
+#: is being killed); prints the ids of any left (a process in uninterruptible sleep). Linux and Android: /proc.
+KILL_JOB_SCRIPT = r"""
+t="NNMETER_JOB=$1"
+for attempt in 1 2 3 4 5; do
+  pids=""
+  for f in $(grep -l -F -e "$t" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${f#/proc/}; p=${p%/environ}
+    [ "$p" = "$$" ] || pids="$pids $p"
+  done
+  [ -z "$pids" ] && exit 0
+  kill -9 $pids 2>/dev/null
+  sleep 0.2 2>/dev/null || sleep 1
+done
+echo "left:$pids"
+"""
+
+
+def new_job() -> str:
+    """A fresh job id (64 random bits, hex)."""
+    return secrets.token_hex(8)
+
+
+def job_command(job: str, command: str) -> str:
+    """``command`` with ``NNMETER_JOB=job`` in its environment and in that of everything it starts."""
+    return f"export {JOB_VARIABLE}={job}\n{command}"
+
+
+def shown(command: str, width: int = 120) -> str:
+    """The start of ``command`` as an error message quotes it (without the job line)."""
+    if command.startswith(f"export {JOB_VARIABLE}="):
+        command = command.partition("\n")[2]
+    return command.strip()[:width]
+
+
 class Transport(ABC):
-    """A connection to a device: commands and file pushes, raising :class:`DeviceFault`."""
+    """A connection to a device: commands and file pushes with deadlines, raising :class:`DeviceFault`."""
 
     #: set after a disconnect; the next operation reconnects first
     broken: bool = False
     #: why the device was given up on in this batch (reset by :meth:`RemoteBackend.measure` per batch)
     lost: str | None = None
+    #: a push slower than this (bytes/s) is a hung link: see :meth:`transfer_timeout`
+    min_transfer_bytes_per_s: float = 256 * 1024
+    #: the deadline of killing a job
+    kill_timeout_s: float = 30.0
+
+    def __init__(self) -> None:
+        #: jobs that may still run on the device (their command timed out or its connection dropped) and could not
+        #: be killed yet: killed as soon as the device is reached again (:meth:`kill_pending`)
+        self.pending_kills: set[str] = set()
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """How messages name the device, e.g. ``ssh pi@pi.local``."""
 
     @abstractmethod
-    def run(self, command: str, timeout_s: float) -> CommandResult:
-        """Run a shell command; DeviceFault(DISCONNECT/TIMEOUT) when it cannot finish."""
+    def execute(self, command: str, timeout_s: float) -> CommandResult:
+        """Run ``command`` as it is; DeviceFault(DISCONNECT/TIMEOUT) when it cannot finish within ``timeout_s``.
+        :meth:`run` is what callers use: it makes the command a job and kills it when it times out."""
 
     @abstractmethod
-    def push(self, local: Path, remote: str) -> None:
-        """Copy a file to the device; DeviceFault when it cannot."""
+    def push(self, local: Path, remote: str, timeout_s: float) -> None:
+        """Copy a file to the device within ``timeout_s``; DeviceFault when it cannot (TIMEOUT past the deadline)."""
 
     @abstractmethod
     def reconnect(self) -> None:
@@ -186,6 +289,46 @@ class Transport(ABC):
 
     def close(self) -> None:
         """Release the connection."""
+
+    def run(self, command: str, timeout_s: float) -> CommandResult:
+        """Run a shell command as a job; DeviceFault(DISCONNECT/TIMEOUT) when it cannot finish in ``timeout_s``.
+
+        A command that timed out is killed on the device at once; one whose connection dropped is killed when
+        the device is reached again."""
+        timeout_s = bounded_timeout(timeout_s)
+        job = new_job()
+        try:
+            return self.execute(job_command(job, command), timeout_s)
+        except DeviceFault as fault:
+            self.end_job(job, fault)
+            raise
+        except BaseException:  # Ctrl-C in the middle: the command may run on; the backend's close() kills it
+            self.pending_kills.add(job)
+            raise
+
+    def end_job(self, job: str, fault: DeviceFault) -> None:
+        """After ``fault`` ended the wait for ``job``: kill it (a timeout), or do so on reconnect (a lost link)."""
+        if fault.kind is FaultKind.TIMEOUT:
+            self.kill_job(job)
+        elif fault.kind is FaultKind.DISCONNECT:
+            self.pending_kills.add(job)
+
+    def kill_job(self, job: str) -> None:
+        """Kill the processes of ``job`` on the device; when the device cannot be reached, remember to."""
+        if self.broken:
+            self.pending_kills.add(job)
+            return
+        try:
+            self.execute(shell_join(["sh", "-c", KILL_JOB_SCRIPT, "nnmeter-kill", job]), self.kill_timeout_s)
+        except DeviceFault:
+            self.pending_kills.add(job)
+        else:
+            self.pending_kills.discard(job)
+
+    def kill_pending(self) -> None:
+        """Kill the jobs an earlier timeout or lost connection left (called once the device is reached again)."""
+        for job in sorted(self.pending_kills):
+            self.kill_job(job)
 
     def check(self, command: str, timeout_s: float, what: str) -> str:
         """Run ``command``; its stdout, or DeviceFault when it fails."""
@@ -195,10 +338,20 @@ class Transport(ABC):
             raise fault
         return result.stdout
 
+    def transfer_timeout(self, size: int, floor_s: float) -> float:
+        """The deadline of pushing ``size`` bytes: ``floor_s`` (``command_timeout_s``), or the time the file
+        takes at :attr:`min_transfer_bytes_per_s` when that is longer."""
+        return bounded_timeout(max(bounded_timeout(floor_s), size / self.min_transfer_bytes_per_s))
+
     def push_checked(self, local: Path, remote: str, remote_dir: str, timeout_s: float) -> None:
-        """Push, naming the free space of ``remote_dir`` when the push fails (a full disk is the usual cause)."""
+        """Push within :meth:`transfer_timeout` (``timeout_s`` is its floor), naming the free space of
+        ``remote_dir`` when the device refuses the file (a full disk is the usual cause)."""
         try:
-            self.push(local, remote)
+            size = local.stat().st_size
+        except OSError:
+            size = 0  # the push itself says what is wrong with the file
+        try:
+            self.push(local, remote, self.transfer_timeout(size, timeout_s))
         except DeviceFault as fault:
             if fault.kind is not FaultKind.ERROR:
                 raise
@@ -211,6 +364,70 @@ class Transport(ABC):
                 FaultKind.DISK_FULL,
                 f"push of {local.name} to {remote} failed ({fault}); is the device's disk full?{free}",
             ) from None
+
+
+# --- the private remote folder ------------------------------------------------------
+
+#: a run folder (``remote_dir/run-<id>``) untouched for this long is left from a run that could not remove it (its
+#: device was gone when it closed): the next connection removes it. A week: a live run pushes into its folder at
+#: every batch, and none of its commands waits longer than a week (the largest command_timeout_s)
+STALE_RUN_MINUTES = 7 * 24 * 60
+
+#: args: remote_dir (``~`` or ``~/...``: the login's home), the run folder's name, STALE_RUN_MINUTES. Makes
+#: remote_dir (mode 700), checks that this login owns it and no one else may write to it, removes stale run folders,
+#: makes the run folder; the last line is ``ok <physical path of remote_dir>`` or what is wrong with it.
+PRIVATE_DIR_SCRIPT = r"""
+set -f
+d=$1 run=$2 stale=$3
+case $d in "~") d=$HOME ;; "~/"*) d=$HOME/${d#"~/"} ;; esac
+umask 077
+mkdir -p -- "$d" 2>/dev/null
+cd -P -- "$d" 2>/dev/null || { echo "missing $d"; exit 0; }
+here=$(pwd -P)
+me=$(id -u)
+set -- $(ls -ldn .)
+[ "$3" = "$me" ] || { echo "owner $3 $me $1 $here"; exit 0; }
+case $1 in ?????w*|????????w*) echo "mode $3 $me $1 $here"; exit 0 ;; esac
+find . -mindepth 1 -maxdepth 1 -type d -name 'run-*' -mmin +"$stale" -exec rm -rf -- {} + 2>/dev/null
+mkdir -- "$run" 2>/dev/null || { echo "run $here/$run"; exit 0; }
+echo "ok $here"
+"""
+
+RUN_PREFIX = "run-"
+
+
+def open_run_dir(transport: Transport, remote_dir: str, timeout_s: float) -> str:
+    """Make the private folder ``remote_dir`` and a new run folder in it; the run folder's absolute path.
+
+    BackendError (naming the folder and what to do) when another user owns ``remote_dir`` or may write to it:
+    they could swap a pushed runner or model before it runs."""
+    run = RUN_PREFIX + secrets.token_hex(6)
+    script = shell_join(["sh", "-c", PRIVATE_DIR_SCRIPT, "nnmeter", remote_dir, run, str(STALE_RUN_MINUTES)])
+    try:
+        out = transport.check(script, timeout_s, "remote_dir")
+    except DeviceFault as fault:
+        raise BackendError(f"{transport.label}: cannot make backend.remote_dir {remote_dir}: {fault}") from None
+    verdict, _, rest = (out.strip().splitlines() or [""])[-1].partition(" ")
+    if verdict == "ok" and rest.startswith("/"):
+        return str(PurePosixPath(rest) / run)
+    fix = "set backend.remote_dir to a folder that is yours alone (nnmeter creates it with mode 700)"
+    if verdict in ("owner", "mode") and len(rest.split(" ", 3)) == 4:
+        owner, me, mode, path = rest.split(" ", 3)
+        if verdict == "owner":
+            raise BackendError(
+                f"{transport.label}: the remote folder {path} belongs to user id {owner}, not to this login "
+                f"(user id {me}): its owner could swap the files nnmeter runs there",
+                hint=f"{fix}, or remove {path} if it is yours by mistake",
+            )
+        raise BackendError(
+            f"{transport.label}: the remote folder {path} is writable by other users ({mode}): they could swap "
+            "the files nnmeter runs there",
+            hint=f"chmod 700 {shlex.quote(path)} on the device, or {fix}",
+        )
+    raise BackendError(
+        f"{transport.label}: cannot make backend.remote_dir {remote_dir} ({out.strip()[-300:] or 'no output'})",
+        hint=fix,
+    )
 
 
 # --- device facts -----------------------------------------------------------------
@@ -381,7 +598,8 @@ class InvocationSession:
         return self._call(f"{tool} {what} of {Path(handle[0]).name}", once)
 
     def close(self) -> None:
-        """Remove the pushed files (best effort: a lost device keeps them until the next run's cleanup)."""
+        """Remove the pushed files (best effort: on a lost connection they stay in the backend's run folder,
+        which :meth:`RemoteBackend.close` removes)."""
         if self.pushed and not self.transport.broken:
             try:
                 self.transport.run(shell_join(["rm", "-f", "--", *self.pushed]), self.timeout_s)
@@ -423,17 +641,30 @@ def benchmark_model_invocation(
 class RemoteConfig:
     """The ``backend:`` keys every remote backend has."""
 
-    remote_dir: str = setting("/tmp/nnmeter", "folder on the device the models are pushed to (created)")
+    remote_dir: str = setting(
+        "~/.cache/nnmeter",
+        "private folder on the device for what nnmeter pushes (~/: the login's home); created with mode 700, "
+        "refused when another user owns it or may write to it; each run works in a run-<id> folder in it, "
+        "removed at the end",
+    )
     command_timeout_s: float = setting(
         300.0,
-        "a device command (push, one benchmark run) that takes longer is a hang: retried, then a 'timeout' result",
+        "a device command (one benchmark run, a push of a small file) that takes longer is a hang: killed on "
+        "the device, retried, then a 'timeout' result; a large push may take size / 256 KiB/s",
         minimum=0.1,
+        maximum=604_800,
     )
-    retries: int = setting(3, "attempts of a device operation before its model is recorded as failed", minimum=1)
-    backoff_s: float = setting(2.0, "wait before the first retry; doubles each retry (at most 30 s)", minimum=0)
-    cooldown_s: float = setting(0.0, "pause before each benchmark run on the device (lets it cool)", minimum=0)
+    retries: int = setting(
+        3, "attempts of a device operation before its model is recorded as failed", minimum=1, maximum=100
+    )
+    backoff_s: float = setting(
+        2.0, "wait before the first retry; doubles each retry (at most 30 s)", minimum=0, maximum=3600
+    )
+    cooldown_s: float = setting(
+        0.0, "pause before each benchmark run on the device (lets it cool)", minimum=0, maximum=86_400
+    )
     op_profiling: bool = setting(True, "record the tool's op-level profile (taken in the warm-up run)")
-    convert_workers: int = setting(1, "host processes converting models in parallel", minimum=1)
+    convert_workers: int = setting(1, "host processes converting models in parallel", minimum=1, maximum=1024)
 
 
 class RemoteBackend(Backend, Generic[TransportT]):
@@ -442,8 +673,11 @@ class RemoteBackend(Backend, Generic[TransportT]):
     transport: TransportT | None = None
 
     def __init__(self, config: Any) -> None:
+        check_seconds(config)
         super().__init__(config)
         self._pool: ConversionPool | None = None
+        #: this connection's folder on the device (in ``remote_dir``; see :func:`open_run_dir`); removed at close
+        self.run_dir = ""
 
     @classmethod
     def config_problems(cls, config: Any) -> list[tuple[str, str]]:
@@ -464,6 +698,27 @@ class RemoteBackend(Backend, Generic[TransportT]):
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.config.retries, backoff_s=self.config.backoff_s)
+
+    def open_run_dir(self) -> str:
+        """Make ``remote_dir`` (private) and this connection's run folder in it, where everything is pushed."""
+        self.run_dir = open_run_dir(self.require_transport(), self.config.remote_dir, self.config.command_timeout_s)
+        return self.run_dir
+
+    def invocation_session(
+        self, invocation: Invocation, profiles: dict[str, tuple[OpTime, ...]], profile: bool
+    ) -> InvocationSession:
+        """An :class:`InvocationSession` of ``invocation`` in the run folder, with this backend's settings."""
+        cfg = self.config
+        return InvocationSession(
+            self.require_transport(),
+            invocation,
+            self.run_dir,
+            self.retry_policy,
+            cfg.command_timeout_s,
+            profiles,
+            profile,
+            cfg.cooldown_s,
+        )
 
     @abstractmethod
     def open_session(self, profiles: dict[str, tuple[OpTime, ...]]) -> Any:
@@ -514,10 +769,33 @@ class RemoteBackend(Backend, Generic[TransportT]):
         return ""
 
     def close(self) -> None:
+        """Remove the run folder from the device (with what was pushed to it) and close the connection.
+
+        A connection lost earlier is opened again once for it; a device still gone keeps the folder, and the
+        next connection to it removes run folders untouched for a week (:data:`STALE_RUN_MINUTES`)."""
         self._close_pool()
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        try:
+            self._clean_device(transport)
+        finally:
+            transport.close()
+
+    def _clean_device(self, transport: Transport) -> None:
+        if not self.run_dir and not transport.pending_kills:
+            return
+        timeout_s = min(self.config.command_timeout_s, 60.0)
+        try:
+            if transport.broken:
+                transport.reconnect()  # which kills the jobs a lost connection left running
+            transport.kill_pending()
+            folder = PurePosixPath(self.run_dir)
+            if folder.is_absolute() and folder.name.startswith(RUN_PREFIX):
+                transport.run(shell_join(["rm", "-rf", "--", str(folder)]), timeout_s)
+                self.run_dir = ""
+        except DeviceFault:
+            pass  # the device is gone: see close()
 
     def _close_pool(self) -> None:
         if self._pool is not None:
@@ -543,21 +821,38 @@ class SSHConfig(RemoteConfig):
         "unknown host's key to known_hosts (a changed key is still refused)",
         choices=("verify", "accept-new"),
     )
-    connect_timeout_s: float = setting(15.0, "seconds to wait for the SSH connection", minimum=0.1)
+    connect_timeout_s: float = setting(15.0, "seconds to wait for the SSH connection", minimum=0.1, maximum=3600)
+
+
+#: seconds between SSH keepalive messages (and the idle time before TCP keepalive probes)
+KEEPALIVE_S = 15
+#: how much longer than its deadline a blocking paramiko call may wait before the connection is closed under it
+STALL_GRACE_S = 5.0
 
 
 class SSHTransport(Transport):
-    """Commands over an SSH exec channel and pushes over SFTP (paramiko)."""
+    """Commands over an SSH exec channel and pushes over SFTP (paramiko).
+
+    paramiko waits without a bound in places (``exec_command`` for the server's reply, SFTP for an
+    acknowledgement): each operation runs under a watchdog that closes the connection when its deadline has
+    passed, so that a board that stops answering is a fault, never a hang."""
 
     def __init__(self, config: SSHConfig) -> None:
+        super().__init__()
+        check_seconds(config)
         self.config = config
         self.client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.user = config.user or _local_user()
+        self.connect_timeout_s = bounded_timeout(config.connect_timeout_s, "backend.connect_timeout_s")
 
     @property
     def address(self) -> str:
         return f"{self.user}@{self.config.host}" + (f":{self.config.port}" if self.config.port != 22 else "")
+
+    @property
+    def label(self) -> str:
+        return f"ssh {self.address}"
 
     def open(self) -> None:
         """Connect; BackendError with what to do when the host key, the key or the host is wrong."""
@@ -567,19 +862,20 @@ class SSHTransport(Transport):
         if not cfg.host:
             raise NnmeterError("backend.host is empty", hint="set backend.host to the board's name or address")
         known_hosts = Path(os.path.expanduser(cfg.known_hosts))
+        entries, revoked = read_known_hosts(known_hosts)
         client = paramiko.SSHClient()
-        if known_hosts.exists():
-            client.load_host_keys(str(known_hosts))
-        if cfg.host_key_policy == "accept-new":
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        else:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        host_keys = client.get_host_keys()
+        for names, key in entries:
+            for name in names:
+                host_keys.add(name, key.get_name(), key)
+        client.set_missing_host_key_policy(_host_key_policy(known_hosts, cfg.host_key_policy == "accept-new", revoked))
         key_file = os.path.expanduser(cfg.key_file) if cfg.key_file else None
         if key_file and not Path(key_file).is_file():
             raise NnmeterError(
                 f"backend.key_file: {key_file} does not exist",
                 hint="point backend.key_file at the private key, or leave it empty to use the agent",
             )
+        timeout = self.connect_timeout_s
         try:
             client.connect(
                 cfg.host,
@@ -588,10 +884,15 @@ class SSHTransport(Transport):
                 key_filename=key_file,
                 allow_agent=True,
                 look_for_keys=key_file is None,
-                timeout=cfg.connect_timeout_s,
-                banner_timeout=cfg.connect_timeout_s,
-                auth_timeout=cfg.connect_timeout_s,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
             )
+            _refuse_revoked(client.get_transport().get_remote_server_key(), revoked, known_hosts, self.address)
+        except BackendError:
+            client.close()
+            raise
         except paramiko.BadHostKeyException as err:
             client.close()
             raise BackendError(
@@ -617,69 +918,135 @@ class SSHTransport(Transport):
         except (OSError, EOFError) as err:
             client.close()
             raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: cannot connect ({err})") from None
-        if cfg.host_key_policy == "accept-new":
-            known_hosts.parent.mkdir(parents=True, exist_ok=True)
-            client.save_host_keys(str(known_hosts))
+        _keep_alive(client.get_transport())
         self.client = client
         self.broken = False
+        self.kill_pending()
 
-    def run(self, command: str, timeout_s: float) -> CommandResult:
-        client = self.require_client()
-        try:
-            channel = client.get_transport().open_session(timeout=timeout_s)
-            channel.settimeout(timeout_s)
-            channel.exec_command(command)
-            out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout_s
-            while not (channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()):
-                if time.monotonic() > deadline:
-                    channel.close()
-                    raise DeviceFault(
-                        FaultKind.TIMEOUT, f"ssh {self.address}: no end of `{command[:120]}` within {timeout_s:g} s"
-                    )
-                got = False
-                if channel.recv_ready():
-                    out += channel.recv(1 << 16)
-                    got = True
-                if channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 16)
-                    got = True
-                if not got:
-                    if channel.closed and not channel.exit_status_ready():
-                        raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: the channel closed")
-                    time.sleep(0.005)
-            code = channel.recv_exit_status()
-            channel.close()
-        except TimeoutError:
-            raise DeviceFault(
-                FaultKind.TIMEOUT, f"ssh {self.address}: `{command[:120]}` timed out after {timeout_s:g} s"
-            ) from None
-        except DeviceFault:
-            raise
-        except Exception as exc:  # paramiko raises SSHException, EOFError, OSError... for a dead connection
+    @contextlib.contextmanager
+    def _watchdog(self, seconds: float) -> Iterator[threading.Event]:
+        """Close the connection if the block still runs after ``seconds``: a paramiko call waiting for a server
+        that stopped answering then fails instead of waiting forever. The event tells whether that happened."""
+        fired = threading.Event()
+        client = self.client
+
+        def fire() -> None:
+            fired.set()
             self.broken = True
-            raise DeviceFault(
-                FaultKind.DISCONNECT, f"ssh {self.address}: connection lost ({exc or type(exc).__name__})"
-            ) from None
+            with contextlib.suppress(Exception):  # closing a dead connection may raise anything paramiko has
+                if client is not None:
+                    client.close()
+
+        timer = threading.Timer(seconds, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield fired
+        finally:
+            timer.cancel()
+
+    def execute(self, command: str, timeout_s: float) -> CommandResult:
+        timeout_s = bounded_timeout(timeout_s)
+        client = self.require_client()
+        deadline = time.monotonic() + timeout_s
+        with self._watchdog(timeout_s + STALL_GRACE_S) as stalled:
+            try:
+                channel = client.get_transport().open_session(timeout=timeout_s)
+                try:
+                    channel.exec_command(command)
+                    out, err = bytearray(), bytearray()
+                    while not (
+                        channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()
+                    ):
+                        if time.monotonic() > deadline:
+                            raise DeviceFault(
+                                FaultKind.TIMEOUT,
+                                f"ssh {self.address}: no end of `{shown(command)}` within {timeout_s:g} s",
+                            )
+                        got = False
+                        if channel.recv_ready():
+                            out += channel.recv(1 << 16)
+                            got = True
+                        if channel.recv_stderr_ready():
+                            err += channel.recv_stderr(1 << 16)
+                            got = True
+                        if not got:
+                            if channel.closed and not channel.exit_status_ready():
+                                raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: the channel closed")
+                            time.sleep(0.005)
+                    code = channel.recv_exit_status()
+                    ssh = client.get_transport()
+                    if code == -1 and (ssh is None or not ssh.is_active()):
+                        # paramiko closes the channels of a dropped connection with status -1, as for a signal
+                        self.broken = True
+                        raise DeviceFault(
+                            FaultKind.DISCONNECT, f"ssh {self.address}: connection lost during `{shown(command)}`"
+                        )
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+            except DeviceFault:
+                raise
+            except Exception as exc:  # paramiko raises SSHException, EOFError, OSError... for a dead connection
+                self.broken = True
+                if stalled.is_set():
+                    raise DeviceFault(
+                        FaultKind.TIMEOUT,
+                        f"ssh {self.address}: no answer to `{shown(command)}` within {timeout_s:g} s; "
+                        "the connection is closed",
+                    ) from None
+                raise DeviceFault(
+                    FaultKind.DISCONNECT, f"ssh {self.address}: connection lost ({exc or type(exc).__name__})"
+                ) from None
         return CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    def push(self, local: Path, remote: str) -> None:
+    def start(self, command: str, timeout_s: float) -> tuple[str, Any]:
+        """Start ``command`` as a job on an exec channel that stays open (a runner's): its job id and the channel."""
+        timeout_s = bounded_timeout(timeout_s)
         client = self.require_client()
-        try:
-            sftp = self._sftp
-            if sftp is None:
-                sftp = self._sftp = client.open_sftp()
-            sftp.put(str(local), remote)
-        except OSError as exc:
-            if not client.get_transport() or not client.get_transport().is_active():
+        job = new_job()
+        with self._watchdog(timeout_s + STALL_GRACE_S):
+            try:
+                channel = client.get_transport().open_session(timeout=timeout_s)
+                channel.exec_command(job_command(job, command))
+            except Exception as exc:  # paramiko raises several kinds for a dead connection
                 self.broken = True
-                raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: connection lost during push") from None
-            raise DeviceFault(FaultKind.ERROR, f"sftp put {remote}: {exc or type(exc).__name__}") from None
-        except Exception as exc:
+                self.pending_kills.add(job)  # it may have started
+                raise DeviceFault(
+                    FaultKind.DISCONNECT,
+                    f"ssh {self.address}: cannot start `{shown(command)}` ({exc or type(exc).__name__})",
+                ) from None
+        return job, channel
+
+    def push(self, local: Path, remote: str, timeout_s: float) -> None:
+        timeout_s = bounded_timeout(timeout_s)
+        client = self.require_client()
+        error: Exception
+        with self._watchdog(timeout_s) as stalled:
+            try:
+                sftp = self._sftp
+                if sftp is None:
+                    sftp = self._sftp = client.open_sftp()
+                sftp.get_channel().settimeout(timeout_s)
+                sftp.put(str(local), remote)
+                return
+            except Exception as exc:
+                error = exc
+        if stalled.is_set() or isinstance(error, TimeoutError):
             self.broken = True
+            self.close()
             raise DeviceFault(
-                FaultKind.DISCONNECT, f"ssh {self.address}: push failed ({exc or type(exc).__name__})"
-            ) from None
+                FaultKind.TIMEOUT,
+                f"ssh {self.address}: push of {local.name} ({_size(local)}) to {remote} did not finish within "
+                f"{timeout_s:g} s; the connection is closed",
+            )
+        active = client.get_transport() is not None and client.get_transport().is_active()
+        if isinstance(error, OSError) and active:  # the server refused: permission, no space...
+            raise DeviceFault(FaultKind.ERROR, f"sftp put {remote}: {error or type(error).__name__}")
+        self.broken = True
+        raise DeviceFault(
+            FaultKind.DISCONNECT, f"ssh {self.address}: connection lost during push ({error or type(error).__name__})"
+        )
 
     def reconnect(self) -> None:
         self.close()
@@ -703,6 +1070,128 @@ class SSHTransport(Transport):
             self.broken = True
             raise DeviceFault(FaultKind.DISCONNECT, f"ssh {self.address}: not connected")
         return self.client
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError:
+        return "? bytes"
+
+
+def _keep_alive(transport: Any) -> None:
+    """SSH keepalive messages every :data:`KEEPALIVE_S` s (they keep NAT state, and a dead link shows as a send
+    error) and TCP keepalive probes on the socket."""
+    transport.set_keepalive(KEEPALIVE_S)
+    sock = getattr(transport, "sock", None)
+    if not isinstance(sock, socket.socket):  # a proxy command's pipe, or a test's stand-in
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", KEEPALIVE_S), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+# --- known_hosts --------------------------------------------------------------------
+
+
+def read_known_hosts(path: Path) -> tuple[list[tuple[list[str], Any]], list[Any]]:
+    """The (host names, key) of each line of an OpenSSH ``known_hosts`` that paramiko can check, and the keys
+    of its ``@revoked`` lines.
+
+    Comments, blank lines, ``@cert-authority`` lines (paramiko cannot check host certificates) and key types
+    paramiko does not know (``sk-ssh-ed25519@openssh.com``...) are skipped, as they are not nnmeter's to judge;
+    a line that cannot be read is a BackendError naming the file and the line."""
+    from paramiko.hostkeys import HostKeyEntry
+
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], []
+    except OSError as err:
+        raise BackendError(f"cannot read {path}: {err.strerror or err}", hint="check backend.known_hosts") from None
+    entries: list[tuple[list[str], Any]] = []
+    revoked: list[Any] = []
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = " ".join(raw.split())
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            if marker == "@cert-authority":
+                continue
+            if marker != "@revoked":
+                raise BackendError(
+                    f"{path}:{lineno}: unknown marker {marker!r} (OpenSSH knows @cert-authority and @revoked)",
+                    hint=f"correct or delete line {lineno} of {path}",
+                )
+        try:
+            entry = HostKeyEntry.from_line(line, lineno)
+        except Exception as err:  # InvalidHostKey (bad base64), SSHException or ValueError from a key's parser
+            reason = getattr(err, "exc", None) or err
+            raise BackendError(
+                f"{path}:{lineno}: this known_hosts line cannot be read ({type(reason).__name__}: {reason})",
+                hint=f"correct or delete line {lineno} of {path} (`ssh-keygen -R HOST -f {path}` removes a host's "
+                "lines)",
+            ) from None
+        if entry is None:  # a key type paramiko does not know, or too few fields
+            continue
+        if marker == "@revoked":
+            revoked.append(entry.key)
+        else:
+            entries.append((list(entry.hostnames), entry.key))
+    return entries, revoked
+
+
+def append_known_host(path: Path, hostname: str, key: Any) -> None:
+    """Add one line for ``hostname``'s ``key`` at the end of ``path``: one write to a file opened for appending,
+    so that every other line stays as it is, byte for byte, whatever else writes to it."""
+    line = f"{hostname} {key.get_name()} {key.get_base64()}\n".encode()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                with open(path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        line = b"\n" + line  # end the last line; it stays as it was
+            written = os.write(fd, line)
+            while written < len(line):
+                written += os.write(fd, line[written:])
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise BackendError(
+            f"cannot add the host key of {hostname} to {path}: {err.strerror or err}",
+            hint="check backend.known_hosts, or add the key yourself: ssh into the board once",
+        ) from None
+
+
+def _refuse_revoked(key: Any, revoked: Sequence[Any], known_hosts: Path, address: str) -> None:
+    if any(key.asbytes() == other.asbytes() for other in revoked):
+        raise BackendError(
+            f"ssh {address}: the board's host key is marked @revoked in {known_hosts}",
+            hint="the key was withdrawn: check the board; remove the @revoked line only if it is wrong",
+        )
+
+
+def _host_key_policy(known_hosts: Path, accept_new: bool, revoked: Sequence[Any]) -> Any:
+    """paramiko's policy for a host key ``known_hosts`` does not have: refused, or (``accept_new``) appended."""
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            _refuse_revoked(key, revoked, known_hosts, hostname)
+            if not accept_new:
+                raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts")
+            append_known_host(known_hosts, hostname, key)
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return Policy()
 
 
 def _local_user() -> str:

@@ -1,14 +1,26 @@
 """``tflite-adb``: TFLite models on an Android phone's CPU or GPU, timed by ``benchmark_model`` over ADB.
 
-Models are converted on the host, pushed to ``remote_dir`` when a batch starts,
-run with ``benchmark_model`` (pinned with ``taskset`` to ``cpu_mask``), and removed
-when the batch ends. The phone is reached through an adb server with adbutils;
-when that server restarts (or the phone drops off Wi-Fi adb), the next operation
-attaches the device again (``adb connect`` for ``host:port`` serials).
+Models are converted on the host, pushed to the connection's run folder in
+``remote_dir`` (private: mode 700, owner checked) when a batch starts, run with
+``benchmark_model`` (pinned with ``taskset`` to ``cpu_mask``), and removed when the
+batch ends; the run folder goes when the backend closes. The phone is reached
+through an adb server with adbutils; when that server restarts (or the phone drops
+off Wi-Fi adb), the next operation attaches the device again (``adb connect`` for
+``host:port`` serials).
+
+Commands (shell protocol v2) and pushes (the sync protocol) are spoken here over
+adbutils' connections, with a deadline on each: adbutils reads a shell with a
+per-read timeout only and pushes with none. adbd answers a closed shell with a
+SIGHUP to the shell alone, so a command that times out is also killed on the phone
+by its job id (``remote.KILL_JOB_SCRIPT``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import stat
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +37,12 @@ from nnmeter.backends.remote import (
     RemoteConfig,
     Transport,
     benchmark_model_invocation,
+    bounded_timeout,
+    check_seconds,
     describe,
     parse_facts,
     shell_join,
+    shown,
 )
 from nnmeter.errors import BackendError
 from nnmeter.schema import setting
@@ -41,9 +56,13 @@ class TFLiteADBConfig(RemoteConfig):
     adb_host: str = setting("127.0.0.1", "host of the adb server")
     adb_port: int = setting(5037, "port of the adb server", minimum=1, maximum=65535)
     benchmark_model: str = setting("/data/local/tmp/benchmark_model", "benchmark_model binary on the device")
-    remote_dir: str = setting("/data/local/tmp/nnmeter", "folder on the device the models are pushed to")
+    remote_dir: str = setting(
+        "/data/local/tmp/nnmeter",
+        "private folder on the phone for the models (in the shell user's /data/local/tmp); created with mode 700, "
+        "refused when another user owns it or may write to it; each run works in a run-<id> folder in it",
+    )
     delegate: str = setting("cpu", "cpu, or gpu (benchmark_model --use_gpu=true: Adreno/Mali)", choices=("cpu", "gpu"))
-    threads: int = setting(1, "--num_threads", minimum=1)
+    threads: int = setting(1, "--num_threads", minimum=1, maximum=1024)
     cpu_mask: str = setting(
         "",
         "taskset hex mask of the cores to run on, e.g. '70' for cores 4-6 "
@@ -52,21 +71,41 @@ class TFLiteADBConfig(RemoteConfig):
     extra_args: list[str] = setting([], "more benchmark_model flags, e.g. ['--use_xnnpack=false']")
 
 
+SYNC_DATA_MAX = 64 * 1024  # the largest DATA chunk of adb's sync protocol
+EXIT_MARK = b"nnmeter-exit="  # shell protocol v1 (no exit codes): the exit code, echoed after the command
+
+
 class ADBTransport(Transport):
     """A device behind an adb server, through adbutils."""
 
     def __init__(self, config: TFLiteADBConfig) -> None:
         import adbutils
 
+        super().__init__()
+        check_seconds(config)
         self.config = config
-        self.client = adbutils.AdbClient(host=config.adb_host, port=config.adb_port)
+        # every call of adbutils that takes no timeout of its own (device list, features) waits at most this
+        timeout_s = bounded_timeout(config.command_timeout_s, "backend.command_timeout_s")
+        self.client = adbutils.AdbClient(host=config.adb_host, port=config.adb_port, socket_timeout=timeout_s)
         self.serial = config.serial
         self.device: Any = None
+        self.shell_v2 = True
+
+    @property
+    def label(self) -> str:
+        return f"adb {self.serial}"
 
     def open(self) -> None:
         """Find the device; BackendError listing the attached ones when it is not there."""
+        from adbutils.errors import AdbError
+
         self.device = self._find()
+        try:
+            self.shell_v2 = "shell_v2" in self.device.get_features().split(",")
+        except (AdbError, OSError, EOFError):
+            self.shell_v2 = True  # every phone since Android 7
         self.broken = False
+        self.kill_pending()
 
     def _find(self) -> Any:
         from adbutils.errors import AdbError
@@ -119,35 +158,65 @@ class ADBTransport(Transport):
                 return states
             time.sleep(0.1)
 
-    def run(self, command: str, timeout_s: float) -> CommandResult:
-        from adbutils.errors import AdbError, AdbTimeout
-
+    def _connection(self, command: str, timeout_s: float) -> Any:
+        """An adbutils connection to the device's service ``command`` (``shell,v2:...``, ``sync:``)."""
         if self.device is None:
             raise DeviceFault(FaultKind.DISCONNECT, f"adb {self.serial}: not connected")
+        conn = self.device.open_transport(timeout=timeout_s)
         try:
-            result = self.device.shell2(command, timeout=timeout_s, v2=True)
-        except AdbTimeout:
+            conn.send_command(command)
+            conn.check_okay()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def execute(self, command: str, timeout_s: float) -> CommandResult:
+        from adbutils.errors import AdbError, AdbTimeout
+
+        timeout_s = bounded_timeout(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        v2 = self.shell_v2
+        try:
+            conn = self._connection(
+                f"shell,v2:{command}" if v2 else f"shell:{command}\necho {EXIT_MARK.decode()}$?", timeout_s
+            )
+            try:
+                code, stdout, stderr = _read_shell(conn.conn, deadline, v2)
+            finally:
+                conn.close()
+        except (AdbTimeout, TimeoutError):
             raise DeviceFault(
-                FaultKind.TIMEOUT, f"adb {self.serial}: `{command[:120]}` did not finish within {timeout_s:g} s"
+                FaultKind.TIMEOUT, f"adb {self.serial}: `{shown(command)}` did not finish within {timeout_s:g} s"
             ) from None
         except (AdbError, OSError, EOFError) as err:
             raise DeviceFault(
                 FaultKind.DISCONNECT, f"adb {self.serial}: device lost ({err or type(err).__name__})"
             ) from None
-        return CommandResult(result.returncode, result.stdout, result.stderr)
+        return CommandResult(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
-    def push(self, local: Path, remote: str) -> None:
-        from adbutils.errors import AdbError
+    def push(self, local: Path, remote: str, timeout_s: float) -> None:
+        """adb's sync SEND, every step within the deadline (adbutils' push waits without one)."""
+        from adbutils.errors import AdbError, AdbTimeout
 
-        if self.device is None:
-            raise DeviceFault(FaultKind.DISCONNECT, f"adb {self.serial}: not connected")
+        timeout_s = bounded_timeout(timeout_s)
+        deadline = time.monotonic() + timeout_s
         try:
-            self.device.sync.push(str(local), remote, mode=0o644)
-        except AdbError as err:
-            if str(err) == "FAIL":  # the device refused the file (its reason is not passed on by adbutils)
-                raise DeviceFault(FaultKind.ERROR, f"the device refused {remote}") from None
-            raise DeviceFault(FaultKind.DISCONNECT, f"adb {self.serial}: device lost during push ({err})") from None
-        except (OSError, EOFError) as err:
+            conn = self._connection("sync:", timeout_s)
+            try:
+                _sync_send(conn.conn, local, remote, deadline)
+            finally:
+                conn.close()
+        except DeviceFault:
+            raise
+        except (AdbTimeout, TimeoutError):
+            size = local.stat().st_size if local.exists() else 0
+            raise DeviceFault(
+                FaultKind.TIMEOUT,
+                f"adb {self.serial}: push of {local.name} ({size} bytes) to {remote} did not finish within "
+                f"{timeout_s:g} s",
+            ) from None
+        except (AdbError, OSError, EOFError) as err:
             raise DeviceFault(FaultKind.DISCONNECT, f"adb {self.serial}: device lost during push ({err})") from None
 
     def reconnect(self) -> None:
@@ -155,6 +224,90 @@ class ADBTransport(Transport):
             self.open()
         except BackendError as err:
             raise DeviceFault(FaultKind.DISCONNECT, err.message) from None
+
+
+def _remaining(sock: socket.socket, deadline: float) -> None:
+    """Let the next operation on ``sock`` wait until ``deadline`` at most (TimeoutError once it has passed)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        _remaining(sock, deadline)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("the device closed the stream")
+        data += chunk
+    return bytes(data)
+
+
+def _read_shell(sock: socket.socket, deadline: float, v2: bool) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr) of a shell stream, read until it ends or ``deadline`` (TimeoutError)."""
+    if not v2:  # v1: stdout and stderr in one stream, then the echoed exit code
+        data = bytearray()
+        while True:
+            _remaining(sock, deadline)
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        at = data.rfind(EXIT_MARK)
+        if at < 0:
+            raise EOFError("the shell ended without its exit code")
+        code = int(data[at + len(EXIT_MARK) :].strip() or b"255")
+        return code, bytes(data[:at]), b""
+    out, err = bytearray(), bytearray()
+    while True:  # packets: id (1 stdout, 2 stderr, 3 exit code), little-endian u32 length, payload
+        header = _recv_exact(sock, 5, deadline)
+        payload = _recv_exact(sock, struct.unpack("<I", header[1:])[0], deadline)
+        if header[0] == 1:
+            out += payload
+        elif header[0] == 2:
+            err += payload
+        elif header[0] == 3:
+            return (payload[0] if payload else 255), bytes(out), bytes(err)
+
+
+def _sync_send(sock: socket.socket, local: Path, remote: str, deadline: float) -> None:
+    """Push ``local`` to ``remote`` (mode 644) over a ``sync:`` stream; DeviceFault(ERROR) when the device
+    refuses it (with its reason: adbutils drops it)."""
+
+    def send(data: bytes) -> None:
+        _remaining(sock, deadline)
+        sock.sendall(data)
+
+    def refusal() -> DeviceFault | None:
+        status = _recv_exact(sock, 8, deadline)
+        if status[:4] == b"OKAY":
+            return None
+        if status[:4] == b"FAIL":
+            reason = _recv_exact(sock, struct.unpack("<I", status[4:])[0], deadline).decode(errors="replace")
+            return DeviceFault(FaultKind.ERROR, f"the device refused {remote}: {reason}")
+        raise EOFError(f"unexpected sync reply {status[:4]!r}")
+
+    target = f"{remote},{stat.S_IFREG | 0o644}".encode()
+    try:
+        send(b"SEND" + struct.pack("<I", len(target)) + target)
+        with open(local, "rb") as f:
+            for chunk in iter(lambda: f.read(SYNC_DATA_MAX), b""):
+                send(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+        send(b"DONE" + struct.pack("<I", int(time.time())))
+    except (BrokenPipeError, ConnectionResetError):
+        # adbd answers a file it cannot write (no space...) with FAIL and closes: read why, if it said
+        with contextlib.suppress(OSError, EOFError):
+            fault = refusal()
+            if fault:
+                raise fault from None
+        raise
+    fault = refusal()
+    if fault:
+        raise fault
+    with contextlib.suppress(OSError):
+        send(b"QUIT" + struct.pack("<I", 0))
 
 
 class TFLiteADBBackend(RemoteBackend[ADBTransport]):
@@ -191,9 +344,9 @@ class TFLiteADBBackend(RemoteBackend[ADBTransport]):
                     f"`adb shell chmod +x {cfg.benchmark_model}` (see docs/devices/android.md)",
                 )
             digest = transport.run(shell_join(["sha256sum", cfg.benchmark_model]), cfg.command_timeout_s)
-            transport.check(shell_join(["mkdir", "-p", cfg.remote_dir]), cfg.command_timeout_s, "mkdir")
         except DeviceFault as fault:
             raise BackendError(f"adb {transport.serial}: {fault}") from None
+        self.open_run_dir()
         sha = digest.stdout.split()[0][:16] if digest.exit_code == 0 and digest.stdout.split() else "unknown"
         facts.update(threads=str(cfg.threads), delegate=cfg.delegate, cpu_mask=cfg.cpu_mask or "none")
         self.device_info = DeviceInfo(
@@ -211,13 +364,4 @@ class TFLiteADBBackend(RemoteBackend[ADBTransport]):
         invocation = benchmark_model_invocation(
             cfg.benchmark_model, cfg.threads, cfg.cpu_mask, cfg.delegate == "gpu", cfg.extra_args
         )
-        return InvocationSession(
-            self.require_transport(),
-            invocation,
-            cfg.remote_dir,
-            self.retry_policy,
-            cfg.command_timeout_s,
-            profiles,
-            cfg.op_profiling,
-            cfg.cooldown_s,
-        )
+        return self.invocation_session(invocation, profiles, cfg.op_profiling)

@@ -13,12 +13,18 @@ Two runners:
 
 A lost connection, a hung or crashed runner are retried with back-off (reconnect,
 restart the runner, load the batch's models again) and then recorded as failed
-measurements.
+measurements. A runner or ``benchmark_model`` that hangs is killed on the board
+(``remote.KILL_JOB_SCRIPT``) before the retry, so nothing is timed beside it.
+
+The runner is pushed to the connection's private run folder and started by a
+bootstrap that checks the sha256 of the very bytes it then runs
+(:data:`RUNNER_BOOT`): a runner swapped on the board is refused, never run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -30,7 +36,6 @@ from nnmeter.backends.remote import (
     DEVICE_FACTS_SCRIPT,
     DeviceFault,
     FaultKind,
-    InvocationSession,
     RemoteBackend,
     RetryPolicy,
     SSHConfig,
@@ -49,6 +54,22 @@ T = TypeVar("T")
 RUNNER_SCRIPT = Path(__file__).with_name("litert_runner.py")
 STARTUP_TIMEOUT_S = 120.0  # numpy and the runtime import slowly on a Raspberry Pi's SD card
 
+#: what the runner's stderr starts with when the bootstrap refused it
+REFUSED = "nnmeter: refused to run"
+
+#: ``python -c`` code that runs the runner at ``sys.argv[1]`` only if the sha256 of the bytes it read (and then
+#: runs: no second read another user could swap the file before) is the one nnmeter pushed (``%(sha256)s``)
+RUNNER_BOOT = """import hashlib, sys
+path = sys.argv[1]
+with open(path, "rb") as f:
+    source = f.read()
+if hashlib.sha256(source).hexdigest() != "%(sha256)s":
+    sys.stderr.write("%(refused)s " + path + ": its sha256 is not that of the runner nnmeter pushed\\n")
+    sys.exit(3)
+sys.argv = sys.argv[1:]
+exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+"""
+
 
 @dataclass(frozen=True)
 class TFLiteSSHConfig(SSHConfig):
@@ -63,34 +84,31 @@ class TFLiteSSHConfig(SSHConfig):
     )
     python: str = setting("python3", "python on the board (runner: litert), e.g. /home/pi/venv/bin/python")
     benchmark_model: str = setting("benchmark_model", "benchmark_model on the board (runner: benchmark_model)")
-    threads: int = setting(1, "inference threads", minimum=1)
+    threads: int = setting(1, "inference threads", minimum=1, maximum=1024)
     cpu_mask: str = setting("", "taskset hex mask of the cores to run on, e.g. '8' for core 3; empty: no pinning")
     extra_args: list[str] = setting([], "more benchmark_model flags (runner: benchmark_model)")
 
 
 class RemoteRunner:
-    """litert_runner.py in a process on the board, behind an SSH exec channel; JSON lines each way."""
+    """litert_runner.py in a process on the board, behind an SSH exec channel; JSON lines each way.
+
+    It runs as a job (``remote.job_command``): when it does not answer in time it is killed on the board,
+    and when the connection drops it is killed once the board is reached again."""
 
     def __init__(self, transport: SSHTransport, command: str, timeout_s: float) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
-        client = transport.require_client()
-        try:
-            self.channel = client.get_transport().open_session(timeout=timeout_s)
-            self.channel.exec_command(command)
-        except Exception as exc:  # paramiko raises several kinds for a dead connection
-            transport.broken = True
-            raise DeviceFault(
-                FaultKind.DISCONNECT, f"ssh {transport.address}: cannot start the runner ({exc or type(exc).__name__})"
-            ) from None
+        self.job, self.channel = transport.start(command, timeout_s)
         self._buffer = b""
         self._stderr = b""
         self._next_id = 1
+        self._busy = False  # a request was sent and its reply not read (an exception, Ctrl-C, came between)
 
     def request(self, cmd: str, timeout_s: float | None = None, **fields: Any) -> dict:
         """The runner's reply; DeviceFault ERROR for ok: false, TIMEOUT, CRASH or DISCONNECT otherwise."""
         rid = self._next_id
         self._next_id += 1
+        self._busy = True
         try:
             self.channel.sendall((json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n").encode())
         except Exception:
@@ -99,7 +117,7 @@ class RemoteRunner:
         while True:
             line = self._read_line(deadline)
             if line is None:
-                self.close()
+                self.kill()
                 raise DeviceFault(
                     FaultKind.TIMEOUT, f"the runner did not answer '{cmd}' within {timeout_s or self.timeout_s:g} s"
                 )
@@ -111,6 +129,7 @@ class RemoteRunner:
                 continue
             if not isinstance(reply, dict) or reply.get("id") != rid:
                 continue
+            self._busy = False
             if not reply.get("ok"):
                 raise DeviceFault(FaultKind.ERROR, reply.get("error", "the runner gave no reason"))
             return reply
@@ -135,21 +154,38 @@ class RemoteRunner:
         return line
 
     def _gone(self, cmd: str) -> DeviceFault:
+        self._busy = False  # it died, or its connection did (then it is killed when the board answers again)
         transport = self.transport.client.get_transport() if self.transport.client else None
         if transport is None or not transport.is_active():
             self.transport.broken = True
+            self.transport.pending_kills.add(self.job)  # a runner hung in a model outlives the connection
             return DeviceFault(FaultKind.DISCONNECT, f"ssh {self.transport.address}: connection lost during '{cmd}'")
         code = self.channel.recv_exit_status() if self.channel.exit_status_ready() else -1
-        tail = [
-            ln for ln in self._stderr.decode(errors="replace").splitlines() if ln.strip() and not ln.startswith("INFO:")
-        ][-3:]
+        with contextlib.suppress(Exception):  # what it wrote last, before it went
+            while self.channel.recv_stderr_ready():
+                self._stderr = (self._stderr + self.channel.recv_stderr(1 << 16))[-4000:]
+        text = self._stderr.decode(errors="replace")
+        if REFUSED in text:
+            return DeviceFault(FaultKind.ERROR, text[text.index(REFUSED) :].splitlines()[0][:500])
+        tail = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("INFO:")][-3:]
         return DeviceFault(
             FaultKind.CRASH,
             f"the runner process died (exit status {code}) during '{cmd}'"
             + (f"; stderr: {' | '.join(tail)[:500]}" if tail else ""),
         )
 
+    def kill(self) -> None:
+        """End the runner whatever it is doing: close its channel and kill its job on the board."""
+        self._busy = False
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        self.transport.kill_job(self.job)
+
     def close(self) -> None:
+        """Ask the runner to quit. One still busy with a request (left by an exception) may never read that:
+        it is killed when the backend closes."""
+        if self._busy:
+            self.transport.pending_kills.add(self.job)
         # the connection may already be gone: paramiko then raises (EOFError, even from close)
         with contextlib.suppress(Exception):
             if not self.channel.closed:
@@ -159,14 +195,19 @@ class RemoteRunner:
 
 
 class RunnerSession:
-    """A DeviceSession over a :class:`RemoteRunner`, restarted (and its models loaded again) after a fault."""
+    """A DeviceSession over a :class:`RemoteRunner`, restarted (and its models loaded again) after a fault.
+
+    The runner and the models are pushed to the backend's run folder and removed at close."""
 
     def __init__(self, backend: TFLiteSSHBackend) -> None:
         self.backend = backend
         self.transport: SSHTransport = backend.require_transport()
         self.config: TFLiteSSHConfig = backend.config
         self.policy: RetryPolicy = backend.retry_policy
+        self.folder = backend.run_dir
+        self.script = str(PurePosixPath(self.folder) / RUNNER_SCRIPT.name)
         self.runner: RemoteRunner | None = None
+        self.pushed: set[str] = set()  # what this session put in the run folder
         self.remote_paths: dict[str, str] = {}  # local model path -> its copy on the board
         self.handles: dict[str, int] = {}  # local model path -> handle in the current runner
         self.warmups: dict[str, int] = {}
@@ -184,15 +225,24 @@ class RunnerSession:
 
         return with_retries(attempt, self.transport, self.policy, what)
 
+    def _push(self, local: Path, remote: str) -> None:
+        self.transport.push_checked(local, remote, self.folder, self.config.command_timeout_s)
+        self.pushed.add(remote)
+
     def _runner(self) -> RemoteRunner:
         if self.runner is None:
             cfg = self.config
-            script = str(PurePosixPath(cfg.remote_dir) / RUNNER_SCRIPT.name)
-            self.transport.check(shell_join(["mkdir", "-p", cfg.remote_dir]), cfg.command_timeout_s, "mkdir")
-            self.transport.push(RUNNER_SCRIPT, script)
-            argv = (["taskset", cfg.cpu_mask] if cfg.cpu_mask else []) + [cfg.python, script]
+            self.transport.check(shell_join(["mkdir", "-p", self.folder]), cfg.command_timeout_s, "mkdir")
+            sha256 = hashlib.sha256(RUNNER_SCRIPT.read_bytes()).hexdigest()
+            self._push(RUNNER_SCRIPT, self.script)
+            boot = RUNNER_BOOT % {"sha256": sha256, "refused": REFUSED}
+            argv = (["taskset", cfg.cpu_mask] if cfg.cpu_mask else []) + [cfg.python, "-c", boot, self.script]
             runner = RemoteRunner(self.transport, "exec " + shell_join(argv), cfg.command_timeout_s)
-            runner.request("info", timeout_s=max(STARTUP_TIMEOUT_S, cfg.command_timeout_s))
+            try:
+                runner.request("info", timeout_s=max(STARTUP_TIMEOUT_S, cfg.command_timeout_s))
+            except BaseException:
+                runner.close()
+                raise
             self.runner = runner
         return self.runner
 
@@ -201,9 +251,9 @@ class RunnerSession:
         if model_path not in self.handles:
             remote = self.remote_paths.get(model_path)
             if remote is None:
-                remote = str(PurePosixPath(self.config.remote_dir) / Path(model_path).name)
-                self._runner()  # connected and remote_dir made
-                self.transport.push(Path(model_path), remote)
+                remote = str(PurePosixPath(self.folder) / Path(model_path).name)
+                self._runner()  # connected and the run folder made
+                self._push(Path(model_path), remote)
                 self.remote_paths[model_path] = remote
             runner = self._runner()
             reply = runner.request("load", path=remote, threads=self.config.threads)
@@ -232,14 +282,15 @@ class RunnerSession:
         )
 
     def close(self) -> None:
+        """Stop the runner and remove the runner and models this session pushed (best effort: on a lost connection
+        they stay in the run folder, which the backend removes when it closes)."""
         if self.runner is not None:
             self.runner.close()
             self.runner = None
-        if self.remote_paths and not self.transport.broken:
+        if self.pushed and not self.transport.broken:
             try:
-                self.transport.run(
-                    shell_join(["rm", "-f", "--", *self.remote_paths.values()]), self.config.command_timeout_s
-                )
+                self.transport.run(shell_join(["rm", "-f", "--", *sorted(self.pushed)]), self.config.command_timeout_s)
+                self.pushed.clear()
             except DeviceFault:
                 pass
 
@@ -261,6 +312,7 @@ class TFLiteSSHBackend(RemoteBackend[SSHTransport]):
                 transport.check(DEVICE_FACTS_SCRIPT, cfg.command_timeout_s, "device facts"), cfg.cpu_mask
             )
             if cfg.runner == "litert":
+                self.open_run_dir()
                 session = RunnerSession(self)
                 try:
                     info = session._runner().request(
@@ -283,6 +335,7 @@ class TFLiteSSHBackend(RemoteBackend[SSHTransport]):
                 sha = digest.stdout.split()[0][:16] if digest.exit_code == 0 and digest.stdout.split() else "unknown"
                 versions = {"benchmark_model": f"sha256:{sha}"}
                 runtime = f"TFLite benchmark_model ({probe.stdout.strip()}, sha256 {sha})"
+                self.open_run_dir()
         except DeviceFault as fault:
             hint = (
                 "install python3, numpy and ai-edge-litert on the board (pip install ai-edge-litert) and set "
@@ -307,13 +360,4 @@ class TFLiteSSHBackend(RemoteBackend[SSHTransport]):
         if cfg.runner == "litert":
             return RunnerSession(self)
         invocation = benchmark_model_invocation(cfg.benchmark_model, cfg.threads, cfg.cpu_mask, False, cfg.extra_args)
-        return InvocationSession(
-            self.require_transport(),
-            invocation,
-            cfg.remote_dir,
-            self.retry_policy,
-            cfg.command_timeout_s,
-            profiles,
-            cfg.op_profiling,
-            cfg.cooldown_s,
-        )
+        return self.invocation_session(invocation, profiles, cfg.op_profiling)

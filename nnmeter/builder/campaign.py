@@ -4,12 +4,16 @@ The file has one section per part of the toolchain, each a dataclass of
 :mod:`nnmeter.schema` settings: ``backend`` (``name`` plus the backend's own
 ``Config``), ``protocol`` (:class:`~nnmeter.backends.protocol.MeasurementProtocol`),
 ``rules``, ``kernels`` and ``evaluation``. The template's comments are taken from
-the settings' docs, so the file and the code never disagree.
+the settings' docs, so the file and the code never disagree. It is read with
+:func:`nnmeter.yamlfile.read_yaml_file` (no aliases, no duplicate keys, bounded), and the
+template writes every free-text value in quotes (``cpu_mask: ""``), so that a value typed
+into it stays text (unquoted, YAML reads ``0x70`` as 112).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import textwrap
 from dataclasses import dataclass
 from importlib import resources
@@ -24,8 +28,9 @@ from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.errors import ConfigError
 from nnmeter.evaluation import EvaluationSettings
 from nnmeter.rule_tester import RuleTestSettings
-from nnmeter.schema import load_section
+from nnmeter.schema import key_text, load_section, show_value
 from nnmeter.training import KernelTrainingSettings
+from nnmeter.yamlfile import load_yaml, read_yaml_file
 
 #: The sections of campaign.yaml other than ``backend``, and the settings class of each.
 SECTIONS: dict[str, type] = {
@@ -66,14 +71,14 @@ def load_campaign(path: Path | str) -> Campaign:
     if not path.is_file():
         what = "is a folder, not a campaign file" if path.is_dir() else "no such file"
         raise ConfigError(source, "", what, "create a workspace with: nnmeter-build init DIR --backend NAME")
-    data = parse_yaml(path.read_text(encoding="utf-8"), source)
+    data = read_yaml_file(path, source)
     if not isinstance(data, dict):
         raise ConfigError(
             source, "", f"expected a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), got {type(data).__name__}"
         )
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     if unknown:
-        raise ConfigError(source, str(unknown[0]), f"unknown section; known: {', '.join(TOP_LEVEL_KEYS)}")
+        raise ConfigError(source, key_text(unknown[0]), f"unknown section; known: {', '.join(TOP_LEVEL_KEYS)}")
 
     backend = data.get("backend")
     if not isinstance(backend, dict):
@@ -85,7 +90,7 @@ def load_campaign(path: Path | str) -> Campaign:
         )
     name = backend.get("name")
     if name not in backend_names():
-        problem = "is required" if name is None else f"{name!r} is not a backend"
+        problem = "is required" if name is None else f"{show_value(name)} is not a backend"
         raise ConfigError(
             source,
             "backend.name",
@@ -96,7 +101,9 @@ def load_campaign(path: Path | str) -> Campaign:
         name, {k: v for k, v in backend.items() if k != "name"}, source=source, key_path="backend"
     )
     _refuse_removed(data, source)
-    sections = {key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()}
+    sections: dict[str, Any] = {
+        key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()
+    }
     return Campaign(source=path, backend_name=name, backend_options=options, **sections)
 
 
@@ -110,16 +117,10 @@ def _refuse_removed(data: dict, source: str) -> None:
             raise ConfigError(source, f"{section}.{key}", f"{value!r} was {why}")
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML ``text`` as Python values; malformed YAML is a ConfigError with line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(source, "", f"malformed YAML at {where}{err.problem or err.context}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(source, "", f"malformed YAML: {err}") from None
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """YAML ``text`` as Python values (:func:`nnmeter.yamlfile.load_yaml`): malformed YAML, aliases, duplicate
+    keys, too much text or nesting are a ConfigError with the line and column."""
+    return load_yaml(text, source)
 
 
 def render_campaign(backend_name: str) -> str:
@@ -170,15 +171,18 @@ def _entries(cls: type, defaults: Any = None) -> list[_Entry]:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and defaults is None:
             entries.append(_Entry(key=f.name, comment=comment, required=True))
             continue
-        value = (
-            getattr(defaults, f.name)
-            if defaults is not None
-            else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        )
+        if defaults is not None:
+            value = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:  # not required: it has a default factory
+            factory: Any = f.default_factory
+            value = factory()
         if dataclasses.is_dataclass(value):
             entries.append(_Entry(key=f.name, comment=comment, children=_entries(type(value), value)))
         else:
-            entries.append(_Entry(key=f.name, comment=comment, text=_yaml_item(f.name, value)))
+            quoted = isinstance(value, str) and meta.get("choices") is None  # free text: typed in, it stays text
+            entries.append(_Entry(key=f.name, comment=comment, text=_yaml_item(f.name, value, quoted=quoted)))
     return entries
 
 
@@ -202,9 +206,11 @@ def _wrap(text: str) -> list[str]:
     return textwrap.wrap(text, width=96, break_on_hyphens=False) or [""]
 
 
-def _yaml_item(key: str, value: Any) -> str:
-    """``key: value`` as YAML; lists in flow style, wrapped (the template indents continuation lines)."""
+def _yaml_item(key: str, value: Any, *, quoted: bool = False) -> str:
+    """``key: value`` as YAML; lists in flow style, wrapped (the template indents continuation lines); a
+    ``quoted`` text in double quotes (``cpu_mask: ""``), so that what a user types between them stays text."""
     if isinstance(value, (list, tuple, dict)):
         value = list(value) if isinstance(value, tuple) else value
         return yaml.safe_dump({key: value}, default_flow_style=None, sort_keys=False, width=96).rstrip("\n")
-    return f"{key}: " + yaml.safe_dump(value).removesuffix("\n...\n").strip()
+    style = '"' if quoted else None
+    return f"{key}: " + yaml.safe_dump(value, default_style=style, width=math.inf).removesuffix("\n...\n").strip()

@@ -9,13 +9,14 @@ after the first has finished; ``remeasure`` measures both again (the store keeps
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from nnmeter.backends.base import Backend
 from nnmeter.builder import state
-from nnmeter.builder.workspace import USER_MODEL_SUFFIXES, Workspace
+from nnmeter.builder.workspace import USER_MODEL_SUFFIXES, Workspace, write_text_atomic
 from nnmeter.errors import NnmeterError
 from nnmeter.evaluation import (
     NOTES,
@@ -54,7 +55,19 @@ def evaluate_workspace(
     reporter: Reporter = SILENT,
 ) -> EvaluationResult:
     """Measure ``models`` (``repeats`` passes, resumable through the store), predict them, score every method,
-    and write the result to ``out`` (default ``ws/reports/evaluation.json``)."""
+    and write the result to ``out`` (default ``ws/reports/evaluation.json``), holding the workspace's lock."""
+    with ws.lock():
+        return _evaluate(ws, backend, models, out, remeasure, reporter)
+
+
+def _evaluate(
+    ws: Workspace,
+    backend: Backend,
+    models: Sequence[EvaluationModel],
+    out: Path | None,
+    remeasure: bool,
+    reporter: Reporter,
+) -> EvaluationResult:
     campaign = ws.campaign
     session = ws.session(backend, protocol=campaign.protocol.for_whole_models(), reporter=reporter)
     ready = [m for m in models if not m.error]
@@ -122,7 +135,10 @@ def evaluate_workspace(
         },
         notes=NOTES,
     )
-    result.save(out or ws.reports_dir / EVALUATION_FILE)
+    path = out or ws.reports_dir / EVALUATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # EvaluationResult.save's format, written without leaving a .tmp file behind when interrupted
+    write_text_atomic(path, json.dumps(result.to_json(), indent=1, sort_keys=True))
     return result
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nnmeter import ops
@@ -115,7 +116,19 @@ def train_workspace_kernels(
     """Train the campaign's kernels that the device forms (:func:`kernels_to_train`), or ``kernels`` whether it
     forms them or not, on the campaign's backend. A kernel that cannot be trained (:class:`TrainingError`) is
     reported in the errors and the others go on. ``init`` and ``iterations`` override the campaign's budget
-    for every kernel, family members' too."""
+    for every kernel, family members' too. Holds the workspace's lock."""
+    with ws.lock():
+        return _train_kernels(ws, kernels, init, iterations, workers, reporter)
+
+
+def _train_kernels(
+    ws: Workspace,
+    kernels: Sequence[str] | None,
+    init: int | None,
+    iterations: int | None,
+    workers: int | None,
+    reporter: Reporter,
+) -> KernelTraining:
     settings = ws.campaign.kernels
     overrides = {k: v for k, v in (("init_samples", init), ("iterations", iterations)) if v is not None}
     if overrides:
@@ -361,13 +374,31 @@ def _stored_samples(
     ]
 
 
-def _remove_measured_files(session: MeasuringSession, records: Sequence[ModelRecord]) -> None:
+def _remove_measured_files(session: MeasuringSession, records: Sequence[ModelRecord]) -> list[str]:
     """Delete the converted files of measured kernel models; the store keeps their records and measurements,
-    and the session rebuilds a file from its config if it is needed again."""
+    and the session rebuilds a file from its config if it is needed again.
+
+    A path comes from the store, which is only a file: a record whose path does not resolve inside the
+    workspace's models/ folder (``../../x``, an absolute path, a link out of it) is not deleted but skipped,
+    with a warning; the paths skipped."""
+    models = (Path(session.root) / "models").resolve()
+    skipped = []
     for record in records:
         path = record.path(session.backend.model_format, session.root)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved == models or not resolved.is_relative_to(models):
+            rel = record.files.get(session.backend.model_format)
+            skipped.append(str(rel))
+            session.reporter.note(
+                f"model {record.id} ({record.name}): its file {rel!r} in the store is outside {models}; "
+                "not deleted (check the store: nnmeter writes its models under models/)",
+                warning=True,
+            )
+            continue
+        path.unlink(missing_ok=True)
+    return skipped
 
 
 def _result_settings(kernel: str, settings: KernelTrainingSettings) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from importlib import resources
 from pathlib import Path
 
 from nnmeter.builder.report import REPORT_FILE
-from nnmeter.builder.workspace import CAMPAIGN_FILE, Workspace
+from nnmeter.builder.workspace import CAMPAIGN_FILE, Workspace, write_text_atomic
+from nnmeter.errors import NnmeterError
 from nnmeter.progress import SILENT, Reporter
 
 QUICKSTART_CAMPAIGN = "quickstart.yaml"
@@ -21,11 +22,14 @@ def quickstart_workspace(root: str | Path, reporter: Reporter = SILENT) -> Works
     if (root / CAMPAIGN_FILE).is_file():
         reporter.note(f"resuming the campaign in {root}")
         return Workspace.open(root)
-    ws = Workspace.create(root, "tflite-local")
-    text = resources.files("nnmeter.configs").joinpath(QUICKSTART_CAMPAIGN).read_text(encoding="utf-8")
-    tmp = ws.campaign_path.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(ws.campaign_path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NnmeterError(f"{root}: exists and is not a folder", "pick another path for the workspace") from None
+    with Workspace(root).lock():  # made whole, the quickstart campaign in place, before another command sees it
+        ws = Workspace.create(root, "tflite-local")
+        text = resources.files("nnmeter.configs").joinpath(QUICKSTART_CAMPAIGN).read_text(encoding="utf-8")
+        write_text_atomic(ws.campaign_path, text)
     reporter.note(f"made the quickstart workspace {root} (campaign: {ws.campaign_path})")
     return Workspace.open(root)
 

@@ -20,7 +20,7 @@ import jinja2
 from nnmeter import __version__
 from nnmeter.builder import state, svg
 from nnmeter.builder.evaluate import EVALUATION_FILE
-from nnmeter.builder.workspace import Workspace
+from nnmeter.builder.workspace import Workspace, write_text_atomic
 from nnmeter.evaluation import METHODS, NNMETER, EvaluationResult
 from nnmeter.predictor.artifact import MANIFEST, read_manifest
 from nnmeter.predictor.rules import MON_NAMES, FusionRules, load_rules
@@ -228,10 +228,8 @@ def write_report(ws: Workspace, evaluation_path: Path | None = None, out: Path |
     )
     out = out or ws.reports_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    with ws.lock():
+        return write_text_atomic(out, html)
 
 
 def _predictor_facts(ws: Workspace) -> tuple[list[KernelRow], dict[str, Any]]:

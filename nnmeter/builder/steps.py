@@ -11,7 +11,7 @@ state only when a step finishes without failures, so a step that was killed, or
 that left some kernel untrained, runs again; running again is cheap because every
 measurement it already took is in the store and is reused.
 
-Interrupting (Ctrl-C or ``kill -9``) at any point loses at most the batch of
+Interrupting (Ctrl-C, SIGTERM or ``kill -9``) at any point loses at most the batch of
 measurements in flight; sampling and training are seeded and measurements never
 change once stored, so the resumed campaign ends with the same predictor as an
 uninterrupted one.
@@ -83,9 +83,12 @@ def _setup(ws: Workspace) -> dict[str, Any]:
     """What every measuring step depends on: the backend and its options, the protocol, and how a latency is read
     from a stored measurement (a new reading runs the steps again on the stored measurements)."""
     c = ws.campaign
+    options = section_to_dict(c.backend_options)
+    # how long a conversion may take changes no measurement (and a workspace from before the setting stays up to date)
+    options.pop("convert_timeout_s", None)
     return {
         "backend": c.backend_name,
-        "options": section_to_dict(c.backend_options),
+        "options": options,
         "protocol": c.protocol.key(),
         "latency_reading": LATENCY_READING_VERSION,
     }
@@ -228,10 +231,18 @@ def run_campaign(
     workers: int | None = None,
     reporter: Reporter = SILENT,
 ) -> list[StepResult]:
-    """Run the campaign's steps (or ``only`` those), skipping the up-to-date ones unless named in ``force``."""
+    """Run the campaign's steps (or ``only`` those), skipping the up-to-date ones unless named in ``force``,
+    holding the workspace's lock (:meth:`Workspace.lock`) throughout."""
     unknown = [s for s in (*(only or ()), *force) if s not in STEPS]
     if unknown:
         raise NnmeterError(f"{unknown[0]!r} is not a campaign step; steps: {', '.join(STEPS)}")
+    with ws.lock():
+        return _run_steps(ws, only, force, workers, reporter)
+
+
+def _run_steps(
+    ws: Workspace, only: Sequence[str] | None, force: Sequence[str], workers: int | None, reporter: Reporter
+) -> list[StepResult]:
     selected = [s for s in _STEP_LIST if only is None or s.name in only]
     status = step_status(ws)
     prints = fingerprints(ws)

@@ -9,27 +9,42 @@
       rules/          fusion rules
       predictor/      the built predictor artifact
       reports/        evaluation and build reports
+      .nnmeter.lock   the writer lock (:meth:`Workspace.lock`): who writes to the workspace now
+
+One command writes to a workspace at a time: every command that writes holds :meth:`Workspace.lock`
+(an ``flock`` on ``.nnmeter.lock``, released when the command ends or its process dies, even by
+``kill -9``). A second writer fails at once with :class:`~nnmeter.errors.WorkspaceInUse`; reading
+commands (``status``, ``rules --show``) take no lock and work meanwhile.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shlex
 import shutil
+import sys
+import threading
+import time
 import zipfile
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from nnmeter.backends import connect_backend
 from nnmeter.backends.base import Backend
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.campaign import Campaign, load_campaign, render_campaign
-from nnmeter.errors import ModelFileError, NnmeterError
+from nnmeter.errors import ModelFileError, NnmeterError, WorkFailed, WorkspaceInUse
 from nnmeter.measurement import MeasuringSession, ModelRecord, Store, hash_file
 from nnmeter.progress import SILENT, Reporter
 from nnmeter.schema import section_to_dict
 
 CAMPAIGN_FILE = "campaign.yaml"
 STORE_FILE = "store.sqlite"
+LOCK_FILE = ".nnmeter.lock"
 FOLDERS = ("models", "rules", "predictor", "reports")
 
 #: Model files a user can hand to ``profile``: suffix -> format (ModelFile.format).
@@ -66,13 +81,13 @@ class Workspace:
             )
         text = render_campaign(backend_name)  # an unknown backend fails here, before anything is written
         root.mkdir(parents=True, exist_ok=True)
-        for folder in FOLDERS:
-            (root / folder).mkdir(exist_ok=True)
-        tmp = campaign_path.with_suffix(".yaml.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(campaign_path)
-        Store(root / STORE_FILE).close()
-        return cls(root)
+        ws = cls(root)
+        with ws.lock():  # init --force while a command runs on the workspace would change its campaign under it
+            for folder in FOLDERS:
+                (root / folder).mkdir(exist_ok=True)
+            write_text_atomic(campaign_path, text)
+            Store(root / STORE_FILE).close()
+        return ws
 
     @classmethod
     def open(cls, root: Path | str) -> Workspace:
@@ -91,6 +106,44 @@ class Workspace:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    # --- the writer lock ------------------------------------------------------
+
+    @contextmanager
+    def lock(self, command: str | None = None) -> Iterator[Workspace]:
+        """Hold the workspace's writer lock for the ``with`` block; :class:`WorkspaceInUse` at once if another
+        process holds it (naming its PID, command line and start time).
+
+        The lock is an ``flock`` on ``.nnmeter.lock``, which also records who holds it (``command``, by default
+        this process's command line). The kernel releases it when the process ends, however it ends, so a
+        killed command leaves no stale lock. It is reentrant within a process (``run`` holds it, and so do
+        the steps it calls).
+        """
+        path = os.path.realpath(self.root / LOCK_FILE)
+        with _HELD_GUARD:
+            held = _HELD.get(path)
+            if held is None:
+                held = _HELD[path] = [_take_lock(self.root, Path(path), command), 0]
+            held[1] += 1
+        try:
+            yield self
+        finally:
+            with _HELD_GUARD:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _HELD[path]
+                    _release_lock(held[0])
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the writer lock now (pid, command, started_at), as it wrote; None when no one does."""
+        try:
+            text = (self.root / LOCK_FILE).read_text(encoding="utf-8")
+        except OSError:
+            return None
+        holder = _parse_holder(text)
+        if holder is None or not _alive(int(holder["pid"])):
+            return None  # released (the file is emptied), or left by a killed process (its flock is gone)
+        return holder
 
     def __enter__(self) -> Workspace:
         return self
@@ -188,9 +241,96 @@ class Workspace:
         return self.store.add_models(records)
 
 
+#: Writer locks this process holds: the lock file's real path -> [file descriptor, depth].
+_HELD: dict[str, list[int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _take_lock(root: Path, path: Path, command: str | None) -> int:
+    """The descriptor of ``path``, flock'ed exclusively and filled with who holds it; WorkspaceInUse if taken."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (O_CLOEXEC)
+    except OSError as err:
+        raise WorkFailed(
+            f"workspace {root}: cannot open its lock file {path.name}: {err.strerror}",
+            "a command that writes to a workspace needs write access to its folder",
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _parse_holder(os.pread(fd, 1 << 16, 0).decode("utf-8", errors="replace"))
+        os.close(fd)
+        if holder is None:  # it took the lock and has not written its name yet
+            who = "another process"
+        else:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["started_at"])))
+            who = f"PID {holder['pid']} ({holder['command']}) since {started}"
+        raise WorkspaceInUse(
+            f"workspace {root} is in use by {who}",
+            "one command writes to a workspace at a time: wait for it to end, or stop it; "
+            f"reading commands work meanwhile (nnmeter-build status {root})",
+        ) from None
+    except OSError as err:
+        os.close(fd)
+        raise WorkFailed(f"workspace {root}: cannot lock {path.name}: {err.strerror}") from None
+    info = {"pid": os.getpid(), "command": command or _command_line(), "started_at": time.time()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)  # no one holds it: the file stays (removing it would race with a new holder)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _parse_holder(text: str) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(text)
+        int(holder["pid"]), float(holder["started_at"]), str(holder["command"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def _command_line() -> str:
+    """This process's command line as a user typed it: ``nnmeter-build run ws`` (also under ``python -m``)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("__main__.py", "nnmeter-build"):
+        program = "nnmeter-build"
+    line = " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a reader never sees half a file, and leave no temporary file behind
+    when the write fails or is interrupted (Ctrl-C, SIGTERM, a full disk)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def tiny_model_path() -> Path:
     """The bundled 8 KB .tflite model ``connect`` measures (see nnmeter/configs/models/README.md)."""
-    return Path(str(resources.files("nnmeter.configs").joinpath("models", "tiny_cnn.tflite")))
+    return Path(str(resources.files("nnmeter.configs").joinpath("models").joinpath("tiny_cnn.tflite")))
 
 
 def model_file_format(path: Path) -> str:

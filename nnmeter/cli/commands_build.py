@@ -47,7 +47,7 @@ def _cmd_rules(args: argparse.Namespace) -> int:
                 raise NnmeterError(f"{path}: no rules yet", f"measure them with: nnmeter-build rules {ws.root}")
             rules = load_rules(path)
         else:
-            with out.reporter() as reporter:
+            with ws.lock(), out.reporter() as reporter:
                 report = run_workspace_rules(ws, workers=args.workers, remeasure=args.remeasure, reporter=reporter)
             rules = report.rules
     if args.json:
@@ -101,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     positive("--iterations", args.iterations, 0)
     positive("--workers", args.workers)
     out = Output()
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace) as ws, ws.lock():
         with out.reporter() as reporter:
             training = train_workspace_kernels(
                 ws, args.kernels, init=args.init, iterations=args.iterations, workers=args.workers, reporter=reporter
@@ -145,10 +145,11 @@ def _package_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_package(args: argparse.Namespace) -> int:
     from nnmeter.builder.packaging import package_workspace
     from nnmeter.builder.workspace import Workspace
+    from nnmeter.predictor.artifact import artifact_digest
     from nnmeter.predictor.registry import install_predictor
 
     out = Output()
-    with Workspace.open(args.workspace) as ws, out.reporter() as reporter:
+    with Workspace.open(args.workspace) as ws, ws.lock(), out.reporter() as reporter:
         result = package_workspace(
             ws,
             Path(args.output) if args.output else None,
@@ -159,6 +160,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
             reporter=reporter,
         )
     out.line(f"wrote {result.path}: {len(result.kernels)} kernel regressors, rules: {result.rules_source}")
+    out.line(f"digest (sha256 of its manifest; pin it with --sha256): {artifact_digest(result.path)}")
     out.line(result.calibration_summary())
     if result.skipped:
         shown = ", ".join(result.skipped[:6]) + (
@@ -197,7 +199,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     positive("--workers", args.workers)
     out = Output()
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace) as ws, ws.lock():
         with out.reporter() as reporter:
             results = run_campaign(ws, only=args.only, force=args.force, workers=args.workers, reporter=reporter)
         out.table(tables.steps(results))
@@ -243,7 +245,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     positive("--workers", args.workers)
     out = Output(stderr=args.json)
-    with Workspace.open(args.workspace) as ws, ws.connect() as backend:
+    with Workspace.open(args.workspace) as ws, ws.lock(), ws.connect() as backend:
         with out.reporter() as reporter:
             if args.models:
                 folder = Path(args.models)
@@ -277,7 +279,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from nnmeter.builder.report import write_report
     from nnmeter.builder.workspace import Workspace
 
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace) as ws, ws.lock():
         Output().line(str(write_report(ws)))
     return EXIT_OK
 
@@ -305,7 +307,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     positive("--workers", args.workers)
     out = Output()
-    with out.reporter() as reporter, quickstart_workspace(args.workspace, reporter) as ws:
+    with out.reporter() as reporter, quickstart_workspace(args.workspace, reporter) as ws, ws.lock():
         results = run_campaign(ws, workers=args.workers, reporter=reporter)
         reporter.close()
         out.table(tables.steps(results))

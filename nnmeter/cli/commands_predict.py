@@ -13,10 +13,47 @@ from nnmeter.cli.render import Output
 from nnmeter.errors import EXIT_OK, NnmeterError
 
 
-@command("predictors", "the installed predictors: name, version, device and accuracy", json_argument)
+def _predictors_arguments(p: argparse.ArgumentParser) -> None:
+    json_argument(p)
+    p.add_argument(
+        "--verify",
+        nargs=2,
+        metavar=("NAME_OR_PATH", "SHA256"),
+        help="check that a predictor (installed name[@version] or folder) has this digest and that its files "
+        "match its manifest: exit 0 if so, 2 with the reason otherwise",
+    )
+
+
+@command(
+    "predictors",
+    "the installed predictors: name, version, device, accuracy and digest (or --verify one against its digest)",
+    _predictors_arguments,
+)
 def _cmd_predictors(args: argparse.Namespace) -> int:
     from nnmeter.predictor.registry import ENV_VAR, installed_predictors, search_paths
 
+    if args.verify:
+        from nnmeter.predictor.artifact import load_artifact
+        from nnmeter.predictor.registry import find_predictor
+
+        name_or_path, digest = args.verify
+        artifact = load_artifact(find_predictor(name_or_path), sha256=digest)
+        m = artifact.manifest
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "verified": True,
+                        "name": m.name,
+                        "version": m.version,
+                        "digest": artifact.digest,
+                        "path": str(artifact.path),
+                    }
+                )
+            )
+        else:
+            Output().line(f"verified: {m.name}@{m.version} at {artifact.path} has digest {artifact.digest}")
+        return EXIT_OK
     found = installed_predictors()
     if args.json:
         print(json.dumps([{**dataclasses.asdict(p), "path": str(p.path)} for p in found], indent=1))
@@ -57,6 +94,11 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
         "--input-shape", metavar="DIMS", help="fix a dynamic input shape, in the model's own layout, e.g. 1,224,224,3"
     )
     p.add_argument(
+        "--sha256",
+        metavar="DIGEST",
+        help="the predictor's digest (see `nnmeter-build predictors`): refuse a predictor whose digest differs",
+    )
+    p.add_argument(
         "--no-strict",
         action="store_true",
         help="predict what is supported and list the rest, instead of failing on unsupported ops",
@@ -89,7 +131,7 @@ def _model_paths(items: list[str]) -> list[str]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nnmeter.predictor.engine import load_predictor
 
-    predictor = load_predictor(args.predictor)
+    predictor = load_predictor(args.predictor, sha256=args.sha256)
     shape = _input_shape(args.input_shape)
     results = [predictor.predict(path, shape, strict=not args.no_strict) for path in _model_paths(args.models)]
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 from nnmeter.cli import tables
@@ -53,7 +54,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     from nnmeter.builder.workspace import Workspace, tiny_model_path
 
     out = Output()
-    with Workspace.open(args.workspace) as ws, ws.connect() as backend, out.reporter() as reporter:
+    with Workspace.open(args.workspace) as ws, ws.lock(), ws.connect() as backend, out.reporter() as reporter:
         info = backend.device_info
         assert info is not None
         facts = tables.Table(f"{info.backend} on {info.device}", ("fact", "value"))
@@ -100,7 +101,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         model_file_format(Path(path))
     positive("--runs", args.runs)
     out = Output(stderr=args.json)
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace) as ws, ws.lock():
         protocol = ws.campaign.protocol.for_whole_models()
         if args.runs is not None:
             per_round = min(protocol.runs_per_round, args.runs)
@@ -161,6 +162,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         summary = ws.store.summary()
         current = (ws.campaign.backend_name, ws.campaign.protocol.key())
         steps = step_status(ws)
+        holder = ws.lock_holder()  # status takes no lock: it works while another command writes
         if args.json:
             print(
                 json.dumps(
@@ -168,6 +170,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                         "store": str(ws.store_path),
                         **dataclasses.asdict(summary),
                         "steps": {k: v.value for k, v in steps.items()},
+                        "in_use_by": holder,
                     },
                     indent=1,
                 )
@@ -183,6 +186,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
             out.table(tables.store_setups(summary, current))
     out.line()
     out.line("campaign steps: " + ", ".join(f"{k} {v.value}" for k, v in steps.items()))
+    if holder is not None:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started_at"]))
+        out.line(f"in use by PID {holder['pid']} ({holder['command']}) since {started}")
     return EXIT_OK
 
 
@@ -274,6 +280,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out = Output()
     with (
         Workspace.open(args.workspace) as ws,
+        ws.lock(),
         out.reporter() as reporter,
         backend_class(ws.campaign.backend_name)(ws.campaign.backend_options) as backend,
     ):  # no device needed

@@ -8,8 +8,10 @@ order a user meets them. Handlers import the parts they use when they run, so ``
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from nnmeter import __version__
 from nnmeter.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnmeterError
@@ -64,20 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a stopped service or job), taken the way of Ctrl-C: every ``finally`` and ``with``
+    on the way out runs (locks released, temporary files removed, workers stopped), and the exit code is 130."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit with 2 (argparse)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return int(args.handler(args) or EXIT_OK)
     except NnmeterError as err:
         print(f"nnmeter-build {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(
-            f"nnmeter-build {args.command}: interrupted; what was measured is in the store, "
-            "run the command again to resume",
+            f"nnmeter-build {args.command}: {how}; what was measured is in the store, run the command again to resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def positive(flag: str, value: int | None, minimum: int = 1) -> None:

@@ -22,7 +22,10 @@ class EvaluationSettings:
         [160, 192, 224], "input resolutions (height = width)", minimum=32, maximum=ops.HW_RANGE[1]
     )
     models_per_family: int = setting(
-        4, "models drawn per family (an application has at most one per resolution and width multiplier)", minimum=1
+        4,
+        "models drawn per family (an application has at most one per resolution and width multiplier)",
+        minimum=1,
+        maximum=1000,
     )
     repeats: int = setting(
         2,
@@ -30,4 +33,4 @@ class EvaluationSettings:
         "reported as the repeatability of the ground truth",
         choices=(1, 2),
     )
-    seed: int = setting(0, "random seed of the model variants drawn per family", minimum=0)
+    seed: int = setting(0, "random seed of the model variants drawn per family", minimum=0, maximum=2**32 - 1)

@@ -25,6 +25,7 @@ measurement reads the same forever.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sqlite3
@@ -32,11 +33,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from nnmeter.backends.base import LATENCY_STATUSES, MeasureResult, MeasureStatus, OpTime
 from nnmeter.backends.protocol import LatencyStats
-from nnmeter.errors import NnmeterError
+from nnmeter.errors import EXIT_FAILED, NnmeterError
 from nnmeter.measurement import drift
 
 #: What a model row is: a kernel sample, a fusion-rule test case, a user's model, an evaluation model,
@@ -244,6 +245,32 @@ class StoreError(NnmeterError):
     """The store file cannot be opened or is not an nnmeter store."""
 
 
+class StoreWriteError(StoreError):
+    """The store could not be read or written (disk full, locked by another writer, read-only, I/O error):
+    the input was fine and the work failed (exit 1). What was committed before is kept."""
+
+    exit_code = EXIT_FAILED
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+# SQLite's primary result codes (the sqlite3 module names them from Python 3.11 on)
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_FULL = 5, 6, 8, 13
+
+
+def _sqlite_errors(method: _F) -> _F:
+    """``method`` with a raw ``sqlite3.OperationalError`` turned into a :class:`StoreWriteError` that says what
+    happened (the CLI prints it as one line, not a traceback)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as err:
+            raise self._failure(err) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
 def hash_file(path: Path) -> str:
     """Content hash of a model file, or of every file of a model folder (SavedModel)."""
     digest = hashlib.sha256()
@@ -263,6 +290,7 @@ class Store:
 
     def __init__(self, path: Path | str, *, timeout: float = 60.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -270,6 +298,10 @@ class Store:
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except sqlite3.OperationalError as err:  # locked, disk full, read-only: the file itself may be fine
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            raise self._failure(err) from err
         except sqlite3.DatabaseError as err:
             raise StoreError(
                 f"{self.path}: not a usable nnmeter store ({err})",
@@ -302,8 +334,12 @@ class Store:
         return int(row[0]) if row else 0
 
     def _migrate(self) -> None:
+        """Bring the store to :data:`SCHEMA_VERSION`. A store that is already there is only read: opening it
+        takes no write lock, so reading commands never wait for a writer (and work on a full disk)."""
+        if self.schema_version == SCHEMA_VERSION:
+            return
         with self._write():
-            version = self.schema_version
+            version = self.schema_version  # again inside the transaction: another process may have migrated it
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path}: store schema version {version} is newer than this nnmeter "
@@ -333,14 +369,55 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: taken at once (IMMEDIATE), committed on exit, rolled back on error."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction: taken at once (IMMEDIATE), committed on exit, rolled back on error.
+
+        SQLite rolls a transaction back by itself on some errors (a full disk: SQLITE_FULL), so it is rolled
+        back here only while one is active; the error raised is the one that happened, as a
+        :class:`StoreWriteError` when it is SQLite's. What earlier transactions committed is never touched.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise self._failure(err) from err
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as err:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that stopped the transaction is the one to report
+            if isinstance(err, sqlite3.OperationalError):
+                raise self._failure(err) from err
             raise
-        self._db.execute("COMMIT")
+
+    def _failure(self, err: sqlite3.OperationalError) -> StoreWriteError:
+        """What a raw SQLite error means for the user, with what to do."""
+        text = str(err)
+        code = getattr(err, "sqlite_errorcode", 0) & 0xFF  # the primary result code (Python >= 3.11 has it)
+        if code == _SQLITE_FULL or "full" in text:
+            return StoreWriteError(
+                f"{self.path}: cannot write the store: disk full ({text}); the write was rolled back, "
+                "everything stored before it is kept",
+                f"free space on the file system of {self.path.parent} (df -h), then run the command again to resume",
+            )
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in text:
+            return StoreWriteError(
+                f"{self.path}: the store stayed locked by another process for {self.timeout:g} s ({text})",
+                "another command is writing to this workspace's store; wait for it to end "
+                "(nnmeter-build status WS shows which), then run the command again",
+            )
+        if code == _SQLITE_READONLY or "readonly" in text or "read-only" in text:
+            return StoreWriteError(
+                f"{self.path}: the store is read-only ({text})",
+                "check the permissions of the store file and of its folder (SQLite writes -wal and -shm files "
+                "beside it)",
+            )
+        return StoreWriteError(
+            f"{self.path}: the store cannot be read or written ({text})",
+            "check the disk and the file's permissions, then run the command again",
+        )
 
     # --- models --------------------------------------------------------------
 
@@ -348,6 +425,7 @@ class Store:
         """Insert ``record``, or add its files to the model already stored under its id; the stored record."""
         return self.add_models([record])[0]
 
+    @_sqlite_errors
     def add_models(self, records: Sequence[ModelRecord]) -> list[ModelRecord]:
         """:meth:`add_model` for many records in one transaction."""
         stored = []
@@ -368,10 +446,12 @@ class Store:
                 stored.append(merged)
         return stored
 
+    @_sqlite_errors
     def get_model(self, model_id: str) -> ModelRecord | None:
         row = self._db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
         return None if row is None else _model(row)
 
+    @_sqlite_errors
     def models(self, kind: str | None = None, name: str | None = None) -> list[ModelRecord]:
         """Stored models, oldest first, optionally of one kind and/or name."""
         where, args = _filters(("kind", kind), ("name", name))
@@ -384,11 +464,13 @@ class Store:
         """Store ``record`` (committed before returning); the record with its row id."""
         return self.add_measurements([record])[0]
 
+    @_sqlite_errors
     def add_measurements(self, records: Sequence[MeasurementRecord]) -> list[MeasurementRecord]:
         """:meth:`add_measurement` for many records in one transaction (their drift factors as given)."""
         with self._write():
             return self._insert(records)
 
+    @_sqlite_errors
     def add_batch(self, records: Sequence[MeasurementRecord], batch: str) -> list[MeasurementRecord]:
         """Store the measurements of one batch (one device, backend and protocol) in one transaction, each with
         the batch's drift factor, decided now from its anchors' measurements among ``records`` and what the store
@@ -478,6 +560,7 @@ class Store:
             )
         return out
 
+    @_sqlite_errors
     def drift_check(self, device: str, backend: str, protocol_key: str) -> drift.DriftCheck:
         """The drift check of everything stored under this setup: the weight the next batch would get."""
         return drift.drift_check(self._repeats(device, backend, protocol_key, before_id=2**62))
@@ -511,6 +594,7 @@ class Store:
             stored.append(dataclasses.replace(rec, id=cur.lastrowid))
         return stored
 
+    @_sqlite_errors
     def latest_measurements(
         self,
         device: str,
@@ -559,6 +643,7 @@ class Store:
             )
         }
 
+    @_sqlite_errors
     def summary(self) -> StoreSummary:
         models = {
             r["kind"]: r["n"]
@@ -606,11 +691,13 @@ class Store:
 
     # --- campaign state ------------------------------------------------------
 
+    @_sqlite_errors
     def get_state(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key`` by :meth:`set_state`, or ``default``."""
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    @_sqlite_errors
     def set_state(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable ``value`` under ``key`` (replacing any earlier one)."""
         with self._write() as db:

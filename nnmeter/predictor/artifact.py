@@ -24,12 +24,24 @@ absent reads as none): what a whole model pays beyond the sum of its standalone
 kernels (see :class:`ModelCorrection`), fitted on the device on calibration
 models.
 
-Loading (:func:`load_artifact`) never executes code from the folder: the
-manifest is read with ``yaml.safe_load``, regressors with
-``np.load(allow_pickle=False)``, and a pickle in place of a regressor is
-refused. It checks the format, every checksum, the feature schema version and
-each kernel's feature names, and says which file is wrong and why. It imports
-neither TensorFlow nor scikit-learn.
+Loading (:func:`load_artifact`) never executes code from the folder and never
+leaves it: the manifest is read with :func:`nnmeter.yamlfile.load_yaml` (no
+aliases, no duplicate keys, at most 1 MB, bounded nesting), regressors as plain
+arrays whose sizes are checked before they are read
+(:mod:`nnmeter.predictor.regressor_format`), and a pickle in place of a regressor
+is refused. Nothing inside the folder may be a symbolic link or anything but a
+folder or a regular file (the folder itself may be reached through a link). It
+checks the format, every checksum, the feature schema version and each kernel's
+feature names, and says which file is wrong and why. It imports neither
+TensorFlow nor scikit-learn.
+
+The checksums in the manifest catch accidents only: whoever changes a file can
+change its checksum too. The *digest* of a predictor is the sha256 of its
+``manifest.yaml`` bytes; as the manifest lists the sha256 of every file the
+predictor reads, and loading verifies them, the digest pins the whole predictor.
+``load_artifact(path, sha256=DIGEST)`` (and ``nnmeter.load_predictor(...,
+sha256=...)``) refuses a predictor whose digest differs; ``nnmeter-build
+package`` prints the digest and ``nnmeter-build predictors`` lists it.
 """
 
 from __future__ import annotations
@@ -37,7 +49,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,7 +62,7 @@ import numpy as np
 import yaml
 
 from nnmeter import __version__, ops
-from nnmeter.errors import NnmeterError
+from nnmeter.errors import ConfigError, NnmeterError
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION, feature_names
 from nnmeter.predictor.regressor_format import (
     RegressorFormatError,
@@ -58,12 +72,20 @@ from nnmeter.predictor.regressor_format import (
     save_ensemble,
 )
 from nnmeter.predictor.rules import FusionRules, load_rules, save_rules
+from nnmeter.yamlfile import MAX_YAML_BYTES, load_yaml
 
 ARTIFACT_FORMAT = "nnmeter-predictor"
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
 RULES_FILE = "fusion_rules.json"
 KERNELS_DIR = "kernels"
+#: The most entries (files and folders) a predictor folder may hold: it has a few dozen.
+MAX_ENTRIES = 10_000
+#: The largest manifest read (one of 39 kernels takes about 50 KB). Listing installed predictors reads every
+#: manifest, and PyYAML's strict loader reads about 150 KB of the worst YAML per second.
+MAX_MANIFEST_BYTES = min(256 << 10, MAX_YAML_BYTES)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ArtifactError(NnmeterError):
@@ -190,6 +212,7 @@ class Manifest:
     model_correction: ModelCorrection | None = None
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
+    digest: str = ""  # sha256 of the manifest.yaml bytes it was read from (not a key of the file)
 
     @property
     def device_id(self) -> str:
@@ -238,6 +261,11 @@ class Artifact:
     def kernels(self) -> frozenset[str]:
         """Names of the kernels this predictor has a regressor for."""
         return frozenset(self.regressors)
+
+    @property
+    def digest(self) -> str:
+        """The predictor's digest: the sha256 of its manifest.yaml, which pins every file (see the module doc)."""
+        return self.manifest.digest
 
     @property
     def invoke_overhead_ms(self) -> float:
@@ -359,73 +387,117 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """The manifest of the predictor folder ``path`` (checked for form, files not verified)."""
+    """The manifest of the predictor folder ``path`` (checked for form, files not verified); every problem is an
+    :class:`ArtifactError` whose message is one line naming the file."""
     folder = Path(path)
     file = folder / MANIFEST
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such predictor folder")
+    if file.is_symlink():
+        raise ArtifactError(f"{file}: is a symbolic link; nothing inside a predictor folder may be one")
     if not file.is_file():
         raise ArtifactError(
             f"{folder}: not a predictor folder (no {MANIFEST})", "make one with `nnmeter-build package WS -o DIR`"
         )
     try:
-        data = yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ArtifactError(f"{file}: damaged manifest ({_first_line(err)})") from None
+        with open(file, "rb", opener=_no_follow) as fh:
+            text = fh.read(MAX_MANIFEST_BYTES + 1)  # a huge file is not read whole
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ArtifactError(
+                f"{file}: damaged manifest: more than the {MAX_MANIFEST_BYTES:,} bytes a manifest may have"
+            )
+        data = load_yaml(text, str(file))
+    except ConfigError as err:
+        problem = err.message[len(f"{file}: ") :] if err.message.startswith(f"{file}: ") else err.message
+        raise ArtifactError(f"{file}: damaged manifest: {_first_line(ValueError(problem))}") from None
+    except OSError as err:
+        raise ArtifactError(f"{file}: cannot read the manifest ({err.strerror or err})") from None
     if not isinstance(data, Mapping) or data.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(
             f"{file}: not an nnmeter predictor manifest (format is "
-            f"{data.get('format') if isinstance(data, Mapping) else None!r}, "
+            f"{_short(data.get('format')) if isinstance(data, Mapping) else None!r}, "
             f"expected {ARTIFACT_FORMAT!r})"
         )
     if data.get("format_version") != ARTIFACT_FORMAT_VERSION:
         raise ArtifactError(
-            f"{file}: predictor format version {data.get('format_version')!r} is not supported "
+            f"{file}: predictor format version {_short(data.get('format_version'))} is not supported "
             f"(this nnmeter reads version {ARTIFACT_FORMAT_VERSION})",
             "upgrade nnmeter",
         )
     try:
         kernels = {
-            str(k): KernelEntry(
-                str(k),
-                str(e["file"]),
-                str(e.get("regressor", "")),
-                tuple(str(f) for f in e["features"]),
-                int(e.get("samples", 0)),
-                dict(e.get("metrics") or {}),
+            _text(k, "kernels"): KernelEntry(
+                _text(k, "kernels"),
+                _text(e["file"], f"kernels: {k}: file"),
+                _text(e.get("regressor", ""), f"kernels: {k}: regressor"),
+                tuple(_text(f, f"kernels: {k}: features") for f in _sequence(e["features"], f"kernels: {k}: features")),
+                _integer(e.get("samples", 0), f"kernels: {k}: samples"),
+                dict(_mapping(e.get("metrics") or {}, f"kernels: {k}: metrics")),
             )
-            for k, e in data["kernels"].items()
+            for k, e in _mapping(data["kernels"], "kernels").items()
         }
+        files = {_text(k, "files"): _text(v, f"files: {k}") for k, v in _mapping(data["files"], "files").items()}
+        bad = next((k for k, v in files.items() if not _SHA256.fullmatch(v)), None)
+        if bad is not None:
+            raise ValueError(f"files: {bad}: {_short(files[bad])} is not a sha256 (64 hexadecimal digits)")
         return Manifest(
-            name=str(data["name"]),
-            version=str(data["version"]),
-            device=dict(data.get("device") or {}),
-            backend=str(data.get("backend", "")),
-            protocol=dict(data.get("protocol") or {}),
+            name=_text(data["name"], "name"),
+            version=_text(data["version"], "version"),
+            device=dict(_mapping(data.get("device") or {}, "device")),
+            backend=_text(data.get("backend", ""), "backend"),
+            protocol=dict(_mapping(data.get("protocol") or {}, "protocol")),
             kernels=kernels,
-            files={str(k): str(v) for k, v in data["files"].items()},
-            feature_schema_version=int(data["feature_schema_version"]),
-            libraries={str(k): str(v) for k, v in (data.get("libraries") or {}).items()},
+            files=files,
+            feature_schema_version=_integer(data["feature_schema_version"], "feature_schema_version"),
+            libraries={str(k): str(v) for k, v in _mapping(data.get("libraries") or {}, "libraries").items()},
             created=str(data.get("created", "")),
             description=str(data.get("description", "")),
-            rules=str(data.get("rules", RULES_FILE)),
-            invoke_overhead_ms=float(data.get("invoke_overhead_ms") or 0.0),
+            rules=_text(data.get("rules", RULES_FILE), "rules"),
+            invoke_overhead_ms=_nonnegative(data.get("invoke_overhead_ms") or 0.0, "invoke_overhead_ms"),
             # ``memory_correction``: the weight term alone, as artifacts before the factor wrote it
             model_correction=(
-                ModelCorrection.from_dict(correction)
+                ModelCorrection.from_dict(_mapping(correction, "model_correction"))
                 if (correction := data.get("model_correction") or data.get("memory_correction"))
                 else None
             ),
+            digest=hashlib.sha256(text).hexdigest(),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ArtifactError(f"{file}: damaged manifest (missing or bad key: {_first_line(err)})") from None
+    except KeyError as err:
+        raise ArtifactError(f"{file}: damaged manifest (missing key {_short(err.args[0])})") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise ArtifactError(f"{file}: damaged manifest (bad key: {_first_line(err)})") from None
 
 
-def load_artifact(path: str | os.PathLike) -> Artifact:
-    """Load and verify the predictor folder at ``path``; :class:`ArtifactError` says what is wrong."""
+def artifact_digest(path: str | os.PathLike) -> str:
+    """The digest of the predictor folder ``path``: the sha256 of its manifest.yaml (see the module doc)."""
+    return read_manifest(path).digest
+
+
+def normalize_digest(sha256: str) -> str:
+    """A digest as given by a user (any case, around spaces, an optional ``sha256:``) as 64 lower-case hex digits;
+    ArtifactError when it is not one."""
+    text = str(sha256).strip().lower()
+    text = text[len("sha256:") :] if text.startswith("sha256:") else text
+    if not _SHA256.fullmatch(text):
+        raise ArtifactError(f"{_short(sha256)} is not a sha256 digest (64 hexadecimal digits)")
+    return text
+
+
+def load_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifact:
+    """Load and verify the predictor folder at ``path``; :class:`ArtifactError` says what is wrong.
+
+    ``sha256``: the digest the predictor must have (see the module doc); a predictor whose manifest has another is
+    refused before any other file of it is read."""
     folder = Path(path)
+    pinned = normalize_digest(sha256) if sha256 is not None else None
     manifest = read_manifest(folder)
+    if pinned is not None and manifest.digest != pinned:
+        raise ArtifactError(
+            f"{folder}: predictor digest {manifest.digest} is not the expected {pinned}",
+            "the predictor is not the one that digest was taken of: get it again from its source",
+        )
     where = folder / MANIFEST
+    check_regular_tree(folder)
     if manifest.feature_schema_version != FEATURE_SCHEMA_VERSION:
         raise ArtifactError(
             f"{folder}: predictor built with feature schema version {manifest.feature_schema_version}, "
@@ -436,16 +508,16 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     referenced = {manifest.rules, *(e.file for e in manifest.kernels.values())}
     unlisted = sorted(referenced - set(manifest.files))
     if unlisted:
-        raise ArtifactError(f"{where}: files has no checksum for {', '.join(unlisted)}")
+        raise ArtifactError(f"{where}: files has no checksum for {', '.join(_short(u) for u in unlisted[:5])}")
     for kernel, entry in manifest.kernels.items():
         if kernel not in ops.KERNELS:
             raise ArtifactError(
-                f"{where}: kernel {kernel!r} is unknown to this nnmeter; known: {', '.join(ops.KERNELS)}",
+                f"{where}: kernel {_short(kernel)} is unknown to this nnmeter; known: {', '.join(ops.KERNELS)}",
                 "upgrade nnmeter",
             )
         if entry.features != feature_names(kernel):
             raise ArtifactError(
-                f"{where}: kernel {kernel} lists features {', '.join(entry.features)}; "
+                f"{where}: kernel {kernel} lists features {_short(', '.join(entry.features))}; "
                 f"this nnmeter computes {', '.join(feature_names(kernel))}",
                 "package the predictor again from its workspace",
             )
@@ -456,7 +528,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     for rel, expected in manifest.files.items():
         file = _inside(folder, rel)
         if not file.is_file():
-            raise ArtifactError(f"{folder}: {rel} is missing (the manifest lists it)")
+            raise ArtifactError(f"{folder}: {_short(rel)} is missing (the manifest lists it)")
         if sha256_file(file) != expected:
             raise ArtifactError(
                 f"{file}: damaged or changed since packaging (sha256 differs from the manifest)",
@@ -476,13 +548,95 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     return Artifact(path=folder, manifest=manifest, rules=rules, regressors=regressors)
 
 
+def check_regular_tree(folder: Path) -> list[Path]:
+    """The entries of ``folder``, at any depth, folders first; ArtifactError when one is a symbolic link or
+    anything but a folder or a regular file, or when there are more than :data:`MAX_ENTRIES`. ``folder``
+    itself may be reached through a link."""
+    entries: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                children = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            raise ArtifactError(f"{current}: cannot list the predictor folder ({err.strerror or err})") from None
+        for entry in children:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                raise ArtifactError(
+                    f"{path}: is a symbolic link; nothing inside a predictor folder may be one",
+                    "copy the file it points to in its place",
+                )
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise ArtifactError(f"{path}: is not a regular file or a folder; a predictor folder holds only those")
+            entries.append(path)
+            if len(entries) > MAX_ENTRIES:
+                raise ArtifactError(f"{folder}: holds more than {MAX_ENTRIES:,} files and folders: not a predictor")
+            if stat.S_ISDIR(mode):
+                pending.append(path)
+    return entries
+
+
 def _inside(folder: Path, rel: str) -> Path:
     """``folder / rel``, refusing paths that leave the folder (a manifest cannot point elsewhere)."""
     pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise ArtifactError(f"{folder / MANIFEST}: file path {rel!r} points outside the predictor folder")
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\\" in rel or _CONTROL.search(rel):
+        raise ArtifactError(f"{folder / MANIFEST}: file path {_short(rel)} points outside the predictor folder")
     return folder.joinpath(*pure.parts)
 
 
+def _no_follow(path: str, flags: int) -> int:
+    """An ``open`` opener that refuses a symbolic link (where the system can tell)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def _text(value: Any, what: str) -> str:
+    """A name, version or path of the manifest: a string (or a number, as YAML reads ``1.0``) of one line."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"{what}: {_short(value)} is not a text")
+    text = str(value)
+    if _CONTROL.search(text):
+        raise ValueError(f"{what}: {_short(text)} holds control characters")
+    return text
+
+
+def _nonnegative(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{what}: {_short(value)} is not a finite number >= 0")
+    return float(value)
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}: {_short(value)} is not an integer")
+    return value
+
+
+def _mapping(value: Any, what: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what}: {_short(value)} is not a mapping")
+    return value
+
+
+def _sequence(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what}: {_short(value)} is not a list")
+    return value
+
+
+def _short(value: Any) -> str:
+    """``value`` for a one-line message: control characters as spaces, at most 80 characters."""
+    try:
+        text = repr(value) if not isinstance(value, str) else value
+    except ValueError:  # an integer of more digits than Python prints
+        text = "a huge integer"
+    text = _CONTROL.sub(" ", text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:297] + "..."

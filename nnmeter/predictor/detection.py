@@ -32,6 +32,7 @@ Identity, Const, Dropout and input placeholders.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Collection, Iterable
@@ -198,6 +199,11 @@ def _config(kernel: str, node: Node) -> tuple[dict[str, object], str]:
         raise ValueError(f"node {node.name} ({node.op}) has no input shape")
     shape = node.input_shapes[0]
     out = node.output_shapes[0] if node.output_shapes else shape
+    for dims in (*node.input_shapes, out):
+        if any(d <= 0 for d in dims):  # unknown (-1) or empty: no config a regressor can take
+            raise ValueError(
+                f"node {node.name} ({node.op}) has the shape {dims}, with a dimension that is not positive"
+            )
     keys = ops.kernel_type(kernel).keys
     config: dict[str, object] = {}
     stand_in = ""
@@ -284,9 +290,17 @@ def _crop_twin(node: Node, shape: list[int], out: list[int]) -> tuple[int, str]:
 
 
 def _pair(node: Node, attr: str) -> tuple[int, int]:
+    """The node's ``attr`` as two positive integers (an int stands for both); ValueError when it is not that."""
     value = node.attrs.get(attr, 1)
-    pair = [value, value] if isinstance(value, int) else list(value)
+    pair = [value, value] if _positive_int(value) else list(value) if isinstance(value, (list, tuple)) else []
+    if len(pair) < 2 or not (_positive_int(pair[0]) and _positive_int(pair[1])):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"node {node.name}: {attr} {shown} is not a pair of positive integers")
     return int(pair[0]), int(pair[1])
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0
 
 
 def _square(node: Node, attr: str) -> int:

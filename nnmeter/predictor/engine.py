@@ -250,17 +250,28 @@ class Predictor:
         )
 
 
-def load_predictor(name_or_path: str | os.PathLike | KernelModel) -> Predictor:
+def load_predictor(name_or_path: str | os.PathLike | KernelModel, sha256: str | None = None) -> Predictor:
     """A :class:`Predictor` from an installed predictor name (``name`` or ``name@version``), a predictor
-    folder, or an already loaded artifact."""
+    folder, or an already loaded artifact.
+
+    ``sha256``: the predictor's digest (the sha256 of its manifest.yaml, as ``nnmeter-build predictors`` and
+    ``package`` show it), to pin exactly which predictor is used: one whose digest differs is refused with an
+    :class:`~nnmeter.predictor.artifact.ArtifactError` naming both."""
     # a str or a path never has predict and rules: the isinstance test only narrows the type
     if (
         hasattr(name_or_path, "predict")
         and hasattr(name_or_path, "rules")
         and not isinstance(name_or_path, (str, os.PathLike))
     ):
+        if sha256 is not None:
+            from nnmeter.predictor.artifact import ArtifactError, normalize_digest
+
+            digest, expected = getattr(name_or_path, "digest", ""), normalize_digest(sha256)
+            if digest != expected:
+                where = getattr(name_or_path, "path", "predictor")
+                raise ArtifactError(f"{where}: predictor digest {digest or '(none)'} is not the expected {expected}")
         return Predictor(name_or_path)
     from nnmeter.predictor.artifact import load_artifact
     from nnmeter.predictor.registry import find_predictor
 
-    return Predictor(load_artifact(find_predictor(name_or_path)))
+    return Predictor(load_artifact(find_predictor(name_or_path), sha256=sha256))

@@ -20,6 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +30,32 @@ from nnmeter.errors import ModelFileError
 
 #: Version of the IR JSON written by :meth:`Graph.to_dict`.
 IR_FORMAT_VERSION = 1
+#: The largest dimension and rank of a tensor a model may have (runtimes index tensors with 32-bit integers);
+#: a dimension may be -1 (unknown) in a node's shapes.
+MAX_DIM = 2**31 - 1
+MAX_RANK = 32
+
+
+def check_shape(shape: Any, what: str) -> list[int]:
+    """``shape`` as a list of ints if it is a list of at most :data:`MAX_RANK` integers in -1..:data:`MAX_DIM`;
+    ValueError saying ``what`` is wrong otherwise (a string, a bool, a float or a huge number is not a dimension)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise ValueError(f"{what}: {_show(shape)} is not a list of dimensions")
+    dims = list(shape)
+    if len(dims) > MAX_RANK:
+        raise ValueError(f"{what}: {len(dims)} dimensions, more than {MAX_RANK}")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not -1 <= int(d) <= MAX_DIM:
+            raise ValueError(f"{what}: {_show(d)} in {_show(dims)} is not a dimension (an integer in -1..{MAX_DIM})")
+    return [int(d) for d in dims]
+
+
+def _show(value: Any) -> str:
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an integer of more digits than Python prints
+        return "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -121,30 +148,60 @@ class Graph:
                 f"this nnmeter reads version {IR_FORMAT_VERSION}"
             )
         try:
+            inputs = _typed(data["inputs"], dict, "inputs")
             graph = cls(
-                name=str(data["name"]),
-                inputs={k: list(v) for k, v in data["inputs"].items()},
-                outputs=list(data.get("outputs", [])),
+                name=_typed(data["name"], str, "name"),
+                inputs={check_name(k, "input"): check_shape(v, f"input {_show(k)}") for k, v in inputs.items()},
+                outputs=[_typed(o, str, "outputs") for o in _typed(data.get("outputs", []), list, "outputs")],
             )
-            for item in data["nodes"]:
+            for item in _typed(data["nodes"], list, "nodes"):
+                item = _typed(item, dict, "a node")
+                name = check_name(item["name"], "node name")
+                where = f"node {_show(name)}"
                 graph.add(
                     Node(
-                        name=item["name"],
-                        op=item["op"],
-                        inputs=list(item["inputs"]),
-                        input_shapes=[list(s) for s in item["input_shapes"]],
-                        output_shapes=[list(s) for s in item["output_shapes"]],
-                        attrs=dict(item.get("attrs", {})),
+                        name=name,
+                        op=_typed(item["op"], str, f"{where}: op"),
+                        inputs=[check_name(i, f"{where}: input") for i in _typed(item["inputs"], list, where)],
+                        input_shapes=[
+                            check_shape(s, f"{where}: input_shapes")
+                            for s in _typed(item["input_shapes"], list, f"{where}: input_shapes")
+                        ],
+                        output_shapes=[
+                            check_shape(s, f"{where}: output_shapes")
+                            for s in _typed(item["output_shapes"], list, f"{where}: output_shapes")
+                        ],
+                        attrs=dict(_typed(item.get("attrs", {}), dict, f"{where}: attrs")),
                     )
                 )
             return graph.check()
-        except (KeyError, TypeError, AttributeError, ValueError) as err:
-            raise ModelFileError(f"{source}: malformed nnmeter IR graph: {err}") from None
+        except KeyError as err:
+            raise ModelFileError(f"{source}: malformed nnmeter IR graph: no key {_show(err.args[0])}") from None
+        except (TypeError, AttributeError, ValueError) as err:
+            raise ModelFileError(f"{source}: malformed nnmeter IR graph: {_show_error(err)}") from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if it is a string of one line (messages name nodes); ValueError otherwise."""
+    if not isinstance(name, str) or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"{what} {_show(name)} is not a name (a string without control characters)")
+    return name
+
+
+def _typed(value: Any, kind: type, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"{what}: {_show(value)} is not a {kind.__name__}")
+    return value
+
+
+def _show_error(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 #: Framework op names (lower case) of a division: TFLite and ONNX, TensorFlow, Keras.
@@ -183,6 +240,12 @@ class GraphBuilder:
         self._alias: dict[str, str] = {}
 
     def input(self, name: str, shape: Iterable[int | None]) -> None:
+        try:
+            shape = list(shape)
+            check_name(name, "input")
+            check_shape([-1 if d is None else d for d in shape], f"input {name!r}")
+        except (ValueError, TypeError) as err:
+            raise ModelFileError(f"{self.source}: {err}") from None
         dims = [1 if i == 0 and d in (None, -1, 0) else d for i, d in enumerate(shape)]
         sizes = [d for d in dims if d is not None and d > 0]
         if len(sizes) != len(dims):
@@ -212,16 +275,18 @@ class GraphBuilder:
         output_shapes: Iterable[Iterable[int]],
         **attrs: Any,
     ) -> Node:
-        return self.graph.add(
-            Node(
-                name=name,
-                op=op,
+        try:
+            node = Node(
+                name=check_name(name, "node"),
+                op=check_name(op, f"node {_show(name)}: op"),
                 inputs=[self.resolve(i) for i in inputs],
-                input_shapes=[[int(d) for d in s] for s in input_shapes],
-                output_shapes=[[int(d) for d in s] for s in output_shapes],
+                input_shapes=[check_shape(s, f"node {_show(name)}: an input shape") for s in input_shapes],
+                output_shapes=[check_shape(s, f"node {_show(name)}: an output shape") for s in output_shapes],
                 attrs=attrs,
             )
-        )
+            return self.graph.add(node)
+        except ValueError as err:  # a bad shape, or a name given twice
+            raise ModelFileError(f"{self.source}: {_show_error(err)}") from None
 
     def finish(self, outputs: Iterable[str]) -> Graph:
         from nnmeter.predictor.patterns import recognise

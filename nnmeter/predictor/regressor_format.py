@@ -43,13 +43,27 @@ Prediction for a feature matrix ``X`` (one row per kernel config):
    ``mr * nr * k`` multiply-adds (the half-width micro-kernel takes a wide tile's time).
 
 The result is a latency in milliseconds.
+
+Reading a file (:func:`load_ensemble`) is bounded and never runs code: each member's ``.npy`` header is read
+first from the zip member, and its dtype (plain numbers; unicode for ``header``), shape and size are checked
+against what the file's own header and ``tree_offsets`` say (one value per node, at most :data:`MAX_NODES`
+nodes in at most :data:`MAX_TREES` trees) and against the member's declared uncompressed size before a byte
+of its data is read; only stored or deflated members are read. The JSON header is at most
+:data:`MAX_HEADER_CHARS` characters nested at most :data:`MAX_HEADER_NESTING` deep. Every tree must be a
+tree: children after their parent within the tree, each node the child of exactly one other but the root,
+features in range (-2 at leaves), finite thresholds and values, depth at most :data:`MAX_TREE_DEPTH`; the
+walk uses the depth computed from the trees (the header's ``max_depth`` may not be less).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -64,6 +78,18 @@ TARGETS = ("identity", "log")
 _ARRAYS = ("tree_offsets", "feature", "threshold", "children_left", "children_right", "value")
 _PICKLE_PROTOCOL_BYTE = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
+
+#: Bounds on what a regressor file may hold (a packaged ensemble has a few hundred trees of a few
+#: thousand nodes at most, 30 to 100 levels deep, and about 30 features).
+MAX_FILE_BYTES = 1 << 30
+MAX_TREES = 1 << 14
+MAX_NODES = 1 << 24
+MAX_TREE_DEPTH = 256
+MAX_FEATURES = 1 << 12
+MAX_HEADER_CHARS = 1 << 16
+MAX_HEADER_NESTING = 8
+_MAX_TILE = 1 << 16
+_NPY_HEADER_BYTES = 4096  # the .npy header of a member (numpy writes about 128 bytes)
 
 
 class RegressorFormatError(ValueError):
@@ -104,24 +130,66 @@ class LinearBase:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LinearBase:
-        mr, nr = (int(v) for v in data["tile"])
-        a, b = (float(v) for v in data["tile_coef"])
-        half = int(data["half_tile_column"])
-        if mr < 1 or nr < 1 or len(data["gemm_columns"]) not in (0, 3) or half < -1:
+    def from_dict(cls, data: Mapping[str, Any], n_features: int | None = None) -> LinearBase:
+        """The base a header describes; ValueError when a value has the wrong type, is not finite, or (given
+        ``n_features``) a column is out of range."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"base is a {type(data).__name__}, not a mapping")
+        columns = tuple(_int(c, "base columns") for c in _list(data["columns"], "base columns"))
+        coef = tuple(_finite(c, "base coef") for c in _list(data["coef"], "base coef"))
+        gemm = tuple(_int(c, "base gemm_columns") for c in _list(data["gemm_columns"], "base gemm_columns"))
+        tile = tuple(_int(v, "base tile") for v in _list(data["tile"], "base tile"))
+        tile_coef = tuple(_finite(v, "base tile_coef") for v in _list(data["tile_coef"], "base tile_coef"))
+        half = _int(data["half_tile_column"], "base half_tile_column")
+        if len(coef) != len(columns):
+            raise ValueError(f"base: {len(columns)} columns but {len(coef)} coefficients")
+        if len(tile) != 2 or len(tile_coef) != 2:
+            raise ValueError(f"base: tile {list(tile)} and tile_coef {list(tile_coef)} must have two values each")
+        mr, nr = tile
+        if not (1 <= mr <= _MAX_TILE and 1 <= nr <= _MAX_TILE) or len(gemm) not in (0, 3) or half < -1:
             raise ValueError(
-                f"base: tile {[mr, nr]}, gemm_columns {data['gemm_columns']} or half_tile_column {half} is not valid"
+                f"base: tile {[mr, nr]}, gemm_columns {list(gemm)} or half_tile_column {half} is not valid"
             )
+        if n_features is not None:
+            bad = [c for c in (*columns, *gemm) if not 0 <= c < n_features]
+            if bad or half >= n_features:
+                raise ValueError(f"base: column {(bad or [half])[0]} is out of range for {n_features} features")
         return cls(
-            tuple(int(c) for c in data["columns"]),
-            tuple(float(c) for c in data["coef"]),
-            float(data["intercept"]),
-            float(data["floor"]),
-            tuple(int(c) for c in data["gemm_columns"]),
+            columns,
+            coef,
+            _finite(data["intercept"], "base intercept"),
+            _finite(data["floor"], "base floor"),
+            gemm,
             (mr, nr),
-            (a, b),
+            (tile_coef[0], tile_coef[1]),
             half,
         )
+
+
+def _int(value: Any, what: str) -> int:
+    """``value`` if it is an integer (a bool or a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what}: {value!r} is not an integer")
+    return int(value)
+
+
+def _finite(value: Any, what: str) -> float:
+    """``value`` as a float if it is a finite number (a bool or a string is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what}: {value!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{what}: {value!r} is not finite")
+    return number
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what}: {value!r} is not a list")
+    return list(value)
 
 
 def gemm_tile_terms(
@@ -172,7 +240,7 @@ class TreeEnsemble:
             raise RegressorFormatError(f"target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.max_depth < 0:
             object.__setattr__(
-                self, "max_depth", _max_depth(self.tree_offsets, self.children_left, self.children_right)
+                self, "max_depth", tree_depth(self.tree_offsets, self.children_left, self.children_right)
             )
 
     @property
@@ -334,77 +402,295 @@ def check_not_pickle(path: str | Path) -> None:
 
 
 def load_ensemble(path: str | Path) -> TreeEnsemble:
-    """Read a regressor file; a pickle, a foreign file or a damaged one raises :class:`RegressorFormatError`."""
+    """Read a regressor file; a pickle, a foreign file, a damaged one or one out of bounds (see the module doc)
+    raises :class:`RegressorFormatError` naming the file, before anything big is read."""
     path = Path(path)
     check_not_pickle(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [n for n in ("header", *_ARRAYS) if n not in npz.files]
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise RegressorFormatError(
+                f"{path}: {size:,} bytes, more than a regressor file may have ({MAX_FILE_BYTES:,})"
+            )
+        _check_zip_directory(path, size)
+        with zipfile.ZipFile(path) as archive:
+            missing = [n for n in ("header", *_ARRAYS) if f"{n}.npy" not in archive.NameToInfo]
             if missing:
                 raise RegressorFormatError(f"{path}: is not an {FORMAT} file; missing arrays {', '.join(missing)}")
-            header = json.loads(str(npz["header"]))
-            arrays = {n: npz[n] for n in _ARRAYS}
+            members = _Members(path, archive)
+            header = _parse_header(path, members.read("header", "U", shape=()).item())
+            fields = _header_fields(path, header)
+            offsets = members.read("tree_offsets", "iu", max_length=MAX_TREES + 1).astype(np.int64)
+            n_nodes = _check_offsets(path, offsets)
+            arrays = {"tree_offsets": offsets}
+            for name in _ARRAYS[1:]:
+                kinds = "f" if name in ("threshold", "value") else "iu"
+                arrays[name] = members.read(name, kinds, shape=(n_nodes,))
     except RegressorFormatError:
         raise
-    except ValueError as err:  # numpy refuses object arrays (they need pickle) with a ValueError
-        raise RegressorFormatError(f"{path}: refused: {err}") from None
-    except (OSError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as err:
-        raise RegressorFormatError(f"{path}: damaged regressor file ({err})") from None
-    if header.get("format") != FORMAT:
-        raise RegressorFormatError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}")
-    if header.get("format_version") != FORMAT_VERSION:
+    except (
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        struct.error,
+        ValueError,
+        TypeError,
+        NotImplementedError,
+        RuntimeError,
+        OverflowError,
+    ) as err:
+        raise RegressorFormatError(f"{path}: damaged regressor file ({_one_line(err)})") from None
+    depth = _check_trees(path, arrays, fields["n_features"])
+    if fields["max_depth"] < depth:
         raise RegressorFormatError(
-            f"{path}: {FORMAT} version {header.get('format_version')} is not supported "
-            f"(this nnmeter reads version {FORMAT_VERSION})"
+            f"{path}: damaged regressor file "
+            f"(header max_depth {fields['max_depth']} is less than the trees' depth {depth})"
         )
-    _check_arrays(path, arrays)
     try:
         return TreeEnsemble(
-            **arrays,
-            n_features=int(header["n_features"]),
-            aggregation=header["aggregation"],
-            scale=float(header["scale"]),
-            offset=float(header["offset"]),
-            target=header["target"],
-            base=LinearBase.from_dict(header["base"]) if header.get("base") else None,
-            regressor=str(header.get("regressor", "")),
-            max_depth=int(header["max_depth"]),
+            tree_offsets=arrays["tree_offsets"],
+            feature=arrays["feature"].astype(np.int32),
+            threshold=arrays["threshold"].astype(np.float64),
+            children_left=arrays["children_left"].astype(np.int32),
+            children_right=arrays["children_right"].astype(np.int32),
+            value=arrays["value"].astype(np.float64),
+            **{**fields, "max_depth": depth},
         )
-    except (KeyError, TypeError, ValueError) as err:
-        raise RegressorFormatError(f"{path}: bad header ({err})") from None
+    except ValueError as err:
+        raise RegressorFormatError(f"{path}: bad header ({_one_line(err)})") from None
 
 
-def _check_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Shapes and index ranges, so that a damaged file fails here and not with an IndexError later."""
-    offsets = arrays["tree_offsets"]
-    n = len(arrays["feature"])
-    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 1):
-        raise RegressorFormatError(f"{path}: damaged regressor file (bad tree_offsets)")
-    for name in _ARRAYS[1:]:
-        if arrays[name].shape != (n,):
+def _check_zip_directory(path: Path, size: int) -> None:
+    """Refuse a zip whose central directory (which :class:`zipfile.ZipFile` reads whole) is bigger than a regressor
+    file's: more than :data:`_MAX_MEMBERS` members, more than 64 KB, or in zip64 form. Found as zipfile finds it."""
+    tail_bytes = min(size, _EOCD_SIZE + 0xFFFF)
+    with path.open("rb") as fh:
+        fh.seek(size - tail_bytes)
+        tail = fh.read(tail_bytes)
+    if tail[-_EOCD_SIZE:][:4] == _EOCD_MAGIC and tail[-2:] == b"\x00\x00":
+        at = len(tail) - _EOCD_SIZE
+    else:
+        at = tail.rfind(_EOCD_MAGIC)
+    if at < 0 or len(tail) - at < _EOCD_SIZE:
+        raise RegressorFormatError(f"{path}: damaged regressor file (no zip directory: truncated?)")
+    members, directory_bytes = (
+        struct.unpack("<H", tail[at + 10 : at + 12])[0],
+        struct.unpack("<L", tail[at + 12 : at + 16])[0],
+    )
+    if members > _MAX_MEMBERS or directory_bytes > 1 << 16 or tail[max(at - 20, 0) : at - 16] == b"PK\x06\x07":
+        raise RegressorFormatError(
+            f"{path}: damaged regressor file (a zip directory of {members} members and {directory_bytes:,} bytes; "
+            f"a regressor file has {len(_ARRAYS) + 1})"
+        )
+
+
+_EOCD_MAGIC = b"PK\x05\x06"
+_EOCD_SIZE = 22
+_MAX_MEMBERS = 64
+
+
+class _Members:
+    """The ``.npy`` members of an ``.npz``, each read only after its header says it is what is expected."""
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile) -> None:
+        self.path = path
+        self.archive = archive
+
+    def read(self, name: str, kinds: str, *, shape: tuple[int, ...] | None = None, max_length: int = 0) -> np.ndarray:
+        """Member ``name``: of a dtype of one of ``kinds`` ("U" unicode, "i" "u" integers, "f" floats) and
+        either of ``shape`` or one-dimensional of 1 to ``max_length`` values."""
+        where = f"{self.path}: damaged regressor file ({name}"
+        info = self.archive.getinfo(f"{name}.npy")
+        if info.flag_bits & 0x1:
+            raise RegressorFormatError(f"{where} is encrypted)")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise RegressorFormatError(f"{where} is compressed with method {info.compress_type}, not deflate)")
+        limit = _NPY_HEADER_BYTES + (4 * MAX_HEADER_CHARS if kinds == "U" else 8 * MAX_NODES)
+        if info.file_size > limit:
             raise RegressorFormatError(
-                f"{path}: damaged regressor file ({name} has shape {arrays[name].shape}, expected ({n},))"
+                f"{where} declares {info.file_size:,} bytes uncompressed, more than the {limit:,} it may have)"
             )
-    sizes = np.repeat(np.diff(offsets), np.diff(offsets))
-    for name in ("children_left", "children_right"):
-        c = arrays[name]
-        if np.any((c != -1) & ((c < 0) | (c >= sizes))):
-            raise RegressorFormatError(f"{path}: damaged regressor file ({name} points outside its tree)")
-    if not np.all(np.isfinite(arrays["value"])):
-        raise RegressorFormatError(f"{path}: damaged regressor file (non-finite leaf values)")
+        with self.archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                declared, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_HEADER_BYTES)
+            elif version == (2, 0):
+                declared, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_HEADER_BYTES)
+            else:
+                raise RegressorFormatError(f"{where} is .npy version {version}, not 1.0 or 2.0)")
+            if dtype.hasobject:
+                raise RegressorFormatError(
+                    f"{self.path}: refused: {name} is an array of Python objects (reading it would unpickle)"
+                )
+            if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in kinds:
+                raise RegressorFormatError(f"{where} has dtype {dtype.str}, expected {_KIND_NAMES[kinds]})")
+            if kinds != "U" and (dtype.itemsize > 8 or (dtype.kind == "u" and dtype.itemsize > 4)):
+                raise RegressorFormatError(f"{where} has dtype {dtype.str}, expected {_KIND_NAMES[kinds]})")
+            if shape is not None and declared != shape:
+                raise RegressorFormatError(f"{where} has shape {declared}, expected {shape})")
+            if shape is None and (len(declared) != 1 or not 1 <= declared[0] <= max_length):
+                raise RegressorFormatError(f"{where} has shape {declared}, expected (1..{max_length},))")
+            count = math.prod(declared)
+            nbytes = count * dtype.itemsize
+            if info.file_size != fh.tell() + nbytes:
+                raise RegressorFormatError(
+                    f"{where} declares {info.file_size:,} bytes uncompressed, its array takes {fh.tell() + nbytes:,})"
+                )
+            data = fh.read(nbytes)
+        if len(data) != nbytes:
+            raise RegressorFormatError(f"{where} is truncated)")
+        array = np.frombuffer(data, dtype=dtype, count=count).reshape(declared)
+        return array.astype(dtype.newbyteorder("="), copy=False) if kinds != "U" else array
 
 
-def _max_depth(offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> int:
-    """Depth of the deepest leaf over all trees (edges from the root)."""
-    depth = np.zeros(len(left), dtype=np.int64)
-    deepest = 0
-    for t in range(len(offsets) - 1):
-        lo, hi = int(offsets[t]), int(offsets[t + 1])
-        for i in range(lo, hi):  # children come after their parent in scikit-learn's node order
-            if left[i] >= 0:
-                depth[lo + left[i]] = depth[lo + right[i]] = depth[i] + 1
-        deepest = max(deepest, int(depth[lo:hi].max()))
-    return deepest
+_KIND_NAMES = {"U": "a unicode string", "iu": "integers of at most 64 bits", "f": "floats of at most 64 bits"}
+
+
+def _parse_header(path: Path, text: Any) -> dict[str, Any]:
+    """The JSON header, bounded in size and nesting, without NaN or infinities."""
+    if not isinstance(text, str) or len(text) > MAX_HEADER_CHARS:
+        raise RegressorFormatError(
+            f"{path}: damaged regressor file (header is not a JSON text of at most {MAX_HEADER_CHARS:,} characters)"
+        )
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', "", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_HEADER_NESTING:
+        raise RegressorFormatError(
+            f"{path}: damaged regressor file (header nested deeper than {MAX_HEADER_NESTING} levels)"
+        )
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a number a header may hold")
+
+    try:
+        header = json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError) as err:
+        raise RegressorFormatError(f"{path}: damaged regressor file (header: {_one_line(err)})") from None
+    if not isinstance(header, dict):
+        raise RegressorFormatError(
+            f"{path}: damaged regressor file (header is a {type(header).__name__}, not an object)"
+        )
+    if header.get("format") != FORMAT:
+        raise RegressorFormatError(f"{path}: format {_short(header.get('format'))} is not {FORMAT!r}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise RegressorFormatError(
+            f"{path}: {FORMAT} version {_short(header.get('format_version'))} is not supported "
+            f"(this nnmeter reads version {FORMAT_VERSION})"
+        )
+    return header
+
+
+def _header_fields(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The header's values as :class:`TreeEnsemble` takes them, each checked for type and range."""
+    try:
+        n_features = _int(header["n_features"], "n_features")
+        if not 1 <= n_features <= MAX_FEATURES:
+            raise ValueError(f"n_features {n_features} is not in 1..{MAX_FEATURES}")
+        max_depth = _int(header["max_depth"], "max_depth")
+        if not 0 <= max_depth <= MAX_TREE_DEPTH:
+            raise ValueError(f"max_depth {max_depth} is not in 0..{MAX_TREE_DEPTH}")
+        aggregation, target = header["aggregation"], header["target"]
+        if aggregation not in AGGREGATIONS or target not in TARGETS:
+            raise ValueError(
+                f"aggregation {_short(aggregation)} or target {_short(target)} is not one of "
+                f"{', '.join(AGGREGATIONS)} / {', '.join(TARGETS)}"
+            )
+        base = header.get("base")
+        return {
+            "n_features": n_features,
+            "aggregation": aggregation,
+            "scale": _finite(header["scale"], "scale"),
+            "offset": _finite(header["offset"], "offset"),
+            "target": target,
+            "base": LinearBase.from_dict(base, n_features) if base is not None else None,
+            "regressor": str(header.get("regressor", ""))[:200],
+            "max_depth": max_depth,
+        }
+    except KeyError as err:
+        raise RegressorFormatError(f"{path}: bad header (no key {err})") from None
+    except (TypeError, ValueError) as err:
+        raise RegressorFormatError(f"{path}: bad header ({_one_line(err)})") from None
+
+
+def _check_offsets(path: Path, offsets: np.ndarray) -> int:
+    """The node count ``tree_offsets`` gives: it starts at 0 and grows by at least one node per tree."""
+    if offsets[0] != 0 or len(offsets) < 2 or np.any(np.diff(offsets) < 1) or offsets[-1] > MAX_NODES:
+        raise RegressorFormatError(
+            f"{path}: damaged regressor file (bad tree_offsets: not 0 then increasing up to at most {MAX_NODES:,})"
+        )
+    return int(offsets[-1])
+
+
+def _check_trees(path: Path, arrays: Mapping[str, np.ndarray], n_features: int) -> int:
+    """Refuse anything but a forest of binary trees with children after their parent (so every walk ends), with
+    features in range and finite numbers; the depth of its deepest leaf."""
+    offsets = arrays["tree_offsets"]
+    n = int(offsets[-1])
+    sizes = np.diff(offsets)
+    tree_of_node = np.repeat(np.arange(len(sizes)), sizes)
+    base = offsets[:-1][tree_of_node]
+    local = np.arange(n, dtype=np.int64) - base
+    left = arrays["children_left"].astype(np.int64)
+    right = arrays["children_right"].astype(np.int64)
+    feature = arrays["feature"].astype(np.int64)
+    leaf = left == -1
+    inner = ~leaf
+
+    def refuse(problem: str) -> RegressorFormatError:
+        return RegressorFormatError(f"{path}: damaged regressor file ({problem})")
+
+    if np.any(leaf & (right != -1)):
+        raise refuse("a leaf has a right child but no left one")
+    for name, child in (("children_left", left), ("children_right", right)):
+        if np.any(inner & ((child <= local) | (child >= sizes[tree_of_node]))):
+            raise refuse(f"{name} points outside its tree, or back to a node before its child")
+    parents = np.bincount(np.concatenate([(left + base)[inner], (right + base)[inner]]), minlength=n)
+    is_root = np.zeros(n, dtype=bool)
+    is_root[offsets[:-1]] = True
+    if np.any(parents != np.where(is_root, 0, 1)):
+        raise refuse("a node is the child of no node or of several: the trees are not trees")
+    if np.any(leaf & (feature != -2)) or np.any(inner & ((feature < 0) | (feature >= n_features))):
+        raise refuse(f"a feature index is out of range for {n_features} features (or a leaf's is not -2)")
+    for name in ("threshold", "value"):
+        if not np.all(np.isfinite(arrays[name])):
+            raise refuse(f"non-finite {name}s")
+    try:
+        return tree_depth(offsets, left, right, limit=MAX_TREE_DEPTH)
+    except ValueError:
+        raise refuse(f"a tree is deeper than {MAX_TREE_DEPTH} levels") from None
+
+
+def tree_depth(offsets: np.ndarray, left: np.ndarray, right: np.ndarray, limit: int | None = None) -> int:
+    """Depth of the deepest leaf over all trees (edges from the root), walked level by level; ValueError when it
+    exceeds ``limit`` (at most the node count: a walk that long has met a cycle)."""
+    limit = len(left) if limit is None else limit
+    base = np.repeat(offsets[:-1], np.diff(offsets))
+    left_global = np.where(left >= 0, left + base, -1)
+    right_global = np.where(right >= 0, right + base, -1)
+    frontier = np.asarray(offsets[:-1], dtype=np.int64)
+    depth = 0
+    while True:
+        frontier = frontier[left_global[frontier] >= 0]
+        if not frontier.size:
+            return depth
+        depth += 1
+        if depth > limit:
+            raise ValueError(f"trees deeper than {limit}")
+        frontier = np.concatenate([left_global[frontier], right_global[frontier]])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 __all__ = [
@@ -417,4 +703,5 @@ __all__ = [
     "from_sklearn",
     "load_ensemble",
     "save_ensemble",
+    "tree_depth",
 ]

@@ -79,10 +79,12 @@ class RuleTestSettings:
         "measures them together, in its own batch); the decision's interval covers their "
         "spread",
         minimum=2,
+        maximum=100,
     )
     max_remeasures: int = setting(
         3,
         "extra passes of a case whose decision lies inside the measurement noise, "
         "one at a time, before it is reported as uncertain",
         minimum=0,
+        maximum=100,
     )

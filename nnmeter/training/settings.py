@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from nnmeter import ops
 from nnmeter.schema import setting
 
+#: The largest seed: scikit-learn takes a ``random_state`` in 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: The most samples of one kind a setting may ask for per kernel (a default campaign takes 500).
+MAX_SAMPLES = 1_000_000
+
 #: Regressors a campaign can train (:data:`nnmeter.training.regressors.REGRESSORS`).
 REGRESSOR_NAMES = ("gbt-cost-ratio", "nn-meter-rf")
 
@@ -22,7 +27,12 @@ class KernelTrainingSettings:
         "them on this device)",
         choices=tuple(ops.KERNELS),
     )
-    init_samples: int = setting(500, "configurations drawn from the prior per kernel before adaptive rounds", minimum=1)
+    init_samples: int = setting(
+        500,
+        "configurations drawn from the prior per kernel before adaptive rounds",
+        minimum=1,
+        maximum=MAX_SAMPLES,
+    )
     member_samples: int = setting(
         200,
         "prior configurations, and no adaptive rounds, for a kernel of a family "
@@ -31,21 +41,27 @@ class KernelTrainingSettings:
         "pool_family fits it on the whole family's measurements: its own samples "
         "only need to tell it apart (0: the full budget, as the first)",
         minimum=0,
+        maximum=MAX_SAMPLES,
     )
     finegrained_samples: int = setting(
-        10, "configurations added around each point whose error is above error_threshold, per adaptive round", minimum=0
+        10,
+        "configurations added around each point whose error is above error_threshold, per adaptive round",
+        minimum=0,
+        maximum=MAX_SAMPLES,
     )
-    iterations: int = setting(2, "adaptive sampling rounds (at most; see target_accuracy)", minimum=0)
+    iterations: int = setting(2, "adaptive sampling rounds (at most; see target_accuracy)", minimum=0, maximum=1000)
     error_threshold: float = setting(
         0.1,
         "relative error above which a training point gets more samples around it (judged on out-of-fold predictions)",
         minimum=0.0,
+        maximum=100.0,
     )
     noise_floor_ms: float = setting(
         0.001,
         "an error smaller than this many ms never counts as large: it is "
         "near the timer's resolution and nothing in a whole model's latency",
         minimum=0.0,
+        maximum=60_000.0,
     )
     max_refined_points: int = setting(
         15,
@@ -53,6 +69,7 @@ class KernelTrainingSettings:
         "round (the worst first), so one round costs at most "
         "max_refined_points * finegrained_samples measurements",
         minimum=1,
+        maximum=MAX_SAMPLES,
     )
     target_accuracy: float = setting(
         0.95,
@@ -82,11 +99,13 @@ class KernelTrainingSettings:
         minimum=0.05,
         maximum=0.9,
     )
-    min_train_samples: int = setting(20, "fewest measured training samples a kernel needs to be trained", minimum=2)
+    min_train_samples: int = setting(
+        20, "fewest measured training samples a kernel needs to be trained", minimum=2, maximum=MAX_SAMPLES
+    )
     keep_models: bool = setting(
         False,
         "keep each converted kernel model once it is measured (a default "
         "campaign's take tens of GB); without, a model needed again (another "
         "protocol, another device) is rebuilt from its config",
     )
-    seed: int = setting(0, "random seed of sampling and training", minimum=0)
+    seed: int = setting(0, "random seed of sampling and training", minimum=0, maximum=MAX_SEED)

@@ -77,9 +77,14 @@ def _from_path(path: Path, input_shape: Sequence[int] | None) -> Graph:
 
             return tf_converter.load_saved_model(path, input_shape)
         raise ModelFileError(f"{path}: a folder that is not a TensorFlow SavedModel (no saved_model.pb)")
+    if not path.is_file():  # a pipe or a device would block or never end
+        raise ModelFileError(f"{path}: not a regular file")
     suffix = path.suffix.lower()
-    with open(path, "rb") as fh:
-        head = fh.read(8)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
     if suffix == ".tflite" or head[4:8] == _TFLITE_MAGIC:
         from nnmeter.predictor.converters import tflite
 

@@ -62,7 +62,7 @@ def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
     import keras
 
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)  # never deserialize Lambda code
     except Exception as err:  # Keras raises many types for a bad file; each says what is wrong
         raise ModelFileError(
             f"{path}: not a Keras model Keras can load ({type(err).__name__}: "

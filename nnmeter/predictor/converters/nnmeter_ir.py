@@ -5,6 +5,10 @@ nn-Meter's IR is a dict ``{node name: {"inbounds": [...], "outbounds": [...], "a
 (Conv2D, DepthwiseConv2dNative, FusedBatchNorm, BiasAdd, Relu6, Mul, Add, Mean, MatMul,
 Const, Identity, Placeholder, ...). Types that already are ops of our vocabulary are
 accepted as they are.
+
+The dict is input: every key the converter reads is checked for its type (shapes are lists of integers,
+``attr`` a mapping, ``inbounds`` a list of node names) and the graph must be acyclic; anything else is a
+:class:`~nnmeter.errors.ModelFileError` naming the file, the node and the problem in one line.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Mapping
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder, scalar_operand
+from nnmeter.predictor.ir import Graph, GraphBuilder, check_name, check_shape, scalar_operand
 
 #: TensorFlow op type -> vocabulary op. Types not here (and not vocabulary names) keep their name.
 TF_OPS: dict[str, str] = {
@@ -55,18 +59,65 @@ TF_BIAS = {"BiasAdd"}
 
 
 def _pair(value: Any, default: int = 1) -> list[int]:
-    """[h, w] from an int, [h, w] or TF's [1, h, w, 1]."""
+    """[h, w] from an int, [h, w] or TF's [1, h, w, 1]; ValueError for anything else."""
     if value is None:
         return [default, default]
-    if isinstance(value, (int, float)):
-        return [int(value), int(value)]
-    vals = [int(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    vals = check_shape(value, f"{_show(value)} as a size or stride")
+    if len(vals) not in (1, 2, 4):
+        raise ValueError(f"{_show(value)} is not a size or stride: 1, 2 or 4 integers")
     return vals[1:3] if len(vals) == 4 else (vals * 2 if len(vals) == 1 else vals[:2])
 
 
 def _batch1(shape: Any) -> list[int]:
-    dims = [int(d) if d is not None else -1 for d in (shape or [])]
+    dims = check_shape([-1 if d is None else d for d in _listed(shape or [], "a shape")], "a shape")
     return [1 if i == 0 and d <= 0 else d for i, d in enumerate(dims)]
+
+
+def _listed(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what}: {_show(value)} is not a list")
+    return value
+
+
+def _show(value: Any) -> str:
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # an integer of more digits than Python prints
+        return "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_entries(data: Mapping[str, Any], source: str) -> None:
+    """Refuse a node whose keys have the wrong type (ModelFileError naming the node)."""
+    for key, entry in data.items():
+        try:
+            check_name(key, "node name")
+            for src in _listed(entry["inbounds"], "inbounds"):
+                check_name(src, "an inbound")
+            for dst in _listed(entry.get("outbounds") or [], "outbounds"):
+                check_name(dst, "an outbound")
+            attr = entry["attr"]
+            if not isinstance(attr, Mapping):
+                raise ValueError(f"attr: {_show(attr)} is not a mapping")
+            if not isinstance(attr.get("type", ""), str):
+                raise ValueError(f"type: {_show(attr.get('type'))} is not a string")
+            if not isinstance(attr.get("attr") or {}, Mapping):
+                raise ValueError(f"attr.attr: {_show(attr.get('attr'))} is not a mapping")
+            for which in ("input_shape", "output_shape"):
+                for shape in _listed(attr.get(which) or [], which):
+                    _batch1(shape)
+            node_attrs = attr.get("attr") or {}
+            for which in ("shape", "weight_shape"):
+                if node_attrs.get(which) is not None:
+                    check_shape([-1 if d is None else d for d in _listed(node_attrs[which], which)], which)
+            for which in ("kernel_shape", "strides", "ksize"):
+                _pair(node_attrs.get(which))
+        except KeyError as err:
+            raise ModelFileError(f"{source}: node {_show(key)}: no key {_show(err.args[0])}") from None
+        except (ValueError, TypeError) as err:
+            raise ModelFileError(f"{source}: node {_show(key)}: {' '.join(str(err).split())[:200]}") from None
 
 
 def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<nn-Meter IR>") -> Graph:
@@ -77,11 +128,19 @@ def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<n
         or not all(isinstance(v, Mapping) and "attr" in v and "inbounds" in v for v in data.values())
     ):
         raise ModelFileError(f"{source}: not an nn-Meter IR graph (expected {{node: {{inbounds, attr, outbounds}}}})")
+    _check_entries(data, source)
+    try:
+        return _convert(data, name, source)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as err:
+        raise ModelFileError(f"{source}: malformed nn-Meter IR graph ({' '.join(str(err).split())[:200]})") from None
+
+
+def _convert(data: Mapping[str, Any], name: str, source: str) -> Graph:
     builder = GraphBuilder(name, source)
     types = {k: v["attr"].get("type", "") for k, v in data.items()}
-    consts = {k: v["attr"].get("attr", {}).get("constant") for k, v in data.items() if types[k] == "Const"}
+    consts = {k: (v["attr"].get("attr") or {}).get("constant") for k, v in data.items() if types[k] == "Const"}
     folded: set[str] = set()
-    for key in _topological(data):
+    for key in _topological(data, source):
         entry = data[key]
         attr = entry["attr"]
         tf_type = attr.get("type", "")
@@ -139,31 +198,49 @@ def _output_shape(builder: GraphBuilder, data: Mapping[str, Any], name: str) -> 
     return node.output_shapes[0] if node.output_shapes else []
 
 
-def _topological(data: Mapping[str, Any]) -> list[str]:
-    """Node names so that every node comes after its inbounds (inbounds that are absent are ignored).
-
-    A cycle leaves a node before one of its inbounds; ``Graph.check`` then names it.
-    """
+def _topological(data: Mapping[str, Any], source: str = "<nn-Meter IR>") -> list[str]:
+    """Node names so that every node comes after its inbounds (inbounds that are absent are ignored); a cycle
+    is a ModelFileError naming its nodes."""
     order: list[str] = []
-    seen: set[str] = set()
+    done: set[str] = set()
     for root in data:
-        stack = [(root, False)]
-        while stack:
-            key, expanded = stack.pop()
-            if expanded:
+        if root in done:
+            continue
+        path: list[str] = [root]  # the nodes being visited, each an inbound of the one before
+        on_path = {root}
+        pending = [iter(data[root]["inbounds"])]
+        while pending:
+            src = next((s for s in pending[-1] if s in data and s not in done), None)
+            if src is None:
+                pending.pop()
+                key = path.pop()
+                on_path.discard(key)
+                done.add(key)
                 order.append(key)
-            elif key not in seen:
-                seen.add(key)
-                stack.append((key, True))
-                stack.extend((src, False) for src in reversed(data[key]["inbounds"]) if src in data and src not in seen)
+            elif src in on_path:
+                cycle = path[path.index(src) :][::-1]
+                shown = " -> ".join(_show(k) for k in cycle[:8]) + (" -> ..." if len(cycle) > 8 else "")
+                raise ModelFileError(f"{source}: the graph has a cycle: {shown} -> {_show(cycle[0])}")
+            else:
+                path.append(src)
+                on_path.add(src)
+                pending.append(iter(data[src]["inbounds"]))
     return order
 
 
 def load(path: Path) -> Graph:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: not a JSON file: {err}") from None
+        data = json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: not an IR graph: JSON nested too deep") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, a number of more digits than Python reads
+        raise ModelFileError(f"{path}: not a JSON file: {' '.join(str(err).split())[:200]}") from None
     if isinstance(data, dict) and data.get("format") == "nnmeter-ir":
         return Graph.from_dict(data, str(path))
     return convert_dict(data, name=path.stem, source=str(path))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a model holds")

@@ -3,6 +3,10 @@
 ONNX's NCHW 4-D shapes are stored NHWC in the IR (the IR's one layout); channel axes of
 Concat follow. Initializers and Constant nodes are constants, not edges; so is what is
 computed from a ``Shape`` and constants alone.
+
+A file is input: external data (weights in other files) is never read (the converter needs only the
+weights' shapes), a tensor's values are read only when it is small (scalars, axes, clip bounds), and a
+malformed model is a :class:`~nnmeter.errors.ModelFileError` in one line naming the file.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ _OPS = {
     "Flatten": ops.FLATTEN,
 }
 _NOOPS = {"Identity", "Dropout"}
+#: Constants with more values than this are read for their shape only (weights).
+_MAX_CONST_VALUES = 1024
+#: What a malformed model raises while it is converted.
+_DAMAGE = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError)
 #: Ops that read only a tensor's shape (a dynamic batch's reshape starts with one).
 _SHAPE_OPS = {"Shape", "Size"}
 
@@ -53,12 +61,31 @@ def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
     import onnx
 
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)  # never read other files a model names
     except Exception as err:  # protobuf raises DecodeError and others for a file that is not ONNX
-        raise ModelFileError(f"{path}: not an ONNX model ({type(err).__name__}: {err})") from None
+        raise ModelFileError(f"{path}: not an ONNX model ({type(err).__name__}: {_one_line(err)})") from None
     if not model.graph.node:
         raise ModelFileError(f"{path}: not an ONNX model (no graph nodes)")
     return convert(model, input_shape, name=path.stem, source=str(path))
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _const(tensor: Any) -> np.ndarray:
+    """A constant's values when it is small and stored in the model, else an array of its shape that holds no
+    memory (a weight: only its shape is read; external data is never loaded)."""
+    from onnx import TensorProto, numpy_helper
+
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise ValueError(f"tensor {tensor.name!r} has dims {dims}")
+    external = tensor.data_location == TensorProto.EXTERNAL
+    if not external and not tensor.HasField("segment") and int(np.prod(dims, dtype=np.float64)) <= _MAX_CONST_VALUES:
+        return numpy_helper.to_array(tensor)
+    return np.broadcast_to(np.float32(0), dims)
 
 
 def _nhwc(shape: list[int]) -> list[int]:
@@ -70,11 +97,20 @@ def _nhwc(shape: list[int]) -> list[int]:
 def convert(
     model: Any, input_shape: Sequence[int] | None = None, name: str | None = None, source: str = "<onnx model>"
 ) -> Graph:
+    try:
+        return _convert(model, input_shape, name, source)
+    except ModelFileError:
+        raise
+    except _DAMAGE as err:
+        raise ModelFileError(f"{source}: malformed ONNX model ({_one_line(err)})") from None
+
+
+def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, source: str) -> Graph:
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     graph = model.graph
-    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts: dict[str, np.ndarray] = {i.name: _const(i) for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in consts]
     if input_shape is not None and inputs:
         model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -91,7 +127,7 @@ def convert(
     try:
         graph = shape_inference.infer_shapes(model, strict_mode=False).graph
     except Exception as err:  # inference errors name the node and its problem
-        raise ModelFileError(f"{source}: ONNX shape inference failed: {err}") from None
+        raise ModelFileError(f"{source}: ONNX shape inference failed: {_one_line(err)}") from None
     shapes: dict[str, list[int]] = {}
     for info in (*graph.input, *graph.value_info, *graph.output):
         dims = info.type.tensor_type.shape.dim
@@ -108,8 +144,8 @@ def convert(
             continue  # a tensor's shape: what is computed from it alone is a constant to the ops that read it
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
+                if attr.name == "value" and node.output:
+                    consts[node.output[0]] = _const(attr.t)
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         data_in = [i for i in node.input if i in producer]
@@ -158,7 +194,7 @@ def _op(
             return ops.GLOBAL_AVGPOOL, {}
         return op, {"kernel_size": size, "strides": list(attrs.get("strides", size))}
     if op_type == "ReduceMean":
-        axes = attrs.get("axes", const_in[0].tolist() if const_in else None)
+        axes = attrs.get("axes", const_in[0].tolist() if const_in and const_in[0].size <= 8 else None)
         if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             return op_type, {}
         return ops.GLOBAL_AVGPOOL, {}

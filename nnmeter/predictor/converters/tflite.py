@@ -6,10 +6,15 @@ the op, so kernel detection sees conv + act as in every other framework; a batch
 the converter folded into a conv is simply absent. Tensors that no op produces and that
 are not model inputs are constants (weights): attributes, not edges; so are tensors
 computed from shapes and constants alone (``SHAPE`` and the arithmetic on its output).
+
+A file is input, read without a flatbuffer verifier: every count and index read from it is checked against
+the file's size and the tables it indexes (a truncated or changed file, or one made to stall the reader, is a
+:class:`~nnmeter.errors.ModelFileError` naming the file, never another exception).
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,6 +67,15 @@ _OPTIONS = {
     "TRANSPOSE_CONV": "TransposeConvOptions",
 }
 _NOOPS = {"QUANTIZE"}
+#: Bounds no real model reaches: inputs or outputs of one op, and the rank of a tensor.
+MAX_OP_TENSORS = 4096
+MAX_RANK = 32
+#: What reading a damaged flatbuffer raises (the generated schema reads offsets and lengths as they are).
+_DAMAGE = (IndexError, ValueError, AttributeError, TypeError, KeyError, struct.error, OverflowError, ZeroDivisionError)
+
+
+class _Damaged(Exception):
+    """A count or an index of the file that cannot be right (its message says which)."""
 
 
 def _schema():
@@ -79,39 +93,79 @@ def _act_names(schema) -> dict[int, str]:
 
 
 def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
     schema = _schema()
     if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
         raise ModelFileError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
     try:
-        return _convert(schema, schema.Model.GetRootAs(data, 0), path, input_shape)
+        return _convert(schema, schema.Model.GetRootAs(data, 0), path, input_shape, len(data))
     except ModelFileError:
         raise
-    except (IndexError, ValueError, AttributeError, TypeError) as err:
+    except _Damaged as err:
         raise ModelFileError(f"{path}: damaged TFLite file ({err})") from None
+    except _DAMAGE as err:
+        raise ModelFileError(f"{path}: damaged TFLite file ({_one_line(err)})") from None
 
 
-def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Graph:
-    if model.SubgraphsLength() < 1:
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _count(n: int, limit: int, what: str) -> int:
+    """``n``, the length of a vector of the file, if it is at most ``limit``."""
+    if not 0 <= n <= limit:
+        raise _Damaged(f"{what}: {n} entries, more than the file can hold")
+    return n
+
+
+def _indices(values: Any, n_tensors: int, what: str, optional: bool = False) -> list[int]:
+    """Tensor indices read from the file, each in range (``-1`` too when ``optional``: an absent input)."""
+    out = [int(i) for i in values]
+    low = -1 if optional else 0
+    bad = [i for i in out if not low <= i < n_tensors]
+    if bad:
+        raise _Damaged(f"{what} reads tensor {bad[0]}; the model has {n_tensors}")
+    return out
+
+
+def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size: int) -> Graph:
+    vectors = size // 4  # a vector entry takes at least 4 bytes of the file
+    if _count(model.SubgraphsLength(), vectors, "subgraphs") < 1:
         raise ModelFileError(f"{path}: the TFLite file has no subgraph")
     sub = model.Subgraphs(0)
     op_names, act_names = _op_names(schema), _act_names(schema)
-    tensors = [sub.Tensors(i) for i in range(sub.TensorsLength())]
+    tensors = [sub.Tensors(i) for i in range(_count(sub.TensorsLength(), vectors, "tensors"))]
+    n_tensors = len(tensors)
+    n_codes = _count(model.OperatorCodesLength(), vectors, "operator codes")
+    _count(model.BuffersLength(), vectors, "buffers")
+    graph_inputs = _indices(sub.InputsAsNumpy(), n_tensors, "the subgraph's inputs") if sub.InputsLength() else []
     shapes = _shapes(path, tensors, sub, input_shape)
-    names = [t.Name().decode(errors="replace") for t in tensors]
+    names = [
+        t.Name().decode(errors="replace") if t.Name() is not None else f"tensor_{i}" for i, t in enumerate(tensors)
+    ]
     builder = GraphBuilder(path.stem, str(path))
     producer: dict[int, str] = {}  # tensor index -> node (or input) name
-    for ti in sub.InputsAsNumpy():
+    for ti in graph_inputs:
         builder.input(names[ti], shapes[ti])
-        producer[int(ti)] = names[ti]
-    for oi in range(sub.OperatorsLength()):
+        producer[ti] = names[ti]
+    for oi in range(_count(sub.OperatorsLength(), vectors, "operators")):
         op = sub.Operators(oi)
+        if not 0 <= op.OpcodeIndex() < n_codes:
+            raise _Damaged(f"operator {oi} has opcode {op.OpcodeIndex()}; the model has {n_codes}")
         code = model.OperatorCodes(op.OpcodeIndex())
         tf_name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
         if tf_name == "CUSTOM" and code.CustomCode():
             tf_name = code.CustomCode().decode(errors="replace")
-        ins = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
-        outs = [int(i) for i in op.OutputsAsNumpy()]
+        _count(op.InputsLength(), MAX_OP_TENSORS, f"operator {oi}'s inputs")
+        _count(op.OutputsLength(), MAX_OP_TENSORS, f"operator {oi}'s outputs")
+        ins = _indices(op.InputsAsNumpy(), n_tensors, f"operator {oi}", optional=True) if op.InputsLength() else []
+        outs = _indices(op.OutputsAsNumpy(), n_tensors, f"operator {oi}") if op.OutputsLength() else []
+        if not outs:
+            raise _Damaged(f"operator {oi} ({tf_name}) has no output")
         data_in = [i for i in ins if i >= 0 and i in producer]
         if tf_name == "SHAPE" or not data_in:
             # a tensor's shape, a dequantized weight, or arithmetic on shapes and constants (the reshape of a
@@ -176,7 +230,11 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None) -> Gr
             )
         for o in outs:
             producer[o] = last
-    return builder.finish(producer[int(o)] for o in sub.OutputsAsNumpy())
+    outputs = _indices(sub.OutputsAsNumpy(), n_tensors, "the subgraph's outputs") if sub.OutputsLength() else []
+    unknown = [o for o in outputs if o not in producer]
+    if unknown:
+        raise _Damaged(f"output tensor {unknown[0]} is computed by no operator")
+    return builder.finish(producer[o] for o in outputs)
 
 
 def _options(schema, op, tf_name: str):
@@ -200,9 +258,15 @@ def _const(schema, model, tensor) -> np.ndarray | None:
 
 def _shapes(path: Path, tensors: list, sub, input_shape: Sequence[int] | None) -> list[list[int]]:
     """Every tensor's shape; a dynamic input needs ``input_shape`` and LiteRT's shape propagation."""
-    shapes = [[int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else [] for t in tensors]
+    shapes = []
+    for i, t in enumerate(tensors):
+        dims = [int(d) for d in t.ShapeAsNumpy()] if _count(t.ShapeLength(), MAX_RANK, f"tensor {i}'s shape") else []
+        if any(d < 0 for d in dims):
+            raise _Damaged(f"tensor {i} has shape {dims}")
+        shapes.append(dims)
     dynamic = False
     for ti in sub.InputsAsNumpy():
+        _count(tensors[ti].ShapeSignatureLength(), MAX_RANK, f"tensor {ti}'s shape signature")
         sig = tensors[ti].ShapeSignatureAsNumpy() if tensors[ti].ShapeSignatureLength() else []
         dynamic |= any(int(d) < 0 for d in list(sig)[1:])
     if not dynamic and input_shape is None:
