@@ -2,7 +2,7 @@
 #   make demo       sets up and runs the quickstart campaign on this machine's CPU
 #   make test       sets up and runs the whole test suite (the import contract and linters first)
 # and for contributors:
-#   make test-fast  the unit tier (under a minute)
+#   make test-fast  the unit tier, on every core (under a minute)
 #   make lint       the import contract, ruff (lint + format) and mypy
 #   make bench      the quick benchmarks: quickstart accuracy, kernel accuracy, prediction speed (about 40 min)
 # Every target creates its virtual environment (.venv) and installs what it needs, Debian packages included
@@ -47,7 +47,7 @@ test: lint system-packages
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m unit
+	$(BIN)/python -m pytest -q -m unit -n auto
 
 bench: venv
 	$(BIN)/python bench/accuracy.py --quick --dir $(BENCH_DIR)

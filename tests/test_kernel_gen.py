@@ -11,24 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
+from nnmeter import kernel_gen as kg  # its builders load Keras: their names are read when a test runs
 from nnmeter import ops
 from nnmeter.backends.converters import keras_to_tflite_bytes
-from nnmeter.kernel_gen import (
-    MON_CASES,
-    TestShapes,
-    UnconnectablePair,
-    build_chain,
-    build_kernel,
-    build_kernel_model,
-    build_mon,
-    build_pair,
-    build_single,
-    connectable,
-    pair_input_shapes,
-    pair_output_channels,
-    sample_configs,
-)
 from nnmeter.kernel_gen.cache import model_id
+from nnmeter.kernel_gen.pairs import TestShapes
 
 SMALL = TestShapes(HW=8, CIN=8, COUT=12, FC_SIZE=20)
 
@@ -81,9 +68,11 @@ def _tflite_ops(model) -> list[str]:
 
 @pytest.mark.parametrize("kernel", list(ops.KERNELS))
 def test_every_kernel_builds_converts_and_runs(kernel):
-    configs = [_shrink(c) for c in sample_configs(kernel, 1, "prior", seed=3) + sample_configs(kernel, 1, "uniform")]
+    configs = [
+        _shrink(c) for c in kg.sample_configs(kernel, 1, "prior", seed=3) + kg.sample_configs(kernel, 1, "uniform")
+    ]
     for config in configs:
-        km = build_kernel(kernel, config)
+        km = kg.build_kernel(kernel, config)
         assert km.kernel == kernel and km.config == ops.validate_config(kernel, config)
         assert km.cost == ops.kernel_cost(kernel, config)
         assert [tuple(t.shape[1:]) for t in km.model.inputs] == list(km.input_shapes)
@@ -91,54 +80,65 @@ def test_every_kernel_builds_converts_and_runs(kernel):
 
 
 def test_kernel_output_shapes_follow_strides_and_padding():
-    km = build_kernel("conv-bn-relu", {"HW": 14, "CIN": 3, "COUT": 5, "KERNEL_SIZE": 3, "STRIDES": 2})
+    km = kg.build_kernel("conv-bn-relu", {"HW": 14, "CIN": 3, "COUT": 5, "KERNEL_SIZE": 3, "STRIDES": 2})
     assert km.output_shapes == ((7, 7, 5),)
-    assert build_kernel("maxpool", {"HW": 7, "CIN": 4, "KERNEL_SIZE": 3, "POOL_STRIDES": 2}).output_shapes == (
+    assert kg.build_kernel("maxpool", {"HW": 7, "CIN": 4, "KERNEL_SIZE": 3, "POOL_STRIDES": 2}).output_shapes == (
         (4, 4, 4),
     )
-    assert build_kernel("concat", {"HW": 3, "CINS": [2, 3, 4]}).input_shapes == ((3, 3, 2), (3, 3, 3), (3, 3, 4))
-    assert build_kernel("split", {"HW": 3, "CIN": 6}).output_shapes == ((3, 3, 3), (3, 3, 3))
-    assert build_kernel("fc", {"CIN": 10, "COUT": 4}).output_shapes == ((4,),)
+    assert kg.build_kernel("concat", {"HW": 3, "CINS": [2, 3, 4]}).input_shapes == (
+        (3, 3, 2),
+        (3, 3, 3),
+        (3, 3, 4),
+    )
+    assert kg.build_kernel("split", {"HW": 3, "CIN": 6}).output_shapes == ((3, 3, 3), (3, 3, 3))
+    assert kg.build_kernel("fc", {"CIN": 10, "COUT": 4}).output_shapes == ((4,),)
 
 
 @pytest.mark.parametrize("op", list(ops.OPS))
 def test_every_op_builds_alone_converts_and_runs(op):
-    model = build_single(op, SMALL)
+    model = kg.build_single(op, SMALL)
     assert _run(model) == sorted(tuple(t.shape) for t in model.outputs)
 
 
 def test_tflite_gets_the_ops_the_kernels_name():
     conv = {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 1}
-    assert _tflite_ops(build_kernel_model("conv-bn-relu", conv)) == ["CONV_2D"]  # bn folds, relu fuses
-    assert _tflite_ops(build_kernel_model("conv-bn-hswish", conv)) == ["CONV_2D", "HARD_SWISH"]
-    assert _tflite_ops(build_kernel_model("hswish", {"HW": 8, "CIN": 4})) == ["HARD_SWISH"]
-    assert _tflite_ops(build_kernel_model("dwconv-bn-relu6", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})) == [
-        "DEPTHWISE_CONV_2D"
-    ]
-    assert _tflite_ops(build_kernel_model("bn", {"HW": 8, "CIN": 4})) == ["MUL", "ADD"]  # random statistics: kept
-    se = _tflite_ops(build_kernel_model("se", {"HW": 8, "CIN": 8}))
+    assert _tflite_ops(kg.build_kernel_model("conv-bn-relu", conv)) == ["CONV_2D"]  # bn folds, relu fuses
+    assert _tflite_ops(kg.build_kernel_model("conv-bn-hswish", conv)) == ["CONV_2D", "HARD_SWISH"]
+    assert _tflite_ops(kg.build_kernel_model("hswish", {"HW": 8, "CIN": 4})) == ["HARD_SWISH"]
+    assert _tflite_ops(
+        kg.build_kernel_model("dwconv-bn-relu6", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})
+    ) == ["DEPTHWISE_CONV_2D"]
+    assert _tflite_ops(kg.build_kernel_model("bn", {"HW": 8, "CIN": 4})) == [
+        "MUL",
+        "ADD",
+    ]  # random statistics: kept
+    se = _tflite_ops(kg.build_kernel_model("se", {"HW": 8, "CIN": 8}))
     assert se[0] == "MEAN" and se.count("CONV_2D") == 2 and se[-1] == "MUL"
-    assert _tflite_ops(build_kernel_model("channelshuffle", {"HW": 8, "CIN": 8})) == ["RESHAPE", "TRANSPOSE", "RESHAPE"]
-    assert _tflite_ops(build_kernel_model("split", {"HW": 8, "CIN": 8})) == ["SPLIT"]
-    assert _tflite_ops(build_kernel_model("addrelu", {"HW": 8, "CIN": 8})) == ["ADD"]  # relu fused into add
+    assert _tflite_ops(kg.build_kernel_model("channelshuffle", {"HW": 8, "CIN": 8})) == [
+        "RESHAPE",
+        "TRANSPOSE",
+        "RESHAPE",
+    ]
+    assert _tflite_ops(kg.build_kernel_model("split", {"HW": 8, "CIN": 8})) == ["SPLIT"]
+    assert _tflite_ops(kg.build_kernel_model("addrelu", {"HW": 8, "CIN": 8})) == ["ADD"]  # relu fused into add
 
 
 def test_costs_match_hand_counts_and_keras_params():
     conv = {"HW": 8, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 1}
-    km = build_kernel("conv-relu", conv)
+    km = kg.build_kernel("conv-relu", conv)
     # 8x8 outputs x 8 channels x (3x3x4) MACs x 2, plus one op per output for relu
     assert km.cost.flops == 2 * 8 * 8 * 8 * 3 * 3 * 4 + 8 * 8 * 8
     assert km.cost.params == 3 * 3 * 4 * 8 + 8 == km.model.count_params()
-    folded = build_kernel("conv-bn-relu", conv)  # no bias, bn's 4 x 8 values fold to the same 296
+    folded = kg.build_kernel("conv-bn-relu", conv)  # no bias, bn's 4 x 8 values fold to the same 296
     assert folded.cost.params == km.cost.params and folded.model.count_params() == 3 * 3 * 4 * 8 + 4 * 8
-    dw = build_kernel("dwconv-relu", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})
+    dw = kg.build_kernel("dwconv-relu", {"HW": 8, "CIN": 4, "KERNEL_SIZE": 3, "STRIDES": 2})
     assert dw.cost.flops == 2 * 4 * 4 * 4 * 9 + 4 * 4 * 4
     assert dw.cost.params == 4 * 9 + 4 == dw.model.count_params()
-    fc = build_kernel("fc", {"CIN": 10, "COUT": 5})
+    fc = kg.build_kernel("fc", {"CIN": 10, "COUT": 5})
     assert fc.cost.flops == 2 * 10 * 5 and fc.cost.params == 55 == fc.model.count_params()
-    se = build_kernel("se", {"HW": 8, "CIN": 8})
+    se = kg.build_kernel("se", {"HW": 8, "CIN": 8})
     assert se.cost.params == 8 * 2 + 2 + 2 * 8 + 8 == se.model.count_params()
-    assert build_kernel("add", {"HW": 8, "CIN": 8}).cost.bytes_read == 4 * 2 * 8 * 8 * 8
+    assert kg.build_kernel("add", {"HW": 8, "CIN": 8}).cost.bytes_read == 4 * 2 * 8 * 8 * 8
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_costs_match_hand_counts_and_keras_params():
 )
 def test_bad_configs_name_kernel_key_value_and_valid_set(kernel, config, words):
     with pytest.raises(ValueError) as err:
-        build_kernel(kernel, config)
+        kg.build_kernel(kernel, config)
     assert all(w in str(err.value) for w in words), str(err.value)
 
 
@@ -175,62 +175,62 @@ def test_pairs_connect_ops_with_consistent_shapes():
         ("add", "concat", ["ADD", "CONCATENATION"]),
         ("split", "add", ["SPLIT", "ADD"]),
     ]:
-        model = build_pair(op1, op2, SMALL)
+        model = kg.build_pair(op1, op2, SMALL)
         assert _tflite_ops(model) == ops_in_file, (op1, op2)
         _run(model)
-    assert pair_input_shapes("relu", "fc", SMALL) == ((20,), (20,))
-    assert pair_input_shapes("conv", "relu", SMALL) == ((8, 8, 8), (8, 8, 12))
-    assert pair_input_shapes("global-avgpool", "fc", SMALL) == ((8, 8, 8), (8,))
-    assert len(build_pair("relu", "add", SMALL).inputs) == 2  # add gets op1's output and a second input
+    assert kg.pair_input_shapes("relu", "fc", SMALL) == ((20,), (20,))
+    assert kg.pair_input_shapes("conv", "relu", SMALL) == ((8, 8, 8), (8, 8, 12))
+    assert kg.pair_input_shapes("global-avgpool", "fc", SMALL) == ((8, 8, 8), (8,))
+    assert len(kg.build_pair("relu", "add", SMALL).inputs) == 2  # add gets op1's output and a second input
 
 
 def test_a_conv_in_a_pair_is_1x1_and_light_on_its_side_away_from_the_other_op():
-    shapes = TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=4)
+    shapes = kg.TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=4)
     # first: 4 input channels, nn-Meter's COUT into the op after it
-    assert pair_input_shapes("conv", "relu", shapes) == ((8, 8, 4), (8, 8, 12))
-    assert tuple(build_pair("conv", "relu", shapes).outputs[0].shape) == (1, 8, 8, 12)
+    assert kg.pair_input_shapes("conv", "relu", shapes) == ((8, 8, 4), (8, 8, 12))
+    assert tuple(kg.build_pair("conv", "relu", shapes).outputs[0].shape) == (1, 8, 8, 12)
     # second: nn-Meter's CIN from the op before it, 4 output channels
-    assert pair_input_shapes("relu", "convtrans", shapes) == ((8, 8, 8), (8, 8, 8))
-    model = build_pair("relu", "convtrans", shapes)
+    assert kg.pair_input_shapes("relu", "convtrans", shapes) == ((8, 8, 8), (8, 8, 8))
+    model = kg.build_pair("relu", "convtrans", shapes)
     assert tuple(model.inputs[0].shape) == (1, 8, 8, 8) and tuple(model.outputs[0].shape) == (1, 8, 8, 4)
-    assert pair_output_channels("conv", shapes) == 4 and pair_output_channels("relu", shapes) is None
+    assert kg.pair_output_channels("conv", shapes) == 4 and kg.pair_output_channels("relu", shapes) is None
     assert [layer.kernel_size for layer in model.layers if hasattr(layer, "kernel_size")] == [(1, 1)]
     # 0: nn-Meter's shapes
-    nnmeter_shapes = TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=0)
-    assert pair_input_shapes("conv", "relu", nnmeter_shapes) == ((8, 8, 8), (8, 8, 12))
-    model = build_pair("relu", "conv", nnmeter_shapes)
+    nnmeter_shapes = kg.TestShapes(HW=8, CIN=8, COUT=12, CONV_OUTER_CHANNELS=0)
+    assert kg.pair_input_shapes("conv", "relu", nnmeter_shapes) == ((8, 8, 8), (8, 8, 12))
+    model = kg.build_pair("relu", "conv", nnmeter_shapes)
     assert tuple(model.outputs[0].shape) == (1, 8, 8, 12)
     assert [layer.kernel_size for layer in model.layers if hasattr(layer, "kernel_size")] == [(3, 3)]
 
 
 def test_unconnectable_pairs_raise_clear_errors():
-    assert not connectable("fc", "conv") and not connectable("conv", "softmax")
-    with pytest.raises(UnconnectablePair, match="fc -> conv.*vector.*feature map"):
-        build_pair("fc", "conv", SMALL)
+    assert not kg.connectable("fc", "conv") and not kg.connectable("conv", "softmax")
+    with pytest.raises(kg.UnconnectablePair, match="fc -> conv.*vector.*feature map"):
+        kg.build_pair("fc", "conv", SMALL)
     with pytest.raises(ValueError, match="not an op"):
-        build_pair("conv", "relu7", SMALL)
+        kg.build_pair("conv", "relu7", SMALL)
 
 
 def test_connectable_agrees_with_build_pair():
     for op1, op2 in itertools.product(
         [ops.CONV, ops.FC, ops.RELU, ops.GLOBAL_AVGPOOL, ops.RESHAPE, ops.SOFTMAX], repeat=2
     ):
-        if connectable(op1, op2):
-            build_pair(op1, op2, SMALL)
+        if kg.connectable(op1, op2):
+            kg.build_pair(op1, op2, SMALL)
         else:
-            with pytest.raises(UnconnectablePair):
-                build_pair(op1, op2, SMALL)
+            with pytest.raises(kg.UnconnectablePair):
+                kg.build_pair(op1, op2, SMALL)
 
 
 def test_mon_block_has_one_op_feeding_two():
-    model = build_mon(SMALL)
+    model = kg.build_mon(SMALL)
     assert len(model.outputs) == 2
     names = _tflite_ops(model)
     # the first dwconv is not fused with a relu: its output has two consumers
     assert names.count("DEPTHWISE_CONV_2D") == 2 and "LEAKY_RELU" in names
     assert _run(model) == [(1, 8, 8, 8), (1, 8, 8, 8)]
-    for chain in {c for chains in MON_CASES.values() for c in chains}:
-        _run(build_chain(chain, SMALL))
+    for chain in {c for chains in kg.MON_CASES.values() for c in chains}:
+        _run(kg.build_chain(chain, SMALL))
 
 
 def test_model_id_depends_on_every_part_and_only_on_them():
@@ -250,7 +250,7 @@ def test_prepare_models_converts_once_and_reuses_the_file(tmp_path):
     ws = Workspace.create(tmp_path / "ws", "tflite-local")
     configs = [{"HW": 7, "CIN": c, "KERNEL_SIZE": 3, "STRIDES": 1} for c in (4, 6)]
     specs = [kernel_spec("dwconv-bn-relu", c) for c in configs] + [kernel_spec("dwconv-bn-relu", configs[0])]
-    bad = ModelSpec("kernel", "split", {"HW": 3, "CIN": 5}, build_kernel_model, ("split", {"HW": 3, "CIN": 5}))
+    bad = ModelSpec("kernel", "split", {"HW": 3, "CIN": 5}, kg.build_kernel_model, ("split", {"HW": 3, "CIN": 5}))
     with create_backend("tflite-local") as backend:
         session = ws.session(backend, workers=1)
         first = session.prepare(specs + [bad])
