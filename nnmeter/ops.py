@@ -78,6 +78,23 @@ OPS: tuple[str, ...] = (
     SOFTMAX,
 )
 
+#: The number formats a model's node may compute in: what its activations are, or its weights when only they
+#: are quantized. Kernels are measured and predicted in float32; a node in another format is reported with it,
+#: never predicted as if it were float32 (on XNNPACK an int8 conv is another micro-kernel at another cost).
+FLOAT32 = "float32"
+PRECISIONS: tuple[str, ...] = (
+    FLOAT32,
+    "float16",
+    "bfloat16",
+    "float8",
+    "int16",
+    "uint16",
+    "int8",
+    "uint8",
+    "int4",
+    "uint4",
+)
+
 # --- config keys and valid values -----------------------------------------
 
 HW = "HW"

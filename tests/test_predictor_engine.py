@@ -190,3 +190,126 @@ def test_a_pinned_digest_is_checked_before_predicting(artifact_dir, tflite_file,
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
     assert main(["predict", "--predictor", str(artifact_dir), str(tflite_file), "--sha256", "0" * 64]) == 2
     assert f"predictor digest {digest} is not the expected" in capsys.readouterr().err
+
+
+def _keras_tiny():
+    import keras
+    from keras import layers
+
+    inp = keras.Input((16, 16, 8), batch_size=1)
+    y = layers.ReLU(6.0)(layers.Conv2D(16, 3, strides=2, padding="same")(inp))
+    y = layers.ReLU(6.0)(layers.DepthwiseConv2D(3, padding="same")(y))
+    return keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling2D()(y)))
+
+
+@pytest.fixture(scope="module")
+def quantized_tflite(tmp_path_factory):
+    """The same tiny model as TFLite writes it fully int8, with int8 weights only, and with float16 weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = _keras_tiny()
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("quantized")
+
+    def write(name, **settings):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        for key, value in settings.items():
+            setattr(converter, key, value)
+        path = out / f"{name}.tflite"
+        path.write_bytes(converter.convert())
+        return path
+
+    def samples():
+        for _ in range(8):
+            yield [rng.standard_normal((1, 16, 16, 8)).astype(np.float32)]
+
+    full = write(
+        "int8",
+        optimizations=[tf.lite.Optimize.DEFAULT],
+        representative_dataset=samples,
+        inference_input_type=tf.int8,
+        inference_output_type=tf.int8,
+    )
+    spec = tf.lite.TargetSpec(supported_types=[tf.float16])
+    return {
+        "float32": write("float32"),
+        "int8": full,
+        "int8-float-io": write(
+            "int8-float-io", optimizations=[tf.lite.Optimize.DEFAULT], representative_dataset=samples
+        ),
+        "int8-weights": write("dynamic", optimizations=[tf.lite.Optimize.DEFAULT]),
+        "float16": write("float16", optimizations=[tf.lite.Optimize.DEFAULT], target_spec=spec),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind, precision",
+    [("int8", "int8"), ("int8-float-io", "int8"), ("int8-weights", "int8"), ("float16", "float16")],
+)
+def test_a_quantized_tflite_is_refused_naming_its_precision_never_predicted_as_float(
+    artifact_dir, quantized_tflite, kind, precision
+):
+    predictor = load_predictor(artifact_dir)
+    assert predictor.precisions == ("float32",)
+    float_kernels = [r.kernel for r in predictor.predict(quantized_tflite["float32"]).kernels]
+    with pytest.raises(UnsupportedModelError) as err:
+        predictor.predict(quantized_tflite[kind])
+    message = str(err.value)
+    assert f"computes in {precision} at" in message and "float32 kernels only" in message
+    graph = nnmeter.predictor.to_graph(quantized_tflite[kind])
+    quantized = [n.name for n in graph.nodes.values() if n.precision == precision]
+    assert quantized and quantized[0] in message
+    result = predictor.predict(quantized_tflite[kind], strict=False)
+    left_out = {n for u in result.unsupported for n in u.nodes}
+    assert set(quantized) <= left_out
+    assert all(precision in u.reason for u in result.unsupported if set(u.nodes) <= set(quantized))
+    assert not any(set(r.nodes) & set(quantized) for r in result.kernels)
+    if kind in ("int8", "int8-float-io"):  # every op computes in int8
+        assert result.kernels == [] and len(float_kernels) == 4
+        assert all(n.precision == "int8" for n in graph.nodes.values())
+    if kind == "int8-float-io":  # the quantize of the input and the dequantize of the output are nodes too
+        assert {"QUANTIZE", "DEQUANTIZE"} <= {n.op for n in graph.nodes.values()}
+
+
+def test_an_onnx_qdq_model_is_refused_naming_int8(artifact_dir, tmp_path):
+    import numpy as np
+    import onnx
+    import tf2onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    model = _keras_tiny()
+    proto, _ = tf2onnx.convert.from_keras(
+        model, inputs_as_nchw=[model.inputs[0].name], output_path=str(tmp_path / "float.onnx")
+    )
+    name = proto.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{name: rng.standard_normal((1, 8, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), weight_type=QuantType.QInt8)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "qdq.onnx")).graph.node)
+    predictor = load_predictor(artifact_dir)
+    assert predictor.predict(tmp_path / "float.onnx").kernels
+    with pytest.raises(UnsupportedModelError, match=r"computes in (u?int8 and )?u?int8 at .*float32 kernels only"):
+        predictor.predict(tmp_path / "qdq.onnx")
+    graph = nnmeter.predictor.to_graph(tmp_path / "qdq.onnx")
+    convs = [n for n in graph.nodes.values() if n.op in (ops.CONV, ops.DWCONV, ops.FC)]
+    assert convs and all(n.precision in ("int8", "uint8") for n in convs)
+
+
+def test_a_nodes_precision_survives_ir_json_and_a_bad_one_is_refused(quantized_tflite, tmp_path):
+    graph = nnmeter.predictor.to_graph(quantized_tflite["int8"])
+    path = graph.save(tmp_path / "int8.json")
+    again = nnmeter.predictor.to_graph(path)
+    assert [n.precision for n in again.nodes.values()] == [n.precision for n in graph.nodes.values()]
+    data = json.loads(path.read_text())
+    data["nodes"][0]["precision"] = "int7"
+    path.write_text(json.dumps(data))
+    with pytest.raises(NnmeterError, match=r"precision 'int7' is not one of float32"):
+        nnmeter.predictor.to_graph(path)

@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Collection, Iterable
 
 from nnmeter import ops
+from nnmeter.ops import FLOAT32
 from nnmeter.predictor.ir import Graph, Node, channels, spatial
 from nnmeter.predictor.rules import MON_ALL, MON_FIRST, FusionRules
 
@@ -79,6 +80,7 @@ class Kernel:
     kernel: str = ""
     config: dict[str, object] = field(default_factory=dict)
     problem: str = ""  # why no kernel type or config could be given
+    precision: str = FLOAT32  # the number format its nodes compute in
     stand_in: str = ""  # when ``config`` is a stand-in for a shape no kernel type has: what it stands for, how
 
 
@@ -107,9 +109,15 @@ def unfused_pairs(kernel: str, rules: FusionRules) -> list[tuple[str, str]]:
     return [(a, b) for a, b in zip(sig, sig[1:]) if not rules.fused(a, b)]
 
 
-def detect(graph: Graph, rules: FusionRules, available: Collection[str] | None = None) -> Detection:
+def detect(
+    graph: Graph,
+    rules: FusionRules,
+    available: Collection[str] | None = None,
+    precisions: Collection[str] = (ops.FLOAT32,),
+) -> Detection:
     """Partition ``graph`` into kernels with ``rules``; ``available`` restricts the kernel types to choose
-    from (the predictor's regressors); a kernel with no available type is reported with its problem."""
+    from (the predictor's regressors) and ``precisions`` the number formats they are measured in; a kernel
+    with no available type, or in another precision, is reported with its problem."""
     readers = graph.consumers()
     policy = rules.mon_policy
     parts: list[list[Node]] = []
@@ -146,12 +154,14 @@ def detect(graph: Graph, rules: FusionRules, available: Collection[str] | None =
         src = part[-1].name
         if copies.get(pid) == len(readers.get(src, ())) and src not in graph.outputs:
             continue  # every consumer computes it again in its own kernel
-        kernels.append(_kernel(part, sigs[pid], available))
+        kernels.append(_kernel(part, sigs[pid], available, precisions))
     return Detection(graph=graph.name, kernels=kernels, free_nodes=free)
 
 
 def _merged(sig: tuple[str, ...], part: list[Node], node: Node, rules: FusionRules) -> tuple[str, ...] | None:
     """The signature of ``part`` + ``node`` if the device fuses them, else None."""
+    if node.precision != part[-1].precision:
+        return None  # a change of number format is a quantize or dequantize between them
     if node.op == ops.BN and len(part) == 1 and sig[-1] in _WEIGHTED:
         return sig if rules.fused(sig[-1], ops.BN) else None  # folded: the device does not see it
     merged = sig + (node.op,)
@@ -165,10 +175,15 @@ def _validated(kernel: str, values: tuple) -> dict[str, object]:
     return ops.validate_config(kernel, {k: list(v) if isinstance(v, tuple) else v for k, v in zip(keys, values)})
 
 
-def _kernel(part: list[Node], sig: tuple[str, ...], available: Collection[str] | None) -> Kernel:
+def _kernel(
+    part: list[Node], sig: tuple[str, ...], available: Collection[str] | None, precisions: Collection[str]
+) -> Kernel:
     node_ops = tuple(n.op for n in part)
-    kernel = Kernel(name=part[-1].name, nodes=[n.name for n in part], ops=node_ops)
     first = part[0]
+    kernel = Kernel(name=part[-1].name, nodes=[n.name for n in part], ops=node_ops, precision=first.precision)
+    if first.precision not in precisions:
+        kernel.problem = f"computes in {first.precision}; the predictor's kernels are {', '.join(precisions)}"
+        return kernel
     if not first.in_vocabulary:
         kernel.problem = f"op {first.op!r} is not in the vocabulary"
         return kernel

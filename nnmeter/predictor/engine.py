@@ -57,6 +57,7 @@ class KernelModel(Protocol):
 
     # optional: ``invoke_overhead_ms`` (float), the device's fixed cost of one invocation; 0 when absent
     # optional: ``model_correction`` (ModelCorrection or None), the whole-model correction; none when absent
+    # optional: ``precisions`` (tuple of str), the number formats its kernels were measured in; float32 when absent
 
 
 class UnsupportedModelError(NnmeterError):
@@ -168,12 +169,17 @@ class Predictor:
     def kernel_types(self) -> frozenset[str]:
         return frozenset(self.artifact.kernels)
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The number formats this predictor's kernels were measured in (:data:`nnmeter.ops.PRECISIONS`)."""
+        return tuple(getattr(self.artifact, "precisions", (ops.FLOAT32,)))
+
     def __repr__(self) -> str:
         return f"Predictor({self.name!r}, kernels={sorted(self.kernel_types)})"
 
     def detect(self, model: ModelInput, input_shape: Sequence[int] | None = None) -> Detection:
         """The kernels of ``model`` as this predictor's device runs them (no latency)."""
-        return detect(to_graph(model, input_shape), self.rules, self.kernel_types)
+        return detect(to_graph(model, input_shape), self.rules, self.kernel_types, self.precisions)
 
     def predict(
         self, model: ModelInput, input_shape: Sequence[int] | None = None, strict: bool = True
@@ -239,6 +245,18 @@ class Predictor:
         problems = [(d.graph, k) for d in detections for k in d.unsupported]
         if not problems:
             return
+        formats = [(g, k) for g, k in problems if k.precision not in self.precisions]
+        if formats:
+            needed = sorted({k.precision for _, k in formats})
+            nodes = [n for _, k in formats for n in k.nodes]
+            shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+            raise UnsupportedModelError(
+                f"{formats[0][0]} computes in {' and '.join(needed)} at {len(nodes)} node(s) ({shown}); "
+                f"predictor {self.name} has {', '.join(self.precisions)} kernels only, and predicting them "
+                "as such would be wrong",
+                f"predict the model before quantization, or with a predictor whose kernels are {needed[0]}; "
+                "strict=False (--no-strict) lists these nodes as left out instead",
+            )
         shown = "; ".join(f"{g}: {'-'.join(k.ops)} at {', '.join(k.nodes[:3])} ({k.problem})" for g, k in problems[:5])
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         ops_list = sorted({op for _, k in problems for op in k.ops})

@@ -13,6 +13,8 @@ Conventions:
   by graph-input name; weights and other constants are attributes, not edges.
 * Nodes that are no-ops in every runtime (Identity, Const, Dropout, input placeholders)
   are never nodes: converters bypass them.
+* ``precision`` is the number format the node computes in (:data:`nnmeter.ops.PRECISIONS`): the type of its
+  quantized activations, or of its weights when only they are quantized; ``float32`` otherwise.
 * A scalar ``add``/``mul`` (one activation input and a constant) carries the constant in
   ``attrs["constant"]``; the patterns of :mod:`nnmeter.predictor.patterns` read it.
 """
@@ -68,6 +70,7 @@ class Node:
     input_shapes: list[list[int]] = field(default_factory=list)
     output_shapes: list[list[int]] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
+    precision: str = ops.FLOAT32
 
     @property
     def in_vocabulary(self) -> bool:
@@ -133,6 +136,7 @@ class Graph:
                     "input_shapes": n.input_shapes,
                     "output_shapes": n.output_shapes,
                     "attrs": n.attrs,
+                    **({"precision": n.precision} if n.precision != ops.FLOAT32 else {}),
                 }
                 for n in self.nodes.values()
             ],
@@ -172,6 +176,7 @@ class Graph:
                             for s in _typed(item["output_shapes"], list, f"{where}: output_shapes")
                         ],
                         attrs=dict(_typed(item.get("attrs", {}), dict, f"{where}: attrs")),
+                        precision=check_precision(item.get("precision", ops.FLOAT32), f"{where}: precision"),
                     )
                 )
             return graph.check()
@@ -191,6 +196,13 @@ def check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError(f"{what} {_show(name)} is not a name (a string without control characters)")
     return name
+
+
+def check_precision(precision: Any, what: str) -> str:
+    """``precision`` if it is one of :data:`nnmeter.ops.PRECISIONS`; ValueError otherwise."""
+    if precision not in ops.PRECISIONS:
+        raise ValueError(f"{what} {_show(precision)} is not one of {', '.join(ops.PRECISIONS)}")
+    return str(precision)
 
 
 def _typed(value: Any, kind: type, what: str) -> Any:
@@ -273,6 +285,7 @@ class GraphBuilder:
         inputs: Iterable[str],
         input_shapes: Iterable[Iterable[int]],
         output_shapes: Iterable[Iterable[int]],
+        precision: str = ops.FLOAT32,
         **attrs: Any,
     ) -> Node:
         try:
@@ -283,6 +296,7 @@ class GraphBuilder:
                 input_shapes=[check_shape(s, f"node {_show(name)}: an input shape") for s in input_shapes],
                 output_shapes=[check_shape(s, f"node {_show(name)}: an output shape") for s in output_shapes],
                 attrs=attrs,
+                precision=check_precision(precision, f"node {_show(name)}: precision"),
             )
             return self.graph.add(node)
         except ValueError as err:  # a bad shape, or a name given twice

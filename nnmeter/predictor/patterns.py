@@ -71,6 +71,9 @@ class _View:
             input_shapes=shapes,
             output_shapes=last.output_shapes,
             attrs={"pattern": names, **(attrs or {})},
+            precision=next(
+                (p for p in (self.graph.nodes[n].precision for n in names) if p != ops.FLOAT32), ops.FLOAT32
+            ),
         )
         return names, node, last.name
 

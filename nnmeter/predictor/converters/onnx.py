@@ -2,7 +2,8 @@
 
 ONNX's NCHW 4-D shapes are stored NHWC in the IR (the IR's one layout); channel axes of
 Concat follow. Initializers and Constant nodes are constants, not edges; so is what is
-computed from a ``Shape`` and constants alone.
+computed from a ``Shape`` and constants alone. A node of a quantized model (QDQ or QOperator) carries
+its precision; QuantizeLinear and DequantizeLinear of activations are nodes of their own.
 
 A file is input: external data (weights in other files) is never read (the converter needs only the
 weights' shapes), a tensor's values are read only when it is small (scalars, axes, clip bounds), and a
@@ -55,6 +56,21 @@ _MAX_CONST_VALUES = 1024
 _DAMAGE = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError)
 #: Ops that read only a tensor's shape (a dynamic batch's reshape starts with one).
 _SHAPE_OPS = {"Shape", "Size"}
+#: Element types of quantized or reduced-precision models -> the precision of the nodes that compute on them.
+_PRECISION_OF_TYPE = {
+    "FLOAT16": "float16",
+    "BFLOAT16": "bfloat16",
+    "FLOAT8E4M3FN": "float8",
+    "FLOAT8E4M3FNUZ": "float8",
+    "FLOAT8E5M2": "float8",
+    "FLOAT8E5M2FNUZ": "float8",
+    "INT16": "int16",
+    "UINT16": "uint16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT4": "int4",
+    "UINT4": "uint4",
+}
 
 
 def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
@@ -132,6 +148,7 @@ def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, so
     for info in (*graph.input, *graph.value_info, *graph.output):
         dims = info.type.tensor_type.shape.dim
         shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    precision_of = _precisions(graph)
     builder = GraphBuilder(name or graph.name or "onnx-model", source)
     for inp in inputs:
         dims = [None if d <= 0 else d for d in shapes.get(inp.name, [])]
@@ -151,7 +168,13 @@ def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, so
         data_in = [i for i in node.input if i in producer]
         const_in = [consts[i] for i in node.input if i in consts]
         name = node.name or f"{node.op_type}_{index}"
-        if not data_in:  # computed from constants only (shape arithmetic): a constant too
+        # QDQ models: what a DequantizeLinear gives is computed in the format it dequantizes, by the op reading it
+        precision = next((precision_of[i] for i in node.input if i in precision_of), ops.FLOAT32)
+        if precision == ops.FLOAT32:
+            precision = next((precision_of[o] for o in node.output if o in precision_of), ops.FLOAT32)
+        if node.op_type == "DequantizeLinear" and precision != ops.FLOAT32:
+            precision_of.update((o, precision) for o in node.output if o)
+        if not data_in:  # computed from constants only (shape arithmetic, a dequantized weight): a constant too
             continue
         if node.op_type in _NOOPS:
             builder.bypass(name, producer[data_in[0]])
@@ -160,9 +183,19 @@ def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, so
         in_shapes = [_nhwc(shapes.get(i, [])) for i in data_in]
         out_shapes = [_nhwc(shapes.get(o, [])) for o in node.output if o]
         op, extra = _op(node.op_type, attrs, const_in, in_shapes, consts, node)
-        builder.node(name, op, [producer[i] for i in data_in], in_shapes, out_shapes, **extra)
+        builder.node(name, op, [producer[i] for i in data_in], in_shapes, out_shapes, precision, **extra)
         producer.update({o: name for o in node.output if o})
     return builder.finish(producer[o.name] for o in graph.output if o.name in producer)
+
+
+def _precisions(graph: Any) -> dict[str, str]:
+    """Tensor name -> precision, for the tensors of the graph whose element type is of a reduced precision."""
+    from onnx import TensorProto
+
+    names = {getattr(TensorProto, t): p for t, p in _PRECISION_OF_TYPE.items() if hasattr(TensorProto, t)}
+    types = {i.name: i.data_type for i in graph.initializer}
+    types.update((i.name, i.type.tensor_type.elem_type) for i in (*graph.input, *graph.value_info, *graph.output))
+    return {name: names[t] for name, t in types.items() if t in names}
 
 
 def _op(

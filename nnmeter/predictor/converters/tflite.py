@@ -6,6 +6,8 @@ the op, so kernel detection sees conv + act as in every other framework; a batch
 the converter folded into a conv is simply absent. Tensors that no op produces and that
 are not model inputs are constants (weights): attributes, not edges; so are tensors
 computed from shapes and constants alone (``SHAPE`` and the arithmetic on its output).
+A node of a quantized model carries its precision (int8 activations, or int8 or float16 weights alone);
+QUANTIZE and DEQUANTIZE of activations are nodes of their own: real work on the device.
 
 A file is input, read without a flatbuffer verifier: every count and index read from it is checked against
 the file's size and the tables it indexes (a truncated or changed file, or one made to stall the reader, is a
@@ -66,7 +68,16 @@ _OPTIONS = {
     "CONCATENATION": "ConcatenationOptions",
     "TRANSPOSE_CONV": "TransposeConvOptions",
 }
-_NOOPS = {"QUANTIZE"}
+#: Tensor types of quantized or reduced-precision models -> the precision of the nodes that read or write them.
+_PRECISION_OF_TYPE = {
+    "FLOAT16": "float16",
+    "BFLOAT16": "bfloat16",
+    "INT16": "int16",
+    "UINT16": "uint16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT4": "int4",
+}
 #: Bounds no real model reaches: inputs or outputs of one op, and the rank of a tensor.
 MAX_OP_TENSORS = 4096
 MAX_RANK = 32
@@ -90,6 +101,12 @@ def _op_names(schema) -> dict[int, str]:
 
 def _act_names(schema) -> dict[int, str]:
     return {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+
+
+def _type_precisions(schema) -> dict[int, str]:
+    """Tensor type code -> precision, for the types of :data:`_PRECISION_OF_TYPE` this schema has."""
+    codes = {k: v for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return {codes[name]: precision for name, precision in _PRECISION_OF_TYPE.items() if name in codes}
 
 
 def load(path: Path, input_shape: Sequence[int] | None = None) -> Graph:
@@ -149,6 +166,9 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
     ]
     builder = GraphBuilder(path.stem, str(path))
     producer: dict[int, str] = {}  # tensor index -> node (or input) name
+    type_precision = _type_precisions(schema)
+    # tensor index -> precision, for tensors of a reduced-precision type and weights dequantized from one
+    precision_of = {i: type_precision[t.Type()] for i, t in enumerate(tensors) if t.Type() in type_precision}
     for ti in graph_inputs:
         builder.input(names[ti], shapes[ti])
         producer[ti] = names[ti]
@@ -170,12 +190,12 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
         if tf_name == "SHAPE" or not data_in:
             # a tensor's shape, a dequantized weight, or arithmetic on shapes and constants (the reshape of a
             # model converted with a dynamic batch): no kernel, and a constant to the ops that read it
+            if tf_name == "DEQUANTIZE" and ins and ins[0] in precision_of:
+                precision_of[outs[0]] = precision_of[ins[0]]
             continue
         name = names[outs[0]]
-        if tf_name in _NOOPS:
-            builder.bypass(name, producer[data_in[0]])
-            producer.update({o: builder.resolve(name) for o in outs})
-            continue
+        # activations first (an int8 conv's weights are int8 too), then weights quantized alone
+        precision = next((precision_of[i] for i in (*data_in, *outs, *ins) if i in precision_of), ops.FLOAT32)
         options = _options(schema, op, tf_name)
         vocab = _OPS.get(tf_name, tf_name)
         attrs: dict[str, Any] = {}
@@ -216,7 +236,7 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
                 attrs["constant"] = "tensor"
         elif vocab == ops.MUL and tf_name == "DIV":
             vocab = tf_name  # a division of two tensors
-        builder.node(name, vocab, [producer[i] for i in data_in], in_shapes, out_shapes, **attrs)
+        builder.node(name, vocab, [producer[i] for i in data_in], in_shapes, out_shapes, precision, **attrs)
         last = name
         act = (
             act_names.get(options.FusedActivationFunction(), "NONE")
@@ -226,7 +246,12 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
         if act != "NONE":
             last = f"{name}/{act.lower()}"
             builder.node(
-                last, {"RELU": ops.RELU, "RELU6": ops.RELU6}.get(act, act), [name], out_shapes[:1], out_shapes[:1]
+                last,
+                {"RELU": ops.RELU, "RELU6": ops.RELU6}.get(act, act),
+                [name],
+                out_shapes[:1],
+                out_shapes[:1],
+                precision,
             )
         for o in outs:
             producer[o] = last
