@@ -18,6 +18,8 @@ the tool sleeps; ``hang-child`` starts a child process that sleeps and waits for
 (a SIGHUP to the tool alone, all adbd sends, leaves the child running, as a shell
 that does not exec its last command leaves ``benchmark_model``); ``crash`` aborts
 (SIGABRT); ``crash-once`` removes the file, then aborts.
+A file ``device-ms`` beside the fault file (test and bench hook) models a device whose time is spent on the
+device, not on this host's CPU: every invocation also sleeps that many milliseconds, timed with it.
 Each invocation appends its argv and CPU affinity (a JSON line) to ``--log_file`` when given.
 """
 
@@ -44,8 +46,9 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
     return flags
 
 
-def timed(interpreter, min_runs: int, min_secs: float, max_secs: float) -> list[float]:
-    """Microseconds per invoke: at least ``min_runs`` and ``min_secs`` (benchmark_model's rule)."""
+def timed(interpreter, min_runs: int, min_secs: float, max_secs: float, device_s: float = 0.0) -> list[float]:
+    """Microseconds per invoke: at least ``min_runs`` and ``min_secs`` (benchmark_model's rule); each invoke
+    also takes ``device_s`` seconds on the modelled device."""
     times: list[float] = []
     start = time.perf_counter()
     while True:
@@ -54,6 +57,8 @@ def timed(interpreter, min_runs: int, min_secs: float, max_secs: float) -> list[
             return times
         t0 = time.perf_counter()
         interpreter.invoke()
+        if device_s:
+            time.sleep(device_s)
         times.append((time.perf_counter() - t0) * 1e6)
 
 
@@ -87,6 +92,8 @@ def main(argv: list[str]) -> int:
         with open(flags.pop("log_file"), "a") as log:
             log.write(json.dumps({"argv": argv, "affinity": sorted(os.sched_getaffinity(0))}) + "\n")
     fault_file = flags.pop("fault_file", "")
+    device_file = os.path.join(os.path.dirname(fault_file), "device-ms") if fault_file else ""
+    device_s = float(open(device_file).read()) / 1000 if device_file and os.path.exists(device_file) else 0.0
     if fault_file and os.path.exists(fault_file):
         fault = open(fault_file).read().strip()
         if fault == "hang":
@@ -137,7 +144,9 @@ def main(argv: list[str]) -> int:
         f"Running benchmark for at least {warmup_runs} iterations and at least {warmup_min_secs} seconds "
         f"but terminate if exceeding {max_secs} seconds."
     )
-    warm = timed(interpreter, warmup_runs, warmup_min_secs, max_secs) if warmup_runs or warmup_min_secs else []
+    warm = (
+        timed(interpreter, warmup_runs, warmup_min_secs, max_secs, device_s) if warmup_runs or warmup_min_secs else []
+    )
     if warm:
         emit(count_line(warm, litert))
         emit()
@@ -145,7 +154,7 @@ def main(argv: list[str]) -> int:
         f"Running benchmark for at least {num_runs} iterations and at least {min_secs} seconds but "
         f"terminate if exceeding {max_secs} seconds."
     )
-    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs)
+    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs, device_s)
     emit(count_line(runs, litert))
     emit()
     avg = statistics.fmean(runs)

@@ -27,6 +27,7 @@ from nnmeter.backends import backend_class, backend_names, load_backend_config
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.errors import ConfigError
 from nnmeter.evaluation import EvaluationSettings
+from nnmeter.lab.settings import ClusterSettings, Unit, load_cluster, load_units
 from nnmeter.rule_tester import RuleTestSettings
 from nnmeter.schema import key_text, load_section, show_value
 from nnmeter.training import KernelTrainingSettings
@@ -39,7 +40,7 @@ SECTIONS: dict[str, type] = {
     "kernels": KernelTrainingSettings,
     "evaluation": EvaluationSettings,
 }
-TOP_LEVEL_KEYS = ("backend", *SECTIONS)
+TOP_LEVEL_KEYS = ("backend", *SECTIONS, "devices", "cluster")
 
 #: Keys (section, key) and values (section, key, value) that earlier versions took and this one refuses, with
 #: what to do instead: experiments that did not become features.
@@ -62,6 +63,13 @@ class Campaign:
     rules: RuleTestSettings
     kernels: KernelTrainingSettings
     evaluation: EvaluationSettings
+    #: a lab's units (``devices:``; none: the campaign's one device, ``backend:``) and how they are driven
+    units: tuple[Unit, ...] = ()
+    cluster: ClusterSettings = ClusterSettings()
+
+    @property
+    def is_lab(self) -> bool:
+        return bool(self.units)
 
 
 def load_campaign(path: Path | str) -> Campaign:
@@ -104,7 +112,9 @@ def load_campaign(path: Path | str) -> Campaign:
     sections: dict[str, Any] = {
         key: load_section(cls, data.get(key), source=source, path=key) for key, cls in SECTIONS.items()
     }
-    return Campaign(source=path, backend_name=name, backend_options=options, **sections)
+    units = load_units(name, backend, data.get("devices"), source)
+    cluster = load_cluster(data.get("cluster"), units, source)
+    return Campaign(source=path, backend_name=name, backend_options=options, **sections, units=units, cluster=cluster)
 
 
 def _refuse_removed(data: dict, source: str) -> None:

@@ -236,7 +236,7 @@ def run_campaign(
     unknown = [s for s in (*(only or ()), *force) if s not in STEPS]
     if unknown:
         raise NnmeterError(f"{unknown[0]!r} is not a campaign step; steps: {', '.join(STEPS)}")
-    with ws.lock():
+    with ws.lock(), ws.open_lab(reporter):  # a lab is checked before the store is touched
         return _run_steps(ws, only, force, workers, reporter)
 
 

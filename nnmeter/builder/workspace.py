@@ -38,7 +38,7 @@ from nnmeter.backends.base import Backend
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.builder.campaign import Campaign, load_campaign, render_campaign
 from nnmeter.errors import ModelFileError, NnmeterError, WorkFailed, WorkspaceInUse
-from nnmeter.measurement import MeasuringSession, ModelRecord, Store, hash_file
+from nnmeter.measurement import BatchDispatcher, MeasuringSession, ModelRecord, Store, hash_file
 from nnmeter.progress import SILENT, Reporter
 from nnmeter.schema import section_to_dict
 
@@ -59,6 +59,7 @@ class Workspace:
         self.root = Path(root)
         self._campaign: Campaign | None = None
         self._store: Store | None = None
+        self._lab: Any = None  # the open lab (nnmeter.lab.Lab) while open_lab() holds it
 
     # --- making and opening ---------------------------------------------------
 
@@ -103,6 +104,9 @@ class Workspace:
         return ws
 
     def close(self) -> None:
+        if self._lab is not None:
+            lab, self._lab = self._lab, None
+            lab.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -194,8 +198,50 @@ class Workspace:
             self._store = Store(self.store_path)
         return self._store
 
+    @contextmanager
+    def open_lab(self, reporter: Reporter = SILENT) -> Iterator[Any]:
+        """Hold the campaign's lab open (its units connected once for every step) for the ``with`` block; nothing
+        for a campaign of one device. The lab is checked here, before the store is opened: Ray installed for
+        ``engine: ray``, the cluster answering, every unit advertised (each a ConfigError naming its key)."""
+        if not self.campaign.is_lab or self._lab is not None:
+            yield self._lab
+            return
+        self._lab = self._new_lab(reporter)
+        try:
+            yield self._lab
+        finally:
+            lab, self._lab = self._lab, None
+            lab.close()
+
+    def _new_lab(self, reporter: Reporter) -> Any:
+        """The campaign's lab (:func:`nnmeter.lab.backend.open_lab`), recording its units' checks and states in
+        the store once it measures."""
+        from nnmeter.lab.backend import UNITS_STATE, open_lab
+
+        campaign = self.campaign
+        lab = open_lab(
+            campaign.backend_name, campaign.units, campaign.cluster, reporter=reporter, source=str(self.campaign_path)
+        )
+        lab.record_check = lambda check: self.store.add_unit_check(check)
+        lab.publish = lambda states: self.store.set_state(UNITS_STATE, states)
+        return lab
+
     def connect(self) -> Backend:
-        """The campaign's backend, connected (its ``device_info`` filled in)."""
+        """The campaign's backend, connected (its ``device_info`` filled in). For a lab (``devices:``), the lab's
+        backend: it converts here and measures on the units, in the lab :meth:`open_lab` holds or in one of its
+        own, closed with the backend."""
+        campaign = self.campaign
+        if campaign.is_lab:
+            from nnmeter.lab.backend import LabBackend
+
+            lab, owns = (self._lab, False) if self._lab is not None else (self._new_lab(SILENT), True)
+            return LabBackend(
+                campaign.backend_name,
+                section_to_dict(campaign.backend_options),
+                lab,
+                owns_lab=owns,
+                source=str(self.campaign_path),
+            )
         return connect_backend(
             self.campaign.backend_name,
             section_to_dict(self.campaign.backend_options),
@@ -213,7 +259,10 @@ class Workspace:
     ) -> MeasuringSession:
         """A measuring session on ``backend`` (connected) that keeps models and measurements in this workspace,
         with the campaign's protocol unless ``protocol`` is given."""
-        return MeasuringSession(self.store, self.root, backend, protocol or self.campaign.protocol, workers, reporter)
+        dispatcher = backend if isinstance(backend, BatchDispatcher) else None  # a lab's backend measures on its units
+        return MeasuringSession(
+            self.store, self.root, backend, protocol or self.campaign.protocol, workers, reporter, dispatcher
+        )
 
     def add_user_models(self, paths: Sequence[Path | str]) -> list[ModelRecord]:
         """Copy user model files into models/user/ and record them (kind 'user'), one record per path.

@@ -11,6 +11,7 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         **dict.fromkeys(("ANCHOR_KERNELS", "DriftCheck"), "drift"),
+        **dict.fromkeys(("BatchDispatcher", "BatchDone", "BatchJob"), "dispatch"),
         **dict.fromkeys(("ModelSpec", "PreparedModel", "anchor_specs", "kernel_spec", "spec_model_id"), "models"),
         **dict.fromkeys(("SOURCE_FORMATS", "MeasuringSession", "measured_formats"), "session"),
         **dict.fromkeys(
@@ -22,6 +23,8 @@ __getattr__, __all__ = lazy_exports(
                 "Store",
                 "StoreError",
                 "StoreSummary",
+                "UnitCheck",
+                "UnitSummary",
                 "hash_file",
             ),
             "store",

@@ -31,6 +31,7 @@ from nnmeter.backends.base import (
 )
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.kernel_gen.cache import model_dir
+from nnmeter.measurement.dispatch import BatchDispatcher, BatchDone, BatchJob
 from nnmeter.measurement.models import ModelSpec, PreparedModel, anchor_specs, spec_model_id
 from nnmeter.measurement.store import MeasurementRecord, ModelRecord, Store
 from nnmeter.progress import SILENT, Reporter
@@ -45,7 +46,9 @@ class MeasuringSession:
 
     Model files live under ``root`` (``root/models/...``); the store records their paths relative to it.
     ``workers`` None leaves the number of conversion processes to the backend's config. Long steps report to
-    ``reporter`` unless a call passes its own ``progress`` callback.
+    ``reporter`` unless a call passes its own ``progress`` callback. With a ``dispatcher`` (a lab of units,
+    :mod:`nnmeter.lab`) the backend only converts, and the batches are measured by the dispatcher's units at
+    once, each stored as it arrives with the unit that measured it.
     """
 
     store: Store
@@ -54,6 +57,7 @@ class MeasuringSession:
     protocol: MeasurementProtocol
     workers: int | None = None
     reporter: Reporter = SILENT
+    dispatcher: BatchDispatcher | None = None
 
     @property
     def device(self) -> str:
@@ -197,6 +201,10 @@ class MeasuringSession:
         )
         ready, failed = self.convert([r for r in unique if r.id not in known], progress)
         results: dict[str, MeasurementRecord] = {**known, **{m.model_id: m for m in failed}}
+        if self.dispatcher is not None:
+            if ready:
+                results.update(self._dispatch(self.dispatcher, ready, protocol, series, description, progress))
+            return [results[r.id] for r in records]
         anchors = self._anchors() if protocol.anchors and ready else []
         anchor_ids = {a.id for a in anchors}
         with self._task(progress, description, len(ready)) as update:
@@ -229,6 +237,67 @@ class MeasuringSession:
                 results.update((m.model_id, m) for m in stored)
                 update(start + size, len(ready))
         return [results[r.id] for r in records]
+
+    def _dispatch(
+        self,
+        dispatcher: BatchDispatcher,
+        ready: Sequence[ModelRecord],
+        protocol: MeasurementProtocol,
+        series: str,
+        description: str,
+        progress: ProgressCallback | None,
+    ) -> dict[str, MeasurementRecord]:
+        """Measure ``ready`` in batches on the dispatcher's units, storing each batch as it arrives."""
+        anchors = self._anchors()  # the units' agreement checks measure them even with protocol.anchors off
+        anchor_ids = {a.id for a in anchors}
+        in_batches = anchors if protocol.anchors else []
+        jobs, sizes = [], []
+        for start in range(0, len(ready), protocol.batch_size):
+            chunk = ready[start : start + protocol.batch_size]
+            batch = [r for r in chunk if r.id not in anchor_ids] + in_batches
+            files = tuple(self._file(r) for r in batch)
+            jobs.append(BatchJob(len(jobs), files, dataclasses.replace(protocol, batch_size=len(files))))
+            sizes.append(len(chunk))
+        out: dict[str, MeasurementRecord] = {}
+        done = 0
+        with self._task(progress, description, len(ready)) as update:
+            for finished in dispatcher.dispatch(jobs, [self._file(a) for a in anchors]):
+                stored = self.store.add_batch(
+                    self._batch_records(jobs[finished.index], finished, protocol, series),
+                    batch=uuid.uuid4().hex[:16],
+                    unit_scale=finished.scale,
+                )
+                out.update((m.model_id, m) for m in stored)
+                done += sizes[finished.index]
+                update(done, len(ready))
+        return out
+
+    def _batch_records(
+        self, job: BatchJob, finished: BatchDone, protocol: MeasurementProtocol, series: str
+    ) -> list[MeasurementRecord]:
+        """The records of a batch a unit measured: one per file of its job (a result missing is a broken
+        dispatcher: say which model)."""
+        measured = {res.model_id: res for res in finished.results}
+        lost = [f.id for f in job.files if f.id not in measured]
+        if lost:
+            raise RuntimeError(f"unit {finished.unit} returned no result for {', '.join(lost)}")
+        return [
+            MeasurementRecord.from_result(
+                measured[f.id],
+                device=self.device,
+                backend=self.backend.name,
+                runtime_versions=finished.runtime_versions,
+                protocol=protocol,
+                series=series,
+                unit=finished.unit,
+                host=finished.host,
+            )
+            for f in job.files
+        ]
+
+    def _file(self, record: ModelRecord) -> ModelFile:
+        fmt = self._measured_format(record)
+        return ModelFile(id=record.id, path=Path(self.root) / record.files[fmt], format=fmt)  # type: ignore[index,arg-type]
 
     # --- helpers -------------------------------------------------------------------
 

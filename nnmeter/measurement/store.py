@@ -111,6 +111,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX batches_by_setup ON batches (device, backend, protocol_key, created_at);
     ALTER TABLE measurements ADD COLUMN drift_factor REAL NOT NULL DEFAULT 1.0;
     """,
+    # 6: a lab's units (nnmeter.lab): the unit and host each measurement and batch was taken on ('' for the
+    # campaign's one device), a batch's unit scale, and each unit's speed ratio over the lab's anchor checks
+    """
+    ALTER TABLE measurements ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    ALTER TABLE measurements ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE batches ADD COLUMN unit TEXT NOT NULL DEFAULT '';
+    ALTER TABLE batches ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE batches ADD COLUMN unit_scale REAL NOT NULL DEFAULT 1.0;
+    CREATE TABLE unit_checks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        protocol_key TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        host TEXT NOT NULL,
+        ratio REAL,
+        scale REAL NOT NULL,
+        verdict TEXT NOT NULL,
+        anchors TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    """,
 )
 #: Migration steps after which stored batches get their drift factors (step 5 replays how they would have been
 #: decided, batch by batch in storing order, from what was stored before each).
@@ -168,6 +190,8 @@ class MeasurementRecord:
     series: str = ""
     batch: str = ""
     drift_factor: float = 1.0  # 1.0 for a batch without anchors
+    unit: str = ""  # the lab unit it was measured on (serial, host); "" for the campaign's one device
+    host: str = ""  # the host that unit is attached to
     id: int | None = None  # set by the store
 
     def __post_init__(self) -> None:
@@ -197,6 +221,8 @@ class MeasurementRecord:
         protocol: Any,
         series: str = "",
         batch: str = "",
+        unit: str = "",
+        host: str = "",
     ) -> MeasurementRecord:
         """The record of a backend's :class:`MeasureResult` under ``protocol`` (a MeasurementProtocol)."""
         return cls(
@@ -215,7 +241,42 @@ class MeasurementRecord:
             device_seconds=result.device_seconds,
             series=series,
             batch=batch,
+            unit=unit,
+            host=host,
         )
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """What one lab unit measured (``nnmeter-build status``, ``lab status``): measurements stored, the models
+    they are of, device seconds, the newest one's time, and measurements in the last ``window_s`` seconds."""
+
+    unit: str
+    host: str
+    measurements: int
+    models: int
+    device_seconds: float
+    last_at: float
+    recent: int
+    window_s: float
+
+
+@dataclass(frozen=True)
+class UnitCheck:
+    """A unit's anchor check: its speed ratio to the lab (its anchors' latency over the lab's, geometric mean;
+    None when it measured no anchor), the scale its batches get, and the verdict ('agrees', 'scaled',
+    'excluded', 'failed')."""
+
+    device: str
+    backend: str
+    protocol_key: str
+    unit: str
+    host: str
+    ratio: float | None
+    scale: float
+    verdict: str
+    anchors: Mapping[str, float] = field(default_factory=dict)  # anchor model id -> median ms
+    created_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -239,6 +300,7 @@ class StoreSummary:
     models: Mapping[str, int]  # kind -> models
     statuses: Mapping[str, Mapping[str, int]]  # kind -> status of each model's newest measurement -> models
     setups: tuple[SetupSummary, ...]
+    units: tuple[UnitSummary, ...] = ()  # lab units (measurements with a unit), busiest first
 
 
 class StoreError(NnmeterError):
@@ -471,10 +533,16 @@ class Store:
             return self._insert(records)
 
     @_sqlite_errors
-    def add_batch(self, records: Sequence[MeasurementRecord], batch: str) -> list[MeasurementRecord]:
+    def add_batch(
+        self, records: Sequence[MeasurementRecord], batch: str, unit_scale: float = 1.0
+    ) -> list[MeasurementRecord]:
         """Store the measurements of one batch (one device, backend and protocol) in one transaction, each with
         the batch's drift factor, decided now from its anchors' measurements among ``records`` and what the store
-        held before (:mod:`nnmeter.measurement.drift`); the stored records."""
+        held before (:mod:`nnmeter.measurement.drift`); the stored records.
+
+        ``unit_scale`` is the speed ratio of the lab unit that measured the batch when the lab scales it (1: the
+        unit agrees with the lab, or a single device): its anchors are read divided by it, and its drift factor is
+        divided by it."""
         setups = {(r.device, r.backend, r.protocol_key) for r in records}
         if len(setups) != 1:
             raise ValueError(f"a batch is measured on one device, backend and protocol; got {len(setups)}")
@@ -488,28 +556,38 @@ class Store:
                 )
             }
             current = {
-                r.model_id: r.stats.median_ms
+                r.model_id: r.stats.median_ms / unit_scale
                 for r in records
                 if r.model_id in anchors and r.status == MeasureStatus.OK and r.stats is not None
             }
             first = (db.execute("SELECT MAX(id) FROM measurements").fetchone()[0] or 0) + 1
-            factor = self._record_batch(setup, batch, current, first, time.time())
+            units = {(r.unit, r.host) for r in records}
+            unit, host = units.pop() if len(units) == 1 else ("", "")
+            factor = self._record_batch(setup, batch, current, first, time.time(), (unit, host, unit_scale))
             return self._insert([dataclasses.replace(r, batch=batch, drift_factor=factor) for r in records])
 
     def _record_batch(
-        self, setup: tuple[str, str, str], batch: str, current: Mapping[str, float], first_id: int, created_at: float
+        self,
+        setup: tuple[str, str, str],
+        batch: str,
+        current: Mapping[str, float],
+        first_id: int,
+        created_at: float,
+        unit: tuple[str, str, float] = ("", "", 1.0),
     ) -> float:
         """Decide the drift factor of ``batch`` (its anchors read ``current``) from the measurements stored before
-        ``first_id``, write its row and set it on measurements already stored in it; the factor."""
+        ``first_id``, write its row and set it on measurements already stored in it; the factor. ``unit`` is the
+        lab unit, its host and its scale (the factor is divided by the scale)."""
         history = self._anchor_readings(*setup, where="me.id < ?", args=(first_id,))
         level = drift.anchor_level({anchor: ms[0] for anchor, ms in history.items()}, current)
         raw = drift.anchor_factor(history, current)
         check = drift.drift_check(self._repeats(*setup, before_id=first_id))
-        factor = 1.0 if raw is None else raw**check.weight
+        factor = (1.0 if raw is None else raw**check.weight) / unit[2]
         self._db.execute(
             "INSERT INTO batches (id, device, backend, protocol_key, anchor_level, anchor_factor, "
-            "weight, weight_pairs, drift_factor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (batch, *setup, level, raw, check.weight, check.pairs, factor, created_at),
+            "weight, weight_pairs, drift_factor, created_at, unit, host, unit_scale) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch, *setup, level, raw, check.weight, check.pairs, factor, created_at, *unit),
         )
         self._db.execute("UPDATE measurements SET drift_factor = ? WHERE batch = ?", (factor, batch))
         return factor
@@ -521,12 +599,13 @@ class Store:
         readings: dict[str, list[float]] = {}
         for r in self._db.execute(
             f"""
-                SELECT me.model_id, me.stats FROM measurements me JOIN models mo ON mo.id = me.model_id
+                SELECT me.model_id, me.stats, ba.unit_scale FROM measurements me JOIN models mo ON mo.id = me.model_id
+                LEFT JOIN batches ba ON ba.id = me.batch
                 WHERE mo.kind = 'anchor' AND me.device = ? AND me.backend = ? AND me.protocol_key = ?
                   AND me.batch != '' AND me.status = ? AND me.stats IS NOT NULL AND {where} ORDER BY me.id""",
             (device, backend, protocol_key, MeasureStatus.OK.value, *args),
         ):
-            ms = json.loads(r["stats"])["median_ms"]
+            ms = json.loads(r["stats"])["median_ms"] / (r["unit_scale"] or 1.0)
             if ms > 0:
                 readings.setdefault(r["model_id"], []).append(ms)
         return readings
@@ -571,7 +650,7 @@ class Store:
             cur = self._db.execute(
                 "INSERT INTO measurements (model_id, device, backend, runtime_versions, protocol_key, protocol, "
                 "status, stats, error, op_profile, started_at, finished_at, device_seconds, series, batch, "
-                "drift_factor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "drift_factor, unit, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.model_id,
                     rec.device,
@@ -589,6 +668,8 @@ class Store:
                     rec.series,
                     rec.batch,
                     rec.drift_factor,
+                    rec.unit,
+                    rec.host,
                 ),
             )
             stored.append(dataclasses.replace(rec, id=cur.lastrowid))
@@ -687,7 +768,68 @@ class Store:
                     r["last_at"],
                 )
             )
-        return StoreSummary(models, statuses, tuple(setups))
+        return StoreSummary(models, statuses, tuple(setups), tuple(self.unit_summaries()))
+
+    @_sqlite_errors
+    def unit_summaries(self, window_s: float = 600.0, now: float | None = None) -> list[UnitSummary]:
+        """What each lab unit measured (measurements that record a unit), busiest first; ``recent`` counts the
+        measurements stored in the ``window_s`` seconds before ``now``."""
+        since = (time.time() if now is None else now) - window_s
+        rows = self._db.execute(
+            """
+            SELECT unit, host, COUNT(*) AS n, COUNT(DISTINCT model_id) AS models, SUM(device_seconds) AS seconds,
+                   MAX(finished_at) AS last_at, SUM(finished_at >= ?) AS recent
+            FROM measurements WHERE unit != '' GROUP BY unit, host ORDER BY n DESC, unit""",
+            (since,),
+        )
+        return [
+            UnitSummary(
+                r["unit"], r["host"], r["n"], r["models"], r["seconds"] or 0.0, r["last_at"], r["recent"] or 0, window_s
+            )
+            for r in rows
+        ]
+
+    @_sqlite_errors
+    def add_unit_check(self, check: UnitCheck) -> None:
+        """Store a lab unit's anchor check (committed before returning)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO unit_checks (device, backend, protocol_key, unit, host, ratio, scale, verdict, anchors, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    check.device,
+                    check.backend,
+                    check.protocol_key,
+                    check.unit,
+                    check.host,
+                    check.ratio,
+                    check.scale,
+                    check.verdict,
+                    _dump(dict(check.anchors)),
+                    check.created_at,
+                ),
+            )
+
+    @_sqlite_errors
+    def unit_checks(self, unit: str | None = None) -> list[UnitCheck]:
+        """The lab units' anchor checks in storing order (of one ``unit`` when given)."""
+        where, args = _filters(("unit", unit))
+        rows = self._db.execute(f"SELECT * FROM unit_checks {where} ORDER BY id", args)
+        return [
+            UnitCheck(
+                r["device"],
+                r["backend"],
+                r["protocol_key"],
+                r["unit"],
+                r["host"],
+                r["ratio"],
+                r["scale"],
+                r["verdict"],
+                json.loads(r["anchors"]),
+                r["created_at"],
+            )
+            for r in rows
+        ]
 
     # --- campaign state ------------------------------------------------------
 
@@ -758,4 +900,6 @@ def _measurement(row: sqlite3.Row) -> MeasurementRecord:
         series=row["series"],
         batch=row["batch"],
         drift_factor=row["drift_factor"],
+        unit=row["unit"],
+        host=row["host"],
     )

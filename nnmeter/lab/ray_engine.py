@@ -1,0 +1,163 @@
+"""``cluster.engine: ray``: one Ray actor per unit, pinned to the unit's host by the unit's custom resource.
+
+Ray is imported here only, when a campaign says ``engine: ray``. Conversion stays on the driver's conversion
+pool; a batch's model files travel to the unit's host as bytes in Ray's object store (each file put once), and
+the actor writes them to a private folder there. An actor that dies with its host is created again; it waits
+for the unit's resource, so it starts when the host rejoins.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Hashable, Sequence
+
+from nnmeter.backends.base import ModelFile
+from nnmeter.backends.protocol import MeasurementProtocol
+from nnmeter.errors import ConfigError, WorkFailed
+from nnmeter.lab.engine import Engine
+from nnmeter.lab.settings import Unit, unit_resource
+from nnmeter.lab.unit import UnitLost, UnitWorker, model_parts
+
+#: seconds the driver waits for the cluster's address to answer before saying so
+CONNECT_TIMEOUT_S = 10.0
+
+
+def import_ray(source: str) -> Any:
+    """The ray module; a ConfigError naming ``cluster.engine`` when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            source,
+            "cluster.engine",
+            "ray needs the Ray package, which is not installed",
+            "pip install 'nnmeter[lab]' (or pip install 'ray>=2'), or set cluster.engine: local",
+        ) from None
+    return ray
+
+
+def check_address(address: str, source: str) -> None:
+    """A ConfigError naming ``cluster.address`` when nothing answers at HOST:PORT."""
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(source, "cluster.address", f"{address!r} is not HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(
+            source,
+            "cluster.address",
+            f"no Ray head answers at {address} ({err.strerror or err})",
+            "start the head there (nnmeter-build lab join --head), or fix the address",
+        ) from None
+
+
+class RayEngine(Engine):
+    """Units as Ray actors on the cluster at ``address`` (joined by this process, the driver)."""
+
+    name = "ray"
+
+    def __init__(self, backend_name: str, address: str, source: str = "campaign.yaml") -> None:
+        self.ray = import_ray(source)
+        self.backend_name = backend_name
+        self.source = source
+        self.address = address
+        check_address(address, source)
+        self._owns = not self.ray.is_initialized()
+        if self._owns:
+            try:
+                self.ray.init(
+                    address=address,
+                    logging_level="ERROR",
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ConfigError(
+                    source,
+                    "cluster.address",
+                    f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}",
+                    "start it with `nnmeter-build lab join --head` (or `ray start --head`) on the head host",
+                ) from None
+        self._actor = self.ray.remote(num_cpus=0, max_restarts=0)(UnitWorker)
+        self._actors: list[Any] = []
+        self._blobs: dict[str, list[tuple[str, Any]]] = {}
+
+    def check_units(self, units: Sequence[Unit]) -> None:
+        """A ConfigError naming the first unit no node of the cluster advertises."""
+        advertised = self._cluster(lambda: self.ray.cluster_resources())
+        for unit in units:
+            if advertised.get(unit.resource, 0) < 1:
+                raise ConfigError(
+                    self.source,
+                    unit.key_path,
+                    f"unit {unit.id!r}: no node of the Ray cluster at {self.address} advertises it "
+                    f"(resource {unit.resource!r})",
+                    f"on the host it is attached to, run: nnmeter-build lab join HEAD:PORT --unit {unit.id}",
+                )
+
+    def start(self, unit: Unit) -> Any:
+        actor = self._actor.options(resources={unit_resource(unit.id): 1}).remote(
+            self.backend_name, dict(unit.options), unit.id, self.source
+        )
+        self._actors.append(actor)
+        return actor
+
+    def restart(self, unit: Unit, worker: Any) -> Any:
+        try:
+            self.ray.kill(worker, no_restart=True)
+        except Exception:
+            pass  # dead already
+        return self.start(unit)
+
+    def connect(self, worker: Any) -> Hashable:
+        return worker.connect.remote()
+
+    def measure(self, worker: Any, files: Sequence[ModelFile], protocol: MeasurementProtocol) -> Hashable:
+        shipped = [(f.id, f.format, self._shipped(f)) for f in files]
+        return worker.measure_shipped.remote(shipped, protocol)
+
+    def wait(self, pending: Sequence[Hashable], timeout: float) -> list[Hashable]:
+        ready, _ = self._cluster(lambda: self.ray.wait(list(pending), num_returns=1, timeout=timeout))
+        return ready
+
+    def result(self, pending: Hashable) -> Any:
+        exceptions = self.ray.exceptions
+        try:
+            return self._cluster(lambda: self.ray.get(pending))
+        except exceptions.RayTaskError as err:
+            cause = err.as_instanceof_cause()
+            if isinstance(cause, UnitLost):
+                raise UnitLost(str(cause).splitlines()[-1]) from None
+            raise UnitLost(f"its worker failed: {str(err).splitlines()[0]}") from None
+        except (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.ObjectLostError) as err:
+            raise UnitLost(f"its worker or host went away ({type(err).__name__})") from None
+
+    def close(self) -> None:
+        for actor in self._actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self._actors, self._blobs = [], {}
+        if self._owns and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    def _shipped(self, file: ModelFile) -> list[tuple[str, Any]]:
+        """The model's files as (name, object reference) pairs, each put in the object store once."""
+        if file.id not in self._blobs:
+            self._blobs[file.id] = [(name, self.ray.put(path.read_bytes())) for name, path in model_parts(file)]
+        return self._blobs[file.id]
+
+    def _cluster(self, call: Any) -> Any:
+        """``call()``; losing the cluster itself (its head) is one clear error."""
+        try:
+            return call()
+        except (self.ray.exceptions.RaySystemError, ConnectionError) as err:
+            raise WorkFailed(
+                f"lost the Ray cluster at {self.address}: {str(err).splitlines()[0]}",
+                "what was measured is in the store: restart the head (nnmeter-build lab join --head), "
+                "let the hosts join again, and run the same command to resume",
+            ) from None
