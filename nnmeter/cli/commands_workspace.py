@@ -184,6 +184,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if summary.setups:
             out.line()
             out.table(tables.store_setups(summary, current))
+        if summary.units:
+            out.line()
+            out.table(tables.store_units(summary))
     out.line()
     out.line("campaign steps: " + ", ".join(f"{k} {v.value}" for k, v in steps.items()))
     if holder is not None:

@@ -50,6 +50,7 @@ def command(
 
 def build_parser() -> argparse.ArgumentParser:
     from nnmeter.cli import commands_build, commands_predict, commands_workspace  # noqa: F401  (they register)
+    from nnmeter.cli import commands_lab  # noqa: F401  (it registers)
 
     parser = argparse.ArgumentParser(
         prog="nnmeter-build",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from nnmeter import ops
@@ -75,6 +76,25 @@ def store_setups(summary: StoreSummary, current: tuple[str, str]) -> Table:
             g.measurements,
             f"{g.device_seconds:.1f}",
             ", ".join(f"{k} {v}" for k, v in g.statuses.items()),
+        )
+    return table
+
+
+def store_units(summary: StoreSummary) -> Table:
+    """A lab's units: what the store holds of each (measurements with a unit)."""
+    table = Table(
+        "lab units (measurements stored per unit)",
+        ("unit", "host", "rows", "models", "device s", "last"),
+        right=("rows", "models", "device s"),
+    )
+    for u in summary.units:
+        table.add(
+            u.unit,
+            u.host,
+            u.measurements,
+            u.models,
+            f"{u.device_seconds:.1f}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u.last_at)),
         )
     return table
 
