@@ -267,3 +267,124 @@ def test_prepare_models_converts_once_and_reuses_the_file(tmp_path):
     assert record.kind == "kernel" and record.name == "dwconv-bn-relu" and record.config == configs[0]
     assert record.path("tflite", ws.root) == first[0].file.path
     ws.close()
+
+
+def _graph(data: bytes) -> list[tuple]:
+    """A .tflite's operators as (op, version, input shapes, output shapes, options), what the runtime reads."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    graph = model.subgraphs[0]
+
+    def shape(i):
+        return None if i < 0 else tuple(int(d) for d in graph.tensors[i].shape)
+
+    out = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        # potScaleInt16 and quantizedBiasType matter to int16/int8 models only
+        options = {
+            k: v
+            for k, v in (vars(op.builtinOptions) if op.builtinOptions else {}).items()
+            if k not in ("potScaleInt16", "quantizedBiasType")
+        }
+        out.append(
+            (
+                names[code.builtinCode],
+                code.version,
+                tuple(shape(i) for i in op.inputs),
+                tuple(shape(i) for i in op.outputs),
+                sorted((k, repr(v)) for k, v in options.items()),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("kernel", list(ops.KERNELS))
+def test_the_direct_writer_writes_the_graph_the_converter_makes(kernel):
+    configs = kg.sample_configs(kernel, 2, "prior", seed=5) + kg.sample_configs(kernel, 2, "uniform", seed=6)
+    written = 0
+    for config in configs:
+        data = kg.write_kernel_tflite(kernel, config)
+        if data is None:  # a degenerate shape the converter rewrites: built with TensorFlow instead
+            continue
+        written += 1
+        assert _graph(data) == _graph(keras_to_tflite_bytes(kg.build_kernel_model(kernel, config))), config
+        _interpreter_runs(data)
+    assert written >= 2
+
+
+def _interpreter_runs(data: bytes) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.ones(detail["shape"], np.float32))
+    interpreter.invoke()
+    assert all(np.isfinite(interpreter.get_tensor(d["index"])).all() for d in interpreter.get_output_details())
+
+
+def test_degenerate_shapes_the_converter_rewrites_are_left_to_it():
+    assert kg.write_kernel_tflite("add", {"HW": 1, "CIN": 8}) is None  # the converter adds reshaped vectors
+    assert kg.write_kernel_tflite("channelshuffle", {"HW": 7, "CIN": 2}) is None  # the converter drops it
+    assert kg.write_kernel_tflite("add", {"HW": 2, "CIN": 8}) is not None
+    with pytest.raises(ValueError, match="CIN"):
+        kg.write_kernel_tflite("add", {"HW": 2})
+
+
+def test_written_and_converted_models_run_equally_fast():
+    """Interleaved rounds of the same kernel written both ways: medians within a loose bound (the host is
+    noisy; a wrong padding, layout or op choice would be off by far more)."""
+    import time
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    cases = [
+        ("conv-bn-relu", {"HW": 28, "CIN": 32, "COUT": 64, "KERNEL_SIZE": 3, "STRIDES": 1}),
+        ("dwconv-bn-relu6", {"HW": 56, "CIN": 64, "KERNEL_SIZE": 3, "STRIDES": 2}),
+        ("se", {"HW": 14, "CIN": 96}),
+    ]
+    for kernel, config in cases:
+        runners = []
+        for data in (
+            kg.write_kernel_tflite(kernel, config),
+            keras_to_tflite_bytes(kg.build_kernel_model(kernel, config)),
+        ):
+            interpreter = Interpreter(model_content=data, num_threads=1)
+            interpreter.allocate_tensors()
+            for _ in range(20):
+                interpreter.invoke()
+            runners.append(interpreter)
+        times: list[list[float]] = [[], []]
+        for _ in range(30):
+            for i, interpreter in enumerate(runners):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    interpreter.invoke()
+                times[i].append(time.perf_counter() - t0)
+        ratio = float(np.median(times[0]) / np.median(times[1]))
+        assert 0.7 < ratio < 1.4, (kernel, ratio)
+
+
+def test_a_kernel_job_is_written_without_tensorflow_and_a_degenerate_one_built_with_it(tmp_path):
+    from nnmeter.backends.base import ConversionJob
+    from nnmeter.backends.conversion import ConversionPool
+
+    jobs = [
+        ConversionJob(name, tmp_path, kg.build_kernel_model, (kernel, config), write=kg.write_kernel_tflite)
+        for name, kernel, config in (
+            ("direct", "conv-bn-relu", {"HW": 7, "CIN": 4, "COUT": 8, "KERNEL_SIZE": 3, "STRIDES": 1}),
+            ("keras", "add", {"HW": 1, "CIN": 4}),
+        )
+    ]
+    pool = ConversionPool("tflite", 1, [])
+    try:
+        direct, keras = pool.run(jobs)
+    finally:
+        pool.close()
+    assert direct.ok and not direct.built_with_tensorflow
+    assert direct.model.path.read_bytes() == kg.write_kernel_tflite(*jobs[0].build_args)
+    assert keras.ok and keras.built_with_tensorflow
+    assert [op[0] for op in _graph(keras.model.path.read_bytes())][:2] == ["RESHAPE", "ADD"]

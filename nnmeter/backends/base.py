@@ -70,6 +70,9 @@ class ConversionJob:
     Either ``build`` (a module-level function, so that worker processes can
     import it, called with ``build_args``, returning a ``keras.Model``) or
     ``source`` (an existing model file: .keras, .h5, SavedModel, .tflite, .onnx).
+    ``write`` (module-level too, called with ``build_args``) writes the model's
+    .tflite bytes directly, without TensorFlow, or returns None when it cannot:
+    formats made from .tflite use it first, and ``build`` when it returns None.
     """
 
     id: str
@@ -77,6 +80,7 @@ class ConversionJob:
     build: Callable[..., Any] | None = None
     build_args: tuple = ()
     source: Path | None = None
+    write: Callable[..., bytes | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class ConversionResult:
     model: ModelFile | None
     error: str = ""
     seconds: float = 0.0
+    built_with_tensorflow: bool = False  # a job with ``write`` whose writer could not write it
 
     @property
     def ok(self) -> bool:

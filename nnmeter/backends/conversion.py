@@ -76,7 +76,7 @@ class ConversionPool:
             out = converters.output_path(job.out_dir, job.id, self.fmt)
             if out.exists():
                 results[i] = _existing(job, out, self.fmt)
-            elif job.build is None and job.source is None:
+            elif job.build is None and job.source is None and job.write is None:
                 results[i] = ConversionResult(job.id, None, "job has neither a build function nor a source file")
             else:
                 pending.append(i)
@@ -273,11 +273,16 @@ def _convert(job: ConversionJob, fmt: str) -> ConversionResult:
     """Build or read the job's model and write it in ``fmt``; any failure becomes the result's error."""
     t0 = time.perf_counter()
     out = converters.output_path(job.out_dir, job.id, fmt)
+    with_tensorflow = False
     try:
         Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        written = job.write(*job.build_args) if job.write is not None and fmt in converters.FROM_TFLITE else None
         if job.source is not None:
             converters.convert_file(Path(job.source), fmt, out)
+        elif written is not None:
+            converters.convert_tflite_bytes(written, fmt, out)
         elif job.build is not None:
+            with_tensorflow = job.write is not None
             converters.convert_keras(job.build(*job.build_args), fmt, out)
         else:
             raise ValueError(f"conversion job {job.id} has neither a build function nor a source file")
@@ -293,7 +298,7 @@ def _convert(job: ConversionJob, fmt: str) -> ConversionResult:
             f"{type(err).__name__}: {message} ({Path(where.filename).name}:{where.lineno})",
             time.perf_counter() - t0,
         )
-    return ConversionResult(job.id, model, "", time.perf_counter() - t0)
+    return ConversionResult(job.id, model, "", time.perf_counter() - t0, with_tensorflow)
 
 
 def _existing(job: ConversionJob, out: Path, fmt: str) -> ConversionResult:

@@ -83,21 +83,33 @@ def output_path(out_dir: Path, model_id: str, fmt: str) -> Path:
     return Path(out_dir) / f"{model_id}{SUFFIXES[fmt]}"
 
 
+#: Formats made from a model's .tflite (OpenVINO reads it directly).
+FROM_TFLITE = ("tflite", "openvino")
+
+
 def convert_keras(model: Any, fmt: str, out_path: Path) -> None:
     """Write the Keras ``model`` to ``out_path`` in ``fmt``."""
-    if fmt == "tflite":
-        _write_atomic(out_path, keras_to_tflite_bytes(model))
+    if fmt in FROM_TFLITE:
+        convert_tflite_bytes(keras_to_tflite_bytes(model), fmt, out_path)
     elif fmt == "onnx":
         _write_atomic(out_path, keras_to_onnx_bytes(model))
+    else:
+        raise ValueError(f"unknown model format {fmt!r}; known: {', '.join(SUFFIXES)}")
+
+
+def convert_tflite_bytes(data: bytes, fmt: str, out_path: Path) -> None:
+    """Write the .tflite model ``data`` to ``out_path`` in ``fmt`` (one of :data:`FROM_TFLITE`)."""
+    if fmt == "tflite":
+        _write_atomic(out_path, data)
     elif fmt == "openvino":
         tflite = Path(str(out_path) + ".tmp.tflite")
         try:
-            _write_atomic(tflite, keras_to_tflite_bytes(model))
+            _write_atomic(tflite, data)
             _save_openvino(_read_openvino_source(tflite), out_path)
         finally:
             tflite.unlink(missing_ok=True)
     else:
-        raise ValueError(f"unknown model format {fmt!r}; known: {', '.join(SUFFIXES)}")
+        raise ValueError(f"a .tflite model cannot be written as {fmt!r}; formats made from .tflite: {FROM_TFLITE}")
 
 
 def convert_file(source: Path, fmt: str, out_path: Path) -> None:

@@ -10,7 +10,8 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "build_kernel": "builders",
-        "build_kernel_model": "builders",
+        "build_kernel_model": "kernel_models",
+        "write_kernel_tflite": "tflite_writer",
         "KernelModel": "builders",
         "build_op_layer": "builders",
         "OpParams": "op_traits",

@@ -5,7 +5,8 @@ takes the op's input tensors and an :class:`OpParams` and returns its output
 tensor(s); :data:`OP_BUILDERS` maps each op name to its builder, so adding an op
 to the vocabulary is adding one function here. Op pairs, chains and the MON
 block (:mod:`nnmeter.kernel_gen.pairs`) and kernels (:func:`build_kernel`) all
-compose ops through :func:`build_op_layer`.
+compose ops through :func:`build_op_layer`. A kernel's Keras model is the reference of the
+direct .tflite writer (:mod:`nnmeter.kernel_gen.tflite_writer`), which campaigns use.
 
 Weights are random (Keras initialisers) and batch-norm statistics are drawn at
 random too: with the identity statistics of a fresh layer a converter could
@@ -29,7 +30,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnmeter import ops  # noqa: E402
-from nnmeter.kernel_gen.op_traits import EVEN_CHANNEL_OPS, MAP_OPS, ONE_D_OPS, OpParams  # noqa: E402
+from nnmeter.kernel_gen.op_traits import (  # noqa: E402
+    EVEN_CHANNEL_OPS,
+    MAP_OPS,
+    ONE_D_OPS,
+    OpParams,
+    kernel_input_shapes,
+    kernel_params,
+)
 
 Tensor = object  # a symbolic KerasTensor
 
@@ -226,38 +234,12 @@ class KernelModel:
     cost: ops.Cost
 
 
-def kernel_input_shapes(kernel: str, config: Mapping[str, object]) -> tuple[tuple[int, ...], ...]:
-    """The input shapes (without the batch dimension) of ``kernel`` with a validated ``config``."""
-    ktype = ops.kernel_type(kernel)
-    first = ktype.ops[0]
-    if first in ONE_D_OPS:
-        return ((int(config[ops.CIN]),),)
-    hw = int(config[ops.HW])
-    if first == ops.CONCAT:
-        return tuple((hw, hw, int(c)) for c in config[ops.CINS])  # type: ignore[union-attr]
-    return ((hw, hw, int(config[ops.CIN])),) * ktype.inputs
-
-
-def _kernel_params(kernel: str, config: Mapping[str, object]) -> OpParams:
-    ktype = ops.kernel_type(kernel)
-    first = ktype.ops[0]
-    # A conv followed by bn has no bias: the bn's shift is the bias after folding.
-    bias = not (first in (ops.CONV, ops.DWCONV) and len(ktype.ops) > 1 and ktype.ops[1] == ops.BN)
-    return OpParams(
-        cout=int(config.get(ops.COUT, 0)),
-        kernel_size=int(config.get(ops.KERNEL_SIZE, 3)),  # type: ignore[arg-type]
-        strides=int(config.get(ops.STRIDES, 1)),  # type: ignore[arg-type]
-        pool_strides=int(config.get(ops.POOL_STRIDES, 1)),
-        bias=bias,
-    )  # type: ignore[arg-type]
-
-
 def build_kernel(kernel: str, config: Mapping[str, object]) -> KernelModel:
     """Build the Keras model of ``kernel`` with ``config`` (validated: a bad one raises ValueError)."""
     cfg = ops.validate_config(kernel, config)
     ktype = ops.kernel_type(kernel)
     shapes = kernel_input_shapes(kernel, cfg)
-    params = _kernel_params(kernel, cfg)
+    params = kernel_params(kernel, cfg)
     inputs = [keras.Input(shape=s, batch_size=1) for s in shapes]
     x: object = inputs
     for op in ktype.ops:
@@ -272,8 +254,3 @@ def build_kernel(kernel: str, config: Mapping[str, object]) -> KernelModel:
         output_shapes=tuple(tuple(int(d) for d in o.shape[1:]) for o in outputs),
         cost=ops.kernel_cost(kernel, cfg),
     )
-
-
-def build_kernel_model(kernel: str, config: Mapping[str, object]) -> keras.Model:
-    """The Keras model of ``kernel`` with ``config``: a module-level ``ConversionJob.build`` for workers."""
-    return build_kernel(kernel, config).model

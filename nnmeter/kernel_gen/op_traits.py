@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from nnmeter import ops
 
@@ -41,3 +42,30 @@ class OpParams:
     pool_strides: int = 2  # pools
     bias: bool = True  # conv, dwconv: False when a bn follows (it folds the bias)
     seed: int = 0  # random bn statistics
+
+
+def kernel_input_shapes(kernel: str, config: Mapping[str, object]) -> tuple[tuple[int, ...], ...]:
+    """The input shapes (without the batch dimension) of ``kernel`` with a validated ``config``."""
+    ktype = ops.kernel_type(kernel)
+    first = ktype.ops[0]
+    if first in ONE_D_OPS:
+        return ((int(config[ops.CIN]),),)
+    hw = int(config[ops.HW])
+    if first == ops.CONCAT:
+        return tuple((hw, hw, int(c)) for c in config[ops.CINS])  # type: ignore[union-attr]
+    return ((hw, hw, int(config[ops.CIN])),) * ktype.inputs
+
+
+def kernel_params(kernel: str, config: Mapping[str, object]) -> OpParams:
+    """The op attributes of ``kernel`` with a validated ``config``."""
+    ktype = ops.kernel_type(kernel)
+    first = ktype.ops[0]
+    # A conv followed by bn has no bias: the bn's shift is the bias after folding.
+    bias = not (first in (ops.CONV, ops.DWCONV) and len(ktype.ops) > 1 and ktype.ops[1] == ops.BN)
+    return OpParams(
+        cout=int(config.get(ops.COUT, 0)),
+        kernel_size=int(config.get(ops.KERNEL_SIZE, 3)),  # type: ignore[arg-type]
+        strides=int(config.get(ops.STRIDES, 1)),  # type: ignore[arg-type]
+        pool_strides=int(config.get(ops.POOL_STRIDES, 1)),
+        bias=bias,
+    )  # type: ignore[arg-type]

@@ -13,13 +13,15 @@ from typing import Any, Callable, Mapping
 from nnmeter.backends.base import Backend, ModelFile
 from nnmeter.backends.converters import converter_version
 from nnmeter.kernel_gen.cache import model_id
+from nnmeter.kernel_gen.kernel_models import build_kernel_model, write_kernel_tflite
 from nnmeter.measurement.drift import ANCHOR_KERNELS
 from nnmeter.measurement.store import ModelRecord
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to generate: ``build(*build_args)`` (module-level, picklable) returns the Keras model.
+    """A model to generate: ``build(*build_args)`` (module-level, picklable) returns the Keras model;
+    ``write(*build_args)``, when given, its .tflite bytes without TensorFlow, or None when it cannot.
 
     ``kind`` is a store model kind ('kernel', 'rule-case', ...), ``name`` the kernel
     or test case, ``config`` what identifies the model (JSON-serialisable).
@@ -30,6 +32,7 @@ class ModelSpec:
     config: Mapping[str, Any]
     build: Callable[..., Any]
     build_args: tuple = ()
+    write: Callable[..., bytes | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,21 +51,16 @@ class PreparedModel:
         return self.file is not None
 
 
-def kernel_spec(kernel: str, config: Mapping[str, Any]) -> ModelSpec:
-    """The spec of a kernel model (kind 'kernel') built by :func:`nnmeter.kernel_gen.build_kernel_model`."""
-    from nnmeter.kernel_gen.builders import build_kernel_model  # loads Keras: only once a model is specified
-
-    return ModelSpec("kernel", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
+def kernel_spec(kernel: str, config: Mapping[str, Any], kind: str = "kernel") -> ModelSpec:
+    """The spec of a kernel model of ``kind`` ('kernel', or 'anchor' for a drift anchor): written directly as
+    .tflite (:func:`nnmeter.kernel_gen.write_kernel_tflite`), or built by
+    :func:`nnmeter.kernel_gen.build_kernel_model` where the writer cannot."""
+    return ModelSpec(kind, kernel, dict(config), build_kernel_model, (kernel, dict(config)), write_kernel_tflite)
 
 
 def anchor_specs() -> list[ModelSpec]:
     """The specs of the drift anchors (kind 'anchor', :data:`~nnmeter.measurement.drift.ANCHOR_KERNELS`)."""
-    from nnmeter.kernel_gen.builders import build_kernel_model  # loads Keras: only once a model is specified
-
-    return [
-        ModelSpec("anchor", kernel, dict(config), build_kernel_model, (kernel, dict(config)))
-        for kernel, config in ANCHOR_KERNELS
-    ]
+    return [kernel_spec(kernel, config, "anchor") for kernel, config in ANCHOR_KERNELS]
 
 
 def spec_model_id(backend: Backend, spec: ModelSpec) -> str:

@@ -92,6 +92,7 @@ class MeasuringSession:
                     model_dir(root / "models", spec.kind, spec.name),
                     build=spec.build,
                     build_args=tuple(spec.build_args),
+                    write=spec.write,
                 )
         if jobs:
             with self._task(progress, description, len(done) + len(jobs)) as update:
@@ -102,6 +103,13 @@ class MeasuringSession:
                     lambda n, _t: update(len(done) + n, len(done) + len(jobs)),
                 )
             spec_of = {mid: spec for spec, mid in zip(specs, ids)}
+            by_tensorflow = [spec_of[r.job_id] for r in results if r.built_with_tensorflow]
+            if by_tensorflow:
+                first = by_tensorflow[0]
+                self.reporter.note(
+                    f"{len(by_tensorflow)} of {len(results)} models built with TensorFlow: the direct .tflite "
+                    f"writer does not write them (the first: {first.name} {dict(first.config)})"
+                )
             converted = []
             for result in results:
                 spec = spec_of[result.job_id]
