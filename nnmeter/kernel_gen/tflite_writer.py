@@ -10,7 +10,8 @@ ReLU and ReLU6 after a conv, an add or a bn's add are its fused activation; ``hs
 initialises it to zeros, which the converter drops); ``channelshuffle`` is ``RESHAPE``, ``TRANSPOSE``,
 ``RESHAPE``; ``crop`` is a ``STRIDED_SLICE``. Convs and pools pad ``SAME``; the 1x1 convs of ``se`` ``VALID``.
 
-Weights are seeded random values (latency does not depend on them; they are finite and not denormal).
+Weights are seeded random values, a block of them repeated (latency does not depend on them; they are finite
+and not denormal).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nnmeter.kernel_gen.op_traits import OpParams, kernel_input_shapes, kernel_p
 #: The version of each operator as the converter writes it (the runtime picks kernels by op and version).
 _VERSIONS = {"TRANSPOSE": 4}
 _SAME, _VALID = 0, 1
+_WEIGHT_BLOCK = 4099  # values drawn per weight tensor (prime: the repeats do not line up with channels)
 _ACTIVATION_OPS = {ops.RELU: "RELU", ops.RELU6: "RELU6"}
 
 
@@ -60,7 +62,9 @@ class _ModelWriter:
         return len(self.tensors) - 1
 
     def weights(self, shape: tuple[int, ...], scale: float = 0.1) -> int:
-        return self.tensor(shape, (self.rng.standard_normal(shape) * scale).astype(np.float32))
+        # a seeded block repeated: drawing millions of values would cost more than the rest of the model
+        block = (self.rng.standard_normal(_WEIGHT_BLOCK) * scale).astype(np.float32)
+        return self.tensor(shape, np.resize(block, shape))
 
     def const(self, values: Any, dtype: Any = np.float32) -> int:
         data = np.asarray(values, dtype=dtype)
