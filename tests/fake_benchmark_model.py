@@ -19,7 +19,9 @@ the tool sleeps; ``hang-child`` starts a child process that sleeps and waits for
 that does not exec its last command leaves ``benchmark_model``); ``crash`` aborts
 (SIGABRT); ``crash-once`` removes the file, then aborts.
 A file ``device-ms`` beside the fault file (test and bench hook) models a device whose time is spent on the
-device, not on this host's CPU: every invocation also sleeps that many milliseconds, timed with it.
+device, not on this host's CPU: every invocation also sleeps that many milliseconds, timed with it; a file
+``device-x`` holding X models a unit X times slower than this host: every invocation sleeps (X - 1) times its
+own time more.
 Each invocation appends its argv and CPU affinity (a JSON line) to ``--log_file`` when given.
 """
 
@@ -46,9 +48,11 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
     return flags
 
 
-def timed(interpreter, min_runs: int, min_secs: float, max_secs: float, device_s: float = 0.0) -> list[float]:
+def timed(
+    interpreter, min_runs: int, min_secs: float, max_secs: float, device_s: float = 0.0, slower: float = 1.0
+) -> list[float]:
     """Microseconds per invoke: at least ``min_runs`` and ``min_secs`` (benchmark_model's rule); each invoke
-    also takes ``device_s`` seconds on the modelled device."""
+    also takes ``device_s`` seconds on the modelled device, and ``slower`` times its own time in all."""
     times: list[float] = []
     start = time.perf_counter()
     while True:
@@ -57,6 +61,8 @@ def timed(interpreter, min_runs: int, min_secs: float, max_secs: float, device_s
             return times
         t0 = time.perf_counter()
         interpreter.invoke()
+        if slower > 1:
+            time.sleep((slower - 1) * (time.perf_counter() - t0))
         if device_s:
             time.sleep(device_s)
         times.append((time.perf_counter() - t0) * 1e6)
@@ -94,6 +100,8 @@ def main(argv: list[str]) -> int:
     fault_file = flags.pop("fault_file", "")
     device_file = os.path.join(os.path.dirname(fault_file), "device-ms") if fault_file else ""
     device_s = float(open(device_file).read()) / 1000 if device_file and os.path.exists(device_file) else 0.0
+    slower_file = os.path.join(os.path.dirname(fault_file), "device-x") if fault_file else ""
+    slower = float(open(slower_file).read()) if slower_file and os.path.exists(slower_file) else 1.0
     if fault_file and os.path.exists(fault_file):
         fault = open(fault_file).read().strip()
         if fault == "hang":
@@ -145,7 +153,9 @@ def main(argv: list[str]) -> int:
         f"but terminate if exceeding {max_secs} seconds."
     )
     warm = (
-        timed(interpreter, warmup_runs, warmup_min_secs, max_secs, device_s) if warmup_runs or warmup_min_secs else []
+        timed(interpreter, warmup_runs, warmup_min_secs, max_secs, device_s, slower)
+        if warmup_runs or warmup_min_secs
+        else []
     )
     if warm:
         emit(count_line(warm, litert))
@@ -154,7 +164,7 @@ def main(argv: list[str]) -> int:
         f"Running benchmark for at least {num_runs} iterations and at least {min_secs} seconds but "
         f"terminate if exceeding {max_secs} seconds."
     )
-    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs, device_s)
+    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs, device_s, slower)
     emit(count_line(runs, litert))
     emit()
     avg = statistics.fmean(runs)

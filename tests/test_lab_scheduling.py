@@ -227,3 +227,21 @@ def test_the_default_path_never_imports_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.unit
+def test_campaigns_run_together_do_not_share_a_unit(tmp_path):
+    from nnmeter.builder.steps import run_campaigns
+    from nnmeter.builder.workspace import Workspace
+    from nnmeter.errors import NnmeterError
+
+    paths = []
+    for name, serials in (("phones-a", ["A1", "X"]), ("phones-b", ["B1", "X"])):
+        Workspace.create(tmp_path / name, "tflite-adb").close()
+        with open(tmp_path / name / "campaign.yaml", "a") as fh:
+            fh.write("devices: [" + ", ".join(f"{{serial: {s}}}" for s in serials) + "]\n")
+        paths.append(tmp_path / name)
+    workspaces = [Workspace.open(p) for p in paths]
+    with pytest.raises(NnmeterError, match=r"devices\[1\]: unit 'X' is in the campaign of .*phones-a too"):
+        run_campaigns(workspaces)
+    assert all(ws.lock_holder() is None for ws in workspaces)  # refused before any lock or store

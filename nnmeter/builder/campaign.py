@@ -157,6 +157,7 @@ def render_campaign(backend_name: str) -> str:
         backend_description=getattr(cls, "description", ""),
         backend=backend_entries,
         sections={key: _entries(section) for key, section in SECTIONS.items()},
+        cluster=_entries(ClusterSettings),
     )
 
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -38,7 +41,7 @@ from nnmeter.errors import NnmeterError
 from nnmeter.evaluation import NNMETER
 from nnmeter.measurement import LATENCY_READING_VERSION
 from nnmeter.predictor.artifact import MANIFEST
-from nnmeter.progress import SILENT, Reporter
+from nnmeter.progress import SILENT, Reporter, Task
 from nnmeter.schema import section_to_dict
 
 STEPS = ("rules", "kernels", "package", "evaluate", "report")
@@ -238,6 +241,73 @@ def run_campaign(
         raise NnmeterError(f"{unknown[0]!r} is not a campaign step; steps: {', '.join(STEPS)}")
     with ws.lock(), ws.open_lab(reporter):  # a lab is checked before the store is touched
         return _run_steps(ws, only, force, workers, reporter)
+
+
+def run_campaigns(
+    workspaces: Sequence[Workspace],
+    *,
+    only: Sequence[str] | None = None,
+    force: Sequence[str] = (),
+    workers: int | None = None,
+    reporter: Reporter = SILENT,
+) -> list[list[StepResult] | BaseException]:
+    """Run the campaigns of several workspaces at once, each in a thread of its own: one lab (one Ray cluster)
+    measures them all, each device type's units serving its own campaign only. Every workspace's lock is taken
+    and every lab checked (a unit in two campaigns, Ray, the cluster, the units advertised) before anything is
+    measured. One result per workspace, in order: its steps, or the error that ended it."""
+    names = _names(workspaces)
+    owner: dict[str, str] = {}
+    for ws in workspaces:
+        for unit in ws.campaign.units:
+            if unit.id in owner:
+                raise NnmeterError(
+                    f"{ws.campaign_path}: {unit.key_path}: unit {unit.id!r} is in the campaign of {owner[unit.id]} "
+                    "too; a unit serves one campaign",
+                    "give each campaign units of its own device type",
+                )
+            owner[unit.id] = str(ws.root)
+    with ExitStack() as held:
+        for ws, name in zip(workspaces, names):
+            held.enter_context(ws.lock())
+            held.enter_context(ws.open_lab(_Prefixed(reporter, name)))
+
+        def run(ws: Workspace, name: str) -> list[StepResult] | BaseException:
+            try:
+                return run_campaign(ws, only=only, force=force, workers=workers, reporter=_Prefixed(reporter, name))
+            except Exception as err:  # one campaign's failure does not stop the others
+                return err
+            finally:
+                ws.close_store()
+
+        with ThreadPoolExecutor(len(workspaces), thread_name_prefix="nnmeter-campaign") as pool:
+            return list(pool.map(run, workspaces, names))
+
+
+def _names(workspaces: Sequence[Workspace]) -> list[str]:
+    """Short names of the workspaces (their folder names; the paths when two share a name)."""
+    names = [ws.root.name for ws in workspaces]
+    return names if len(set(names)) == len(names) else [str(ws.root) for ws in workspaces]
+
+
+class _Prefixed(Reporter):
+    """A reporter shared by campaigns run at once: each line and task says which campaign it is about."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, inner: Reporter, name: str) -> None:
+        self.inner, self.name = inner, name
+
+    def task(self, description: str, total: int | None = None, *, label: str = "") -> Task:
+        with self._lock:
+            return self.inner.task(description, total, label=f"{self.name}: {label}" if label else self.name)
+
+    def note(self, text: str, *, warning: bool = False) -> None:
+        with self._lock:
+            self.inner.note(f"{self.name}: {text}", warning=warning)
+
+    def section(self, title: str) -> None:
+        with self._lock:
+            self.inner.section(f"{self.name}: {title}")
 
 
 def _run_steps(

@@ -103,6 +103,12 @@ class Workspace:
         ws._campaign = load_campaign(ws.campaign_path)  # validated before the store is opened
         return ws
 
+    def close_store(self) -> None:
+        """Close the store (in the thread that used it: SQLite's connections belong to their thread)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def close(self) -> None:
         if self._lab is not None:
             lab, self._lab = self._lab, None

@@ -173,7 +173,13 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workspace", metavar="WS_OR_CAMPAIGN_YAML", help="a workspace folder or its campaign.yaml")
+    p.add_argument(
+        "workspace",
+        metavar="WS_OR_CAMPAIGN_YAML",
+        nargs="+",
+        help="a workspace folder or its campaign.yaml; several: their campaigns run at once, each on its own "
+        "units of one lab (docs/devices/lab.md)",
+    )
     p.add_argument(
         "--only", nargs="+", metavar="STEP", help="run only these steps (rules, kernels, package, evaluate, report)"
     )
@@ -199,11 +205,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     positive("--workers", args.workers)
     out = Output()
-    with Workspace.open(args.workspace) as ws, ws.lock():
+    if len(args.workspace) > 1:
+        return _run_several(args, out)
+    with Workspace.open(args.workspace[0]) as ws, ws.lock():
         with out.reporter() as reporter:
             results = run_campaign(ws, only=args.only, force=args.force, workers=args.workers, reporter=reporter)
         out.table(tables.steps(results))
     return _steps_exit(results)
+
+
+def _run_several(args: argparse.Namespace, out: Output) -> int:
+    """``run ws1 ws2 ...``: the campaigns at once; exit with the worst of their exit codes."""
+    from nnmeter.builder.steps import run_campaigns
+    from nnmeter.builder.workspace import Workspace
+
+    workspaces = [Workspace.open(path) for path in args.workspace]  # every campaign checked before any runs
+    try:
+        with out.reporter() as reporter:
+            outcomes = run_campaigns(
+                workspaces, only=args.only, force=args.force, workers=args.workers, reporter=reporter
+            )
+    finally:
+        for ws in workspaces:
+            ws.close()
+    code = EXIT_OK
+    for ws, outcome in zip(workspaces, outcomes):
+        if isinstance(outcome, BaseException):
+            out.error(f"{ws.root}: {outcome}")
+            code = max(code, getattr(outcome, "exit_code", EXIT_FAILED))
+        else:
+            out.table(tables.steps(outcome))
+            code = max(code, _steps_exit(outcome))
+    return code
 
 
 def _steps_exit(results) -> int:

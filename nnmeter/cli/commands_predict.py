@@ -129,7 +129,7 @@ def _model_paths(items: list[str]) -> list[str]:
 
 @command("predict", "predict the latency of model files on a predictor's device, kernel by kernel", _predict_arguments)
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from nnmeter.predictor.engine import load_predictor
+    from nnmeter.compat import load_predictor  # a predictor imported from nn-Meter too
 
     predictor = load_predictor(args.predictor, sha256=args.sha256)
     shape = _input_shape(args.input_shape)

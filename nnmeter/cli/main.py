@@ -49,8 +49,13 @@ def command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnmeter.cli import commands_build, commands_predict, commands_workspace  # noqa: F401  (they register)
-    from nnmeter.cli import commands_lab  # noqa: F401  (it registers)
+    from nnmeter.cli import (  # noqa: F401  (they register)
+        commands_build,
+        commands_compat,
+        commands_lab,
+        commands_predict,
+        commands_workspace,
+    )
 
     parser = argparse.ArgumentParser(
         prog="nnmeter-build",

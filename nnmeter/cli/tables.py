@@ -123,19 +123,23 @@ def config_keys() -> Table:
 
 
 def installed_predictors(found: Sequence[InstalledPredictor]) -> Table:
-    """One row per predictor folder; an unreadable one shows its error. ``digest`` (the sha256 of its manifest)
-    is what ``load_predictor(..., sha256=...)`` and ``predictors --verify`` pin."""
+    """One row per predictor folder; an unreadable one shows its error. ``origin``: built by nnmeter, or where
+    it was imported from (nn-Meter). ``digest`` (the sha256 of its manifest) is what
+    ``load_predictor(..., sha256=...)`` and ``predictors --verify`` pin."""
     table = Table(
         "installed predictors",
-        ("name", "version", "device", "backend", "kernels", "±10 % median / worst", "digest", "path"),
+        ("name", "version", "device", "backend", "origin", "kernels", "±10 % median / worst", "digest", "path"),
     )
     for p in found:
         if p.error:
-            table.add("unreadable", "", "", "", "", p.error, "", p.path)
+            table.add("unreadable", "", "", "", "", "", p.error, "", p.path)
             continue
         m = p.metrics
         acc = f"{100 * m['acc10_median']:.1f} % / {100 * m['acc10_worst']:.1f} % ({m['worst_kernel']})" if m else "-"
-        table.add(p.name, p.version, p.device_description or p.device, p.backend, p.kernels, acc, p.digest, p.path)
+        origin = p.origin or "built by nnmeter"
+        table.add(
+            p.name, p.version, p.device_description or p.device, p.backend, origin, p.kernels, acc, p.digest, p.path
+        )
     return table
 
 

@@ -9,6 +9,7 @@ for the unit's resource, so it starts when the host rejoins.
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any, Hashable, Sequence
 
 from nnmeter.backends.base import ModelFile
@@ -54,6 +55,51 @@ def check_address(address: str, source: str) -> None:
         ) from None
 
 
+#: This process's hold on its Ray connection: the address it joined and how many labs use it (several campaigns
+#: run at once share one connection: ``nnmeter-build run ws1 ws2``).
+_JOINED: dict[str, Any] = {"address": None, "users": 0}
+_JOIN_LOCK = threading.Lock()
+
+
+def join_cluster(ray: Any, address: str, source: str) -> None:
+    """Join the cluster at ``address`` once per process (every lab of the process uses it); a ConfigError naming
+    ``cluster.address`` when it cannot be joined, or when this process joined another cluster."""
+    with _JOIN_LOCK:
+        if _JOINED["users"]:
+            if _JOINED["address"] != address:
+                raise ConfigError(
+                    source,
+                    "cluster.address",
+                    f"{address!r}: the campaigns run together share one Ray cluster, and another joined "
+                    f"{_JOINED['address']!r}",
+                    "give them the same cluster.address",
+                )
+            _JOINED["users"] += 1
+            return
+        check_address(address, source)
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ConfigError(
+                    source,
+                    "cluster.address",
+                    f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}",
+                    "start it with `nnmeter-build lab join --head` (or `ray start --head`) on the head host",
+                ) from None
+        _JOINED.update(address=address, users=1)
+
+
+def leave_cluster(ray: Any) -> None:
+    """Release this process's hold on the cluster; the last lab to leave disconnects."""
+    with _JOIN_LOCK:
+        _JOINED["users"] = max(0, _JOINED["users"] - 1)
+        if not _JOINED["users"]:
+            _JOINED["address"] = None
+            if ray.is_initialized():
+                ray.shutdown()
+
+
 class RayEngine(Engine):
     """Units as Ray actors on the cluster at ``address`` (joined by this process, the driver)."""
 
@@ -64,23 +110,9 @@ class RayEngine(Engine):
         self.backend_name = backend_name
         self.source = source
         self.address = address
-        check_address(address, source)
-        self._owns = not self.ray.is_initialized()
-        if self._owns:
-            try:
-                self.ray.init(
-                    address=address,
-                    logging_level="ERROR",
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                raise ConfigError(
-                    source,
-                    "cluster.address",
-                    f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}",
-                    "start it with `nnmeter-build lab join --head` (or `ray start --head`) on the head host",
-                ) from None
+        self._joined = False
+        join_cluster(self.ray, address, source)
+        self._joined = True
         self._actor = self.ray.remote(num_cpus=0, max_restarts=0)(UnitWorker)
         self._actors: list[Any] = []
         self._blobs: dict[str, list[tuple[str, Any]]] = {}
@@ -142,8 +174,9 @@ class RayEngine(Engine):
             except Exception:
                 pass
         self._actors, self._blobs = [], {}
-        if self._owns and self.ray.is_initialized():
-            self.ray.shutdown()
+        if self._joined:
+            self._joined = False
+            leave_cluster(self.ray)
 
     def _shipped(self, file: ModelFile) -> list[tuple[str, Any]]:
         """The model's files as (name, object reference) pairs, each put in the object store once."""

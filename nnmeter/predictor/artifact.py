@@ -22,7 +22,11 @@ the engine takes it off every kernel and adds it once per model; 0 (the default)
 changes nothing. ``model_correction`` (optional;
 absent reads as none): what a whole model pays beyond the sum of its standalone
 kernels (see :class:`ModelCorrection`), fitted on the device on calibration
-models.
+models. ``origin`` (optional): where the predictor comes from when nnmeter did not
+build it (``imported from nn-Meter ...``). ``detection`` (optional, ``nnmeter`` when
+absent): how models are cut into kernels for this predictor's regressors; a predictor
+imported from nn-Meter has ``nnmeter-compat``, nn-Meter's detection and features
+(:mod:`nnmeter.compat`), and :func:`load_artifact` loads it only when asked for that mode.
 
 Loading (:func:`load_artifact`) never executes code from the folder and never
 leaves it: the manifest is read with :func:`nnmeter.yamlfile.load_yaml` (no
@@ -84,6 +88,8 @@ MAX_ENTRIES = 10_000
 #: The largest manifest read (one of 39 kernels takes about 50 KB). Listing installed predictors reads every
 #: manifest, and PyYAML's strict loader reads about 150 KB of the worst YAML per second.
 MAX_MANIFEST_BYTES = min(256 << 10, MAX_YAML_BYTES)
+#: The detection of predictors nnmeter builds (the default of the manifest's ``detection``).
+DETECTION_NNMETER = "nnmeter"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -213,6 +219,8 @@ class Manifest:
     format: str = ARTIFACT_FORMAT
     format_version: int = ARTIFACT_FORMAT_VERSION
     digest: str = ""  # sha256 of the manifest.yaml bytes it was read from (not a key of the file)
+    origin: str = ""  # where it comes from when nnmeter did not build it; empty: built by nnmeter
+    detection: str = DETECTION_NNMETER  # how models are cut into kernels for its regressors (see the module doc)
 
     @property
     def device_id(self) -> str:
@@ -234,6 +242,8 @@ class Manifest:
             "rules": self.rules,
             "invoke_overhead_ms": self.invoke_overhead_ms,
             **({"model_correction": self.model_correction.to_dict()} if self.model_correction else {}),
+            **({"origin": self.origin} if self.origin else {}),
+            **({"detection": self.detection} if self.detection != DETECTION_NNMETER else {}),
             "kernels": {k: e.to_dict() for k, e in self.kernels.items()},
             "files": dict(self.files),
         }
@@ -323,8 +333,15 @@ def write_artifact(
     overwrite: bool = False,
     invoke_overhead_ms: float = 0.0,
     model_correction: ModelCorrection | None = None,
+    origin: str = "",
+    detection: str = DETECTION_NNMETER,
+    kernel_features: Mapping[str, tuple[str, ...]] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder)."""
+    """Write a predictor folder at ``out_dir`` (written aside and renamed into place: never half a folder).
+
+    ``kernel_features``: each kernel's feature names when they are not nnmeter's (a ``detection`` other than
+    nnmeter's); ``extra_files``: more files (relative path -> bytes), listed with their checksums."""
     out = Path(out_dir)
     if not kernels:
         raise ArtifactError("no trained kernel regressors to package", "train first: nnmeter-build train WS")
@@ -338,7 +355,7 @@ def write_artifact(
         entries: dict[str, KernelEntry] = {}
         for kernel in sorted(kernels):
             payload = kernels[kernel]
-            names = feature_names(kernel)
+            names = kernel_features[kernel] if kernel_features is not None else feature_names(kernel)
             if payload.ensemble.n_features != len(names):
                 raise ArtifactError(
                     f"kernel {kernel}: regressor takes {payload.ensemble.n_features} features, "
@@ -350,6 +367,10 @@ def write_artifact(
             entries[kernel] = KernelEntry(
                 kernel, rel, payload.ensemble.regressor, names, int(payload.samples), dict(payload.metrics)
             )
+        for rel, data in (extra_files or {}).items():
+            target = _inside(staging, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = Manifest(
             name=name,
@@ -364,6 +385,8 @@ def write_artifact(
             description=description,
             invoke_overhead_ms=float(invoke_overhead_ms),
             model_correction=model_correction,
+            origin=origin,
+            detection=detection,
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -461,6 +484,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 else None
             ),
             digest=hashlib.sha256(text).hexdigest(),
+            origin=_text(data.get("origin", ""), "origin"),
+            detection=_text(data.get("detection", DETECTION_NNMETER), "detection"),
         )
     except KeyError as err:
         raise ArtifactError(f"{file}: damaged manifest (missing key {_short(err.args[0])})") from None
@@ -483,11 +508,13 @@ def normalize_digest(sha256: str) -> str:
     return text
 
 
-def load_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifact:
+def load_artifact(path: str | os.PathLike, sha256: str | None = None, detection: str = DETECTION_NNMETER) -> Artifact:
     """Load and verify the predictor folder at ``path``; :class:`ArtifactError` says what is wrong.
 
     ``sha256``: the digest the predictor must have (see the module doc); a predictor whose manifest has another is
-    refused before any other file of it is read."""
+    refused before any other file of it is read. ``detection``: the manifest's detection the caller runs; a
+    predictor of another is refused naming both. The feature schema and the kernels' names and features are
+    checked against nnmeter's for the ``nnmeter`` detection only: another detection's caller checks them."""
     folder = Path(path)
     pinned = normalize_digest(sha256) if sha256 is not None else None
     manifest = read_manifest(folder)
@@ -497,8 +524,18 @@ def load_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifac
             "the predictor is not the one that digest was taken of: get it again from its source",
         )
     where = folder / MANIFEST
+    if manifest.detection != detection:
+        raise ArtifactError(
+            f"{where}: detection {_short(manifest.detection)}: this predictor"
+            f"{' (' + _short(manifest.origin) + ')' if manifest.origin else ''} cuts models into kernels another "
+            f"way than {detection!r}",
+            "load it with nnmeter.compat.load_predictor (nnmeter-build predict does)"
+            if detection == DETECTION_NNMETER
+            else f"load it with nnmeter.load_predictor ({manifest.detection} detection)",
+        )
+    ours = detection == DETECTION_NNMETER
     check_regular_tree(folder)
-    if manifest.feature_schema_version != FEATURE_SCHEMA_VERSION:
+    if ours and manifest.feature_schema_version != FEATURE_SCHEMA_VERSION:
         raise ArtifactError(
             f"{folder}: predictor built with feature schema version {manifest.feature_schema_version}, "
             f"this nnmeter computes version {FEATURE_SCHEMA_VERSION}",
@@ -510,12 +547,12 @@ def load_artifact(path: str | os.PathLike, sha256: str | None = None) -> Artifac
     if unlisted:
         raise ArtifactError(f"{where}: files has no checksum for {', '.join(_short(u) for u in unlisted[:5])}")
     for kernel, entry in manifest.kernels.items():
-        if kernel not in ops.KERNELS:
+        if ours and kernel not in ops.KERNELS:
             raise ArtifactError(
                 f"{where}: kernel {_short(kernel)} is unknown to this nnmeter; known: {', '.join(ops.KERNELS)}",
                 "upgrade nnmeter",
             )
-        if entry.features != feature_names(kernel):
+        if ours and entry.features != feature_names(kernel):
             raise ArtifactError(
                 f"{where}: kernel {kernel} lists features {_short(', '.join(entry.features))}; "
                 f"this nnmeter computes {', '.join(feature_names(kernel))}",

@@ -45,6 +45,7 @@ class InstalledPredictor:
     metrics: Mapping[str, Any] = field(default_factory=dict)  # summary over kernels, see _summary
     error: str = ""
     digest: str = ""  # sha256 of its manifest.yaml: pins the whole predictor (nnmeter.predictor.artifact)
+    origin: str = ""  # where it comes from when nnmeter did not build it (the manifest's origin)
 
     @property
     def label(self) -> str:
@@ -170,6 +171,7 @@ def _describe(folder: Path) -> InstalledPredictor:
         kernels=len(m.kernels),
         metrics=_summary(m.kernels),
         digest=m.digest,
+        origin=m.origin,
     )
 
 
