@@ -4,7 +4,9 @@ excluding it.
 
 The units are loopback ADB phones (tests/adb_loopback.py, a real adb server) running the benchmark_model stand-in
 (tests/fake_benchmark_model.py) on the real LiteRT interpreter; the slow unit sleeps 0.3x of every invocation's
-own time more (``device-x``: a phone 1.3x slower at everything). Every campaign is a copy of one workspace with
+own time more (``device-x``: a phone 1.3x slower at everything). The three units share this host's 2 cores, so
+each invocation is timed by the CPU time of its thread (``device-clock``), as if every unit had cores of its own.
+Every campaign is a copy of one workspace with
 ``--models`` converted conv-bn-relu kernels (1-5 ms each), measured on the local engine with ``protocol.anchors``
 off, so that only the lab's unit checks correct the slow unit. Each is scored against the first one-unit
 campaign: the share of models within ±10 % and the median error; a second one-unit campaign shows the
@@ -88,6 +90,8 @@ def main() -> int:
     try:
         template = prepare(root, args.models)
         phones = [LoopbackPhone(server, root / f"phone{i}") for i in range(3)]
+        for phone in phones:  # each unit as if on cores of its own: its invocations timed by their CPU time
+            (phone.sandbox / "device-clock").write_text("cpu")
         (phones[2].sandbox / "device-x").write_text(str(args.slow))
         n = args.models
         print(f"{n} conv-bn-relu kernels; units A, B and C ({args.slow:g}x slower); local engine", flush=True)

@@ -21,7 +21,9 @@ that does not exec its last command leaves ``benchmark_model``); ``crash`` abort
 A file ``device-ms`` beside the fault file (test and bench hook) models a device whose time is spent on the
 device, not on this host's CPU: every invocation also sleeps that many milliseconds, timed with it; a file
 ``device-x`` holding X models a unit X times slower than this host: every invocation sleeps (X - 1) times its
-own time more.
+own time more; a file ``device-clock`` holding ``cpu`` times each invocation by the CPU time of the invoking
+thread (times ``device-x``, plus ``device-ms``), as if each unit had cores of its own: loopback units that share
+this host's cores then do not slow each other's figures.
 Each invocation appends its argv and CPU affinity (a JSON line) to ``--log_file`` when given.
 """
 
@@ -49,7 +51,13 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
 
 
 def timed(
-    interpreter, min_runs: int, min_secs: float, max_secs: float, device_s: float = 0.0, slower: float = 1.0
+    interpreter,
+    min_runs: int,
+    min_secs: float,
+    max_secs: float,
+    device_s: float = 0.0,
+    slower: float = 1.0,
+    cpu_clock: bool = False,
 ) -> list[float]:
     """Microseconds per invoke: at least ``min_runs`` and ``min_secs`` (benchmark_model's rule); each invoke
     also takes ``device_s`` seconds on the modelled device, and ``slower`` times its own time in all."""
@@ -59,13 +67,14 @@ def timed(
         elapsed = time.perf_counter() - start
         if (len(times) >= min_runs and elapsed >= min_secs) or (elapsed > max_secs and times):
             return times
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         interpreter.invoke()
+        own = (time.thread_time() - c0) if cpu_clock else (time.perf_counter() - t0)
         if slower > 1:
-            time.sleep((slower - 1) * (time.perf_counter() - t0))
+            time.sleep((slower - 1) * own)
         if device_s:
             time.sleep(device_s)
-        times.append((time.perf_counter() - t0) * 1e6)
+        times.append((own * slower + device_s if cpu_clock else time.perf_counter() - t0) * 1e6)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,6 +111,8 @@ def main(argv: list[str]) -> int:
     device_s = float(open(device_file).read()) / 1000 if device_file and os.path.exists(device_file) else 0.0
     slower_file = os.path.join(os.path.dirname(fault_file), "device-x") if fault_file else ""
     slower = float(open(slower_file).read()) if slower_file and os.path.exists(slower_file) else 1.0
+    clock_file = os.path.join(os.path.dirname(fault_file), "device-clock") if fault_file else ""
+    cpu_clock = bool(clock_file) and os.path.exists(clock_file) and open(clock_file).read().strip() == "cpu"
     if fault_file and os.path.exists(fault_file):
         fault = open(fault_file).read().strip()
         if fault == "hang":
@@ -153,7 +164,7 @@ def main(argv: list[str]) -> int:
         f"but terminate if exceeding {max_secs} seconds."
     )
     warm = (
-        timed(interpreter, warmup_runs, warmup_min_secs, max_secs, device_s, slower)
+        timed(interpreter, warmup_runs, warmup_min_secs, max_secs, device_s, slower, cpu_clock)
         if warmup_runs or warmup_min_secs
         else []
     )
@@ -164,7 +175,7 @@ def main(argv: list[str]) -> int:
         f"Running benchmark for at least {num_runs} iterations and at least {min_secs} seconds but "
         f"terminate if exceeding {max_secs} seconds."
     )
-    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs, device_s, slower)
+    runs = timed(interpreter, max(num_runs, 1), min_secs, max_secs, device_s, slower, cpu_clock)
     emit(count_line(runs, litert))
     emit()
     avg = statistics.fmean(runs)
