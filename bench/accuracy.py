@@ -34,6 +34,7 @@ from nnmeter.builder import (
 )
 from nnmeter.cli.render import ConsoleReporter, Output
 from nnmeter.evaluation import NNMETER, EvaluationResult
+from nnmeter.training.metrics import INTERVAL_COVERAGE
 
 
 def _default_workspace(root: Path) -> Workspace:
@@ -81,6 +82,14 @@ def _print(rows: list[dict], console: Console) -> None:
             )
         table.add_section()
     console.print(table)
+    for row in rows:
+        coverage = row["result"].interval_coverage()
+        if coverage is not None:
+            n, inside, width = coverage
+            console.print(
+                f"{row['name']}: {100 * inside:.1f} % of {n} models inside their interval "
+                f"(nominal {100 * INTERVAL_COVERAGE:.0f} %), median width {100 * width:.1f} % of the prediction"
+            )
     cost = Table(title="campaign cost")
     for col in ("campaign", "step", "models", "device minutes"):
         cost.add_column(col, justify="left" if col in ("campaign", "step") else "right")

@@ -139,12 +139,18 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
     assert re.search(
         r"not formed by the device's rules, not trained: [a-z0-9, -]*conv-bn-hswish", " ".join(out.split())
     )
+    # intervals at 90 %: the model's is calibrated on the calibration models when there are enough (9) of them
+    manifest = yaml.safe_load((workspace / "predictor" / "manifest.yaml").read_text())
+    correction = manifest["model_correction"]
+    assert manifest["interval_coverage"] == 0.9
+    assert ("interval_log_ratio" in correction) == (correction["fitted_on"] >= 9)
     result = json.loads((workspace / "reports" / "evaluation.json").read_text())
     assert len(result["models"]) == 3
     for model in result["models"]:
         assert model["measured_ms"] > 0 and model["repeat_ms"] > 0, model
         assert model["predictions"]["nnmeter"] is not None and model["predictions"]["nnmeter"] > 0, model
         assert model["predictions"]["flops-linear"] is not None, model
+        assert (model["interval_ms"] is not None) == ("interval_log_ratio" in correction), model
     html = (workspace / "reports" / "index.html").read_text()
     assert "nas-resnet_000_32" in html and "<svg" in html
     assert "invoke overhead" in html and "model correction" in html  # the artifact's device calibrations

@@ -39,11 +39,12 @@ from nnmeter.measurement import MeasuringSession, ModelSpec, kernel_spec
 from nnmeter.predictor.artifact import KernelPayload, ModelCorrection, sha256_file, write_artifact
 from nnmeter.predictor.converters import to_graph
 from nnmeter.predictor.detection import detect
-from nnmeter.predictor.engine import refetched_weight_bytes, weight_bytes
+from nnmeter.predictor.engine import Predictor, refetched_weight_bytes, weight_bytes
 from nnmeter.predictor.features import FEATURE_SCHEMA_VERSION
-from nnmeter.predictor.regressor_format import load_ensemble
+from nnmeter.predictor.regressor_format import TreeEnsemble, load_ensemble
 from nnmeter.predictor.rules import FusionRules, default_rules, load_rules
 from nnmeter.progress import SILENT, Reporter
+from nnmeter.training.metrics import INTERVAL_COVERAGE, conformal_quantile
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def fit_model_correction(
     kernel_sum_ms: Sequence[float],
     refetched_mb: Sequence[float] | None = None,
     private_cache_mb: float = 0.0,
+    predicted_kernel_sum_ms: Sequence[float] | None = None,
 ) -> ModelCorrection:
     """The correction (:class:`ModelCorrection`) that predicts ``whole_ms`` from ``kernel_sum_ms``, ``weight_mb``
     and ``refetched_mb`` best, each form fitted on relative error by non-negative least squares: none; a factor
@@ -117,7 +119,12 @@ def fit_model_correction(
     each candidate threshold -- 0 and every model's weight size -- tried); both; and, when the refetched
     weights are given (they need the device's ``private_cache_mb``), the factor and a term on them, with and
     without the weight term. The form is chosen by its leave-one-out error, so that one does not win by
-    fitting a few models' noise (the threshold search can)."""
+    fitting a few models' noise (the threshold search can).
+
+    With ``predicted_kernel_sum_ms`` (the kernels' sum as the regressors predict it), the correction also states
+    its interval: the :func:`~nnmeter.training.metrics.conformal_quantile` of each model's |log ratio| of the
+    predicted sum, corrected by the form fitted without that model, to its whole latency (kernels' errors inside
+    one model are not independent: whole models calibrate them together)."""
     w, m, p = (np.asarray(a, dtype=float) for a in (weight_mb, whole_ms, kernel_sum_ms))
     r = np.zeros_like(w) if refetched_mb is None else np.asarray(refetched_mb, dtype=float)
     if not (w.shape == m.shape == p.shape == r.shape) or w.size == 0 or np.any(m <= 0) or np.any(p <= 0):
@@ -140,9 +147,17 @@ def fit_model_correction(
         )
         return float(np.mean(np.square(errors)))
 
-    best = fit(min(forms, key=loo_error))
+    form = min(forms, key=loo_error)
+    best = fit(form)
     residual = float(np.sqrt(np.mean((best.apply(p, 1e6 * w, 1e6 * r) / m - 1) ** 2)))
-    return dataclasses.replace(best, fitted_on=int(w.size), residual=residual)
+    interval = None
+    if predicted_kernel_sum_ms is not None and w.size > 1:
+        q = np.asarray(predicted_kernel_sum_ms, dtype=float)
+        if q.shape != m.shape or np.any(q <= 0):
+            raise ValueError("fit_model_correction: needs one predicted kernel sum (> 0) per model")
+        loo = [fit(form, np.arange(w.size) != i).apply(q[i], 1e6 * w[i], 1e6 * r[i]) for i in range(w.size)]
+        interval = conformal_quantile(np.abs(np.log(np.maximum(np.asarray(loo, dtype=float), 1e-9) / m)))
+    return dataclasses.replace(best, fitted_on=int(w.size), residual=residual, interval_log_ratio=interval)
 
 
 def _fitted_correction(
@@ -192,15 +207,21 @@ class CalibrationModel:
     whole_ms: float
     kernels_ms: float
     refetched_mb: float = 0.0  # see :func:`nnmeter.predictor.engine.refetched_weight_bytes`
+    predicted_kernels_ms: float | None = None  # the kernels' sum as the trained regressors predict it
 
 
 def calibrate_model_correction(
-    session: MeasuringSession, kernel_types: Sequence[str], rules: FusionRules, overhead_ms: float
+    session: MeasuringSession,
+    kernel_types: Sequence[str],
+    rules: FusionRules,
+    overhead_ms: float,
+    kernels_predictor: Predictor | None = None,
 ) -> ModelCorrection:
-    """The model correction fitted on :func:`calibration_models`; NnmeterError when too few can be used."""
+    """The model correction fitted on :func:`calibration_models`, with its interval when ``kernels_predictor``
+    (the trained regressors, uncorrected) is given; NnmeterError when too few models can be used."""
     info = session.backend.device_info
     private_cache_mb = private_cache_bytes(info.facts if info is not None else {}) / 1e6
-    rows = calibration_models(session, kernel_types, rules, overhead_ms, private_cache_mb)
+    rows = calibration_models(session, kernel_types, rules, overhead_ms, private_cache_mb, kernels_predictor)
     if len(rows) < MIN_CALIBRATION_MODELS:
         planned = CALIBRATION_PER_FAMILY * sum(len(families) for families, _ in CALIBRATION_SETS)
         raise NnmeterError(
@@ -214,7 +235,14 @@ def calibrate_model_correction(
         [r.kernels_ms for r in rows],
         [r.refetched_mb for r in rows],
         private_cache_mb,
+        _all_predicted(rows),
     )
+
+
+def _all_predicted(rows: Sequence[CalibrationModel]) -> list[float] | None:
+    """Every row's predicted kernel sum, or None when a row has none."""
+    predicted = [r.predicted_kernels_ms for r in rows if r.predicted_kernels_ms is not None]
+    return predicted if len(predicted) == len(rows) else None
 
 
 def private_cache_bytes(facts: Mapping[str, str]) -> float:
@@ -232,9 +260,11 @@ def calibration_models(
     rules: FusionRules,
     overhead_ms: float,
     private_cache_mb: float = 0.0,
+    kernels_predictor: Predictor | None = None,
 ) -> list[CalibrationModel]:
     """Measure the calibration models whole and kernel by kernel, each model next to its kernels (through the
-    store: stored measurements are reused); the models that could be, with their numbers."""
+    store: stored measurements are reused); the models that could be, with their numbers (and their kernels'
+    sum as ``kernels_predictor`` predicts it, when given)."""
     zoo = [
         m
         for families, resolutions in CALIBRATION_SETS
@@ -283,6 +313,9 @@ def calibration_models(
                     whole_ms,
                     kernels_ms,
                     refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6,
+                    kernels_predictor.predict(str(p.file.path)).latency_ms  # type: ignore[union-attr]
+                    if kernels_predictor is not None
+                    else None,
                 )
             )
     return rows
@@ -340,8 +373,9 @@ def package_workspace(
         with ws.connect() as backend:
             session = ws.session(backend, reporter=reporter)
             overhead = invoke_overhead_ms(session)
+            trained = _TrainedKernels(rules, {k: p.ensemble for k, p in payloads.items()}, overhead)
             try:
-                correction = calibrate_model_correction(session, list(payloads), rules, overhead)
+                correction = calibrate_model_correction(session, list(payloads), rules, overhead, Predictor(trained))
             except NnmeterError as err:
                 correction_error = str(err)
     except NnmeterError as err:  # a phone that is not plugged in: the predictor is still usable, a bit off
@@ -358,6 +392,7 @@ def package_workspace(
         overwrite=overwrite,
         invoke_overhead_ms=overhead,
         model_correction=correction,
+        interval_coverage=INTERVAL_COVERAGE,
         description=f"kernel regressors of {ws.root.resolve().name}; fusion rules: "
         f"{'measured' if rules_path.is_file() else 'defaults (no measured rules in the workspace)'}",
     )
@@ -371,6 +406,22 @@ def package_workspace(
         correction,
         correction_error,
     )
+
+
+@dataclass(frozen=True)
+class _TrainedKernels:
+    """Trained regressors not yet packaged, as the engine reads an artifact (no model correction)."""
+
+    rules: FusionRules
+    ensembles: Mapping[str, TreeEnsemble]
+    invoke_overhead_ms: float
+
+    @property
+    def kernels(self) -> frozenset[str]:
+        return frozenset(self.ensembles)
+
+    def predict(self, kernel: str, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.ensembles[kernel].predict(X))
 
 
 def _default_name(backend: str, device: str) -> str:

@@ -141,6 +141,10 @@ def _run_evaluate(ws: Workspace, backend: Backend | None, opts: _Options) -> tup
     detail = f"{m.n} of {len(result.models)} models scored: ±10 % {_pct(m.within_10)}, RMSPE {m.rmspe:.1f} %" + (
         f"; repeatability ±10 % {_pct(rep.within_10)}" if rep.n else ""
     )
+    coverage = result.interval_coverage()
+    if coverage is not None:
+        n, inside, width = coverage
+        detail += f"; {_pct(inside)} of {n} inside their interval (median width {_pct(width)})"
     unsteady = result.unsteady_ground_truth()
     if unsteady:
         detail += f"; {unsteady}"

@@ -139,7 +139,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict()))
         return EXIT_OK
     out = Output()
-    out.table(tables.predictions(predictor.name, results))
+    out.table(tables.predictions(predictor.name, results, getattr(predictor, "interval_coverage", 0.0)))
     for r in results:
         stand_ins = sorted({k.stand_in for k in r.kernels if k.stand_in})
         if stand_ins:

@@ -143,15 +143,18 @@ def installed_predictors(found: Sequence[InstalledPredictor]) -> Table:
     return table
 
 
-def predictions(name: str, results: Sequence[PredictionResult]) -> Table:
+def predictions(name: str, results: Sequence[PredictionResult], interval_coverage: float = 0.0) -> Table:
+    """Model, latency, its interval at ``interval_coverage`` (when the predictor states one), kernels, coverage."""
+    interval = f"{100 * interval_coverage:.0f} % interval ms"
     table = Table(
         f"predicted latency on {name}",
-        ("model", "latency ms", "kernels", "coverage", "left out"),
-        right=("latency ms", "kernels", "coverage"),
+        ("model", "latency ms", interval, "kernels", "coverage", "left out"),
+        right=("latency ms", interval, "kernels", "coverage"),
     )
     for r in results:
         left = ", ".join(sorted({u.ops for u in r.unsupported})) or "-"
-        table.add(r.model, f"{r.latency_ms:.3f}", len(r.kernels), f"{100 * r.coverage:.1f} %", left)
+        span = "-" if r.interval_ms is None else f"{r.interval_ms[0]:.3f} - {r.interval_ms[1]:.3f}"
+        table.add(r.model, f"{r.latency_ms:.3f}", span, len(r.kernels), f"{100 * r.coverage:.1f} %", left)
     return table
 
 

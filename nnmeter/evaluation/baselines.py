@@ -78,6 +78,7 @@ def predict_model(
         kernels=len(result.kernels),
         unsupported=unsupported,
         error=error,
+        interval_ms=result.interval_ms,
     )
 
 

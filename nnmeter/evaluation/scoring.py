@@ -99,6 +99,7 @@ class ModelEvaluation:
     kernels: int = 0
     unsupported: tuple[str, ...] = ()  # ops the predictor has no regressor for (their nodes)
     error: str = ""  # why the model has no measurement or no prediction
+    interval_ms: tuple[float, float] | None = None  # nnmeter's interval (low, high), when its predictor states one
 
     def relative_error(self, method: str = NNMETER) -> float | None:
         p = self.predictions.get(method)
@@ -124,6 +125,19 @@ class EvaluationResult:
     def metrics(self, method: str = NNMETER, family: str | None = None) -> Metrics:
         rows = [m for m in self.scored if family is None or m.family == family]
         return Metrics.of([m.measured_ms for m in rows], [_nan(m.predictions.get(method)) for m in rows])
+
+    def interval_coverage(self) -> tuple[int, float, float] | None:
+        """(models, share whose measured latency is inside nnmeter's interval, median width as a share of the
+        prediction) over the scored models with an interval; None when none has one."""
+        inside, widths = [], []
+        for m in self.scored:
+            predicted = m.predictions.get(NNMETER)
+            if m.interval_ms is None or m.measured_ms is None or not predicted:
+                continue
+            low, high = m.interval_ms
+            inside.append(low <= m.measured_ms <= high)
+            widths.append((high - low) / predicted)
+        return (len(inside), float(np.mean(inside)), float(np.median(widths))) if inside else None
 
     def repeatability(self, family: str | None = None) -> Metrics:
         """The second measurement scored against the first, as if it were a prediction."""
@@ -164,7 +178,16 @@ class EvaluationResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EvaluationResult:
-        models = tuple(ModelEvaluation(**{**m, "unsupported": tuple(m.get("unsupported", ()))}) for m in data["models"])
+        models = tuple(
+            ModelEvaluation(
+                **{
+                    **m,
+                    "unsupported": tuple(m.get("unsupported", ())),
+                    "interval_ms": tuple(m["interval_ms"]) if m.get("interval_ms") else None,
+                }
+            )
+            for m in data["models"]
+        )
         return cls(models, data.get("device", {}), data.get("predictor", {}), data.get("notes", {}))
 
     def save(self, path: Path) -> None:

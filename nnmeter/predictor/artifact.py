@@ -137,6 +137,10 @@ class ModelCorrection:
     scale: float = 1.0
     ms_per_refetched_mb: float = 0.0
     private_cache_mb: float = 0.0  # the device's private cache per core; 0: unknown, no refetch term
+    #: half-width, in log ratio, of the interval around a model's corrected prediction that held the measured
+    #: latency of the calibration models (each predicted from its predicted kernels, the correction fitted
+    #: without it) at the manifest's ``interval_coverage``; None: not calibrated
+    interval_log_ratio: float | None = None
 
     def extra_ms(self, weight_bytes: Any, refetched_bytes: Any = 0.0) -> Any:
         """The weight terms for a model's weight bytes and refetched weight bytes (numbers, or arrays)."""
@@ -171,6 +175,7 @@ class ModelCorrection:
             "private_cache_mb": self.private_cache_mb,
             "fitted_on": self.fitted_on,
             "residual": self.residual,
+            **({"interval_log_ratio": self.interval_log_ratio} if self.interval_log_ratio is not None else {}),
         }
 
     @classmethod
@@ -183,6 +188,7 @@ class ModelCorrection:
             float(data.get("scale", 1.0)),
             float(data.get("ms_per_refetched_mb", 0.0)),
             float(data.get("private_cache_mb", 0.0)),
+            check_interval_log_ratio(data.get("interval_log_ratio"), "model_correction: interval_log_ratio"),
         )
         if not (
             correction.ms_per_mb >= 0
@@ -196,6 +202,20 @@ class ModelCorrection:
                 f"must be >= 0 and scale > 0, got {dict(data)}"
             )
         return correction
+
+
+#: The widest interval a predictor may state, in log ratio (a factor of e^5 ~ 148 either way).
+MAX_INTERVAL_LOG_RATIO = 5.0
+
+
+def check_interval_log_ratio(value: Any, where: str) -> float | None:
+    """``value`` as an interval half-width in log ratio (None stays None); ValueError naming ``where`` unless it is
+    a number in 0..:data:`MAX_INTERVAL_LOG_RATIO`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_INTERVAL_LOG_RATIO:
+        raise ValueError(f"{where}: {_short(value)} is not a number in 0..{MAX_INTERVAL_LOG_RATIO:g}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -221,6 +241,9 @@ class Manifest:
     digest: str = ""  # sha256 of the manifest.yaml bytes it was read from (not a key of the file)
     origin: str = ""  # where it comes from when nnmeter did not build it; empty: built by nnmeter
     detection: str = DETECTION_NNMETER  # how models are cut into kernels for its regressors (see the module doc)
+    #: the nominal coverage of its intervals (the kernels' ``interval_log_ratio`` metric and the model
+    #: correction's); 0: it states none
+    interval_coverage: float = 0.0
 
     @property
     def device_id(self) -> str:
@@ -244,6 +267,7 @@ class Manifest:
             **({"model_correction": self.model_correction.to_dict()} if self.model_correction else {}),
             **({"origin": self.origin} if self.origin else {}),
             **({"detection": self.detection} if self.detection != DETECTION_NNMETER else {}),
+            **({"interval_coverage": self.interval_coverage} if self.interval_coverage else {}),
             "kernels": {k: e.to_dict() for k, e in self.kernels.items()},
             "files": dict(self.files),
         }
@@ -286,6 +310,17 @@ class Artifact:
     def model_correction(self) -> ModelCorrection | None:
         """The device's whole-model correction (see :class:`ModelCorrection`); None when not calibrated."""
         return self.manifest.model_correction
+
+    @property
+    def interval_coverage(self) -> float:
+        """The nominal coverage of the intervals this predictor states (0: none)."""
+        return self.manifest.interval_coverage
+
+    def interval_log_ratio(self, kernel: str) -> float | None:
+        """Half-width, in log ratio, of ``kernel``'s interval at :attr:`interval_coverage`; None: not stated."""
+        if not self.manifest.interval_coverage:
+            return None
+        return self.manifest.kernels[kernel].metrics.get("interval_log_ratio")
 
     def predict(self, kernel: str, X: Any) -> np.ndarray:
         """Latency (ms) of each row of ``X``, the :func:`~nnmeter.predictor.features.feature_matrix` of ``kernel``."""
@@ -333,6 +368,7 @@ def write_artifact(
     overwrite: bool = False,
     invoke_overhead_ms: float = 0.0,
     model_correction: ModelCorrection | None = None,
+    interval_coverage: float = 0.0,
     origin: str = "",
     detection: str = DETECTION_NNMETER,
     kernel_features: Mapping[str, tuple[str, ...]] | None = None,
@@ -387,6 +423,7 @@ def write_artifact(
             model_correction=model_correction,
             origin=origin,
             detection=detection,
+            interval_coverage=float(interval_coverage),
         )
         (staging / MANIFEST).write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
         if out.exists():
@@ -455,10 +492,13 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 _text(e.get("regressor", ""), f"kernels: {k}: regressor"),
                 tuple(_text(f, f"kernels: {k}: features") for f in _sequence(e["features"], f"kernels: {k}: features")),
                 _integer(e.get("samples", 0), f"kernels: {k}: samples"),
-                dict(_mapping(e.get("metrics") or {}, f"kernels: {k}: metrics")),
+                _kernel_metrics(e.get("metrics") or {}, f"kernels: {k}: metrics"),
             )
             for k, e in _mapping(data["kernels"], "kernels").items()
         }
+        coverage = data.get("interval_coverage", 0.0)
+        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 <= coverage < 1:
+            raise ValueError(f"interval_coverage: {_short(coverage)} is not a share in 0..1 (0: no intervals)")
         files = {_text(k, "files"): _text(v, f"files: {k}") for k, v in _mapping(data["files"], "files").items()}
         bad = next((k for k, v in files.items() if not _SHA256.fullmatch(v)), None)
         if bad is not None:
@@ -486,11 +526,19 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             digest=hashlib.sha256(text).hexdigest(),
             origin=_text(data.get("origin", ""), "origin"),
             detection=_text(data.get("detection", DETECTION_NNMETER), "detection"),
+            interval_coverage=float(coverage),
         )
     except KeyError as err:
         raise ArtifactError(f"{file}: damaged manifest (missing key {_short(err.args[0])})") from None
     except (TypeError, ValueError, AttributeError, OverflowError) as err:
         raise ArtifactError(f"{file}: damaged manifest (bad key: {_first_line(err)})") from None
+
+
+def _kernel_metrics(value: Any, where: str) -> dict[str, Any]:
+    """A kernel's metrics as the manifest records them; the interval, which the engine uses, checked."""
+    metrics = dict(_mapping(value, where))
+    check_interval_log_ratio(metrics.get("interval_log_ratio"), f"{where}: interval_log_ratio")
+    return metrics
 
 
 def artifact_digest(path: str | os.PathLike) -> str:

@@ -29,6 +29,7 @@ that is silently too low.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
@@ -58,6 +59,8 @@ class KernelModel(Protocol):
     # optional: ``invoke_overhead_ms`` (float), the device's fixed cost of one invocation; 0 when absent
     # optional: ``model_correction`` (ModelCorrection or None), the whole-model correction; none when absent
     # optional: ``precisions`` (tuple of str), the number formats its kernels were measured in; float32 when absent
+    # optional: ``interval_log_ratio(kernel)`` (float or None) and ``model_correction.interval_log_ratio``: the
+    # half-widths, in log ratio, of a kernel's and a whole model's intervals; no intervals when absent
 
 
 class UnsupportedModelError(NnmeterError):
@@ -75,6 +78,8 @@ class KernelRow:
     ms: float
     nodes: list[str]
     stand_in: str = ""  # set when ``config`` stands in for a shape no kernel type has (non-square conv, ...)
+    #: the kernel's latency interval (low, high) at the predictor's stated coverage; None: it states none
+    interval_ms: tuple[float, float] | None = None
 
 
 @dataclass
@@ -96,6 +101,9 @@ class PredictionResult:
     unsupported: list[UnsupportedItem] = field(default_factory=list)
     free_nodes: list[str] = field(default_factory=list)  # reshape/flatten: not kernels
     correction_ms: float = 0.0  # what the artifact's model correction added to the kernels' sum, in latency_ms
+    #: the model's latency interval (low, high) at the predictor's stated coverage (``Predictor.interval_coverage``),
+    #: calibrated on whole models; None: the predictor states none, or the model is not predicted whole
+    interval_ms: tuple[float, float] | None = None
 
     @property
     def coverage(self) -> float:
@@ -113,6 +121,7 @@ class PredictionResult:
             "unsupported": [asdict(u) for u in self.unsupported],
             "free_nodes": self.free_nodes,
             "correction_ms": self.correction_ms,
+            "interval_ms": list(self.interval_ms) if self.interval_ms is not None else None,
         }
 
 
@@ -170,6 +179,11 @@ class Predictor:
         return frozenset(self.artifact.kernels)
 
     @property
+    def interval_coverage(self) -> float:
+        """The nominal coverage of the intervals of its predictions (0: it states none)."""
+        return float(getattr(self.artifact, "interval_coverage", 0.0))
+
+    @property
     def precisions(self) -> tuple[str, ...]:
         """The number formats this predictor's kernels were measured in (:data:`nnmeter.ops.PRECISIONS`)."""
         return tuple(getattr(self.artifact, "precisions", (ops.FLOAT32,)))
@@ -213,11 +227,21 @@ class Predictor:
             ms = np.asarray(self.artifact.predict(kernel, np.array(unique, dtype=np.float64)))
             by_features = dict(zip(unique, np.maximum(ms - overhead, 0.0).tolist()))
             latency.update((w, by_features[f]) for w, f in zip(where, features[kernel]))
+        kernel_interval = getattr(self.artifact, "interval_log_ratio", None)
+        widths = {k: kernel_interval(k) if kernel_interval else None for k in rows}
+        model_width = getattr(correction, "interval_log_ratio", None) if self.interval_coverage else None
         results = []
         for mi, det in enumerate(detections):
             kernel_rows = [
                 KernelRow(
-                    k.name, k.kernel, k.config, list(row_features[(mi, ki)]), latency[(mi, ki)], k.nodes, k.stand_in
+                    k.name,
+                    k.kernel,
+                    k.config,
+                    list(row_features[(mi, ki)]),
+                    latency[(mi, ki)],
+                    k.nodes,
+                    k.stand_in,
+                    _interval(latency[(mi, ki)], widths[k.kernel]),
                 )
                 for ki, k in enumerate(det.kernels)
                 if not k.problem
@@ -236,7 +260,13 @@ class Predictor:
             correction_ms = total - kernels_ms
             results.append(
                 PredictionResult(
-                    det.graph, float(total), kernel_rows, unsupported, list(det.free_nodes), float(correction_ms)
+                    det.graph,
+                    float(total),
+                    kernel_rows,
+                    unsupported,
+                    list(det.free_nodes),
+                    float(correction_ms),
+                    _interval(float(total), model_width) if kernel_rows and not unsupported else None,
                 )
             )
         return results
@@ -266,6 +296,14 @@ class Predictor:
             "pass strict=False (--no-strict) to get the sum of the rest with the list of what is left out, "
             f"or train the missing kernels; this predictor has: {', '.join(sorted(self.kernel_types))}",
         )
+
+
+def _interval(ms: float, log_ratio: float | None) -> tuple[float, float] | None:
+    """``[ms / e^w, ms * e^w]`` for a half-width ``w`` in log ratio; None when there is none."""
+    if log_ratio is None:
+        return None
+    factor = math.exp(log_ratio)
+    return (ms / factor, ms * factor)
 
 
 def load_predictor(name_or_path: str | os.PathLike | KernelModel, sha256: str | None = None) -> Predictor:

@@ -1,7 +1,9 @@
-"""How well a regressor predicts kernel latencies: nn-Meter's measures, plus the split at fast kernels."""
+"""How well a regressor predicts kernel latencies: nn-Meter's measures, the split at fast kernels, and the
+width of an interval that holds the held-out latencies at :data:`INTERVAL_COVERAGE` (split conformal)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -9,6 +11,17 @@ import numpy as np
 
 #: Kernels faster than this are dominated by timer noise; metrics report them apart.
 FAST_KERNEL_MS = 0.05
+#: The nominal coverage of the intervals predictors give: the share of latencies they hold.
+INTERVAL_COVERAGE = 0.9
+
+
+def conformal_quantile(scores: Any, coverage: float = INTERVAL_COVERAGE) -> float | None:
+    """The split-conformal quantile of ``scores`` (nonconformity scores of held-out points, here |log(predicted /
+    measured)|): a new point's score is at most it with probability >= ``coverage``. None when there are too
+    few scores for that guarantee (fewer than ``coverage / (1 - coverage)``: 9 at 90 %)."""
+    values = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    rank = math.ceil((len(values) + 1) * coverage)
+    return float(values[rank - 1]) if 0 < rank <= len(values) else None
 
 
 @dataclass(frozen=True)
@@ -31,14 +44,17 @@ class LatencyMetrics:
     fast: int
     acc10_fast: float | None
     acc10_slow: float | None
+    #: half-width, in log ratio, of the interval ``[p / e^w, p * e^w]`` around a prediction ``p`` that holds the
+    #: measured latency at :data:`INTERVAL_COVERAGE` (:func:`conformal_quantile`); None: too few held-out configs
+    interval_log_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyMetrics:
-        """From :meth:`to_dict` (a mapping with every field)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """From :meth:`to_dict`; metrics stored before a field with a default existed get the default."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def latency_metrics(measured: Any, predicted: Any) -> LatencyMetrics:
@@ -64,4 +80,5 @@ def latency_metrics(measured: Any, predicted: Any) -> LatencyMetrics:
         fast=int(fast.sum()),
         acc10_fast=share(fast),
         acc10_slow=share(~fast),
+        interval_log_ratio=conformal_quantile(np.abs(np.log(np.maximum(p, 1e-9) / y))),
     )
