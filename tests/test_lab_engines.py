@@ -94,3 +94,43 @@ def test_ray_two_hosts_node_killed_then_driver_killed(template_workspace, tmp_pa
     finally:
         cluster.stop()
         stop_hosts(hosts)
+
+
+@pytest.mark.integration
+def test_ray_head_lost_is_one_error_and_a_rerun_resumes(template_workspace, tmp_path):
+    hosts = lab_hosts(tmp_path, {"hostA": 1})
+    units = {"hostA": [p.serial for p in hosts["hostA"]]}
+    cluster = RayCluster(tmp_path, units)
+    fresh = None
+    try:
+        (hosts["hostA"][0].sandbox / "device-ms").write_text("150")
+        ws = copy_workspace(template_workspace, tmp_path)
+        lab_campaign(ws, hosts["hostA"], engine="ray", address=cluster.address)
+        log = tmp_path / "driver.log"
+        driver = start_driver(ws, N, log)
+        deadline = time.monotonic() + 300
+        while sum(r[0] == "kernel" for r in measured_by(ws)) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        cluster.nodes["hostA"].kill()  # the head (its GCS, its raylet) killed mid-run
+        lost_at = time.monotonic()
+        driver.communicate(timeout=60)  # Ray's own client would end it after 60 s
+        text = log.read_text()
+        assert driver.returncode == 1 and time.monotonic() - lost_at < 30, text[-3000:]
+        assert f"error: lost the Ray head of the lab at {cluster.address}: its GCS at " in text, text[-3000:]
+        assert "it resumes, measuring only what is missing" in text
+        assert "Failed to connect to GCS" not in text and "Traceback" not in text, text[-3000:]
+        before = measured_by(ws)
+        assert 2 <= len(before) < N
+        (tmp_path / "fresh").mkdir()
+        fresh = RayCluster(tmp_path / "fresh", units)  # the head restarted: a new cluster
+        lab_campaign(ws, hosts["hostA"], engine="ray", address=fresh.address)
+        run_driver(ws, N, log)
+        rows = measured_by(ws)
+        assert rows[: len(before)] == before  # what was stored stays, nothing measured twice
+        assert_each_once(rows, units["hostA"])
+    finally:
+        for c in (fresh, cluster):
+            if c is not None:
+                c.stop()
+        stop_hosts(hosts)

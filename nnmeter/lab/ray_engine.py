@@ -4,12 +4,17 @@ Ray is imported here only, when a campaign says ``engine: ray``. Conversion stay
 pool; a batch's model files travel to the unit's host as bytes in Ray's object store (each file put once), and
 the actor writes them to a private folder there. An actor that dies with its host is created again; it waits
 for the unit's resource, so it starts when the host rejoins.
+
+The driver watches the head: while it waits for the units, it checks every ``HEAD_CHECK_S`` that the head's GCS
+still accepts connections, and one that has not for ``HEAD_LOST_S`` ends the run with one error (before Ray's own
+client would end the process, 60 s after it lost the GCS). Every batch stored before stays; a rerun resumes.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any, Hashable, Sequence
 
 from nnmeter.backends.base import ModelFile
@@ -21,6 +26,9 @@ from nnmeter.lab.unit import UnitLost, UnitWorker, model_parts
 
 #: seconds the driver waits for the cluster's address to answer before saying so
 CONNECT_TIMEOUT_S = 10.0
+#: seconds between two checks that the head's GCS answers, and how long it may not before the head is lost
+HEAD_CHECK_S = 1.0
+HEAD_LOST_S = 5.0
 
 
 def import_ray(source: str) -> Any:
@@ -113,6 +121,8 @@ class RayEngine(Engine):
         self._joined = False
         join_cluster(self.ray, address, source)
         self._joined = True
+        self.gcs_address = str(self._cluster(lambda: self.ray.get_runtime_context().gcs_address))
+        self._next_head_check = 0.0
         self._actor = self.ray.remote(num_cpus=0, max_restarts=0)(UnitWorker)
         self._actors: list[Any] = []
         self._blobs: dict[str, list[tuple[str, Any]]] = {}
@@ -152,7 +162,9 @@ class RayEngine(Engine):
         return worker.measure_shipped.remote(shipped, protocol)
 
     def wait(self, pending: Sequence[Hashable], timeout: float) -> list[Hashable]:
-        ready, _ = self._cluster(lambda: self.ray.wait(list(pending), num_returns=1, timeout=timeout))
+        self.check_head()
+        wait_s = min(timeout, HEAD_CHECK_S)
+        ready, _ = self._cluster(lambda: self.ray.wait(list(pending), num_returns=1, timeout=wait_s))
         return ready
 
     def result(self, pending: Hashable) -> Any:
@@ -165,6 +177,7 @@ class RayEngine(Engine):
                 raise UnitLost(str(cause).splitlines()[-1]) from None
             raise UnitLost(f"its worker failed: {str(err).splitlines()[0]}") from None
         except (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.ObjectLostError) as err:
+            self.check_head(now=True)  # a unit's actor gone with the head is the head's loss, not the unit's
             raise UnitLost(f"its worker or host went away ({type(err).__name__})") from None
 
     def close(self) -> None:
@@ -184,13 +197,41 @@ class RayEngine(Engine):
             self._blobs[file.id] = [(name, self.ray.put(path.read_bytes())) for name, path in model_parts(file)]
         return self._blobs[file.id]
 
+    def check_head(self, now: bool = False) -> None:
+        """Every ``HEAD_CHECK_S`` (or ``now``): WorkFailed when the head's GCS does not accept a connection for
+        ``HEAD_LOST_S``."""
+        started = time.monotonic()
+        if not now and started < self._next_head_check:
+            return
+        self._next_head_check = started + HEAD_CHECK_S
+        why = _unanswered(self.gcs_address)
+        while why is not None:
+            if time.monotonic() - started >= HEAD_LOST_S:
+                raise self._head_lost(f"its GCS at {self.gcs_address} has not answered for {HEAD_LOST_S:g} s ({why})")
+            time.sleep(0.5)
+            why = _unanswered(self.gcs_address)
+
+    def _head_lost(self, why: str) -> WorkFailed:
+        return WorkFailed(
+            f"lost the Ray head of the lab at {self.address}: {why}",
+            "every batch measured so far is in the store: restart the head (nnmeter-build lab join --head), let "
+            "the hosts join again (nnmeter-build lab join HEAD:PORT), and run the same command: it resumes, "
+            "measuring only what is missing",
+        )
+
     def _cluster(self, call: Any) -> Any:
         """``call()``; losing the cluster itself (its head) is one clear error."""
         try:
             return call()
         except (self.ray.exceptions.RaySystemError, ConnectionError) as err:
-            raise WorkFailed(
-                f"lost the Ray cluster at {self.address}: {str(err).splitlines()[0]}",
-                "what was measured is in the store: restart the head (nnmeter-build lab join --head), "
-                "let the hosts join again, and run the same command to resume",
-            ) from None
+            raise self._head_lost(str(err).splitlines()[0]) from None
+
+
+def _unanswered(address: str) -> str | None:
+    """Why nothing accepts a connection at HOST:PORT (None when something does)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S).close()
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+    return None
