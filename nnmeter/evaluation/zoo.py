@@ -67,6 +67,19 @@ _APPLICATIONS: dict[str, tuple[str, tuple[float, ...], dict[str, Any]]] = {
 }
 
 
+#: The keras.applications mobile architectures the quickstart predicts in their default form (their
+#: preprocessing layers included), from Keras, .tflite and ONNX files (tests/test_mobile_coverage.py).
+MOBILE_APPLICATIONS = (
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "MobileNetV3Large",
+    "EfficientNetB0",
+    "NASNetMobile",
+    "DenseNet121",
+)
+
+
 def _draw_application(family: str) -> Callable[[random.Random, int, Sequence[int]], list[dict[str, Any]]]:
     """Variants of an application: every (resolution, alpha) pair in a seeded order, ``count`` of them.
 

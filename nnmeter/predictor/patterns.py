@@ -3,7 +3,9 @@
 Frameworks spell some ops as several nodes; every converter's output goes through
 :func:`recognise`, so the Keras, TFLite, ONNX and nn-Meter IR paths agree:
 
-* ``bn``: x * scale + shift, with per-channel constant tensors
+* ``bn``: x * scale + shift, or (x + shift) * scale, with constants (per-channel tensors, or scalars: a
+  ``Rescaling`` of the input, ``Normalization``), and x * scale alone with a per-channel tensor (a bn whose
+  zero shift a converter dropped)
 * ``hsigmoid``: relu6(x + 3) * (1/6)
 * ``hswish``: x * hsigmoid(x), or x * relu6(x + 3) * (1/6)
 * ``swish``: x * sigmoid(x)
@@ -11,6 +13,8 @@ Frameworks spell some ops as several nodes; every converter's output goes throug
   -> hsigmoid or sigmoid (reshapes allowed in between), squeezing to 1/8-1/2 of the channels
   as the ``se`` kernel does (1/4); a narrower gate (EfficientNet's) stays as its parts
 * ``channelshuffle``: reshape to 5-D -> transpose -> reshape back to the input's shape
+* ``split``: two slices of a feature map's channels that take its first and its second half (a ShuffleNet's
+  split written as strided slices): one split node, which the readers of both slices read
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class _View:
         self.graph = graph
         self.readers = graph.consumers()
         self.used: set[str] = set()
+        self.aliases: dict[str, str] = {}  # a removed node -> the new node its readers read instead
 
     def node(self, name: str) -> Node | None:
         return self.graph.nodes.get(name)
@@ -98,15 +103,25 @@ def _hsigmoid(v: _View, add: Node) -> Match | None:
     return v.replace(names, ops.HSIGMOID, mul, add.inputs[0]) if v.free(names) else None
 
 
-def _bn(v: _View, mul: Node) -> Match | None:
-    # x * scale + shift with per-channel constants: a batch norm that a framework spelled out
-    if mul.op != ops.MUL or len(mul.inputs) != 1 or mul.attrs.get("constant") != "tensor":
+def _constant_operand(node: Node | None, op: str) -> TypeGuard[Node]:
+    """``node`` is ``op`` of one activation input and a constant (a tensor, or a scalar)."""
+    return node is not None and node.op == op and len(node.inputs) == 1 and "constant" in node.attrs
+
+
+def _bn(v: _View, first: Node) -> Match | None:
+    # an affine map of a tensor by constants, as frameworks spell a batch norm (x * scale + shift), and as
+    # input preprocessing is written (Rescaling: x * s + o; Normalization: (x - mean) / std): the ops of the
+    # bn kernel (a multiply and an add of constants, over the tensor)
+    if not (_constant_operand(first, ops.MUL) or _constant_operand(first, ops.ADD)):
         return None
-    add = v.only_reader(mul.name)
-    if add is None or add.op != ops.ADD or len(add.inputs) != 1 or add.attrs.get("constant") != "tensor":
-        return None
-    names = [mul.name, add.name]
-    return v.replace(names, ops.BN, add, mul.inputs[0]) if v.free(names) else None
+    second = v.only_reader(first.name)
+    other = ops.ADD if first.op == ops.MUL else ops.MUL
+    if _constant_operand(second, other):
+        names = [first.name, second.name]
+        return v.replace(names, ops.BN, second, first.inputs[0]) if v.free(names) else None
+    if first.op == ops.MUL and first.attrs["constant"] == "tensor" and v.free([first.name]):
+        return v.replace([first.name], ops.BN, first, first.inputs[0])  # x * scale: its zero shift dropped
+    return None
 
 
 def _hswish(v: _View, mul: Node) -> Match | None:
@@ -201,8 +216,48 @@ def _channelshuffle(v: _View, first: Node) -> Match | None:
     return v.replace(names, ops.CHANNELSHUFFLE, last, first.inputs[0]) if v.free(names) else None
 
 
+def _split(v: _View, first: Node) -> Match | None:
+    # two slices of one map's channels, its first and its second half: the split kernel (one op, two outputs)
+    if first.op != ops.CROP or first.attrs.get("channel_begin") != 0 or len(first.inputs) != 1:
+        return None
+    if not first.input_shapes or not first.output_shapes or len(first.input_shapes[0]) != 4:
+        return None
+    shape, half = first.input_shapes[0], first.output_shapes[0]
+    if shape[-1] % 2 or list(half) != [*shape[:3], shape[-1] // 2]:
+        return None
+    source = first.inputs[0]
+    second = next(
+        (
+            n
+            for n in (v.graph.nodes[r] for r in v.readers.get(source, []))
+            if n.op == ops.CROP
+            and n.attrs.get("channel_begin") == shape[-1] // 2
+            and n.output_shapes
+            and list(n.output_shapes[0]) == list(half)
+        ),
+        None,
+    )
+    if second is None or not v.free([first.name, second.name]):
+        return None
+    order = list(v.graph.nodes)
+    early, late = sorted((first, second), key=lambda n: order.index(n.name))  # the split takes the earlier place
+    names = [early.name, late.name]
+    _, node, at = v.replace(names, ops.SPLIT, early, source)
+    node.output_shapes = [list(half), list(half)]
+    v.aliases[late.name] = early.name
+    return names, node, at
+
+
 #: In order: hsigmoid before hswish and se (both are built on it).
-_PATTERNS: tuple[Callable[[_View, Node], Match | None], ...] = (_bn, _hsigmoid, _hswish, _swish, _se, _channelshuffle)
+_PATTERNS: tuple[Callable[[_View, Node], Match | None], ...] = (
+    _bn,
+    _hsigmoid,
+    _hswish,
+    _swish,
+    _se,
+    _channelshuffle,
+    _split,
+)
 
 
 def recognise(graph: Graph) -> Graph:
@@ -220,4 +275,8 @@ def recognise(graph: Graph) -> Graph:
         graph.nodes = {
             name: placed.get(name, node) for name, node in graph.nodes.items() if name not in drop or name in placed
         }
+        if view.aliases:  # readers of a removed node read the node that took its place
+            for node in graph.nodes.values():
+                node.inputs = [view.aliases.get(i, i) for i in node.inputs]
+            graph.outputs = [view.aliases.get(o, o) for o in graph.outputs]
     return graph

@@ -35,6 +35,7 @@ _LAYERS = {
     "GlobalAveragePooling2D": ops.GLOBAL_AVGPOOL,
     "ZeroPadding2D": ops.PAD,
     "Cropping2D": ops.CROP,
+    "Permute": "Transpose",  # a channel shuffle's transpose (patterns); alone it is no kernel
     "Reshape": ops.RESHAPE,
     "Flatten": ops.FLATTEN,
     "Softmax": ops.SOFTMAX,
@@ -131,6 +132,15 @@ def _add(node: Any, builder: GraphBuilder, prefix: str) -> None:
         return
     in_shapes = [_shape(t) for t in node.input_tensors]
     out_shapes = [_shape(t) for t in outs]
+    affine = _affine(layer, kind)
+    if affine:  # preprocessing layers: constant multiplies and adds over the tensor, one node each
+        for i, (op, constant) in enumerate(affine):
+            last_step = i == len(affine) - 1
+            builder.node(
+                name if last_step else f"{name}/{op}", op, ins, in_shapes[:1], out_shapes[:1], constant=constant
+            )
+            ins = [f"{name}/{op}"]
+        return
     op, attrs = _op(layer, kind, node, in_shapes)
     activation = _act_name(getattr(layer, "activation", None)) if kind != "Activation" else "linear"
     if kind == "SeparableConv2D":  # depthwise then pointwise
@@ -155,6 +165,48 @@ def _add(node: Any, builder: GraphBuilder, prefix: str) -> None:
         builder.node(name, act_op, [last], out_shapes[:1], out_shapes[:1])
     for extra in outs[1:]:
         builder.bypass(_tensor_name(extra, prefix), name)
+
+
+def _affine(layer: Any, kind: str) -> list[tuple[str, Any]]:
+    """What a preprocessing layer computes as (op, constant) steps: ``Rescaling`` is ``x * scale + offset``,
+    ``Normalization`` is ``(x - mean) / std`` (a constant is a scalar or ``"tensor"``, per channel); empty for
+    other layers."""
+    import numpy as np
+
+    def constant(value: Any, op: str, neutral: float) -> Any:
+        values = np.ravel(np.asarray(value, dtype=np.float64))
+        if values.size == 1:
+            return None if float(values[0]) == neutral else scalar_operand(op, float(values[0]))
+        return "tensor"
+
+    steps: list[tuple[str, Any]]
+    if kind == "Rescaling":
+        steps = [(ops.MUL, constant(layer.scale, "Mul", 1.0)), (ops.ADD, constant(layer.offset, "Add", 0.0))]
+    elif kind == "Normalization" and not getattr(layer, "invert", False):
+        steps = [(ops.ADD, "tensor"), (ops.MUL, "tensor")]
+    else:
+        return []
+    kept = [(op, c) for op, c in steps if c is not None]
+    return kept or [(ops.MUL, 1.0)]  # x * 1: a copy, still a pass over the tensor
+
+
+def _getitem(node: Any, in_shapes: list[list[int]]) -> dict[str, Any]:
+    """``channel_begin`` of ``x[..., a:b]`` (a slice of the channels alone: a ShuffleNet's split), else nothing."""
+    key = node.arguments.args[1] if len(node.arguments.args) > 1 else None
+    rank = len(in_shapes[0]) if in_shapes else 0
+    items = list(key) if isinstance(key, tuple) else [key]
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = items[:at] + [slice(None)] * (rank - len(items) + 1) + items[at + 1 :]
+    items += [slice(None)] * (rank - len(items))
+    slices = [i for i in items if isinstance(i, slice) and i.step in (None, 1)]
+    if rank != 4 or len(slices) != rank:
+        return {}
+    full = [i.start in (None, 0) and i.stop is None for i in slices]
+    if any(not f for f in full[:-1]) or full[-1]:
+        return {}
+    start = slices[-1].start or 0
+    return {"channel_begin": int(start)} if isinstance(start, int) and start >= 0 else {}
 
 
 def _act_name(fn: Any) -> str:
@@ -194,4 +246,6 @@ def _op(layer: Any, kind: str, node: Any, in_shapes: list[list[int]]) -> tuple[s
         return op, {"constant": scalar_operand(kind, float(scalars[0])) if scalars else "tensor"}
     if kind in ("Divide", "TrueDivide"):
         return kind, {}
+    if kind == "GetItem":
+        return ops.CROP, _getitem(node, in_shapes)
     return op, {}

@@ -1,7 +1,12 @@
 """ONNX files and ``onnx.ModelProto`` -> IR graph, with ONNX shape inference (no TensorFlow).
 
 ONNX's NCHW 4-D shapes are stored NHWC in the IR (the IR's one layout); channel axes of
-Concat follow. Initializers and Constant nodes are constants, not edges; so is what is
+Concat, Slice and ReduceMean follow. A model converted from an NHWC framework can hold NHWC tensors too:
+tf2onnx keeps its input NHWC, and leaves its whole graph NHWC with a Transpose around every conv when its
+transpose optimizer fails (it does on MobileNetV3's ``x + 3``). Each 4-D tensor's layout is inferred from
+the ops that fix it (a Conv or pool reads and writes NCHW, a Transpose between NCHW and NHWC says both
+sides, element-wise ops keep it), and such a layout Transpose is free: in the IR's one layout it is no op,
+and the network it describes runs without it. Initializers and Constant nodes are constants, not edges; so is what is
 computed from a ``Shape`` and constants alone. A node of a quantized model (QDQ or QOperator) carries
 its precision; QuantizeLinear and DequantizeLinear of activations are nodes of their own.
 
@@ -104,10 +109,126 @@ def _const(tensor: Any) -> np.ndarray:
     return np.broadcast_to(np.float32(0), dims)
 
 
-def _nhwc(shape: list[int]) -> list[int]:
-    """NCHW -> NHWC for 4-D shapes; a dynamic batch dimension is 1."""
+def _nhwc(shape: list[int], nhwc: bool = False) -> list[int]:
+    """NCHW -> NHWC for 4-D shapes (``nhwc``: the tensor is NHWC already); a dynamic batch dimension is 1."""
     shape = [1 if i == 0 and d <= 0 else d for i, d in enumerate(shape)]
-    return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 else shape
+    return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 and not nhwc else shape
+
+
+#: ONNX ops whose 4-D data input and output are NCHW by the operator's definition.
+_NCHW_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "BatchNormalization",
+    "InstanceNormalization",
+}
+#: Ops whose 4-D outputs have the layout of their 4-D data inputs (element-wise ops, copies of a window, joins).
+_SAME_LAYOUT_OPS = {
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Tanh",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pad",
+    "Slice",
+    "Split",
+    "Concat",
+    "Identity",
+    "Dropout",
+}
+#: Transpose permutations between the two layouts: NCHW -> NHWC and NHWC -> NCHW.
+_TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _reduce_axes(node: Any, consts: dict[str, np.ndarray]) -> list[int] | None:
+    """The sorted axes (of a 4-D input) a ReduceMean reduces, from its attribute or its constant input."""
+    import onnx
+
+    for a in node.attribute:
+        if a.name == "axes":
+            return sorted(int(x) % 4 for x in onnx.helper.get_attribute_value(a))
+    axes = consts.get(node.input[1]) if len(node.input) > 1 else None
+    return sorted(int(x) % 4 for x in np.ravel(axes)) if axes is not None and 0 < axes.size <= 4 else None
+
+
+def _keeps_dims(node: Any) -> bool:
+    import onnx
+
+    return next((bool(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "keepdims"), True)
+
+
+def _shuffled(reshape: Any, made_by: dict[str, Any], shapes: dict[str, list[int]]) -> str | None:
+    """The 4-D tensor a channel shuffle (4-D -> Reshape -> 5-D Transpose -> Reshape) ending at ``reshape``
+    started from, when it has the shape ``reshape`` gives back; else None."""
+    transpose = made_by.get(reshape.input[0])
+    if transpose is None or transpose.op_type != "Transpose" or not transpose.input:
+        return None
+    first = made_by.get(transpose.input[0])
+    if first is None or first.op_type != "Reshape" or not first.input:
+        return None
+    source = first.input[0]
+    same = shapes.get(source) == shapes.get(reshape.output[0]) and len(shapes.get(source, [])) == 4
+    return source if same else None
+
+
+def _perm(node: Any) -> list[int]:
+    import onnx
+
+    return next((list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [])
+
+
+def _nhwc_tensors(graph: Any, shapes: dict[str, list[int]], data: set[str], consts: dict[str, np.ndarray]) -> set[str]:
+    """The 4-D tensors of ``graph`` (among ``data``, the activations) that are NHWC: the layouts the ops that fix
+    one say, spread through the element-wise ops that keep it, both ways, until nothing changes; a 4-D tensor
+    no op decides is NCHW (ONNX's own layout)."""
+    layout: dict[str, str] = {}
+    four = {t for t in data if len(shapes.get(t, [])) == 4}
+    rules = []  # (tensors that share one layout, fixed layout or "")
+    made_by = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        ins = [i for i in node.input if i in four]
+        outs = [o for o in node.output if o in four]
+        if node.op_type == "ReduceMean" and ins:  # a global mean over the spatial axes says where they are
+            axes = _reduce_axes(node, consts)
+            if axes in ([1, 2], [2, 3]):
+                rules.append((ins[:1], "NHWC" if axes == [1, 2] else "NCHW"))
+            if _keeps_dims(node):
+                rules.append((ins[:1] + outs, ""))
+        elif node.op_type == "Reshape" and outs and node.input:  # a channel shuffle: back to its input's shape
+            source = _shuffled(node, made_by, shapes)
+            if source is not None and source in four:
+                rules.append(([source, *outs], ""))
+        elif node.op_type in _NCHW_OPS:
+            rules.append((ins[:1] + outs, "NCHW"))
+        elif node.op_type == "Transpose" and ins and outs and _perm(node) in (_TO_NHWC, _TO_NCHW):
+            to_nhwc = _perm(node) == _TO_NHWC
+            rules.append((ins[:1], "NCHW" if to_nhwc else "NHWC"))
+            rules.append((outs, "NHWC" if to_nhwc else "NCHW"))
+        elif node.op_type in _SAME_LAYOUT_OPS and ins:
+            rules.append((ins + outs, ""))
+    for tensors, fixed in rules:  # what an op fixes (the first op that fixes a tensor decides it)
+        for t in tensors if fixed else ():
+            layout.setdefault(t, fixed)
+    changed = True
+    while changed:  # each pass gives a layout to tensors without one: it ends
+        changed = False
+        for tensors, fixed in rules:
+            value = next((layout[t] for t in tensors if t in layout), "") if not fixed else ""
+            for t in tensors if value else ():
+                if t not in layout:
+                    layout[t] = value
+                    changed = True
+    return {t for t, v in layout.items() if v == "NHWC"}
 
 
 def convert(
@@ -148,13 +269,15 @@ def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, so
     for info in (*graph.input, *graph.value_info, *graph.output):
         dims = info.type.tensor_type.shape.dim
         shapes[info.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    constant_outputs = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    nhwc = _nhwc_tensors(graph, shapes, set(shapes) - set(consts) - constant_outputs, consts)
     precision_of = _precisions(graph)
     builder = GraphBuilder(name or graph.name or "onnx-model", source)
     for inp in inputs:
         dims = [None if d <= 0 else d for d in shapes.get(inp.name, [])]
         if any(d is None for d in dims[1:]):
             builder.input(inp.name, dims)  # raises: a dynamic shape needs input_shape
-        builder.input(inp.name, _nhwc([d or 1 for d in dims]))
+        builder.input(inp.name, _nhwc([d or 1 for d in dims], inp.name in nhwc))
     producer: dict[str, str] = {i.name: i.name for i in inputs}
     for index, node in enumerate(graph.node):
         if node.op_type in _SHAPE_OPS:
@@ -176,13 +299,15 @@ def _convert(model: Any, input_shape: Sequence[int] | None, name: str | None, so
             precision_of.update((o, precision) for o in node.output if o)
         if not data_in:  # computed from constants only (shape arithmetic, a dequantized weight): a constant too
             continue
-        if node.op_type in _NOOPS:
+        layout_change = node.op_type == "Transpose" and _perm(node) in (_TO_NHWC, _TO_NCHW)
+        if node.op_type in _NOOPS or (layout_change and len(shapes.get(data_in[0], [])) == 4):
             builder.bypass(name, producer[data_in[0]])
             producer.update({o: builder.resolve(name) for o in node.output if o})
             continue
-        in_shapes = [_nhwc(shapes.get(i, [])) for i in data_in]
-        out_shapes = [_nhwc(shapes.get(o, [])) for o in node.output if o]
-        op, extra = _op(node.op_type, attrs, const_in, in_shapes, consts, node)
+        in_shapes = [_nhwc(shapes.get(i, []), i in nhwc) for i in data_in]
+        out_shapes = [_nhwc(shapes.get(o, []), o in nhwc) for o in node.output if o]
+        channel_last = bool(data_in) and data_in[0] in nhwc
+        op, extra = _op(node.op_type, attrs, const_in, in_shapes, consts, node, channel_last)
         builder.node(name, op, [producer[i] for i in data_in], in_shapes, out_shapes, precision, **extra)
         producer.update({o: name for o in node.output if o})
     return builder.finish(producer[o.name] for o in graph.output if o.name in producer)
@@ -205,7 +330,11 @@ def _op(
     in_shapes: list[list[int]],
     consts: dict[str, np.ndarray],
     node: Any,
+    channel_last: bool = False,
 ) -> tuple[str, dict[str, Any]]:
+    """The op of an ONNX node and its attributes; ``channel_last``: its 4-D data input is NHWC."""
+    rank = len(in_shapes[0]) if in_shapes else 4
+    channel_axis = rank - 1 if (channel_last or rank != 4) else 1
     if op_type in ("Conv", "ConvTranspose"):
         weight = const_in[0].shape if const_in else None
         size = list(attrs.get("kernel_shape") or (weight[2:] if weight is not None else [1, 1]))
@@ -228,9 +357,11 @@ def _op(
         return op, {"kernel_size": size, "strides": list(attrs.get("strides", size))}
     if op_type == "ReduceMean":
         axes = attrs.get("axes", const_in[0].tolist() if const_in and const_in[0].size <= 8 else None)
-        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+        if axes is None or sorted(a % 4 for a in axes) != ([1, 2] if channel_last else [2, 3]):
             return op_type, {}
         return ops.GLOBAL_AVGPOOL, {}
+    if op_type == "Slice":
+        return ops.CROP, _slice_begin(node, consts, rank, channel_axis)
     if op_type == "Clip":
         bounds: tuple[float | None, ...] = attrs.get("min"), attrs.get("max")
         if len(node.input) >= 3:
@@ -242,8 +373,7 @@ def _op(
         return op_type, {}
     if op_type == "Concat":
         axis = int(attrs.get("axis", 1))
-        rank = len(in_shapes[0]) if in_shapes else 4
-        channel = axis % rank == (1 if rank == 4 else rank - 1)
+        channel = axis % rank == channel_axis
         return ops.CONCAT, {"axis": -1 if channel else axis}
     if op_type in ("Add", "Sub", "Mul", "Div") and len(in_shapes) == 1:
         value: Any = "tensor"
@@ -254,3 +384,18 @@ def _op(
     if op_type == "Div":
         return op_type, {}
     return _OPS.get(op_type, op_type), {}
+
+
+def _slice_begin(node: Any, consts: dict[str, np.ndarray], rank: int, channel_axis: int) -> dict[str, Any]:
+    """``channel_begin``: the first channel a Slice of the channels alone keeps (a ShuffleNet's split written as
+    two slices); nothing when it slices other axes, or its bounds are not constants."""
+    names = list(node.input[1:4])
+    if len(names) < 2 or any(n not in consts for n in names):
+        return {}
+    starts = [int(v) for v in np.ravel(consts[names[0]])]
+    axes = [int(v) % rank for v in np.ravel(consts[names[2]])] if len(names) > 2 else list(range(len(starts)))
+    ends = [int(v) for v in np.ravel(consts[names[1]])]
+    kept = [(a, s, e) for a, s, e in zip(axes, starts, ends) if not (s == 0 and e >= 2**31 - 1)]
+    if len(kept) != 1 or kept[0][0] != channel_axis or kept[0][1] < 0:
+        return {}
+    return {"channel_begin": kept[0][1]}

@@ -67,6 +67,7 @@ _OPTIONS = {
     "SUB": "SubOptions",
     "CONCATENATION": "ConcatenationOptions",
     "TRANSPOSE_CONV": "TransposeConvOptions",
+    "STRIDED_SLICE": "StridedSliceOptions",
 }
 #: Tensor types of quantized or reduced-precision models -> the precision of the nodes that read or write them.
 _PRECISION_OF_TYPE = {
@@ -234,6 +235,8 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
                 attrs["constant"] = scalar_operand(tf_name, scalar)
             else:
                 attrs["constant"] = "tensor"
+        elif vocab == ops.CROP:
+            attrs.update(_channel_begin(schema, model, tensors, ins, options, in_shapes, out_shapes, tf_name))
         elif vocab == ops.MUL and tf_name == "DIV":
             vocab = tf_name  # a division of two tensors
         builder.node(name, vocab, [producer[i] for i in data_in], in_shapes, out_shapes, precision, **attrs)
@@ -260,6 +263,26 @@ def _convert(schema, model, path: Path, input_shape: Sequence[int] | None, size:
     if unknown:
         raise _Damaged(f"output tensor {unknown[0]} is computed by no operator")
     return builder.finish(producer[o] for o in outputs)
+
+
+def _channel_begin(schema, model, tensors, ins, options, in_shapes, out_shapes, tf_name: str) -> dict[str, Any]:
+    """``channel_begin`` of a slice of a 4-D map's channels alone (a ShuffleNet's split written as strided
+    slices), read from its constant begin; nothing for other slices."""
+    if not in_shapes or not out_shapes or len(in_shapes[0]) != 4 or len(out_shapes[0]) != 4 or len(ins) < 3:
+        return {}
+    if list(in_shapes[0][:3]) != list(out_shapes[0][:3]) or in_shapes[0][3] == out_shapes[0][3]:
+        return {}
+    begin = _const(schema, model, tensors[ins[1]]) if ins[1] >= 0 else None
+    if begin is None or np.size(begin) != 4:
+        return {}
+    if tf_name == "STRIDED_SLICE":
+        strides = _const(schema, model, tensors[ins[3]]) if len(ins) > 3 and ins[3] >= 0 else None
+        if strides is None or np.size(strides) != 4 or int(np.ravel(strides)[3]) != 1:
+            return {}
+        if options is not None and (options.BeginMask() >> 3) & 1:
+            return {"channel_begin": 0}
+    start = int(np.ravel(begin)[3])
+    return {"channel_begin": start} if start >= 0 else {}
 
 
 def _options(schema, op, tf_name: str):
