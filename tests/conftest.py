@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# no user model cache in tests unless a test sets one (a conversion is then always a conversion)
+os.environ.setdefault("NNMETER_MODEL_CACHE", "off")
 
 TIERS = ("unit", "integration", "e2e")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -24,14 +24,17 @@ from nnmeter.backends.base import (
     LATENCY_STATUSES,
     Backend,
     ConversionJob,
+    ConversionResult,
     MeasureResult,
     MeasureStatus,
     ModelFile,
     ProgressCallback,
 )
+from nnmeter.backends.converters import output_path
 from nnmeter.backends.protocol import MeasurementProtocol
 from nnmeter.kernel_gen.cache import model_dir
 from nnmeter.measurement.dispatch import BatchDispatcher, BatchDone, BatchJob
+from nnmeter.measurement.model_cache import ModelCache
 from nnmeter.measurement.models import ModelSpec, PreparedModel, anchor_specs, spec_model_id
 from nnmeter.measurement.store import MeasurementRecord, ModelRecord, Store
 from nnmeter.progress import SILENT, Reporter
@@ -48,7 +51,8 @@ class MeasuringSession:
     ``workers`` None leaves the number of conversion processes to the backend's config. Long steps report to
     ``reporter`` unless a call passes its own ``progress`` callback. With a ``dispatcher`` (a lab of units,
     :mod:`nnmeter.lab`) the backend only converts, and the batches are measured by the dispatcher's units at
-    once, each stored as it arrives with the unit that measured it.
+    once, each stored as it arrives with the unit that measured it. ``cache`` (by default the user's model cache,
+    :mod:`nnmeter.measurement.model_cache`; None: none) gives :meth:`prepare` the files other workspaces made.
     """
 
     store: Store
@@ -58,6 +62,7 @@ class MeasuringSession:
     workers: int | None = None
     reporter: Reporter = SILENT
     dispatcher: BatchDispatcher | None = None
+    cache: ModelCache | None = field(default_factory=ModelCache.from_env)
 
     @property
     def device(self) -> str:
@@ -74,7 +79,8 @@ class MeasuringSession:
         progress: ProgressCallback | None = None,
         description: str = "building and converting models",
     ) -> list[PreparedModel]:
-        """One :class:`PreparedModel` per spec, in order: reused from the store, or built and converted now."""
+        """One :class:`PreparedModel` per spec, in order: reused from the store, taken from the model cache (a
+        file another workspace made, or this one deleted once measured), or built and converted now."""
         root = Path(self.root)
         fmt = self.backend.model_format
         ids = [spec_model_id(self.backend, s) for s in specs]
@@ -94,14 +100,25 @@ class MeasuringSession:
                     build_args=tuple(spec.build_args),
                     write=spec.write,
                 )
-        if jobs:
-            with self._task(progress, description, len(done) + len(jobs)) as update:
-                update(len(done), len(done) + len(jobs))
-                results = self.backend.convert(
-                    list(jobs.values()),
-                    self.workers,  # type: ignore[arg-type]
-                    lambda n, _t: update(len(done) + n, len(done) + len(jobs)),
+        cached = self._from_cache(jobs, fmt)
+        if jobs or cached:
+            with self._task(progress, description, len(done) + len(jobs) + len(cached)) as update:
+                start, total = len(done) + len(cached), len(done) + len(cached) + len(jobs)
+                update(start, total)
+                results = (
+                    self.backend.convert(
+                        list(jobs.values()),
+                        self.workers,  # type: ignore[arg-type]
+                        lambda n, _t: update(start + n, total),
+                    )
+                    if jobs
+                    else []
                 )
+            if self.cache is not None:
+                for result in results:
+                    if result.model is not None:
+                        self.cache.store(result.job_id, fmt, Path(result.model.path))
+            results = cached + list(results)
             spec_of = {mid: spec for spec, mid in zip(specs, ids)}
             by_tensorflow = [spec_of[r.job_id] for r in results if r.built_with_tensorflow]
             if by_tensorflow:
@@ -130,6 +147,22 @@ class MeasuringSession:
             for (spec, file, _), record in zip(converted, stored):
                 done[record.id] = PreparedModel(spec, record.id, record, file)
         return [_for_spec(done[mid], spec) for spec, mid in zip(specs, ids)]
+
+    def _from_cache(self, jobs: dict[str, ConversionJob], fmt: str) -> list[ConversionResult]:
+        """The jobs whose file the model cache holds, put in place (and taken out of ``jobs``) as results."""
+        if self.cache is None or self.cache.path("", fmt) is None:
+            return []
+        hits = []
+        for mid, job in list(jobs.items()):
+            dest = output_path(job.out_dir, mid, fmt)
+            if self.cache.fetch(mid, fmt, dest):
+                hits.append(ConversionResult(mid, ModelFile(mid, dest, fmt)))
+                del jobs[mid]
+        if hits:
+            self.reporter.note(
+                f"{len(hits)} of {len(hits) + len(jobs)} models taken from the model cache ({self.cache.root})"
+            )
+        return hits
 
     def convert(
         self,
