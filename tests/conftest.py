@@ -77,3 +77,20 @@ def synthetic_latency(kernel: str, X, per_flop: float = 2e-9, per_byte: float = 
 
     col = {name: X[:, i] for i, name in enumerate(feature_names(kernel))}
     return 0.005 + col["FLOPS"] * per_flop + (col["BYTES_READ"] + col["BYTES_WRITTEN"]) * per_byte
+
+
+def synthetic_payload(kernel: str, samples: int, trees: int, per_byte: float = 1e-9, metrics=None):
+    """A kernel's packaged regressor: a small random forest fitted on :func:`synthetic_latency` of uniformly
+    sampled configs (seeded)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    from nnmeter.kernel_gen import sample_configs
+    from nnmeter.predictor.artifact import KernelPayload
+    from nnmeter.predictor.features import feature_matrix
+    from nnmeter.predictor.regressor_format import from_sklearn
+
+    X = feature_matrix(kernel, sample_configs(kernel, samples, sampler="uniform", seed=0))
+    y = synthetic_latency(kernel, X, per_byte=per_byte)
+    forest = RandomForestRegressor(n_estimators=trees, random_state=0).fit(X, y)
+    ensemble = from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest")
+    return KernelPayload(ensemble, samples=len(y), metrics=metrics or {})

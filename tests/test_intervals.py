@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import yaml
+from conftest import synthetic_payload
 
 from nnmeter.builder.packaging import fit_model_correction
 from nnmeter.predictor.artifact import ArtifactError, ModelCorrection, load_artifact
@@ -70,22 +71,15 @@ def tiny_tflite(tmp_path_factory):
 
 
 def _write(path, widths, correction=None, coverage=INTERVAL_COVERAGE, kernels=KERNELS):
-    from sklearn.ensemble import RandomForestRegressor
-
-    from nnmeter.kernel_gen import sample_configs
-    from nnmeter.predictor.artifact import KernelPayload, write_artifact
-    from nnmeter.predictor.features import feature_matrix, feature_names
-    from nnmeter.predictor.regressor_format import from_sklearn
+    from nnmeter.predictor.artifact import write_artifact
     from nnmeter.predictor.rules import default_rules
 
-    payloads = {}
-    for kernel in kernels:
-        X = feature_matrix(kernel, sample_configs(kernel, 30, sampler="uniform", seed=0))
-        y = 0.005 + X[:, feature_names(kernel).index("FLOPS")] * 2e-9
-        forest = RandomForestRegressor(n_estimators=3, random_state=0).fit(X, y)
-        ensemble = from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest")
-        metrics = {"interval_log_ratio": widths[kernel]} if widths.get(kernel) is not None else {}
-        payloads[kernel] = KernelPayload(ensemble, samples=len(y), metrics=metrics)
+    payloads = {
+        kernel: synthetic_payload(
+            kernel, 30, 3, per_byte=0.0, metrics={"interval_log_ratio": widths[kernel]} if widths.get(kernel) else None
+        )
+        for kernel in kernels
+    }
     return write_artifact(
         path,
         name="tiny",

@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from conftest import synthetic_payload
 
 from nnmeter import ops
 from nnmeter.builder.packaging import fit_model_correction
-from nnmeter.kernel_gen import sample_configs
-from nnmeter.predictor.artifact import ArtifactError, KernelPayload, ModelCorrection, load_artifact, write_artifact
+from nnmeter.predictor.artifact import ArtifactError, ModelCorrection, load_artifact, write_artifact
 from nnmeter.predictor.engine import load_predictor, refetched_weight_bytes, weight_bytes
-from nnmeter.predictor.features import feature_matrix, feature_names
 from nnmeter.predictor.rules import default_rules
 
 KERNELS = ("conv-bn-relu6", "dwconv-bn-relu6", "global-avgpool", "fc")
@@ -108,19 +107,7 @@ def test_fit_leaves_the_refetch_term_out_when_it_does_not_predict():
 
 @pytest.fixture(scope="module")
 def payloads():
-    from sklearn.ensemble import RandomForestRegressor
-
-    from nnmeter.predictor.regressor_format import from_sklearn
-
-    out = {}
-    for kernel in KERNELS:
-        X = feature_matrix(kernel, sample_configs(kernel, 40, sampler="uniform", seed=0))
-        y = 0.005 + X[:, feature_names(kernel).index("FLOPS")] * 2e-9
-        forest = RandomForestRegressor(n_estimators=4, random_state=0).fit(X, y)
-        out[kernel] = KernelPayload(
-            from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest"), samples=len(y)
-        )
-    return out
+    return {kernel: synthetic_payload(kernel, 40, 4, per_byte=0.0) for kernel in KERNELS}
 
 
 def _write(payloads, path, **kw):
