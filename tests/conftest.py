@@ -94,3 +94,22 @@ def synthetic_payload(kernel: str, samples: int, trees: int, per_byte: float = 1
     forest = RandomForestRegressor(n_estimators=trees, random_state=0).fit(X, y)
     ensemble = from_sklearn(forest.estimators_, X.shape[1], aggregation="mean", regressor="random-forest")
     return KernelPayload(ensemble, samples=len(y), metrics=metrics or {})
+
+
+def write_tiny_artifact(payloads, path, **kw):
+    """A predictor folder named tiny at ``path`` with ``payloads`` (kernel -> KernelPayload), the default fusion
+    rules, and ``kw`` passed to ``write_artifact`` (overhead, model correction, interval coverage)."""
+    from nnmeter.predictor.artifact import write_artifact
+    from nnmeter.predictor.rules import default_rules
+
+    return write_artifact(
+        path,
+        name="tiny",
+        version="1",
+        device={"id": "test"},
+        backend="none",
+        protocol={},
+        rules=default_rules(),
+        kernels=payloads,
+        **kw,
+    )

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import yaml
-from conftest import synthetic_payload
+from conftest import synthetic_payload, write_tiny_artifact
 
 from nnmeter.builder.packaging import fit_model_correction
 from nnmeter.predictor.artifact import ArtifactError, ModelCorrection, load_artifact
@@ -71,27 +71,13 @@ def tiny_tflite(tmp_path_factory):
 
 
 def _write(path, widths, correction=None, coverage=INTERVAL_COVERAGE, kernels=KERNELS):
-    from nnmeter.predictor.artifact import write_artifact
-    from nnmeter.predictor.rules import default_rules
-
     payloads = {
         kernel: synthetic_payload(
             kernel, 30, 3, per_byte=0.0, metrics={"interval_log_ratio": widths[kernel]} if widths.get(kernel) else None
         )
         for kernel in kernels
     }
-    return write_artifact(
-        path,
-        name="tiny",
-        version="1",
-        device={"id": "test"},
-        backend="none",
-        protocol={},
-        rules=default_rules(),
-        kernels=payloads,
-        model_correction=correction,
-        interval_coverage=coverage,
-    )
+    return write_tiny_artifact(payloads, path, model_correction=correction, interval_coverage=coverage)
 
 
 @pytest.mark.integration

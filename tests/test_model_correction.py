@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from conftest import synthetic_payload
+from conftest import synthetic_payload, write_tiny_artifact
 
 from nnmeter import ops
 from nnmeter.builder.packaging import fit_model_correction
-from nnmeter.predictor.artifact import ArtifactError, ModelCorrection, load_artifact, write_artifact
+from nnmeter.predictor.artifact import ArtifactError, ModelCorrection, load_artifact
 from nnmeter.predictor.engine import load_predictor, refetched_weight_bytes, weight_bytes
-from nnmeter.predictor.rules import default_rules
 
 KERNELS = ("conv-bn-relu6", "dwconv-bn-relu6", "global-avgpool", "fc")
 #: The tiny model's parameters: conv 3x3x8x16 + 16, depthwise 3x3x16 + 16, dense 16x10 + 10 (bn folded).
@@ -110,20 +109,6 @@ def payloads():
     return {kernel: synthetic_payload(kernel, 40, 4, per_byte=0.0) for kernel in KERNELS}
 
 
-def _write(payloads, path, **kw):
-    return write_artifact(
-        path,
-        name="tiny",
-        version="1",
-        device={"id": "test"},
-        backend="none",
-        protocol={},
-        rules=default_rules(),
-        kernels=payloads,
-        **kw,
-    )
-
-
 @pytest.fixture(scope="module")
 def tflite_file(tmp_path_factory):
     import keras
@@ -142,9 +127,11 @@ def tflite_file(tmp_path_factory):
 @pytest.mark.integration
 def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp_path):
     correction = ModelCorrection(ms_per_mb=100.0, threshold_mb=0.002, fitted_on=12, residual=0.03, scale=1.1)
-    plain = load_predictor(_write(payloads, tmp_path / "plain", invoke_overhead_ms=0.001)).predict(tflite_file)
+    plain = load_predictor(write_tiny_artifact(payloads, tmp_path / "plain", invoke_overhead_ms=0.001)).predict(
+        tflite_file
+    )
     corrected = load_predictor(
-        _write(payloads, tmp_path / "corrected", invoke_overhead_ms=0.001, model_correction=correction)
+        write_tiny_artifact(payloads, tmp_path / "corrected", invoke_overhead_ms=0.001, model_correction=correction)
     ).predict(tflite_file)
     assert [k.kernel for k in corrected.kernels] == list(KERNELS)
     assert weight_bytes(corrected.kernels) == TINY_WEIGHT_BYTES
@@ -158,11 +145,11 @@ def test_engine_applies_the_correction_once_per_model(payloads, tflite_file, tmp
 
 @pytest.mark.integration
 def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache(payloads, tflite_file, tmp_path):
-    plain = load_predictor(_write(payloads, tmp_path / "plain")).predict(tflite_file)
+    plain = load_predictor(write_tiny_artifact(payloads, tmp_path / "plain")).predict(tflite_file)
     # every kernel of the tiny model reads and writes less than 1 MB: all its weights are refetched
     assert refetched_weight_bytes(plain.kernels, 1e6) == TINY_WEIGHT_BYTES
     corrected = load_predictor(
-        _write(
+        write_tiny_artifact(
             payloads,
             tmp_path / "refetch",
             model_correction=ModelCorrection(0.0, 0.0, scale=1.0, ms_per_refetched_mb=50.0, private_cache_mb=1.0),
@@ -177,13 +164,16 @@ def test_engine_adds_the_refetch_term_for_the_kernels_that_fit_the_private_cache
 
 @pytest.mark.unit
 def test_artifact_records_the_correction_and_reads_older_manifests(payloads, tmp_path):
-    old = load_artifact(_write(payloads, tmp_path / "old"))
+    old = load_artifact(write_tiny_artifact(payloads, tmp_path / "old"))
     assert "model_correction" not in yaml.safe_load((tmp_path / "old" / "manifest.yaml").read_text())
     assert old.model_correction is None
     correction = ModelCorrection(
         0.034, 3.79, fitted_on=16, residual=0.035, scale=1.04, ms_per_refetched_mb=0.02, private_cache_mb=2.1
     )
-    assert load_artifact(_write(payloads, tmp_path / "new", model_correction=correction)).model_correction == correction
+    assert (
+        load_artifact(write_tiny_artifact(payloads, tmp_path / "new", model_correction=correction)).model_correction
+        == correction
+    )
     assert correction.describe() == (
         "kernels x 1.040 + 20.0 us/MB refetched (kernels <= 2.1 MB) + 34.0 us/MB of "
         "weights above 3.8 MB (fitted on 16 calibration models, residual 3.5 %)"

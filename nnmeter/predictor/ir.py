@@ -42,17 +42,20 @@ def check_shape(shape: Any, what: str) -> list[int]:
     """``shape`` as a list of ints if it is a list of at most :data:`MAX_RANK` integers in -1..:data:`MAX_DIM`;
     ValueError saying ``what`` is wrong otherwise (a string, a bool, a float or a huge number is not a dimension)."""
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
-        raise ValueError(f"{what}: {_show(shape)} is not a list of dimensions")
+        raise ValueError(f"{what}: {show_value(shape)} is not a list of dimensions")
     dims = list(shape)
     if len(dims) > MAX_RANK:
         raise ValueError(f"{what}: {len(dims)} dimensions, more than {MAX_RANK}")
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not -1 <= int(d) <= MAX_DIM:
-            raise ValueError(f"{what}: {_show(d)} in {_show(dims)} is not a dimension (an integer in -1..{MAX_DIM})")
+            raise ValueError(
+                f"{what}: {show_value(d)} in {show_value(dims)} is not a dimension (an integer in -1..{MAX_DIM})"
+            )
     return [int(d) for d in dims]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """``value`` for a one-line message: its repr on one line, at most 60 characters."""
     try:
         text = " ".join(repr(value).split())
     except ValueError:  # an integer of more digits than Python prints
@@ -155,13 +158,13 @@ class Graph:
             inputs = _typed(data["inputs"], dict, "inputs")
             graph = cls(
                 name=_typed(data["name"], str, "name"),
-                inputs={check_name(k, "input"): check_shape(v, f"input {_show(k)}") for k, v in inputs.items()},
+                inputs={check_name(k, "input"): check_shape(v, f"input {show_value(k)}") for k, v in inputs.items()},
                 outputs=[_typed(o, str, "outputs") for o in _typed(data.get("outputs", []), list, "outputs")],
             )
             for item in _typed(data["nodes"], list, "nodes"):
                 item = _typed(item, dict, "a node")
                 name = check_name(item["name"], "node name")
-                where = f"node {_show(name)}"
+                where = f"node {show_value(name)}"
                 graph.add(
                     Node(
                         name=name,
@@ -181,7 +184,7 @@ class Graph:
                 )
             return graph.check()
         except KeyError as err:
-            raise ModelFileError(f"{source}: malformed nnmeter IR graph: no key {_show(err.args[0])}") from None
+            raise ModelFileError(f"{source}: malformed nnmeter IR graph: no key {show_value(err.args[0])}") from None
         except (TypeError, AttributeError, ValueError) as err:
             raise ModelFileError(f"{source}: malformed nnmeter IR graph: {_show_error(err)}") from None
 
@@ -194,20 +197,20 @@ class Graph:
 def check_name(name: Any, what: str) -> str:
     """``name`` if it is a string of one line (messages name nodes); ValueError otherwise."""
     if not isinstance(name, str) or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError(f"{what} {_show(name)} is not a name (a string without control characters)")
+        raise ValueError(f"{what} {show_value(name)} is not a name (a string without control characters)")
     return name
 
 
 def check_precision(precision: Any, what: str) -> str:
     """``precision`` if it is one of :data:`nnmeter.ops.PRECISIONS`; ValueError otherwise."""
     if precision not in ops.PRECISIONS:
-        raise ValueError(f"{what} {_show(precision)} is not one of {', '.join(ops.PRECISIONS)}")
+        raise ValueError(f"{what} {show_value(precision)} is not one of {', '.join(ops.PRECISIONS)}")
     return str(precision)
 
 
 def _typed(value: Any, kind: type, what: str) -> Any:
     if not isinstance(value, kind):
-        raise ValueError(f"{what}: {_show(value)} is not a {kind.__name__}")
+        raise ValueError(f"{what}: {show_value(value)} is not a {kind.__name__}")
     return value
 
 
@@ -291,12 +294,12 @@ class GraphBuilder:
         try:
             node = Node(
                 name=check_name(name, "node"),
-                op=check_name(op, f"node {_show(name)}: op"),
+                op=check_name(op, f"node {show_value(name)}: op"),
                 inputs=[self.resolve(i) for i in inputs],
-                input_shapes=[check_shape(s, f"node {_show(name)}: an input shape") for s in input_shapes],
-                output_shapes=[check_shape(s, f"node {_show(name)}: an output shape") for s in output_shapes],
+                input_shapes=[check_shape(s, f"node {show_value(name)}: an input shape") for s in input_shapes],
+                output_shapes=[check_shape(s, f"node {show_value(name)}: an output shape") for s in output_shapes],
                 attrs=attrs,
-                precision=check_precision(precision, f"node {_show(name)}: precision"),
+                precision=check_precision(precision, f"node {show_value(name)}: precision"),
             )
             return self.graph.add(node)
         except ValueError as err:  # a bad shape, or a name given twice

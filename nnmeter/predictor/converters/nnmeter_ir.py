@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from nnmeter import ops
 from nnmeter.errors import ModelFileError
-from nnmeter.predictor.ir import Graph, GraphBuilder, check_name, check_shape, scalar_operand
+from nnmeter.predictor.ir import Graph, GraphBuilder, check_name, check_shape, scalar_operand, show_value
 
 #: TensorFlow op type -> vocabulary op. Types not here (and not vocabulary names) keep their name.
 TF_OPS: dict[str, str] = {
@@ -64,9 +64,9 @@ def _pair(value: Any, default: int = 1) -> list[int]:
         return [default, default]
     if isinstance(value, int) and not isinstance(value, bool):
         return [value, value]
-    vals = check_shape(value, f"{_show(value)} as a size or stride")
+    vals = check_shape(value, f"{show_value(value)} as a size or stride")
     if len(vals) not in (1, 2, 4):
-        raise ValueError(f"{_show(value)} is not a size or stride: 1, 2 or 4 integers")
+        raise ValueError(f"{show_value(value)} is not a size or stride: 1, 2 or 4 integers")
     return vals[1:3] if len(vals) == 4 else (vals * 2 if len(vals) == 1 else vals[:2])
 
 
@@ -77,16 +77,8 @@ def _batch1(shape: Any) -> list[int]:
 
 def _listed(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
-        raise ValueError(f"{what}: {_show(value)} is not a list")
+        raise ValueError(f"{what}: {show_value(value)} is not a list")
     return value
-
-
-def _show(value: Any) -> str:
-    try:
-        text = " ".join(repr(value).split())
-    except ValueError:  # an integer of more digits than Python prints
-        return "a huge integer"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_entries(data: Mapping[str, Any], source: str) -> None:
@@ -100,11 +92,11 @@ def _check_entries(data: Mapping[str, Any], source: str) -> None:
                 check_name(dst, "an outbound")
             attr = entry["attr"]
             if not isinstance(attr, Mapping):
-                raise ValueError(f"attr: {_show(attr)} is not a mapping")
+                raise ValueError(f"attr: {show_value(attr)} is not a mapping")
             if not isinstance(attr.get("type", ""), str):
-                raise ValueError(f"type: {_show(attr.get('type'))} is not a string")
+                raise ValueError(f"type: {show_value(attr.get('type'))} is not a string")
             if not isinstance(attr.get("attr") or {}, Mapping):
-                raise ValueError(f"attr.attr: {_show(attr.get('attr'))} is not a mapping")
+                raise ValueError(f"attr.attr: {show_value(attr.get('attr'))} is not a mapping")
             for which in ("input_shape", "output_shape"):
                 for shape in _listed(attr.get(which) or [], which):
                     _batch1(shape)
@@ -115,9 +107,9 @@ def _check_entries(data: Mapping[str, Any], source: str) -> None:
             for which in ("kernel_shape", "strides", "ksize"):
                 _pair(node_attrs.get(which))
         except KeyError as err:
-            raise ModelFileError(f"{source}: node {_show(key)}: no key {_show(err.args[0])}") from None
+            raise ModelFileError(f"{source}: node {show_value(key)}: no key {show_value(err.args[0])}") from None
         except (ValueError, TypeError) as err:
-            raise ModelFileError(f"{source}: node {_show(key)}: {' '.join(str(err).split())[:200]}") from None
+            raise ModelFileError(f"{source}: node {show_value(key)}: {' '.join(str(err).split())[:200]}") from None
 
 
 def convert_dict(data: Mapping[str, Any], name: str = "model", source: str = "<nn-Meter IR>") -> Graph:
@@ -219,8 +211,8 @@ def _topological(data: Mapping[str, Any], source: str = "<nn-Meter IR>") -> list
                 order.append(key)
             elif src in on_path:
                 cycle = path[path.index(src) :][::-1]
-                shown = " -> ".join(_show(k) for k in cycle[:8]) + (" -> ..." if len(cycle) > 8 else "")
-                raise ModelFileError(f"{source}: the graph has a cycle: {shown} -> {_show(cycle[0])}")
+                shown = " -> ".join(show_value(k) for k in cycle[:8]) + (" -> ..." if len(cycle) > 8 else "")
+                raise ModelFileError(f"{source}: the graph has a cycle: {shown} -> {show_value(cycle[0])}")
             else:
                 path.append(src)
                 on_path.add(src)
