@@ -281,26 +281,27 @@ def calibration_models(
         for m in zoo
     ]
     prepared = [p for p in session.prepare(specs, description="converting calibration models") if p.ok]
-    detected = []  # the models the packaged kernels predict entirely, with their kernels
+    detected = []  # the models the packaged kernels predict entirely, with their graphs and kernels
     for p in prepared:
         try:
-            detection = detect(to_graph(str(p.file.path)), rules, frozenset(kernel_types))  # type: ignore[union-attr]
+            graph = to_graph(str(p.file.path))  # type: ignore[union-attr]
+            detection = detect(graph, rules, frozenset(kernel_types))
         except Exception:  # a format the engine does not read: the model cannot calibrate, the others can
             continue
         if detection.kernels and not detection.unsupported:
-            detected.append((p, detection.kernels))
-    kernel_specs = [[kernel_spec(k.kernel, k.config) for k in kernels] for _, kernels in detected]
+            detected.append((p, graph, detection.kernels))
+    kernel_specs = [[kernel_spec(k.kernel, k.config) for k in kernels] for _, _, kernels in detected]
     prepared_kernels = iter(
         session.prepare([s for specs in kernel_specs for s in specs], description="converting their kernels")
     )
     kernels_of = [[next(prepared_kernels) for _ in specs] for specs in kernel_specs]
     # each model is measured next to its kernels, in their batch or the one that follows seconds later: the
     # correction is the ratio of the two, and a batch of the models alone can sit in a slow period of the host
-    order = [r for (p, _), ks in zip(detected, kernels_of) for r in [p.record, *(k.record for k in ks if k.ok)]]
+    order = [r for (p, _, _), ks in zip(detected, kernels_of) for r in [p.record, *(k.record for k in ks if k.ok)]]
     measured = session.measure(order, description="measuring calibration models with their kernels") if order else []
     latency = {m.model_id: m.latency_ms for m in measured}
     rows = []
-    for (p, kernels), ks in zip(detected, kernels_of):
+    for (p, graph, kernels), ks in zip(detected, kernels_of):
         whole_ms = latency.get(p.record.id)
         times = [latency.get(k.id) if k.ok else None for k in ks]
         if whole_ms is not None and all(t is not None for t in times):
@@ -313,9 +314,7 @@ def calibration_models(
                     whole_ms,
                     kernels_ms,
                     refetched_weight_bytes(kernels, 1e6 * private_cache_mb) / 1e6,
-                    kernels_predictor.predict(str(p.file.path)).latency_ms  # type: ignore[union-attr]
-                    if kernels_predictor is not None
-                    else None,
+                    kernels_predictor.predict(graph).latency_ms if kernels_predictor is not None else None,
                 )
             )
     return rows
