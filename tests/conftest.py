@@ -4,6 +4,9 @@ test tiers: every test is marked ``unit``, ``integration`` or ``e2e`` (pyproject
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,31 @@ def write_tiny_artifact(payloads, path, **kw):
         kernels=payloads,
         **kw,
     )
+
+
+def cli_process(*args: str, **kwargs) -> subprocess.Popen:
+    """``nnmeter-build ARGS`` running in its own session (so a test can signal its whole process group), its
+    output and errors in ``stdout``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnmeter.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def measurement_rows(store: Path) -> list[tuple]:
+    """(row id, model kind, model id, protocol key, status, series, model name) of every measurement row of the
+    store at ``store``, read only; none before its tables exist."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return db.execute(
+            "SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status, me.series, mo.name "
+            "FROM measurements me JOIN models mo ON mo.id = me.model_id ORDER BY me.id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # the store's tables are not made yet
+        return []
+    finally:
+        db.close()

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_process, measurement_rows
 
 from nnmeter.builder import kernels as training
 from nnmeter.builder.steps import step_status
@@ -52,31 +52,6 @@ evaluation:
 """
 
 
-def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "nnmeter.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kwargs,
-    )
-
-
-def _measurements(store: Path) -> list[tuple]:
-    """(row id, model kind, model id, protocol key, status, series, model name) of every measurement row."""
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        return db.execute(
-            "SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status, me.series, mo.name "
-            "FROM measurements me JOIN models mo ON mo.id = me.model_id ORDER BY me.id"
-        ).fetchall()
-    except sqlite3.OperationalError:  # the store's tables are not made yet
-        return []
-    finally:
-        db.close()
-
-
 def _file_state(path: Path) -> tuple[str, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
 
@@ -96,11 +71,11 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypatch):
     store = workspace / "store.sqlite"
-    run = _cli("run", str(workspace))
+    run = cli_process("run", str(workspace))
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and run.poll() is None:
-            kernel_rows = [r for r in _measurements(store) if r[1] == "kernel"]
+            kernel_rows = [r for r in measurement_rows(store) if r[1] == "kernel"]
             if len(kernel_rows) >= 8:  # two batches of kernel samples are stored: kill mid-step
                 break
             time.sleep(0.2)
@@ -108,16 +83,16 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
         os.killpg(run.pid, signal.SIGKILL)  # kill -9 the command and its workers
     finally:
         run.wait(timeout=60)
-    before = _measurements(store)
+    before = measurement_rows(store)
     assert any(r[1] == "kernel" for r in before)
     assert not (workspace / "predictor" / "manifest.yaml").exists()
     # the lock file still names the killed run, but its flock died with it: the resumed run is not refused
     assert json.loads((workspace / ".nnmeter.lock").read_text())["pid"] == run.pid
 
-    resumed = _cli("run", str(workspace))
+    resumed = cli_process("run", str(workspace))
     out, _ = resumed.communicate(timeout=1200)
     assert resumed.returncode == 0, out
-    after = _measurements(store)
+    after = measurement_rows(store)
     # nothing stored is lost or changed, and nothing measured is measured again
     assert after[: len(before)] == before
     # (the rule tester measures each case in several independent passes, each its own series)
@@ -161,11 +136,11 @@ def test_killed_during_kernel_measurement_then_resumed(workspace: Path, monkeypa
     assert "drift correction" in html and "repeated measurements" in html  # the weight of the anchors' factors
 
     # a third run finds every step up to date and measures nothing
-    again = _cli("run", str(workspace))
+    again = cli_process("run", str(workspace))
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert out.count("up to date") >= 4, out
-    assert _measurements(store) == after
+    assert measurement_rows(store) == after
 
     # a new nnmeter whose features changed finds the kernels step to run again (then the steps after it)
     with Workspace.open(workspace) as ws:
@@ -186,7 +161,7 @@ def test_corrupt_campaign_is_refused_and_store_untouched(workspace: Path):
             (good + "\n  : : [\n", "malformed YAML"),
         ):
             campaign.write_text(bad)
-            run = _cli("run", str(workspace))
+            run = cli_process("run", str(workspace))
             out, _ = run.communicate(timeout=300)
             assert run.returncode == 2, out
             assert "campaign.yaml" in out and expected in out, out
@@ -199,7 +174,7 @@ def test_corrupt_campaign_is_refused_and_store_untouched(workspace: Path):
 def test_evaluate_remeasure_measures_both_passes_again(workspace: Path):
     store = workspace / "store.sqlite"
     report = workspace / "reports" / "evaluation.json"
-    before, old = _measurements(store), json.loads(report.read_text())
+    before, old = measurement_rows(store), json.loads(report.read_text())
     run = subprocess.run(
         [sys.executable, "-m", "nnmeter.cli", "evaluate", str(workspace), "--remeasure"],
         capture_output=True,
@@ -207,7 +182,7 @@ def test_evaluate_remeasure_measures_both_passes_again(workspace: Path):
         timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    after = _measurements(store)
+    after = measurement_rows(store)
     assert after[: len(before)] == before  # the old measurements are kept
     again = [r[2] for r in after[len(before) :] if r[1] == "evaluation"]
     assert sorted(again) == sorted(m["model_id"] for m in old["models"] for _ in range(2))

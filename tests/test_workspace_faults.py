@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_workspace
+from conftest import cli_process, make_workspace, measurement_rows
 
 from nnmeter.backends import converters
 from nnmeter.builder import kernels
@@ -248,30 +247,6 @@ evaluation:
 """
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "nnmeter.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _measurements(store: Path) -> list[tuple]:
-    """(row id, model kind, model id, protocol key, status, series) of every measurement row."""
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        return db.execute(
-            "SELECT me.id, mo.kind, me.model_id, me.protocol_key, me.status, me.series "
-            "FROM measurements me JOIN models mo ON mo.id = me.model_id ORDER BY me.id"
-        ).fetchall()
-    except sqlite3.OperationalError:  # the store's tables are not made yet
-        return []
-    finally:
-        db.close()
-
-
 def _leftovers(ws: Path) -> list[str]:
     """Temporary files and staging folders anywhere in the workspace (hidden entries of its root but the lock)."""
     return sorted(
@@ -305,7 +280,7 @@ def tiny_workspace(tmp_path_factory) -> Path:
 def test_two_writers_on_one_workspace(tiny_workspace: Path):
     """A second `run` fails at once naming the first; `status` works meanwhile; SIGTERM ends the first with 130."""
     ws = tiny_workspace
-    first = _cli("run", str(ws))
+    first = cli_process("run", str(ws))
     try:
         deadline = time.monotonic() + 120
         while not _holds_lock(ws, first.pid) and first.poll() is None and time.monotonic() < deadline:
@@ -346,12 +321,12 @@ def test_two_writers_on_one_workspace(tiny_workspace: Path):
 def test_sigterm_mid_campaign_then_resumed_loses_nothing_and_measures_nothing_twice(tiny_workspace: Path):
     ws = tiny_workspace
     store = ws / "store.sqlite"
-    kernel_rows = sum(r[1] == "kernel" for r in _measurements(store))
-    run = _cli("run", str(ws))
+    kernel_rows = sum(r[1] == "kernel" for r in measurement_rows(store))
+    run = cli_process("run", str(ws))
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and run.poll() is None:
-            if sum(r[1] == "kernel" for r in _measurements(store)) >= kernel_rows + 8:  # the kernels step, 2 batches
+            if sum(r[1] == "kernel" for r in measurement_rows(store)) >= kernel_rows + 8:  # the kernels step, 2 batches
                 break
             time.sleep(0.2)
         assert run.poll() is None, "the run ended before kernel measurement:\n" + run.stdout.read()
@@ -365,15 +340,15 @@ def test_sigterm_mid_campaign_then_resumed_loses_nothing_and_measures_nothing_tw
     assert "run: terminated (SIGTERM); what was measured is in the store" in out and "Traceback" not in out
     assert not _leftovers(ws)
     assert (ws / LOCK_FILE).read_text() == ""
-    before = _measurements(store)
+    before = measurement_rows(store)
     assert any(r[1] == "kernel" for r in before)
     assert not (ws / "predictor" / "manifest.yaml").exists()
 
     # the steps that were interrupted, to the end (the later ones resume like any run: test_campaign_e2e.py)
-    resumed = _cli("run", str(ws), "--only", "rules", "kernels")
+    resumed = cli_process("run", str(ws), "--only", "rules", "kernels")
     out, _ = resumed.communicate(timeout=1800)
     assert resumed.returncode == 0, out
-    after = _measurements(store)
+    after = measurement_rows(store)
     assert after[: len(before)] == before  # nothing stored before SIGTERM is lost or changed
     once = [(r[2], r[3], r[5]) for r in after if r[1] in ("kernel", "rule-case") and r[4] == "ok"]
     assert len(once) == len(set(once)), "a kernel or rule-case model was measured twice"
